@@ -1,0 +1,763 @@
+//! The edge-config contract: the versioned, self-contained document (`edge.yaml`) the
+//! operator renders for each MediaServer and the proxy loads.
+//!
+//! The document is complete (the proxy needs nothing else) and refers to secret material
+//! only by file path: TLS keys, session keys, SMTP and Redis credentials are mounted files,
+//! never embedded. Unknown keys are errors, so a typo cannot silently switch a defence off.
+//! [`EdgeConfig::content_hash`] identifies a document; [`EdgeConfig::restart_hash`] changes
+//! only when a running proxy cannot apply the change live (its listening sockets).
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    access_policy::SmtpTls,
+    common::{ByteSize, Cidr, CountryCode, DomainName, Duration, EmailAddress},
+    media_server::AppKind,
+    rate_limit::{HttpMethod, KeyKind},
+    validation::{Problems, ValidationErrors},
+    waf_rule_set::WafMode,
+};
+
+/// The `apiVersion` of the edge document this crate reads and writes.
+pub const EDGE_API_VERSION: &str = "edge.portcullis.dev/v1";
+/// The `kind` of the edge document.
+pub const EDGE_KIND: &str = "EdgeConfig";
+
+/// Why an edge document could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeConfigError {
+    /// The text is not YAML of the document's shape (unknown key, wrong type, ...).
+    #[error("the edge document does not parse: {0}")]
+    Parse(#[from] serde_saphyr::Error),
+    /// The document parses but breaks a rule.
+    #[error("the edge document is invalid: {0}")]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// The whole configuration of one edge proxy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Always `edge.portcullis.dev/v1`.
+    pub api_version: String,
+    /// Always `EdgeConfig`.
+    pub kind: String,
+    /// Which MediaServer the document was rendered from, for logs.
+    pub source: Source,
+    /// The protected application.
+    pub app: App,
+    /// The only host name the edge answers for.
+    pub host: DomainName,
+    /// Where the edge listens.
+    pub listen: Listen,
+    /// The certificate the edge presents.
+    pub tls: Tls,
+    /// How the client's address is found.
+    #[serde(default)]
+    pub client_identity: ClientIdentity,
+    /// Request hygiene limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts on both sides of the proxy.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// The application behind the edge.
+    pub upstream: Upstream,
+    /// Zero-trust access; everyone who passes the other layers gets through when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// The web application firewall; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waf: Option<Waf>,
+    /// Rate limits, checked in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+}
+
+/// The object an edge document was rendered from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// The MediaServer's namespace.
+    pub namespace: String,
+    /// The MediaServer's name.
+    pub name: String,
+    /// The MediaServer generation rendered.
+    #[serde(default)]
+    pub generation: i64,
+}
+
+/// The protected application.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct App {
+    /// Which application, for its app-aware rules.
+    pub kind: AppKind,
+    /// The name shown on the edge's own pages (sign-in, errors).
+    pub display_name: String,
+}
+
+/// The edge's sockets. Changing them needs a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// HTTPS, the public entry.
+    pub https: SocketAddr,
+    /// Plain HTTP, which only redirects to HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    /// Health, readiness and metrics; never exposed publicly.
+    pub admin: SocketAddr,
+    /// Expect the PROXY protocol (v1 or v2) on the public sockets.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// The certificate and HSTS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain; reloaded when the file changes.
+    pub cert_file: PathBuf,
+    /// PEM private key; reloaded when the file changes.
+    pub key_file: PathBuf,
+    /// `Strict-Transport-Security` max-age on every HTTPS response.
+    #[serde(default = "default_hsts")]
+    pub hsts_max_age: Duration,
+}
+
+const fn default_hsts() -> Duration {
+    Duration::from_secs(365 * 24 * 3600)
+}
+
+/// How the client's address is found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientIdentity {
+    /// Peers whose X-Forwarded-For is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Also trust Cloudflare's published ranges and their `CF-IPCountry`.
+    #[serde(default)]
+    pub behind_cloudflare: bool,
+}
+
+/// Request hygiene limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Longest request target (path and query); longer is 414.
+    pub max_uri_bytes: u32,
+    /// Most request headers; more is 431.
+    pub max_header_count: u32,
+    /// Largest total of request header bytes; more is 431.
+    pub max_header_bytes: ByteSize,
+    /// Largest request body; more is 413 (checked as the body streams).
+    pub max_body: ByteSize,
+    /// Methods allowed; others are 405.
+    pub allowed_methods: Vec<HttpMethod>,
+    /// Most open client connections in total.
+    pub max_connections: u32,
+    /// Most open connections from one client address.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_uri_bytes: 8192,
+            max_header_count: 100,
+            max_header_bytes: ByteSize::from_kib(64),
+            max_body: ByteSize::from_mib(64),
+            allowed_methods: vec![
+                HttpMethod::GET,
+                HttpMethod::HEAD,
+                HttpMethod::POST,
+                HttpMethod::PUT,
+                HttpMethod::PATCH,
+                HttpMethod::DELETE,
+                HttpMethod::OPTIONS,
+            ],
+            max_connections: 10_000,
+            max_connections_per_ip: 128,
+        }
+    }
+}
+
+/// Timeouts on both sides of the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time allowed to send the request headers (slowloris guard).
+    pub header_read: Duration,
+    /// Longest pause allowed while a request body streams in.
+    pub body_read: Duration,
+    /// Time allowed to connect to the upstream.
+    pub upstream_connect: Duration,
+    /// Longest pause allowed while the upstream answers.
+    pub upstream_read: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    pub upstream_idle: Duration,
+    /// How long requests in flight may finish when the edge stops.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(30),
+            upstream_connect: Duration::from_secs(5),
+            upstream_read: Duration::from_secs(300),
+            upstream_idle: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// The application behind the edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` of the application's Service.
+    pub address: String,
+    /// Verified TLS to the application; plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// Idle keep-alive connections kept to the application.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+}
+
+const fn default_pool_size() -> u32 {
+    128
+}
+
+/// Verified TLS to the application.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of the CAs the application's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// The name the certificate must carry.
+    pub server_name: String,
+}
+
+/// Zero-trust access.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Access {
+    /// Countries allowed (empty: any) and denied.
+    #[serde(default)]
+    pub countries: Countries,
+    /// The mmdb country database; required when countries are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_file: Option<PathBuf>,
+    /// Addresses allowed to sign in.
+    #[serde(default)]
+    pub emails: Vec<EmailAddress>,
+    /// Domains whose addresses may sign in.
+    #[serde(default)]
+    pub email_domains: Vec<DomainName>,
+    /// One-time codes by e-mail; no sign-in page when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp: Option<Otp>,
+    /// Sessions.
+    pub session: Session,
+    /// Path prefixes that skip sign-in.
+    #[serde(default)]
+    pub bypass: Vec<String>,
+    /// Accept the app's own access tokens, remembering the app's answer this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_token_cache_ttl: Option<Duration>,
+    /// Sessions issued before this time are invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_before: Option<Time>,
+    /// Sessions of these addresses are invalid.
+    #[serde(default)]
+    pub revoked_emails: Vec<EmailAddress>,
+}
+
+/// Country allow and deny lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Countries {
+    /// Only these; any when empty.
+    #[serde(default)]
+    pub allow: Vec<CountryCode>,
+    /// Never these.
+    #[serde(default)]
+    pub deny: Vec<CountryCode>,
+}
+
+/// One-time codes by e-mail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Otp {
+    /// Digits in a code.
+    pub length: u8,
+    /// How long a code lives.
+    pub ttl: Duration,
+    /// Wrong codes allowed before the attempt ends.
+    pub max_attempts: u8,
+    /// Wait before another code goes to the same address.
+    pub resend_cooldown: Duration,
+    /// The mail server.
+    pub smtp: Smtp,
+}
+
+/// The mail server that sends codes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Smtp {
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Encryption.
+    pub tls: SmtpTls,
+    /// File holding the user name; no authentication when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    /// File holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The sender.
+    pub from: String,
+}
+
+/// Sessions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Session {
+    /// Absolute lifetime.
+    pub ttl: Duration,
+    /// Idle lifetime.
+    pub idle_ttl: Duration,
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Cookie domain; the exact host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_domain: Option<DomainName>,
+    /// Files holding the signing keys: the first signs, all verify (key rotation).
+    pub key_files: Vec<PathBuf>,
+}
+
+/// The web application firewall.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Waf {
+    /// Block or only detect.
+    pub mode: WafMode,
+    /// The directory of the CRS rule files (`rules/*.conf`); the CRS is off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crs_dir: Option<PathBuf>,
+    /// Blocking paranoia level, 1-4.
+    pub paranoia_level: u8,
+    /// Executing paranoia level, at least the blocking one.
+    pub executing_paranoia_level: u8,
+    /// Request anomaly score that blocks.
+    pub inbound_anomaly_threshold: u32,
+    /// Response anomaly score that blocks.
+    pub outbound_anomaly_threshold: u32,
+    /// Apply the built-in exclusions for the app's normal traffic.
+    pub app_exclusions: bool,
+    /// Exclusions.
+    #[serde(default)]
+    pub exclusions: Vec<WafExclusion>,
+    /// Custom SecLang rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_rules: Option<String>,
+    /// Most request body inspected.
+    pub request_body_limit: ByteSize,
+    /// Run the response phases.
+    pub inspect_responses: bool,
+}
+
+/// A WAF exclusion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WafExclusion {
+    /// Rule ids.
+    #[serde(default)]
+    pub rule_ids: Vec<u32>,
+    /// Inclusive rule id ranges.
+    #[serde(default)]
+    pub rule_id_ranges: Vec<(u32, u32)>,
+    /// Rule tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Path prefixes it applies to; all when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Targets removed from the rules; the whole rules when empty.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// One rate limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// The RateLimit's name, for logs and metrics.
+    pub name: String,
+    /// Path prefixes that count.
+    #[serde(default)]
+    pub path_prefixes: Vec<String>,
+    /// Path regular expression that counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<String>,
+    /// Methods that count; all when empty.
+    #[serde(default)]
+    pub methods: Vec<HttpMethod>,
+    /// Response statuses that count; all when empty.
+    #[serde(default)]
+    pub only_statuses: Vec<u16>,
+    /// What requests are counted per.
+    pub key: KeyKind,
+    /// The header, for header keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_header: Option<String>,
+    /// IPv6 prefix length for address keys.
+    pub ipv6_prefix_length: u8,
+    /// Requests per period.
+    pub limit: u32,
+    /// The period.
+    pub period: Duration,
+    /// Burst above the steady rate.
+    pub burst: u32,
+    /// Ban after this many limited requests, for `ban_duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_after: Option<u32>,
+    /// Ban length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ban_duration: Option<Duration>,
+    /// Response status.
+    pub status: u16,
+    /// Send Retry-After.
+    pub retry_after: bool,
+    /// File holding the Redis URL; counters stay in memory when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url_file: Option<PathBuf>,
+    /// Bans added by hand: key and end.
+    #[serde(default)]
+    pub manual_bans: Vec<EdgeBan>,
+    /// Bans lifted by hand: key, and bans that began before this time.
+    #[serde(default)]
+    pub lifted_bans: Vec<EdgeBan>,
+}
+
+/// A key and a time: the end of a manual ban, or the cut-off of a lift.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EdgeBan {
+    /// The key.
+    pub key: String,
+    /// The time.
+    pub at: Time,
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl EdgeConfig {
+    /// Parses and validates a document.
+    pub fn from_yaml(text: &str) -> Result<Self, EdgeConfigError> {
+        let config: Self = serde_saphyr::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the document as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).expect("an edge document always serializes")
+    }
+
+    /// A stable hash of the whole document: equal documents hash equal, whatever the
+    /// process or machine.
+    pub fn content_hash(&self) -> String {
+        hex_sha256(&serde_json::to_vec(self).expect("an edge document always serializes"))
+    }
+
+    /// A hash of what a running proxy cannot change live (its sockets). The operator puts
+    /// it in the pod template so pods restart only when it changes.
+    pub fn restart_hash(&self) -> String {
+        hex_sha256(&serde_json::to_vec(&self.listen).expect("listen always serializes"))
+    }
+
+    /// Checks every rule of the document and returns all problems with their paths.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut problems = Problems::default();
+        problems.require(
+            self.api_version == EDGE_API_VERSION,
+            "apiVersion",
+            format!("{:?} is not {EDGE_API_VERSION:?}", self.api_version),
+        );
+        problems.require(
+            self.kind == EDGE_KIND,
+            "kind",
+            format!("{:?} is not {EDGE_KIND:?}", self.kind),
+        );
+        self.validate_listen(&mut problems);
+        require_absolute(&mut problems, "tls.certFile", &self.tls.cert_file);
+        require_absolute(&mut problems, "tls.keyFile", &self.tls.key_file);
+        self.validate_limits(&mut problems);
+        let timeouts = &self.timeouts;
+        for (field, value) in [
+            ("headerRead", timeouts.header_read),
+            ("bodyRead", timeouts.body_read),
+            ("upstreamConnect", timeouts.upstream_connect),
+            ("upstreamRead", timeouts.upstream_read),
+            ("upstreamIdle", timeouts.upstream_idle),
+            ("shutdownGrace", timeouts.shutdown_grace),
+        ] {
+            problems.require(
+                !value.is_zero(),
+                format!("timeouts.{field}"),
+                "must be longer than 0s",
+            );
+        }
+        problems.require(
+            valid_host_port(&self.upstream.address),
+            "upstream.address",
+            format!("{:?} is not host:port", self.upstream.address),
+        );
+        if let Some(tls) = &self.upstream.tls {
+            require_absolute(&mut problems, "upstream.tls.caFile", &tls.ca_file);
+        }
+        if let Some(access) = &self.access {
+            validate_access(&mut problems, access);
+        }
+        if let Some(waf) = &self.waf {
+            validate_waf(&mut problems, waf);
+        }
+        let mut names = BTreeSet::new();
+        for (i, limit) in self.rate_limits.iter().enumerate() {
+            problems.require(
+                names.insert(&limit.name),
+                format!("rateLimits[{i}].name"),
+                format!("{:?} is used twice", limit.name),
+            );
+            validate_rate_limit(&mut problems, &format!("rateLimits[{i}]"), limit);
+        }
+        problems.finish()
+    }
+
+    fn validate_listen(&self, problems: &mut Problems) {
+        let listen = &self.listen;
+        let mut ports = vec![
+            ("listen.https", listen.https),
+            ("listen.admin", listen.admin),
+        ];
+        ports.extend(listen.http.map(|http| ("listen.http", http)));
+        for (i, (field, address)) in ports.iter().enumerate() {
+            problems.require(
+                ports[..i].iter().all(|(_, other)| other != address),
+                *field,
+                format!("{address} is already used by another listener"),
+            );
+        }
+    }
+
+    fn validate_limits(&self, problems: &mut Problems) {
+        let limits = &self.limits;
+        for (field, value) in [
+            ("maxUriBytes", u64::from(limits.max_uri_bytes)),
+            ("maxHeaderCount", u64::from(limits.max_header_count)),
+            ("maxHeaderBytes", limits.max_header_bytes.bytes()),
+            ("maxConnections", u64::from(limits.max_connections)),
+            (
+                "maxConnectionsPerIp",
+                u64::from(limits.max_connections_per_ip),
+            ),
+        ] {
+            problems.require(value > 0, format!("limits.{field}"), "must be at least 1");
+        }
+        problems.require(
+            limits.max_connections_per_ip <= limits.max_connections,
+            "limits.maxConnectionsPerIp",
+            "cannot exceed limits.maxConnections",
+        );
+        problems.require(
+            !limits.allowed_methods.is_empty(),
+            "limits.allowedMethods",
+            "allow at least one method",
+        );
+    }
+}
+
+fn require_absolute(problems: &mut Problems, field: &str, path: &std::path::Path) {
+    problems.require(
+        path.is_absolute(),
+        field,
+        format!("{} is not an absolute path", path.display()),
+    );
+}
+
+fn valid_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+fn validate_access(problems: &mut Problems, access: &Access) {
+    for (list, codes) in [
+        ("allow", &access.countries.allow),
+        ("deny", &access.countries.deny),
+    ] {
+        for (i, code) in codes.iter().enumerate() {
+            problems.check(
+                code.check_assigned(),
+                format!("access.countries.{list}[{i}]"),
+            );
+        }
+    }
+    let has_countries = !access.countries.allow.is_empty() || !access.countries.deny.is_empty();
+    problems.require(
+        !has_countries || access.geoip_file.is_some(),
+        "access.geoipFile",
+        "countries are listed but no country database is given",
+    );
+    if let Some(path) = &access.geoip_file {
+        require_absolute(problems, "access.geoipFile", path);
+    }
+    if let Some(otp) = &access.otp {
+        problems.require(
+            !access.emails.is_empty() || !access.email_domains.is_empty(),
+            "access.emails",
+            "one-time codes need at least one allowed e-mail or domain",
+        );
+        problems.require(
+            (6..=10).contains(&otp.length),
+            "access.otp.length",
+            "must be 6 to 10 digits",
+        );
+        problems.require(
+            otp.max_attempts > 0,
+            "access.otp.maxAttempts",
+            "must be at least 1",
+        );
+        problems.require(
+            !otp.ttl.is_zero(),
+            "access.otp.ttl",
+            "must be longer than 0s",
+        );
+        problems.require(
+            otp.smtp.username_file.is_some() == otp.smtp.password_file.is_some(),
+            "access.otp.smtp",
+            "give both usernameFile and passwordFile, or neither",
+        );
+        for (field, path) in [
+            ("access.otp.smtp.usernameFile", &otp.smtp.username_file),
+            ("access.otp.smtp.passwordFile", &otp.smtp.password_file),
+        ] {
+            if let Some(path) = path {
+                require_absolute(problems, field, path);
+            }
+        }
+    }
+    let session = &access.session;
+    problems.require(
+        !session.key_files.is_empty(),
+        "access.session.keyFiles",
+        "give at least one signing key file",
+    );
+    for (i, path) in session.key_files.iter().enumerate() {
+        require_absolute(problems, &format!("access.session.keyFiles[{i}]"), path);
+    }
+    problems.require(
+        !session.idle_ttl.is_zero() && session.idle_ttl <= session.ttl,
+        "access.session.idleTtl",
+        "must be longer than 0s and no longer than ttl",
+    );
+    for (i, prefix) in access.bypass.iter().enumerate() {
+        problems.require(
+            prefix.starts_with('/'),
+            format!("access.bypass[{i}]"),
+            "must start with /",
+        );
+    }
+}
+
+fn validate_waf(problems: &mut Problems, waf: &Waf) {
+    problems.require(
+        (1..=4).contains(&waf.paranoia_level),
+        "waf.paranoiaLevel",
+        "must be 1 to 4",
+    );
+    problems.require(
+        (waf.paranoia_level..=4).contains(&waf.executing_paranoia_level),
+        "waf.executingParanoiaLevel",
+        "must be at least waf.paranoiaLevel and at most 4",
+    );
+    if let Some(dir) = &waf.crs_dir {
+        require_absolute(problems, "waf.crsDir", dir);
+    }
+    for (i, exclusion) in waf.exclusions.iter().enumerate() {
+        problems.require(
+            !(exclusion.rule_ids.is_empty()
+                && exclusion.rule_id_ranges.is_empty()
+                && exclusion.tags.is_empty()),
+            format!("waf.exclusions[{i}]"),
+            "name the rules to exclude",
+        );
+        for (j, (low, high)) in exclusion.rule_id_ranges.iter().enumerate() {
+            problems.require(
+                low <= high,
+                format!("waf.exclusions[{i}].ruleIdRanges[{j}]"),
+                "the lower id comes first",
+            );
+        }
+    }
+}
+
+fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimit) {
+    problems.require(
+        !limit.path_prefixes.is_empty() || limit.path_regex.is_some(),
+        format!("{field}.pathPrefixes"),
+        "give pathPrefixes or pathRegex",
+    );
+    if let Some(pattern) = &limit.path_regex {
+        problems.check(
+            Regex::new(pattern).map_err(|e| format!("not a valid regular expression: {e}")),
+            format!("{field}.pathRegex"),
+        );
+    }
+    problems.require(
+        limit.limit > 0,
+        format!("{field}.limit"),
+        "must be at least 1",
+    );
+    problems.require(
+        !limit.period.is_zero(),
+        format!("{field}.period"),
+        "must be longer than 0s",
+    );
+    problems.require(
+        (limit.key == KeyKind::Header) == limit.key_header.is_some(),
+        format!("{field}.keyHeader"),
+        "required with key Header, and only then",
+    );
+    problems.require(
+        limit.ban_after.is_some() == limit.ban_duration.is_some(),
+        format!("{field}.banDuration"),
+        "give banAfter and banDuration together",
+    );
+    problems.require(
+        (400..=599).contains(&limit.status),
+        format!("{field}.status"),
+        "must be 400 to 599",
+    );
+    if let Some(path) = &limit.redis_url_file {
+        require_absolute(problems, &format!("{field}.redisUrlFile"), path);
+    }
+}

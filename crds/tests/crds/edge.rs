@@ -1,0 +1,113 @@
+//! The edge document: the example loads, round-trips, hashes stably, and bad documents are
+//! refused with the path of what is wrong.
+
+use portcullis_crds::edge::{EdgeConfig, EdgeConfigError};
+
+use crate::util::root;
+
+fn example_text() -> String {
+    std::fs::read_to_string(root().join("examples/edge/edge.yaml")).unwrap()
+}
+
+fn example() -> EdgeConfig {
+    EdgeConfig::from_yaml(&example_text()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn invalid_fields(text: &str) -> Vec<String> {
+    match EdgeConfig::from_yaml(text) {
+        Err(EdgeConfigError::Invalid(errors)) => errors.0.into_iter().map(|e| e.field).collect(),
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_round_trips_through_yaml() {
+    let config = example();
+    assert_eq!(EdgeConfig::from_yaml(&config.to_yaml()).unwrap(), config);
+}
+
+#[test]
+fn the_content_hash_is_stable_and_follows_the_content() {
+    let config = example();
+    let hash = config.content_hash();
+    assert_eq!(hash.len(), 64);
+    assert_eq!(
+        EdgeConfig::from_yaml(&config.to_yaml())
+            .unwrap()
+            .content_hash(),
+        hash
+    );
+    let mut changed = config.clone();
+    changed.access.as_mut().unwrap().emails.pop();
+    assert_ne!(changed.content_hash(), hash);
+}
+
+#[test]
+fn only_a_change_of_sockets_changes_the_restart_hash() {
+    let config = example();
+    let mut live = config.clone();
+    live.access.as_mut().unwrap().emails.pop();
+    live.waf.as_mut().unwrap().paranoia_level = 2;
+    live.waf.as_mut().unwrap().executing_paranoia_level = 2;
+    assert_eq!(live.restart_hash(), config.restart_hash());
+    let mut moved = config.clone();
+    moved.listen.https.set_port(9443);
+    assert_ne!(moved.restart_hash(), config.restart_hash());
+}
+
+#[test]
+fn an_unknown_key_is_a_parse_error_naming_it() {
+    let text = example_text()
+        .replace("  hstsMaxAge", "  hsts")
+        .replace("tls:\n  certFile", "tls:\n  certfile");
+    match EdgeConfig::from_yaml(&text) {
+        Err(EdgeConfigError::Parse(error)) => {
+            assert!(error.to_string().contains("certfile"), "{error}")
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_wrong_version_is_refused() {
+    let fields =
+        invalid_fields(&example_text().replace("edge.portcullis.dev/v1", "edge.portcullis.dev/v2"));
+    assert_eq!(fields, ["apiVersion"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let text = example_text()
+        .replace("admin: 0.0.0.0:9090", "admin: 0.0.0.0:8443")
+        .replace("keyFile: /etc/portcullis/tls/tls.key", "keyFile: tls.key")
+        .replace("  geoipFile: /etc/portcullis/geoip/country.mmdb\n", "")
+        .replace("executingParanoiaLevel: 1", "executingParanoiaLevel: 0")
+        .replace(
+            "address: jellyfin-app.media.svc:8096",
+            "address: jellyfin-app",
+        )
+        .replace("    banDuration: 1h\n", "");
+    let fields = invalid_fields(&text);
+    for expected in [
+        "listen.admin",
+        "tls.keyFile",
+        "access.geoipFile",
+        "waf.executingParanoiaLevel",
+        "upstream.address",
+        "rateLimits[0].banDuration",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
+    }
+}
+
+#[test]
+fn a_negative_duration_does_not_parse() {
+    let text = example_text().replace("ttl: 10m", "ttl: -10m");
+    assert!(matches!(
+        EdgeConfig::from_yaml(&text),
+        Err(EdgeConfigError::Parse(_))
+    ));
+}
