@@ -1,0 +1,150 @@
+//! What every reconcile shares: the client, the event recorder, metrics, settings, and
+//! which objects each MediaServer depends on (for watch mapping).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use kube::{
+    Client,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+    },
+};
+use portcullis_crds::MediaServer;
+
+use crate::{metrics::Metrics, render::Settings};
+
+/// A kind of object a MediaServer can depend on without owning it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DependencyKind {
+    /// An AccessPolicy.
+    AccessPolicy,
+    /// A WafRuleSet.
+    WafRuleSet,
+    /// A RateLimit.
+    RateLimit,
+    /// A Secret (TLS, SMTP, GeoIP, Redis).
+    Secret,
+    /// A ConfigMap (GeoIP).
+    ConfigMap,
+}
+
+/// An object a MediaServer depends on, in the MediaServer's namespace.
+pub type Dependency = (DependencyKind, String);
+
+/// Which objects each MediaServer read during its last reconcile.
+#[derive(Default)]
+pub struct Dependencies {
+    by_server: Mutex<HashMap<ObjectRef<MediaServer>, BTreeSet<Dependency>>>,
+}
+
+impl Dependencies {
+    /// Records what `server` depends on, replacing what it depended on before.
+    pub fn record(&self, server: ObjectRef<MediaServer>, dependencies: BTreeSet<Dependency>) {
+        self.by_server
+            .lock()
+            .expect("dependency map lock")
+            .insert(server, dependencies);
+    }
+
+    /// Forgets a deleted MediaServer.
+    pub fn forget(&self, server: &ObjectRef<MediaServer>) {
+        self.by_server
+            .lock()
+            .expect("dependency map lock")
+            .remove(server);
+    }
+
+    /// The MediaServers that depend on `name` of `kind` in `namespace`.
+    pub fn dependents(
+        &self,
+        kind: DependencyKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Vec<ObjectRef<MediaServer>> {
+        let dependency = (kind, name.to_owned());
+        self.by_server
+            .lock()
+            .expect("dependency map lock")
+            .iter()
+            .filter(|(server, dependencies)| {
+                server.namespace.as_deref() == namespace && dependencies.contains(&dependency)
+            })
+            .map(|(server, _)| server.clone())
+            .collect()
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on the resources.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    /// Operator-wide settings.
+    pub settings: Settings,
+    /// What each MediaServer depends on.
+    pub dependencies: Dependencies,
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `instance`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Metrics,
+        instance: String,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: crate::render::FIELD_MANAGER.to_owned(),
+            instance: Some(instance),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            dependencies: Dependencies::default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependents_are_found_by_kind_namespace_and_name() {
+        let dependencies = Dependencies::default();
+        let a = ObjectRef::<MediaServer>::new("a").within("media");
+        let b = ObjectRef::<MediaServer>::new("b").within("other");
+        dependencies.record(
+            a.clone(),
+            [(DependencyKind::AccessPolicy, "family".to_owned())].into(),
+        );
+        dependencies.record(
+            b,
+            [(DependencyKind::AccessPolicy, "family".to_owned())].into(),
+        );
+        assert_eq!(
+            dependencies.dependents(DependencyKind::AccessPolicy, Some("media"), "family"),
+            vec![a.clone()]
+        );
+        assert!(
+            dependencies
+                .dependents(DependencyKind::Secret, Some("media"), "family")
+                .is_empty()
+        );
+        dependencies.forget(&a);
+        assert!(
+            dependencies
+                .dependents(DependencyKind::AccessPolicy, Some("media"), "family")
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! The MediaServer controller: renders and applies the app, edge and transcoder, and
+//! reports their readiness.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Secret, Service},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        reflector::ObjectRef,
+    },
+};
+use portcullis_crds::{
+    MediaServer, MediaServerStatus, Validate,
+    conditions::{ConditionType, condition, set_condition},
+    media_server::ComponentStatus,
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    apply::{apply, delete_owned},
+    context::Context,
+    error::{Error, Result},
+    render::{self, FIELD_MANAGER, Names, edge_config::mounts, transcoder},
+    resolve::{declared_dependencies, resolve},
+};
+
+/// How often a MediaServer is reconciled when nothing triggers it.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a MediaServer whose pods are not all ready is looked at again.
+const PROGRESS_CHECK: Duration = Duration::from_secs(15);
+/// Bytes in a generated key (session signing, transcoder token).
+const KEY_BYTES: usize = 32;
+
+/// Reconciles one MediaServer.
+#[instrument(skip(server, ctx), fields(namespace = server.namespace(), name = server.name_any()))]
+pub async fn reconcile(server: Arc<MediaServer>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&["MediaServer"])
+        .start_timer();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["MediaServer"])
+        .inc();
+    let server_ref = ObjectRef::from_obj(&*server);
+    let mut dependencies = declared_dependencies(&server);
+    let outcome = apply_server(&server, &ctx, &mut dependencies).await;
+    ctx.dependencies.record(server_ref, dependencies);
+    let action = match outcome {
+        Ok(progress) => {
+            let ready = progress.is_ready();
+            write_status(&server, &ctx, progress.into_status(&server)).await?;
+            Action::requeue(if ready { RESYNC } else { PROGRESS_CHECK })
+        }
+        Err(error) if error.needs_user() => {
+            stalled(&server, &ctx, &error).await?;
+            Action::requeue(RESYNC)
+        }
+        Err(error) => return Err(error),
+    };
+    timer.observe_duration();
+    Ok(action)
+}
+
+/// Retries transient failures with backoff; user errors never reach here.
+pub fn error_policy(server: Arc<MediaServer>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(namespace = server.namespace(), name = server.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .failures
+        .with_label_values(&["MediaServer", error.metric_label()])
+        .inc();
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// What the reconcile achieved: the document hash in force and each component's pods.
+struct Progress {
+    config_hash: String,
+    app: ComponentStatus,
+    edge: ComponentStatus,
+    transcoder: Option<ComponentStatus>,
+}
+
+fn component(deployment: &Deployment) -> ComponentStatus {
+    let status = deployment.status.clone().unwrap_or_default();
+    let current = status.observed_generation >= deployment.metadata.generation;
+    ComponentStatus {
+        replicas: deployment.spec.replicas.unwrap_or(1),
+        ready_replicas: if current {
+            status.ready_replicas.unwrap_or(0)
+        } else {
+            0
+        },
+    }
+}
+
+fn component_ready(status: &ComponentStatus) -> bool {
+    status.ready_replicas >= status.replicas
+}
+
+impl Progress {
+    fn waiting_for(&self) -> Vec<String> {
+        let mut waiting = Vec::new();
+        for (name, status) in [
+            ("app", Some(&self.app)),
+            ("edge", Some(&self.edge)),
+            ("transcoder", self.transcoder.as_ref()),
+        ] {
+            if let Some(status) = status.filter(|s| !component_ready(s)) {
+                waiting.push(format!(
+                    "{name} ({}/{} ready)",
+                    status.ready_replicas, status.replicas
+                ));
+            }
+        }
+        waiting
+    }
+
+    fn is_ready(&self) -> bool {
+        self.waiting_for().is_empty()
+    }
+
+    fn into_status(self, server: &MediaServer) -> MediaServerStatus {
+        let generation = server.metadata.generation;
+        let mut conditions = server.status.clone().unwrap_or_default().conditions;
+        let now = Time(Timestamp::now());
+        let waiting = self.waiting_for();
+        if waiting.is_empty() {
+            let message = "the app, the edge and the transcoder (if any) are running with the current configuration";
+            set_condition(
+                &mut conditions,
+                condition(
+                    ConditionType::Ready,
+                    true,
+                    "Ready",
+                    message,
+                    generation,
+                    now.clone(),
+                ),
+            );
+            set_condition(
+                &mut conditions,
+                condition(
+                    ConditionType::Reconciling,
+                    false,
+                    "Ready",
+                    "",
+                    generation,
+                    now.clone(),
+                ),
+            );
+        } else {
+            let message = format!("waiting for {}", waiting.join(", "));
+            set_condition(
+                &mut conditions,
+                condition(
+                    ConditionType::Ready,
+                    false,
+                    "Progressing",
+                    &message,
+                    generation,
+                    now.clone(),
+                ),
+            );
+            set_condition(
+                &mut conditions,
+                condition(
+                    ConditionType::Reconciling,
+                    true,
+                    "Progressing",
+                    message,
+                    generation,
+                    now.clone(),
+                ),
+            );
+        }
+        set_condition(
+            &mut conditions,
+            condition(
+                ConditionType::Stalled,
+                false,
+                "Reconciled",
+                "",
+                generation,
+                now,
+            ),
+        );
+        MediaServerStatus {
+            observed_generation: generation,
+            conditions,
+            url: Some(format!("https://{}", server.spec.host)),
+            config_hash: Some(self.config_hash),
+            app: Some(self.app),
+            edge: Some(self.edge),
+            transcoder: self.transcoder,
+        }
+    }
+}
+
+fn random_key() -> Result<ByteString> {
+    let mut bytes = vec![0_u8; KEY_BYTES];
+    getrandom::fill(&mut bytes).map_err(Error::Random)?;
+    Ok(ByteString(bytes))
+}
+
+/// The values of `keys` in the Secret `name`, kept when present, generated once otherwise.
+async fn kept_keys(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    keys: &[&str],
+) -> Result<BTreeMap<String, ByteString>> {
+    let existing = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await?
+        .and_then(|secret| secret.data)
+        .unwrap_or_default();
+    keys.iter()
+        .map(|key| {
+            let value = match existing.get(*key) {
+                Some(value) if !value.0.is_empty() => value.clone(),
+                _ => random_key()?,
+            };
+            Ok(((*key).to_owned(), value))
+        })
+        .collect()
+}
+
+async fn apply_server(
+    server: &MediaServer,
+    ctx: &Context,
+    dependencies: &mut std::collections::BTreeSet<crate::context::Dependency>,
+) -> Result<Progress> {
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let uid = server
+        .uid()
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    server.spec.validate().map_err(Error::InvalidSpec)?;
+    let resolved = resolve(ctx, server, dependencies).await?;
+    let names = Names::new(&server.name_any());
+    let settings = &ctx.settings;
+
+    let document = render::edge_config::render(server, &resolved);
+    let session_keys = kept_keys(
+        ctx,
+        &namespace,
+        &names.session_keys(),
+        &mounts::SESSION_KEYS,
+    )
+    .await?;
+    apply(ctx, render::edge::session_keys(server, &session_keys)).await?;
+    apply(ctx, render::edge::config_map(server, &document)).await?;
+    for claim in render::app::claims(server) {
+        apply(ctx, claim).await?;
+    }
+    apply(ctx, render::app::service(server)).await?;
+    apply(ctx, render::edge::service(server)).await?;
+
+    let transcoder_spec = transcoder::enabled(server);
+    let transcoder_status = match transcoder_spec {
+        Some(spec) => {
+            let token = kept_keys(ctx, &namespace, &names.transcoder_token(), &["token"]).await?;
+            apply(ctx, transcoder::token_secret(server, &token["token"])).await?;
+            apply(ctx, transcoder::service(server)).await?;
+            Some(component(
+                &apply(ctx, transcoder::deployment(server, spec, settings)).await?,
+            ))
+        }
+        None => {
+            delete_owned::<Deployment>(ctx, &namespace, &names.transcoder(), &uid).await?;
+            delete_owned::<Service>(ctx, &namespace, &names.transcoder(), &uid).await?;
+            delete_owned::<NetworkPolicy>(ctx, &namespace, &names.transcoder(), &uid).await?;
+            delete_owned::<Secret>(ctx, &namespace, &names.transcoder_token(), &uid).await?;
+            None
+        }
+    };
+    for policy in render::network_policy::policies(server, transcoder_spec.is_some()) {
+        apply(ctx, policy).await?;
+    }
+    let app = apply(ctx, render::app::deployment(server, settings)).await?;
+    let edge = apply(
+        ctx,
+        render::edge::deployment(server, &resolved, &document, settings),
+    )
+    .await?;
+    Ok(Progress {
+        config_hash: document.content_hash(),
+        app: component(&app),
+        edge: component(&edge),
+        transcoder: transcoder_status,
+    })
+}
+
+/// Writes `status` unless it is what the MediaServer already reports.
+async fn write_status(
+    server: &MediaServer,
+    ctx: &Context,
+    status: MediaServerStatus,
+) -> Result<()> {
+    if server.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<MediaServer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": "portcullis.dev/v1alpha1",
+        "kind": "MediaServer",
+        "status": status,
+    });
+    ctx.metrics.writes.with_label_values(&["MediaServer"]).inc();
+    api.patch_status(
+        &server.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks the MediaServer Stalled with the error, and says so once in a Warning Event.
+/// The objects already running are left as they were (the last good configuration).
+async fn stalled(server: &MediaServer, ctx: &Context, error: &Error) -> Result<()> {
+    let generation = server.metadata.generation;
+    let now = Time(Timestamp::now());
+    let mut status = server.status.clone().unwrap_or_default();
+    let message = error.to_string();
+    let reason = error.metric_label();
+    let changed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .is_none_or(|c| c.status != "True" || c.message != message);
+    set_condition(
+        &mut status.conditions,
+        condition(
+            ConditionType::Ready,
+            false,
+            reason,
+            &message,
+            generation,
+            now.clone(),
+        ),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(
+            ConditionType::Reconciling,
+            false,
+            reason,
+            "",
+            generation,
+            now.clone(),
+        ),
+    );
+    set_condition(
+        &mut status.conditions,
+        condition(
+            ConditionType::Stalled,
+            true,
+            reason,
+            &message,
+            generation,
+            now,
+        ),
+    );
+    status.observed_generation = generation;
+    if changed {
+        info!(namespace = server.namespace(), name = server.name_any(), %error, "stalled");
+        ctx.metrics
+            .failures
+            .with_label_values(&["MediaServer", reason])
+            .inc();
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(message),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        ctx.metrics.writes.with_label_values(&["Event"]).inc();
+        ctx.recorder
+            .publish(&event, &server.object_ref(&()))
+            .await?;
+    }
+    write_status(server, ctx, status).await
+}

@@ -1,0 +1,409 @@
+//! The edge: its Deployment, public Service, the ConfigMap holding the edge document, and
+//! the Secret holding its session signing keys.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+            KeyToPath, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Secret,
+            SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            WeightedPodAffinityTerm,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use kube::ResourceExt;
+use portcullis_crds::{
+    MediaServer, access_policy::GeoIpSource, edge::EdgeConfig, media_server::ServiceType,
+    rate_limit::BackendType,
+};
+
+use super::{
+    Component, Names, RESTART_HASH_ANNOTATION, Resolved, Settings,
+    edge_config::{GEOIP_FILE, mounts, redis_dir},
+    owned_metadata, security, selector, selector_labels,
+};
+
+/// The ConfigMap holding the rendered edge document.
+pub fn config_map(server: &MediaServer, document: &EdgeConfig) -> ConfigMap {
+    ConfigMap {
+        metadata: owned_metadata(
+            server,
+            Names::new(&server.name_any()).edge_config(),
+            Component::Edge,
+        ),
+        data: Some(BTreeMap::from([(
+            mounts::CONFIG_FILE.to_owned(),
+            document.to_yaml(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The Secret holding the session signing keys. `keys` are the values to keep (read from
+/// the cluster, or generated once by the caller); this function never invents them.
+pub fn session_keys(server: &MediaServer, keys: &BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: owned_metadata(
+            server,
+            Names::new(&server.name_any()).session_keys(),
+            Component::Edge,
+        ),
+        type_: Some("Opaque".to_owned()),
+        data: Some(keys.clone()),
+        ..Secret::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, items: Option<Vec<KeyToPath>>) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items,
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn key_to(key: &str, path: &str) -> Option<Vec<KeyToPath>> {
+    Some(vec![KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        ..KeyToPath::default()
+    }])
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The TLS Secret the edge mounts: the user's, or the one cert-manager fills for an issuer.
+pub fn tls_secret_name(server: &MediaServer) -> String {
+    server
+        .spec
+        .tls
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-tls", Names::new(&server.name_any()).edge()))
+}
+
+/// Every volume the edge needs, with where it is mounted: the document's directory, TLS,
+/// session keys, and what the referenced policies bring (SMTP, country database, Redis).
+fn volumes(server: &MediaServer, resolved: &Resolved) -> Vec<(Volume, VolumeMount)> {
+    let names = Names::new(&server.name_any());
+    let mut volumes = vec![
+        (
+            Volume {
+                name: "config".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: names.edge_config(),
+                    optional: Some(false),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            read_only_mount("config", mounts::CONFIG_DIR),
+        ),
+        (
+            secret_volume("tls", &tls_secret_name(server), None),
+            read_only_mount("tls", mounts::TLS_DIR),
+        ),
+        (
+            secret_volume("session", &names.session_keys(), None),
+            read_only_mount("session", mounts::SESSION_DIR),
+        ),
+    ];
+    if let Some(policy) = &resolved.access_policy {
+        let spec = &policy.resource.spec;
+        if let Some(secret) = spec
+            .otp
+            .as_ref()
+            .and_then(|otp| otp.smtp.credentials_secret.as_ref())
+        {
+            volumes.push((
+                secret_volume("smtp", secret, None),
+                read_only_mount("smtp", mounts::SMTP_DIR),
+            ));
+        }
+        match &spec.geoip {
+            Some(GeoIpSource {
+                secret_ref: Some(secret),
+                ..
+            }) => volumes.push((
+                secret_volume("geoip", &secret.name, key_to(&secret.key, GEOIP_FILE)),
+                read_only_mount("geoip", mounts::GEOIP_DIR),
+            )),
+            Some(GeoIpSource {
+                config_map_ref: Some(map),
+                ..
+            }) => volumes.push((
+                Volume {
+                    name: "geoip".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: map.name.clone(),
+                        items: key_to(&map.key, GEOIP_FILE),
+                        optional: Some(false),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                read_only_mount("geoip", mounts::GEOIP_DIR),
+            )),
+            _ => {}
+        }
+    }
+    for (i, limit) in resolved.rate_limits.iter().enumerate() {
+        let spec = &limit.resource.spec;
+        if let (BackendType::Redis, Some(redis)) = (spec.backend.type_, &spec.backend.redis) {
+            let name = format!("redis-{i}");
+            volumes.push((
+                secret_volume(&name, &redis.url_secret_ref.name, None),
+                read_only_mount(&name, &redis_dir(&limit.name)),
+            ));
+        }
+    }
+    volumes
+}
+
+fn port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn admin_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The edge's Deployment. Its pod template changes only when a running proxy cannot apply
+/// the change live: the document's restart hash, or the set of mounted volumes.
+pub fn deployment(
+    server: &MediaServer,
+    resolved: &Resolved,
+    document: &EdgeConfig,
+    settings: &Settings,
+) -> Deployment {
+    let name = server.name_any();
+    let spec = &server.spec.edge;
+    let (volumes, volume_mounts): (Vec<_>, Vec<_>) = volumes(server, resolved).into_iter().unzip();
+    let container = Container {
+        name: "edge".to_owned(),
+        image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
+        command: Some(vec!["portcullis-proxy".to_owned()]),
+        args: Some(vec![
+            "--config".to_owned(),
+            format!("{}/{}", mounts::CONFIG_DIR, mounts::CONFIG_FILE),
+        ]),
+        ports: Some(vec![
+            port("https", mounts::HTTPS_PORT),
+            port("http", mounts::HTTP_PORT),
+            port("admin", mounts::ADMIN_PORT),
+        ]),
+        volume_mounts: Some(volume_mounts),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(admin_probe("/readyz", 5)),
+        liveness_probe: Some(admin_probe("/healthz", 10)),
+        security_context: Some(security::container()),
+        ..Container::default()
+    };
+    let anti_affinity = Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector(&name, Component::Edge)),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    };
+    Deployment {
+        metadata: owned_metadata(server, Names::new(&name).edge(), Component::Edge),
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: selector(&name, Component::Edge),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector_labels(&name, Component::Edge)),
+                    annotations: Some(BTreeMap::from([(
+                        RESTART_HASH_ANNOTATION.to_owned(),
+                        document.restart_hash(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
+                    security_context: Some(security::pod(security::PORTCULLIS_UID)),
+                    affinity: Some(anti_affinity),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The edge's public Service: HTTPS on 443, the redirect on 80.
+pub fn service(server: &MediaServer) -> Service {
+    let name = server.name_any();
+    let spec = &server.spec.edge.service;
+    let mut metadata = owned_metadata(server, Names::new(&name).edge(), Component::Edge);
+    if !spec.annotations.is_empty() {
+        metadata.annotations = Some(spec.annotations.clone());
+    }
+    let service_port = |port_name: &str, port: i32, node_port: Option<i32>| ServicePort {
+        name: Some(port_name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(port_name.to_owned())),
+        node_port,
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    };
+    let type_ = match spec.type_ {
+        ServiceType::LoadBalancer => "LoadBalancer",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::ClusterIP => "ClusterIP",
+    };
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.to_owned()),
+            selector: Some(selector_labels(&name, Component::Edge)),
+            // Keep the client's address on the packets (no SNAT) where the type allows it.
+            external_traffic_policy: (spec.type_ != ServiceType::ClusterIP)
+                .then(|| "Local".to_owned()),
+            ports: Some(vec![
+                service_port("https", 443, spec.https_node_port),
+                service_port("http", 80, spec.http_node_port),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{edge_config, test_support::seed_server};
+
+    fn rendered(server: &MediaServer) -> Deployment {
+        let resolved = Resolved::default();
+        deployment(
+            server,
+            &resolved,
+            &edge_config::render(server, &resolved),
+            &Settings::default(),
+        )
+    }
+
+    fn pod(deployment: &Deployment) -> &PodSpec {
+        deployment.spec.template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn the_document_is_mounted_as_a_directory_never_a_sub_path() {
+        let deployment = rendered(&seed_server());
+        let mounts = pod(&deployment).containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap();
+        let config = mounts.iter().find(|m| m.name == "config").unwrap();
+        assert_eq!(config.mount_path, "/etc/portcullis/config");
+        assert!(mounts.iter().all(|m| m.sub_path.is_none()));
+    }
+
+    #[test]
+    fn the_restart_hash_ignores_policy_edits() {
+        let server = seed_server();
+        let before = rendered(&server);
+        let mut changed = server.clone();
+        changed
+            .spec
+            .edge
+            .trusted_proxies
+            .push("192.0.2.0/24".parse().unwrap());
+        let after = rendered(&changed);
+        assert_eq!(before.spec.template, after.spec.template);
+    }
+
+    #[test]
+    fn edge_replicas_spread_over_nodes_and_drain_within_their_grace_period() {
+        let mut server = seed_server();
+        server.spec.edge.replicas = 3;
+        server.spec.edge.termination_grace_period_seconds = 45;
+        let deployment = rendered(&server);
+        assert_eq!(deployment.spec.replicas, Some(3));
+        let pod = pod(&deployment);
+        assert_eq!(pod.termination_grace_period_seconds, Some(45));
+        assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn the_service_exposes_https_and_the_redirect_as_asked() {
+        let mut server = seed_server();
+        server.spec.edge.service.type_ = ServiceType::NodePort;
+        server.spec.edge.service.https_node_port = Some(30443);
+        let spec = service(&server).spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        let ports = spec.ports.unwrap();
+        assert_eq!((ports[0].port, ports[0].node_port), (443, Some(30443)));
+        assert_eq!(ports[1].port, 80);
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+    }
+
+    #[test]
+    fn an_issuer_certificate_is_read_from_the_secret_cert_manager_fills() {
+        let mut server = seed_server();
+        server.spec.tls.secret_name = None;
+        assert_eq!(tls_secret_name(&server), "jellyfin-edge-tls");
+    }
+
+    #[test]
+    fn the_config_map_holds_the_document_the_proxy_reads() {
+        let server = seed_server();
+        let document = edge_config::render(&server, &Resolved::default());
+        let map = config_map(&server, &document);
+        let text = &map.data.unwrap()["edge.yaml"];
+        assert_eq!(EdgeConfig::from_yaml(text).unwrap(), document);
+    }
+}

@@ -1,0 +1,394 @@
+//! The edge document (`edge.yaml`) for a MediaServer: its spec and the resources it
+//! references, turned into the self-contained contract the proxy loads.
+//!
+//! Secret material is referred to by the paths where the edge Deployment mounts it
+//! ([`mounts`]), never copied into the document.
+
+use std::net::SocketAddr;
+
+use kube::ResourceExt;
+use portcullis_crds::{
+    MediaServer,
+    access_policy::{AccessPolicySpec, GeoIpSource},
+    edge::{
+        Access, App, ClientIdentity, Countries, EDGE_API_VERSION, EDGE_KIND, EdgeBan, EdgeConfig,
+        Limits, Listen, Otp, RateLimit, Session, Smtp, Source, Timeouts, Tls, Upstream, Waf,
+        WafExclusion,
+    },
+    media_server::AppKind,
+    rate_limit::{BackendType, RateLimitSpec},
+    waf_rule_set::WafRuleSetSpec,
+};
+
+use super::{Named, Names, Resolved};
+
+/// Where the edge container finds each file the document refers to.
+pub mod mounts {
+    /// The directory the edge-config ConfigMap is mounted at (a directory, never subPath,
+    /// so the kubelet's updates reach the proxy).
+    pub const CONFIG_DIR: &str = "/etc/portcullis/config";
+    /// The edge document's file name in the ConfigMap.
+    pub const CONFIG_FILE: &str = "edge.yaml";
+    /// The TLS Secret's directory.
+    pub const TLS_DIR: &str = "/etc/portcullis/tls";
+    /// The session-keys Secret's directory.
+    pub const SESSION_DIR: &str = "/etc/portcullis/session";
+    /// The SMTP credentials Secret's directory.
+    pub const SMTP_DIR: &str = "/etc/portcullis/smtp";
+    /// The country database's directory.
+    pub const GEOIP_DIR: &str = "/etc/portcullis/geoip";
+    /// The Core Rule Set's directory.
+    pub const CRS_DIR: &str = "/etc/portcullis/crs";
+    /// The directory holding each Redis URL Secret, one subdirectory per RateLimit.
+    pub const REDIS_DIR: &str = "/etc/portcullis/redis";
+    /// The HTTPS port inside the pod.
+    pub const HTTPS_PORT: u16 = 8443;
+    /// The plain-HTTP port inside the pod.
+    pub const HTTP_PORT: u16 = 8080;
+    /// The admin port (health, readiness, metrics).
+    pub const ADMIN_PORT: u16 = 9090;
+    /// The app's HTTP port.
+    pub const APP_PORT: u16 = 8096;
+    /// Keys of the session Secret: the key that signs, then the one before it.
+    pub const SESSION_KEYS: [&str; 2] = ["current", "previous"];
+}
+
+/// The file name of the country database inside [`mounts::GEOIP_DIR`].
+pub const GEOIP_FILE: &str = "country.mmdb";
+
+fn listen_on(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+/// Renders the edge document of `server` with everything it references.
+pub fn render(server: &MediaServer, resolved: &Resolved) -> EdgeConfig {
+    let spec = &server.spec;
+    let names = Names::new(&server.name_any());
+    let namespace = server.namespace().unwrap_or_default();
+    let mut timeouts = Timeouts::default();
+    // Leave the kubelet five seconds between the drain and SIGKILL.
+    let grace = u64::try_from(spec.edge.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .saturating_sub(5)
+        .max(1);
+    timeouts.shutdown_grace = portcullis_crds::common::Duration::from_secs(grace);
+    let mut limits = Limits::default();
+    if let Some(waf) = &resolved.waf_rule_set {
+        limits.max_body = limits.max_body.max(waf.resource.spec.request_body_limit);
+    }
+    EdgeConfig {
+        api_version: EDGE_API_VERSION.to_owned(),
+        kind: EDGE_KIND.to_owned(),
+        source: Source {
+            namespace: namespace.clone(),
+            name: server.name_any(),
+            generation: server.metadata.generation.unwrap_or_default(),
+        },
+        app: App {
+            kind: spec.app.kind,
+            display_name: match spec.app.kind {
+                AppKind::Jellyfin => "Jellyfin".to_owned(),
+            },
+        },
+        host: spec.host.clone(),
+        listen: Listen {
+            https: listen_on(mounts::HTTPS_PORT),
+            http: Some(listen_on(mounts::HTTP_PORT)),
+            admin: listen_on(mounts::ADMIN_PORT),
+            proxy_protocol: spec.edge.proxy_protocol,
+        },
+        tls: Tls {
+            cert_file: format!("{}/tls.crt", mounts::TLS_DIR).into(),
+            key_file: format!("{}/tls.key", mounts::TLS_DIR).into(),
+            hsts_max_age: portcullis_crds::common::Duration::from_secs(365 * 24 * 3600),
+        },
+        client_identity: ClientIdentity {
+            trusted_proxies: spec.edge.trusted_proxies.clone(),
+            behind_cloudflare: spec.edge.behind_cloudflare,
+        },
+        limits,
+        timeouts,
+        upstream: Upstream {
+            address: format!("{}.{namespace}.svc:{}", names.app(), mounts::APP_PORT),
+            tls: None,
+            pool_size: 128,
+        },
+        access: resolved
+            .access_policy
+            .as_ref()
+            .map(|policy| access(&policy.resource.spec)),
+        waf: resolved
+            .waf_rule_set
+            .as_ref()
+            .map(|waf| render_waf(&waf.resource.spec)),
+        rate_limits: resolved.rate_limits.iter().map(rate_limit).collect(),
+    }
+}
+
+fn access(policy: &AccessPolicySpec) -> Access {
+    let countries = policy
+        .countries
+        .as_ref()
+        .map_or_else(Countries::default, |c| Countries {
+            allow: c.allow.clone(),
+            deny: c.deny.clone(),
+        });
+    Access {
+        countries,
+        geoip_file: policy.geoip.as_ref().map(|source| match source {
+            GeoIpSource {
+                path: Some(path), ..
+            } => path.into(),
+            _ => format!("{}/{GEOIP_FILE}", mounts::GEOIP_DIR).into(),
+        }),
+        emails: policy.emails.clone(),
+        email_domains: policy.email_domains.clone(),
+        otp: policy.otp.as_ref().map(|otp| Otp {
+            length: otp.length,
+            ttl: otp.ttl,
+            max_attempts: otp.max_attempts,
+            resend_cooldown: otp.resend_cooldown,
+            smtp: Smtp {
+                host: otp.smtp.host.clone(),
+                port: otp.smtp.port,
+                tls: otp.smtp.tls,
+                username_file: otp
+                    .smtp
+                    .credentials_secret
+                    .as_ref()
+                    .map(|_| format!("{}/username", mounts::SMTP_DIR).into()),
+                password_file: otp
+                    .smtp
+                    .credentials_secret
+                    .as_ref()
+                    .map(|_| format!("{}/password", mounts::SMTP_DIR).into()),
+                from: otp.smtp.from.clone(),
+            },
+        }),
+        session: Session {
+            ttl: policy.session.ttl,
+            idle_ttl: policy.session.idle_ttl,
+            cookie_name: policy.session.cookie_name.clone(),
+            cookie_domain: policy.session.cookie_domain.clone(),
+            key_files: mounts::SESSION_KEYS
+                .iter()
+                .map(|key| format!("{}/{key}", mounts::SESSION_DIR).into())
+                .collect(),
+        },
+        bypass: policy.bypass.clone(),
+        app_token_cache_ttl: policy
+            .app_tokens
+            .enabled
+            .then_some(policy.app_tokens.cache_ttl),
+        revoked_before: policy.revoked_before.clone(),
+        revoked_emails: policy.revoked_emails.clone(),
+    }
+}
+
+fn render_waf(waf: &WafRuleSetSpec) -> Waf {
+    Waf {
+        mode: waf.mode,
+        crs_dir: waf.crs.enabled.then(|| mounts::CRS_DIR.into()),
+        paranoia_level: waf.crs.paranoia_level,
+        executing_paranoia_level: waf
+            .crs
+            .executing_paranoia_level
+            .unwrap_or(waf.crs.paranoia_level),
+        inbound_anomaly_threshold: waf.crs.inbound_anomaly_threshold,
+        outbound_anomaly_threshold: waf.crs.outbound_anomaly_threshold,
+        app_exclusions: waf.crs.app_exclusions,
+        exclusions: waf
+            .exclusions
+            .iter()
+            .map(|exclusion| WafExclusion {
+                rule_ids: exclusion.rule_ids.clone(),
+                rule_id_ranges: exclusion
+                    .rule_id_ranges
+                    .iter()
+                    .filter_map(|range| {
+                        let (low, high) = range.split_once('-')?;
+                        Some((low.parse().ok()?, high.parse().ok()?))
+                    })
+                    .collect(),
+                tags: exclusion.tags.clone(),
+                paths: exclusion.paths.clone(),
+                targets: exclusion.targets.clone(),
+            })
+            .collect(),
+        custom_rules: waf.custom_rules.clone(),
+        request_body_limit: waf.request_body_limit,
+        inspect_responses: waf.inspect_responses,
+    }
+}
+
+/// The directory a RateLimit's Redis URL Secret is mounted at.
+pub fn redis_dir(rate_limit: &str) -> String {
+    format!("{}/{rate_limit}", mounts::REDIS_DIR)
+}
+
+fn rate_limit(named: &Named<portcullis_crds::RateLimit>) -> RateLimit {
+    let spec: &RateLimitSpec = &named.resource.spec;
+    let ban = |at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time, key: &str| EdgeBan {
+        key: key.to_owned(),
+        at: at.clone(),
+    };
+    RateLimit {
+        name: named.name.clone(),
+        path_prefixes: spec.match_.path_prefixes.clone(),
+        path_regex: spec.match_.path_regex.clone(),
+        methods: spec.match_.methods.clone(),
+        only_statuses: spec.match_.only_statuses.clone(),
+        key: spec.key.by,
+        key_header: spec.key.header.clone(),
+        ipv6_prefix_length: spec.key.ipv6_prefix_length,
+        limit: spec.limit,
+        period: spec.period,
+        burst: spec.burst,
+        ban_after: spec.ban.as_ref().map(|b| b.after),
+        ban_duration: spec.ban.as_ref().map(|b| b.duration),
+        status: spec.response.status,
+        retry_after: spec.response.retry_after,
+        redis_url_file: spec
+            .backend
+            .redis
+            .as_ref()
+            .filter(|_| spec.backend.type_ == BackendType::Redis)
+            .map(|redis| format!("{}/{}", redis_dir(&named.name), redis.url_secret_ref.key).into()),
+        manual_bans: spec
+            .manual_bans
+            .add
+            .iter()
+            .map(|b| ban(&b.until, &b.key))
+            .collect(),
+        lifted_bans: spec
+            .manual_bans
+            .lift
+            .iter()
+            .map(|b| ban(&b.before, &b.key))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_crds::{AccessPolicy, RateLimit, WafRuleSet};
+
+    use super::*;
+    use crate::render::test_support::seed_server;
+
+    fn seed_resolved() -> Resolved {
+        let example = |file: &str| {
+            std::fs::read_to_string(format!(
+                "{}/../examples/seed/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let policy: AccessPolicy = serde_saphyr::from_str(&example("accesspolicy.yaml")).unwrap();
+        let waf: WafRuleSet = serde_saphyr::from_str(&example("wafruleset.yaml")).unwrap();
+        let limits: Vec<RateLimit> =
+            serde_saphyr::from_multiple(&example("ratelimits.yaml")).unwrap();
+        Resolved {
+            access_policy: Some(Named {
+                name: "family".into(),
+                resource: policy,
+            }),
+            waf_rule_set: Some(Named {
+                name: "crs-pl1".into(),
+                resource: waf,
+            }),
+            rate_limits: limits
+                .into_iter()
+                .map(|l| Named {
+                    name: l.name_any(),
+                    resource: l,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_seed_renders_a_document_the_proxy_accepts() {
+        let config = render(&seed_server(), &seed_resolved());
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.upstream.address, "jellyfin-app.media.svc:8096");
+        assert_eq!(config.host.as_str(), "media.example.org");
+        assert_eq!(config.source.generation, 3);
+        let access = config.access.as_ref().unwrap();
+        assert_eq!(access.countries.allow[0].as_str(), "FR");
+        assert_eq!(
+            access.geoip_file.as_deref(),
+            Some(std::path::Path::new("/etc/portcullis/geoip/country.mmdb"))
+        );
+        assert_eq!(
+            access.otp.as_ref().unwrap().smtp.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/portcullis/smtp/password"))
+        );
+        assert_eq!(access.session.key_files.len(), 2);
+        assert_eq!(
+            config.waf.as_ref().unwrap().crs_dir.as_deref(),
+            Some(std::path::Path::new(mounts::CRS_DIR))
+        );
+        assert_eq!(
+            config
+                .rate_limits
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>(),
+            ["login", "api"]
+        );
+        assert_eq!(
+            config.rate_limits[0].ban_duration.unwrap().to_string(),
+            "1h"
+        );
+    }
+
+    #[test]
+    fn the_document_embeds_no_secret_material() {
+        let yaml = render(&seed_server(), &seed_resolved()).to_yaml();
+        for secret_name in ["smtp-credentials", "geoip-country", "media-tls"] {
+            assert!(
+                !yaml.contains(secret_name),
+                "the document names Secret {secret_name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_without_references_renders_a_plain_proxy() {
+        let config = render(&seed_server(), &Resolved::default());
+        config.validate().unwrap();
+        assert!(config.access.is_none() && config.waf.is_none() && config.rate_limits.is_empty());
+    }
+
+    #[test]
+    fn the_drain_fits_inside_the_pod_grace_period() {
+        let mut server = seed_server();
+        server.spec.edge.termination_grace_period_seconds = 60;
+        assert_eq!(
+            render(&server, &Resolved::default())
+                .timeouts
+                .shutdown_grace
+                .get()
+                .as_secs(),
+            55
+        );
+    }
+
+    #[test]
+    fn a_policy_edit_changes_the_content_hash_but_not_the_restart_hash() {
+        let before = render(&seed_server(), &seed_resolved());
+        let mut resolved = seed_resolved();
+        resolved
+            .access_policy
+            .as_mut()
+            .unwrap()
+            .resource
+            .spec
+            .emails
+            .pop();
+        let after = render(&seed_server(), &resolved);
+        assert_ne!(before.content_hash(), after.content_hash());
+        assert_eq!(before.restart_hash(), after.restart_hash());
+    }
+}
