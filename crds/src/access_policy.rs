@@ -132,14 +132,14 @@ pub struct OtpSpec {
     /// How many digits a code has.
     #[serde(default = "default_otp_length")]
     #[schemars(range(min = 6, max = 10))]
-    pub length: u8,
+    pub length: i32,
     /// How long a code stays valid.
     #[serde(default = "default_otp_ttl")]
     pub ttl: Duration,
     /// How many wrong codes end the attempt (a new code must be asked for).
     #[serde(default = "default_otp_attempts")]
     #[schemars(range(min = 1, max = 20))]
-    pub max_attempts: u8,
+    pub max_attempts: i32,
     /// How long to wait before another code may be sent to the same address.
     #[serde(default = "default_resend_cooldown")]
     pub resend_cooldown: Duration,
@@ -147,7 +147,7 @@ pub struct OtpSpec {
     pub smtp: SmtpSpec,
 }
 
-const fn default_otp_length() -> u8 {
+const fn default_otp_length() -> i32 {
     6
 }
 
@@ -155,7 +155,7 @@ const fn default_otp_ttl() -> Duration {
     Duration::from_secs(600)
 }
 
-const fn default_otp_attempts() -> u8 {
+const fn default_otp_attempts() -> i32 {
     5
 }
 
@@ -173,7 +173,7 @@ pub struct SmtpSpec {
     /// The server's port: usually 587 with StartTls, 465 with Tls.
     #[serde(default = "default_smtp_port")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: u16,
+    pub port: i32,
     /// How the connection is encrypted.
     #[serde(default)]
     pub tls: SmtpTls,
@@ -186,7 +186,7 @@ pub struct SmtpSpec {
     pub from: String,
 }
 
-const fn default_smtp_port() -> u16 {
+const fn default_smtp_port() -> i32 {
     587
 }
 

@@ -300,11 +300,11 @@ pub struct Countries {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Otp {
     /// Digits in a code.
-    pub length: u8,
+    pub length: i32,
     /// How long a code lives.
     pub ttl: Duration,
     /// Wrong codes allowed before the attempt ends.
-    pub max_attempts: u8,
+    pub max_attempts: i32,
     /// Wait before another code goes to the same address.
     pub resend_cooldown: Duration,
     /// The mail server.
@@ -318,7 +318,7 @@ pub struct Smtp {
     /// Host name.
     pub host: String,
     /// Port.
-    pub port: u16,
+    pub port: i32,
     /// Encryption.
     pub tls: SmtpTls,
     /// File holding the user name; no authentication when absent.
@@ -358,13 +358,13 @@ pub struct Waf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crs_dir: Option<PathBuf>,
     /// Blocking paranoia level, 1-4.
-    pub paranoia_level: u8,
+    pub paranoia_level: i32,
     /// Executing paranoia level, at least the blocking one.
-    pub executing_paranoia_level: u8,
+    pub executing_paranoia_level: i32,
     /// Request anomaly score that blocks.
-    pub inbound_anomaly_threshold: u32,
+    pub inbound_anomaly_threshold: i32,
     /// Response anomaly score that blocks.
-    pub outbound_anomaly_threshold: u32,
+    pub outbound_anomaly_threshold: i32,
     /// Apply the built-in exclusions for the app's normal traffic.
     pub app_exclusions: bool,
     /// Exclusions.
@@ -385,10 +385,10 @@ pub struct Waf {
 pub struct WafExclusion {
     /// Rule ids.
     #[serde(default)]
-    pub rule_ids: Vec<u32>,
+    pub rule_ids: Vec<i32>,
     /// Inclusive rule id ranges.
     #[serde(default)]
-    pub rule_id_ranges: Vec<(u32, u32)>,
+    pub rule_id_ranges: Vec<(i32, i32)>,
     /// Rule tags.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -417,28 +417,28 @@ pub struct RateLimit {
     pub methods: Vec<HttpMethod>,
     /// Response statuses that count; all when empty.
     #[serde(default)]
-    pub only_statuses: Vec<u16>,
+    pub only_statuses: Vec<i32>,
     /// What requests are counted per.
     pub key: KeyKind,
     /// The header, for header keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_header: Option<String>,
     /// IPv6 prefix length for address keys.
-    pub ipv6_prefix_length: u8,
+    pub ipv6_prefix_length: i32,
     /// Requests per period.
-    pub limit: u32,
+    pub limit: i32,
     /// The period.
     pub period: Duration,
     /// Burst above the steady rate.
-    pub burst: u32,
+    pub burst: i32,
     /// Ban after this many limited requests, for `ban_duration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ban_after: Option<u32>,
+    pub ban_after: Option<i32>,
     /// Ban length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ban_duration: Option<Duration>,
     /// Response status.
-    pub status: u16,
+    pub status: i32,
     /// Send Retry-After.
     pub retry_after: bool,
     /// File holding the Redis URL; counters stay in memory when absent.
@@ -647,6 +647,11 @@ fn validate_access(problems: &mut Problems, access: &Access) {
             "must be at least 1",
         );
         problems.require(
+            (1..=65535).contains(&otp.smtp.port),
+            "access.otp.smtp.port",
+            "must be 1 to 65535",
+        );
+        problems.require(
             !otp.ttl.is_zero(),
             "access.otp.ttl",
             "must be longer than 0s",
@@ -699,6 +704,16 @@ fn validate_waf(problems: &mut Problems, waf: &Waf) {
         "waf.executingParanoiaLevel",
         "must be at least waf.paranoiaLevel and at most 4",
     );
+    problems.require(
+        waf.inbound_anomaly_threshold > 0,
+        "waf.inboundAnomalyThreshold",
+        "must be at least 1",
+    );
+    problems.require(
+        waf.outbound_anomaly_threshold > 0,
+        "waf.outboundAnomalyThreshold",
+        "must be at least 1",
+    );
     if let Some(dir) = &waf.crs_dir {
         require_absolute(problems, "waf.crsDir", dir);
     }
@@ -737,6 +752,28 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimit) 
         format!("{field}.limit"),
         "must be at least 1",
     );
+    problems.require(
+        limit.burst >= 0,
+        format!("{field}.burst"),
+        "cannot be negative",
+    );
+    problems.require(
+        limit.ban_after.is_none_or(|after| after > 0),
+        format!("{field}.banAfter"),
+        "must be at least 1",
+    );
+    problems.require(
+        (32..=128).contains(&limit.ipv6_prefix_length),
+        format!("{field}.ipv6PrefixLength"),
+        "must be 32 to 128",
+    );
+    for (i, status) in limit.only_statuses.iter().enumerate() {
+        problems.require(
+            (100..=599).contains(status),
+            format!("{field}.onlyStatuses[{i}]"),
+            "must be an HTTP status, 100 to 599",
+        );
+    }
     problems.require(
         !limit.period.is_zero(),
         format!("{field}.period"),

@@ -41,13 +41,13 @@ pub struct RateLimitSpec {
     pub key: RateLimitKey,
     /// How many matching requests each key may make per period.
     #[schemars(range(min = 1, max = 1000000))]
-    pub limit: u32,
+    pub limit: i32,
     /// The period the limit applies to, e.g. `1m`.
     pub period: Duration,
     /// Extra requests allowed in a short burst above the steady rate.
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000000))]
-    pub burst: u32,
+    pub burst: i32,
     /// Ban keys that keep exceeding the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ban: Option<BanPolicy>,
@@ -86,7 +86,7 @@ pub struct RequestMatch {
     /// failures); every response when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(range(min = 100, max = 599)))]
-    pub only_statuses: Vec<u16>,
+    pub only_statuses: Vec<i32>,
 }
 
 /// An HTTP method.
@@ -104,7 +104,7 @@ pub enum HttpMethod {
 }
 
 /// What a rate limit counts requests per.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("(self.by == 'Header') == has(self.header)").message("header is required with by: Header, and only then").field_path(".header"))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitKey {
@@ -119,10 +119,20 @@ pub struct RateLimitKey {
     /// a whole /64), with `by: Ip`.
     #[serde(default = "default_ipv6_prefix")]
     #[schemars(range(min = 32, max = 128))]
-    pub ipv6_prefix_length: u8,
+    pub ipv6_prefix_length: i32,
 }
 
-const fn default_ipv6_prefix() -> u8 {
+impl Default for RateLimitKey {
+    fn default() -> Self {
+        Self {
+            by: KeyKind::default(),
+            header: None,
+            ipv6_prefix_length: default_ipv6_prefix(),
+        }
+    }
+}
+
+const fn default_ipv6_prefix() -> i32 {
     64
 }
 
@@ -147,7 +157,7 @@ pub enum KeyKind {
 pub struct BanPolicy {
     /// Ban after this many limited requests.
     #[schemars(range(min = 1, max = 1000000))]
-    pub after: u32,
+    pub after: i32,
     /// How long a ban lasts.
     pub duration: Duration,
 }
@@ -159,7 +169,7 @@ pub struct LimitResponse {
     /// The HTTP status.
     #[serde(default = "default_status")]
     #[schemars(range(min = 400, max = 599))]
-    pub status: u16,
+    pub status: i32,
     /// Send `Retry-After` with the seconds until the key may try again.
     #[serde(default = "default_true")]
     pub retry_after: bool,
@@ -174,7 +184,7 @@ impl Default for LimitResponse {
     }
 }
 
-const fn default_status() -> u16 {
+const fn default_status() -> i32 {
     429
 }
 

@@ -82,21 +82,21 @@ pub struct CrsSpec {
     /// 1 (few false positives) to 4 (strictest): which CRS rules count towards blocking.
     #[serde(default = "default_paranoia")]
     #[schemars(range(min = 1, max = 4))]
-    pub paranoia_level: u8,
+    pub paranoia_level: i32,
     /// Rules up to this level also run and are logged, without counting towards blocking;
     /// useful before raising `paranoiaLevel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4))]
-    pub executing_paranoia_level: Option<u8>,
+    pub executing_paranoia_level: Option<i32>,
     /// The request anomaly score at which a request is blocked (CRS default 5: one
     /// critical match).
     #[serde(default = "default_inbound_threshold")]
     #[schemars(range(min = 1, max = 10000))]
-    pub inbound_anomaly_threshold: u32,
+    pub inbound_anomaly_threshold: i32,
     /// The response anomaly score at which a response is blocked (CRS default 4).
     #[serde(default = "default_outbound_threshold")]
     #[schemars(range(min = 1, max = 10000))]
-    pub outbound_anomaly_threshold: u32,
+    pub outbound_anomaly_threshold: i32,
     /// Apply Portcullis' exclusions for Jellyfin's normal traffic (playback, browsing,
     /// search, uploads, the websocket), like a CRS application plugin.
     #[serde(default = "default_true")]
@@ -120,15 +120,15 @@ const fn default_true() -> bool {
     true
 }
 
-const fn default_paranoia() -> u8 {
+const fn default_paranoia() -> i32 {
     1
 }
 
-const fn default_inbound_threshold() -> u32 {
+const fn default_inbound_threshold() -> i32 {
     5
 }
 
-const fn default_outbound_threshold() -> u32 {
+const fn default_outbound_threshold() -> i32 {
     4
 }
 
@@ -141,7 +141,7 @@ pub struct Exclusion {
     /// Rule ids, e.g. `942100`.
     #[serde(default)]
     #[schemars(length(max = 512), inner(range(min = 1, max = 9999999)))]
-    pub rule_ids: Vec<u32>,
+    pub rule_ids: Vec<i32>,
     /// Inclusive id ranges, e.g. `942000-942999`.
     #[serde(default)]
     #[schemars(length(max = 64), inner(regex(pattern = r"^[0-9]{1,7}-[0-9]{1,7}$")))]
@@ -180,7 +180,7 @@ pub struct WafRuleSetStatus {
     pub conditions: Vec<Condition>,
     /// How many custom rules compiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_rule_count: Option<u32>,
+    pub custom_rule_count: Option<i32>,
     /// The MediaServers that use this rule set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub used_by: Vec<String>,
@@ -213,7 +213,7 @@ impl Validate for WafRuleSetSpec {
         for (i, exclusion) in self.exclusions.iter().enumerate() {
             for (j, range) in exclusion.rule_id_ranges.iter().enumerate() {
                 let bounds = range.split_once('-').and_then(|(low, high)| {
-                    Some((low.parse::<u32>().ok()?, high.parse::<u32>().ok()?))
+                    Some((low.parse::<i32>().ok()?, high.parse::<i32>().ok()?))
                 });
                 problems.require(
                     bounds.is_some_and(|(low, high)| low <= high),

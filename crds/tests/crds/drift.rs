@@ -88,3 +88,67 @@ fn every_schema_field_has_a_description_for_kubectl_explain() {
         "fields without a description: {missing:#?}"
     );
 }
+
+/// Walks every sub-schema of every CRD.
+fn each_schema(visit: &mut dyn FnMut(&str, &serde_json::Value)) {
+    fn walk(
+        path: &str,
+        schema: &serde_json::Value,
+        visit: &mut dyn FnMut(&str, &serde_json::Value),
+    ) {
+        visit(path, schema);
+        if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, child) in properties {
+                walk(&format!("{path}.{name}"), child, visit);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+                walk(&format!("{path}[]"), child, visit);
+            }
+        }
+    }
+    for crd in crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        walk(&crd.spec.names.kind, &schema["openAPIV3Schema"], visit);
+    }
+}
+
+#[test]
+fn every_default_satisfies_its_own_schema() {
+    let mut failures = Vec::new();
+    each_schema(&mut |path, schema| {
+        if let Some(default) = schema.get("default") {
+            let validator = jsonschema::validator_for(schema).expect("sub-schemas compile");
+            failures.extend(
+                validator
+                    .iter_errors(default)
+                    .map(|e| format!("{path}: default {default}: {e}")),
+            );
+        }
+    });
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn only_formats_kubernetes_recognises_are_used() {
+    const KNOWN: &[&str] = &[
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+        "password",
+    ];
+    let mut unknown = Vec::new();
+    each_schema(&mut |path, schema| {
+        if let Some(format) = schema.get("format").and_then(|f| f.as_str())
+            && !KNOWN.contains(&format)
+        {
+            unknown.push(format!("{path}: {format}"));
+        }
+    });
+    assert!(unknown.is_empty(), "the apiserver warns about {unknown:?}");
+}
