@@ -90,6 +90,8 @@ pub struct Context {
     pub settings: Settings,
     /// What each MediaServer depends on.
     pub dependencies: Dependencies,
+    /// The only namespace watched; every namespace when `None`.
+    pub namespace: Option<String>,
 }
 
 impl Context {
@@ -99,6 +101,7 @@ impl Context {
         settings: Settings,
         metrics: Metrics,
         instance: String,
+        namespace: Option<String>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: crate::render::FIELD_MANAGER.to_owned(),
@@ -110,7 +113,20 @@ impl Context {
             metrics,
             settings,
             dependencies: Dependencies::default(),
+            namespace,
         })
+    }
+
+    /// The API of `K` in the watched scope: one namespace, or all of them.
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
+            None => kube::Api::all(self.client.clone()),
+        }
     }
 }
 

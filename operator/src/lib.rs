@@ -19,7 +19,7 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use kube::{Api, Client, api::ListParams};
+use kube::{Client, api::ListParams};
 use kube_lease_manager::LeaseManagerBuilder;
 use portcullis_crds::MediaServer;
 use tracing::{error, info};
@@ -35,6 +35,8 @@ pub struct Options {
     pub lease_namespace: Option<String>,
     /// This replica's identity (its pod name).
     pub identity: String,
+    /// Watch only this namespace; every namespace when `None`.
+    pub namespace: Option<String>,
     /// Operator-wide settings for rendering.
     pub settings: Settings,
 }
@@ -70,17 +72,18 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         ready: Arc::default(),
     };
     let serving = tokio::spawn(server::serve(options.metrics_address, health.clone()));
-    Api::<MediaServer>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
-        .map_err(RunError::CrdsMissing)?;
-    health.ready.store(true, Ordering::Relaxed);
     let ctx = Context::new(
         client.clone(),
         options.settings,
         metrics,
         options.identity.clone(),
+        options.namespace,
     );
+    ctx.api::<MediaServer>()
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::CrdsMissing)?;
+    health.ready.store(true, Ordering::Relaxed);
     let controllers = async {
         match options.lease_namespace {
             None => {

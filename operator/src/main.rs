@@ -37,6 +37,9 @@ enum Command {
         /// The image with the proxy, transcoder and ffmpeg wrapper.
         #[arg(long, env = "PORTCULLIS_IMAGE")]
         image: Option<String>,
+        /// Watch only this namespace (every namespace when unset).
+        #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
+        namespace: Option<String>,
         /// The cluster's pod networks (comma-separated CIDRs), Jellyfin's known proxies.
         #[arg(long, env = "PORTCULLIS_POD_NETWORKS", value_delimiter = ',')]
         pod_networks: Vec<String>,
@@ -77,6 +80,7 @@ async fn main() -> ExitCode {
             no_leader_election,
             identity,
             image,
+            namespace,
             pod_networks,
         } => {
             let defaults = Settings::default();
@@ -97,6 +101,7 @@ async fn main() -> ExitCode {
             let identity =
                 identity.unwrap_or_else(|| format!("portcullis-operator-{}", std::process::id()));
             let options = Options {
+                namespace,
                 metrics_address,
                 lease_namespace,
                 identity,

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Resource, ResourceExt,
     runtime::{Controller, reflector::ObjectRef, watcher},
 };
 use portcullis_crds::{AccessPolicy, MediaServer, RateLimit, WafRuleSet};
@@ -40,9 +40,8 @@ fn owner_servers<K: Resource>(object: &K) -> impl Iterator<Item = ObjectRef<Medi
 
 /// Runs every controller until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
     let config = watcher::Config::default().any_semantic();
-    let servers = Controller::new(Api::<MediaServer>::all(client.clone()), config.clone());
+    let servers = Controller::new(ctx.api::<MediaServer>(), config.clone());
     let store = servers.store();
     let dependents = |kind: DependencyKind| {
         let ctx = ctx.clone();
@@ -57,48 +56,31 @@ pub async fn run(ctx: Arc<Context>) {
     let secrets = dependents(DependencyKind::Secret);
     let maps = dependents(DependencyKind::ConfigMap);
     let servers = servers
-        .owns(Api::<Deployment>::all(client.clone()), config.clone())
-        .owns(Api::<Service>::all(client.clone()), config.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), config.clone())
-        .owns(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            config.clone(),
-        )
-        .watches(
-            Api::<AccessPolicy>::all(client.clone()),
-            config.clone(),
-            move |p| access(p.namespace(), p.name_any()),
-        )
-        .watches(
-            Api::<WafRuleSet>::all(client.clone()),
-            config.clone(),
-            move |w| waf(w.namespace(), w.name_any()),
-        )
-        .watches(
-            Api::<RateLimit>::all(client.clone()),
-            config.clone(),
-            move |l| limits(l.namespace(), l.name_any()),
-        )
+        .owns(ctx.api::<Deployment>(), config.clone())
+        .owns(ctx.api::<Service>(), config.clone())
+        .owns(ctx.api::<NetworkPolicy>(), config.clone())
+        .owns(ctx.api::<PersistentVolumeClaim>(), config.clone())
+        .watches(ctx.api::<AccessPolicy>(), config.clone(), move |p| {
+            access(p.namespace(), p.name_any())
+        })
+        .watches(ctx.api::<WafRuleSet>(), config.clone(), move |w| {
+            waf(w.namespace(), w.name_any())
+        })
+        .watches(ctx.api::<RateLimit>(), config.clone(), move |l| {
+            limits(l.namespace(), l.name_any())
+        })
         // Secrets and ConfigMaps are both owned (session keys, the edge document) and
         // referenced (TLS, SMTP, GeoIP, Redis): one watch each serves both relations.
-        .watches(
-            Api::<Secret>::all(client.clone()),
-            config.clone(),
-            move |s| {
-                let mut refs: Vec<_> = owner_servers(&s).collect();
-                refs.extend(secrets(s.namespace(), s.name_any()));
-                refs
-            },
-        )
-        .watches(
-            Api::<ConfigMap>::all(client.clone()),
-            config.clone(),
-            move |m| {
-                let mut refs: Vec<_> = owner_servers(&m).collect();
-                refs.extend(maps(m.namespace(), m.name_any()));
-                refs
-            },
-        )
+        .watches(ctx.api::<Secret>(), config.clone(), move |s| {
+            let mut refs: Vec<_> = owner_servers(&s).collect();
+            refs.extend(secrets(s.namespace(), s.name_any()));
+            refs
+        })
+        .watches(ctx.api::<ConfigMap>(), config.clone(), move |m| {
+            let mut refs: Vec<_> = owner_servers(&m).collect();
+            refs.extend(maps(m.namespace(), m.name_any()));
+            refs
+        })
         .shutdown_on_signal()
         .run(
             media_server::reconcile,
@@ -118,19 +100,18 @@ pub async fn run(ctx: Arc<Context>) {
     info!("controllers started");
     tokio::join!(
         servers,
-        policy_controller::<AccessPolicy>(client.clone(), config.clone(), policy_ctx.clone()),
-        policy_controller::<WafRuleSet>(client.clone(), config.clone(), policy_ctx.clone()),
-        policy_controller::<RateLimit>(client, config, policy_ctx),
+        policy_controller::<AccessPolicy>(config.clone(), policy_ctx.clone()),
+        policy_controller::<WafRuleSet>(config.clone(), policy_ctx.clone()),
+        policy_controller::<RateLimit>(config, policy_ctx),
     );
 }
 
 async fn policy_controller<P: policy::Policy>(
-    client: Client,
     config: watcher::Config,
     ctx: Arc<policy::PolicyContext>,
 ) {
-    Controller::new(Api::<P>::all(client.clone()), config.clone())
-        .watches(Api::<MediaServer>::all(client), config, |server| {
+    Controller::new(ctx.shared.api::<P>(), config.clone())
+        .watches(ctx.shared.api::<MediaServer>(), config, |server| {
             policy::references::<P>(&server)
         })
         .shutdown_on_signal()

@@ -1,0 +1,318 @@
+//! The cluster fixture: the control plane is brought up once per test run (or reused),
+//! each test gets its own namespace and its own operator watching only that namespace.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{
+        HostPathVolumeSource, Namespace, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+        PersistentVolumeSpec, Secret,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use portcullis_crds::{AccessPolicy, MediaServer, RateLimit, WafRuleSet};
+use portcullis_operator::{context::Context, metrics::Metrics, render::Settings};
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// What `e2e/cluster env` exports.
+pub struct Cluster {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The directory with kubectl, helm and the control-plane binaries.
+    pub bin: PathBuf,
+}
+
+/// The running control plane: started (or reused) once per test process.
+pub static CLUSTER: LazyLock<Cluster> = LazyLock::new(|| {
+    let script = root().join("e2e/cluster");
+    let up = Command::new(&script)
+        .arg("up")
+        .status()
+        .expect("e2e/cluster runs");
+    assert!(up.success(), "e2e/cluster up failed; see its output above");
+    let env = Command::new(&script)
+        .arg("env")
+        .output()
+        .expect("e2e/cluster env runs");
+    let env = String::from_utf8(env.stdout).unwrap();
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|line| line.strip_prefix(&format!("export {key}=")))
+            .map(|v| PathBuf::from(v.split_whitespace().next().unwrap().trim_matches('"')))
+            .unwrap_or_else(|| panic!("e2e/cluster env has no {key}:\n{env}"))
+    };
+    Cluster {
+        kubeconfig: value("KUBECONFIG"),
+        bin: value("PORTCULLIS_E2E_BIN"),
+    }
+});
+
+/// A client with the admin identity.
+pub async fn client() -> Client {
+    let kubeconfig = Kubeconfig::read_from(&CLUSTER.kubeconfig).expect("the kubeconfig reads");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Installs (or updates) the CRDs and waits until the apiserver serves them.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in portcullis_crds::crds() {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("portcullis-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = crds.get(&name).await.ok()?;
+                let conditions = crd.status?.conditions?;
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// A namespace of one test, with the persistent volumes it made.
+pub struct TestNamespace {
+    /// The client.
+    pub client: Client,
+    /// The namespace.
+    pub name: String,
+    volumes: Vec<String>,
+}
+
+impl TestNamespace {
+    /// A fresh namespace named after the test, with the CRDs installed.
+    pub async fn new(test: &str) -> Self {
+        let client = client().await;
+        install_crds(&client).await;
+        let name = format!("{test}-{}", std::process::id());
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        Self {
+            client,
+            name,
+            volumes: Vec::new(),
+        }
+    }
+
+    /// The API of a namespaced kind in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Starts an operator that watches only this namespace.
+    pub fn start_operator(&self) -> Arc<Context> {
+        let ctx = Context::new(
+            self.client.clone(),
+            Settings::default(),
+            Metrics::default(),
+            format!("test-{}", self.name),
+            Some(self.name.clone()),
+        );
+        tokio::spawn(portcullis_operator::controller::run(ctx.clone()));
+        ctx
+    }
+
+    /// A persistent volume pre-bound to `claim` in this namespace, so the claim binds at
+    /// once (no provisioner runs here) and pods using it can be scheduled.
+    pub async fn volume_for(&mut self, claim: &str) {
+        let name = format!("{}-{claim}", self.name);
+        let volume = PersistentVolume {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                capacity: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity("1Ti".to_owned()),
+                )])),
+                access_modes: Some(vec![
+                    "ReadWriteOnce".into(),
+                    "ReadWriteMany".into(),
+                    "ReadOnlyMany".into(),
+                ]),
+                host_path: Some(HostPathVolumeSource {
+                    path: format!("/tmp/{name}"),
+                    ..Default::default()
+                }),
+                claim_ref: Some(ObjectReference {
+                    namespace: Some(self.name.clone()),
+                    name: Some(claim.to_owned()),
+                    ..Default::default()
+                }),
+                storage_class_name: Some(String::new()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Api::<PersistentVolume>::all(self.client.clone())
+            .create(&PostParams::default(), &volume)
+            .await
+            .unwrap();
+        self.volumes.push(name);
+    }
+
+    /// An existing claim (as a user would have for the media library), bound to a volume.
+    pub async fn existing_claim(&mut self, claim: &str) {
+        self.volume_for(claim).await;
+        let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .unwrap();
+        self.api::<PersistentVolumeClaim>()
+            .create(&PostParams::default(), &pvc)
+            .await
+            .unwrap();
+    }
+
+    /// A Secret with `keys` (values are placeholders: the operator only checks keys).
+    pub async fn secret(&self, name: &str, keys: &[&str]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            data: Some(
+                keys.iter()
+                    .map(|k| ((*k).to_owned(), ByteString(b"placeholder".to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.api::<Secret>()
+            .patch(
+                name,
+                &PatchParams::apply("portcullis-tests"),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Applies every document of a YAML file of Portcullis resources in this namespace.
+    pub async fn apply_file(&self, path: &Path) {
+        let text = std::fs::read_to_string(path).unwrap();
+        for document in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
+            self.apply_value(document).await;
+        }
+    }
+
+    /// Applies one Portcullis resource given as JSON.
+    pub async fn apply_value(&self, document: Value) {
+        let name = document["metadata"]["name"].as_str().unwrap().to_owned();
+        let params = PatchParams::apply("portcullis-tests").force();
+        let patch = Patch::Apply(&document);
+        let result = match document["kind"].as_str().unwrap() {
+            "MediaServer" => self
+                .api::<MediaServer>()
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            "AccessPolicy" => self
+                .api::<AccessPolicy>()
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            "WafRuleSet" => self
+                .api::<WafRuleSet>()
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            "RateLimit" => self
+                .api::<RateLimit>()
+                .patch(&name, &params, &patch)
+                .await
+                .map(drop),
+            other => panic!("not a Portcullis kind: {other}"),
+        };
+        result.unwrap_or_else(|e| panic!("applying {name}: {e}"));
+    }
+
+    /// Deletes the namespace and the volumes the test made.
+    pub async fn delete(self) {
+        let volumes: Api<PersistentVolume> = Api::all(self.client.clone());
+        for volume in &self.volumes {
+            let _ = volumes.delete(volume, &DeleteParams::default()).await;
+        }
+        Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// The status of the `type_` condition of a resource's status, if present.
+pub fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"))
+        })
+}
