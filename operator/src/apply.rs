@@ -32,7 +32,7 @@ fn content_hash<K: Serialize>(object: &K) -> String {
 
 /// Applies `desired` (server-side apply, the operator's field manager, forced) unless the
 /// object in the cluster was applied from the same content. Returns the object as it is now.
-pub async fn apply<K>(ctx: &Context, mut desired: K) -> Result<K>
+pub async fn apply<K>(ctx: &Context, desired: K) -> Result<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -43,6 +43,26 @@ where
     let namespace = desired
         .namespace()
         .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    apply_in(
+        ctx,
+        &Api::namespaced(ctx.client.clone(), &namespace),
+        desired,
+        &(),
+    )
+    .await
+}
+
+/// [`apply`] through a given API, for kinds known only at run time (cert-manager's
+/// Certificate).
+pub async fn apply_in<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    mut desired: K,
+    kind: &K::DynamicType,
+) -> Result<K>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
     let name = desired
         .meta()
         .name
@@ -52,7 +72,6 @@ where
     desired
         .annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(current) = api.get_opt(&name).await?
         && current.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
     {
@@ -60,7 +79,7 @@ where
     }
     ctx.metrics
         .writes
-        .with_label_values(&[K::kind(&()).as_ref()])
+        .with_label_values(&[K::kind(kind).as_ref()])
         .inc();
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api.patch(&name, &params, &Patch::Apply(&desired)).await?)

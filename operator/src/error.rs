@@ -47,6 +47,11 @@ pub enum Error {
         /// What the key is for.
         purpose: &'static str,
     },
+    /// The MediaServer names a cert-manager issuer but cert-manager is not installed.
+    #[error(
+        "spec.tls.issuerRef needs cert-manager, but the cluster does not serve cert-manager.io/v1 Certificates; install cert-manager or use spec.tls.secretName"
+    )]
+    CertManagerMissing,
     /// The operating system could not provide random bytes for a new key.
     #[error("cannot generate key material: {0}")]
     Random(#[source] getrandom::Error),
@@ -72,6 +77,7 @@ impl Error {
             Self::MissingReference { .. } => "MissingReference",
             Self::InvalidReference { .. } => "InvalidReference",
             Self::MissingKey { .. } => "MissingKey",
+            Self::CertManagerMissing => "CertManagerMissing",
             Self::Random(_) => "Random",
         }
     }
@@ -85,6 +91,7 @@ impl Error {
                 | Self::MissingReference { .. }
                 | Self::InvalidReference { .. }
                 | Self::MissingKey { .. }
+                | Self::CertManagerMissing
         )
     }
 }

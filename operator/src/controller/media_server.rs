@@ -31,7 +31,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    apply::{apply, delete_owned},
+    apply::{apply, apply_in, delete_owned},
     context::Context,
     error::{Error, Result},
     render::{self, FIELD_MANAGER, Names, edge_config::mounts, transcoder},
@@ -266,6 +266,18 @@ async fn apply_server(
     .await?;
     apply(ctx, render::edge::session_keys(server, &session_keys)).await?;
     apply(ctx, render::edge::config_map(server, &document)).await?;
+    if let Some(certificate) = render::certificate::certificate(server) {
+        let kind = render::certificate::certificate_kind();
+        let api = Api::namespaced_with(ctx.client.clone(), &namespace, &kind);
+        apply_in(ctx, &api, certificate, &kind)
+            .await
+            .map_err(|error| match error {
+                Error::Kube(kube::Error::Api(status)) if status.code == 404 => {
+                    Error::CertManagerMissing
+                }
+                other => other,
+            })?;
+    }
     for claim in render::app::claims(server) {
         apply(ctx, claim).await?;
     }

@@ -4,6 +4,7 @@
 //! from a spec. One module per owned object family.
 
 pub mod app;
+pub mod certificate;
 pub mod edge;
 pub mod edge_config;
 pub mod network_policy;

@@ -299,3 +299,24 @@ async fn deleting_the_media_server_garbage_collects_everything_it_owned() {
     );
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_issuer_without_cert_manager_is_stalled_with_the_reason() {
+    let ns = minimal_namespace("issuer").await;
+    let mut server = minimal(None);
+    server["spec"]["tls"] = json!({"issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"}});
+    ns.apply_value(server).await;
+    let _ctx = ns.start_operator();
+    let status = eventually("Stalled", READY_TIMEOUT, || async {
+        let status = status_of(&ns, "jellyfin").await;
+        (condition(&status, "Stalled")?.0 == "True").then_some(status)
+    })
+    .await;
+    let (_, reason, message) = condition(&status, "Ready").unwrap();
+    assert_eq!(reason, "CertManagerMissing");
+    assert!(
+        message.contains("install cert-manager or use spec.tls.secretName"),
+        "{message}"
+    );
+    ns.delete().await;
+}
