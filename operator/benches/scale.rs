@@ -8,38 +8,22 @@
 #[path = "../tests/operator/util.rs"]
 mod util;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ListParams;
 use portcullis_crds::MediaServer;
 use serde_json::json;
-use util::{CLUSTER, TestNamespace, condition, eventually};
+use util::{OperatorProcess, TestNamespace, condition, eventually, metric};
 
 const SERVERS: usize = 100;
 const METRICS: &str = "127.0.0.1:28089";
 
-fn start_operator(namespace: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_portcullis-operator"))
-        .args([
-            "run",
-            "--no-leader-election",
-            "--namespace",
-            namespace,
-            "--metrics-address",
-            METRICS,
-        ])
-        .env("KUBECONFIG", &CLUSTER.kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the operator starts")
+fn start_operator(namespace: &str) -> OperatorProcess {
+    OperatorProcess::start(namespace, METRICS, &["--no-leader-election"])
 }
 
-fn peak_rss_mib(child: &Child) -> f64 {
+fn peak_rss_mib(child: &OperatorProcess) -> f64 {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
     let kib: f64 = status
@@ -48,23 +32,6 @@ fn peak_rss_mib(child: &Child) -> f64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
-}
-
-/// The sum of a counter family in the operator's /metrics, with an optional label filter.
-async fn metric(name: &str, label: &str) -> u64 {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(METRICS) else {
-        return 0;
-    };
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {METRICS}\r\n\r\n");
-    let mut body = String::new();
-    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut body).is_err() {
-        return 0;
-    }
-    body.lines()
-        .filter(|line| line.starts_with(name) && line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 async fn ready_count(ns: &TestNamespace) -> usize {
@@ -95,7 +62,7 @@ async fn main() {
         "metadata": {"name": "family"}, "spec": {"emails": ["alice@example.org"]}}),
     )
     .await;
-    let mut operator = start_operator(&ns.name);
+    let operator = start_operator(&ns.name);
 
     let start = Instant::now();
     for i in 0..SERVERS {
@@ -118,21 +85,16 @@ async fn main() {
     let rss_first = peak_rss_mib(&operator);
 
     // A full resync with nothing changed: a fresh operator reconciles every object once.
-    operator.kill().unwrap();
-    operator.wait().unwrap();
-    let mut operator = start_operator(&ns.name);
+    drop(operator);
+    let operator = start_operator(&ns.name);
     let resync_start = Instant::now();
     eventually("a full resync", Duration::from_secs(600), || async {
-        let done = metric(
-            "portcullis_operator_reconcile_duration_seconds_count",
-            "MediaServer",
-        )
-        .await;
+        let done = operator.reconciles();
         (done >= SERVERS as u64).then_some(())
     })
     .await;
     let resync = resync_start.elapsed();
-    let resync_writes = metric("portcullis_operator_api_writes_total", "").await;
+    let resync_writes = metric(METRICS, "portcullis_operator_api_writes_total", "");
 
     // An AccessPolicy edit, to the new document in every ConfigMap.
     let edit = Instant::now();
@@ -164,8 +126,7 @@ async fn main() {
     .await;
     let propagated = edit.elapsed();
     let rss = peak_rss_mib(&operator).max(rss_first);
-    operator.kill().unwrap();
-    operator.wait().unwrap();
+    drop(operator);
 
     println!(
         "operator scale benchmark ({SERVERS} MediaServers, real kube-apiserver + kwok, this machine)"

@@ -3,5 +3,6 @@
 //! as the apiserver itself serves and enforces it.
 
 mod api;
+mod leader;
 mod media_server;
 mod util;

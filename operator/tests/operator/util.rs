@@ -316,3 +316,74 @@ pub fn condition(status: &Value, type_: &str) -> Option<(String, String, String)
             (text("status"), text("reason"), text("message"))
         })
 }
+
+/// The sum of the samples of metric `name` whose line contains `label`, scraped from the
+/// operator's /metrics at `address`; 0 when it cannot be reached.
+pub fn metric(address: &str, name: &str, label: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+        return 0;
+    };
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    let mut body = String::new();
+    if stream.write_all(request.as_bytes()).is_err() || stream.read_to_string(&mut body).is_err() {
+        return 0;
+    }
+    body.lines()
+        .filter(|line| line.starts_with(name) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An operator process, stopped when dropped.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    /// Where its /metrics is served.
+    pub metrics: String,
+}
+
+impl OperatorProcess {
+    /// Starts the operator binary on this cluster, watching `namespace`, with `extra` flags.
+    pub fn start(namespace: &str, metrics: &str, extra: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis-operator"))
+            .args([
+                "run",
+                "--namespace",
+                namespace,
+                "--metrics-address",
+                metrics,
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &CLUSTER.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("the operator starts");
+        Self {
+            child,
+            metrics: metrics.to_owned(),
+        }
+    }
+
+    /// The process id (the scale benchmark reads its peak RSS).
+    #[allow(dead_code)]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// MediaServer reconciles it has finished.
+    pub fn reconciles(&self) -> u64 {
+        metric(
+            &self.metrics,
+            "portcullis_operator_reconcile_duration_seconds_count",
+            "MediaServer",
+        )
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
