@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Portcullis vs nginx as a reverse proxy to the same origin, on loopback.
+#
+# Each proxy gets one worker on CPU 1 (taskset); wrk and the origin (an nginx serving static
+# files) share CPU 0. Measured per proxy: requests/s, p50/p99 latency and proxy CPU time per
+# request for small keep-alive responses at 32 and 256 connections over HTTPS (same
+# certificate) and over plain HTTP (where both only answer 308, Portcullis's plain-HTTP
+# listener does nothing else), large-file throughput, and peak RSS. Portcullis runs once
+# more with work stealing on, to show what turning it off buys. The script prints a
+# Markdown table and ratios; it never asserts a time.
+#
+# Needs: wrk, nginx, openssl, taskset (apt-get install -y wrk nginx), and a release build:
+#   CARGO_TARGET_DIR=target-proxy cargo build --release -p portcullis-proxy
+# Usage: proxy/bench/run.sh [seconds per run, default 8]
+set -euo pipefail
+
+DURATION="${1:-8}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+BIN="${PORTCULLIS_PROXY_BIN:-$ROOT/target-proxy/release/portcullis-proxy}"
+WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
+HOST=media.bench
+PIDS=()
+
+for tool in wrk nginx openssl taskset; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "missing release build: $BIN" >&2; exit 1; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+CPUS=$(nproc)
+PROXY_CPU=$((CPUS > 1 ? 1 : 0))
+LOAD_CPUS="0"
+
+# --- test material -------------------------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+mkdir -p "$WORK/www"
+printf 'hello from the origin\n' >"$WORK/www/small"
+head -c $((256 * 1024 * 1024)) /dev/zero >"$WORK/www/large"
+
+# --- the origin: nginx serving files on CPU 0 ------------------------------------------------
+cat >"$WORK/origin.conf" <<EOF
+user root;
+worker_processes 1;
+daemon off;
+pid $WORK/origin.pid;
+error_log $WORK/origin.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18080;
+    root $WORK/www;
+  }
+}
+EOF
+taskset -c "$LOAD_CPUS" nginx -c "$WORK/origin.conf" -p "$WORK" &
+PIDS+=($!)
+
+# --- nginx as the reverse proxy, one worker on the proxy CPU -----------------------------------
+cat >"$WORK/nginx-proxy.conf" <<EOF
+user root;
+worker_processes 1;
+daemon off;
+pid $WORK/nginx-proxy.pid;
+error_log $WORK/nginx-proxy.err warn;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:18080; keepalive 128; }
+  server {
+    listen 127.0.0.1:18443 ssl;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_name $HOST;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_buffering off;
+      add_header Strict-Transport-Security "max-age=31536000" always;
+    }
+  }
+  server {
+    listen 127.0.0.1:18081;
+    return 308 https://$HOST\$request_uri;
+  }
+}
+EOF
+
+# --- Portcullis ----------------------------------------------------------------------------
+cat >"$WORK/edge.yaml" <<EOF
+apiVersion: edge.portcullis.dev/v1
+kind: EdgeConfig
+source: { namespace: bench, name: bench, generation: 1 }
+app: { kind: Jellyfin, displayName: Bench }
+host: $HOST
+listen: { https: "127.0.0.1:19443", http: "127.0.0.1:19081", admin: "127.0.0.1:19090" }
+tls: { certFile: $WORK/tls.crt, keyFile: $WORK/tls.key }
+limits:
+  maxUriBytes: 8192
+  maxHeaderCount: 100
+  maxHeaderBytes: 64Ki
+  maxBody: 64Mi
+  allowedMethods: [GET, HEAD, POST]
+  maxConnections: 10000
+  maxConnectionsPerIp: 10000
+upstream: { address: "127.0.0.1:18080", poolSize: 128 }
+EOF
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  return 1
+}
+
+# CPU ticks (user+system) of a process and its children threads.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+CLK=$(getconf CLK_TCK)
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+
+# run NAME PID URL CONNECTIONS
+run() {
+  local name=$1 pid=$2 url=$3 conns=$4 out
+  local before after
+  before=$(ticks "$pid")
+  out=$(taskset -c "$LOAD_CPUS" wrk -t1 -c"$conns" -d"${DURATION}s" --latency -H "Host: $HOST" "$url")
+  after=$(ticks "$pid")
+  local rps p50 p99 reqs transfer
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  transfer=$(awk '/Transfer\/sec/ {print $2}' <<<"$out")
+  local cpu_us read_mib cpu_ms_mib
+  cpu_us=$(awk -v t=$((after - before)) -v clk="$CLK" -v n="$reqs" 'BEGIN { if (n > 0) printf "%.1f", t / clk * 1e6 / n; else print "-" }')
+  read_mib=$(awk '/requests in/ {
+    v = $5; sub(/read/, "", v); unit = v; gsub(/[0-9.]/, "", unit); sub(/[A-Z]+$/, "", v)
+    f = (unit == "GB") ? 1024 : (unit == "MB") ? 1 : (unit == "KB") ? 1 / 1024 : 1 / 1048576
+    printf "%.3f", v * f }' <<<"$out")
+  cpu_ms_mib=$(awk -v t=$((after - before)) -v clk="$CLK" -v m="$read_mib" 'BEGIN { if (m > 0) printf "%.2f", t / clk * 1e3 / m; else print "-" }')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$url" "$conns" "$rps" "$p50" "$p99" "$cpu_us" "$transfer" "$cpu_ms_mib" >>"$RESULTS"
+}
+
+# start_portcullis LABEL CONFIG [FLAGS...]: sets STARTED to its pid.
+start_portcullis() {
+  local label=$1 config=$2
+  shift 2
+  taskset -c "$PROXY_CPU" "$BIN" --config "$config" --threads 1 "$@" \
+    >/dev/null 2>"$WORK/$label.err" &
+  STARTED=$!
+  PIDS+=("$STARTED")
+}
+
+wait_port 18080
+# Every proxy runs at once on the proxy CPU; only the one under load uses it. Running the
+# contenders back to back for each workload keeps other load on the machine from favouring
+# either.
+taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx-proxy.conf" -p "$WORK" &
+NGINX_MASTER=$!
+PIDS+=("$NGINX_MASTER")
+sed -e 's/19443/20443/; s/19081/20081/; s/19090/20090/' "$WORK/edge.yaml" >"$WORK/edge-ws.yaml"
+start_portcullis portcullis "$WORK/edge.yaml"
+PORTCULLIS=$STARTED
+start_portcullis portcullis-work-stealing "$WORK/edge-ws.yaml" --work-stealing
+PORTCULLIS_WS=$STARTED
+for port in 18443 18081 19443 19081 20443; do wait_port "$port"; done
+sleep 1
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+
+for workload in "https small 32" "https small 256" "http small 32" "http small 256" "https large 4"; do
+  set -- $workload
+  scheme=$1 path=$2 conns=$3
+  if [ "$scheme" = https ]; then n=18443 p=19443; else n=18081 p=19081; fi
+  run nginx "$NGINX_WORKER" "$scheme://127.0.0.1:$n/$path" "$conns"
+  run portcullis "$PORTCULLIS" "$scheme://127.0.0.1:$p/$path" "$conns"
+  if [ "$workload" = "https small 32" ]; then
+    run portcullis-work-stealing "$PORTCULLIS_WS" "https://127.0.0.1:20443/$path" "$conns"
+  fi
+done
+: >"$WORK/rss.tsv"
+echo "nginx	rss_kib	$(hwm "$NGINX_WORKER")" >>"$WORK/rss.tsv"
+echo "portcullis	rss_kib	$(hwm "$PORTCULLIS")" >>"$WORK/rss.tsv"
+echo "portcullis-work-stealing	rss_kib	$(hwm "$PORTCULLIS_WS")" >>"$WORK/rss.tsv"
+
+echo
+echo "| proxy | workload | conns | req/s | p50 | p99 | CPU µs/req | transfer/s | CPU ms/MiB |"
+echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk -F'\t' '{
+  split($2, u, "/"); scheme = substr($2, 1, index($2, ":") - 1); path = u[4];
+  printf "| %s | %s /%s | %s | %s | %s | %s | %s | %s | %s |\n", $1, scheme, path, $3, $4, $5, $6, $7, $8, $9
+}' "$RESULTS"
+echo
+echo "| proxy | peak RSS (KiB) |"
+echo "| --- | ---: |"
+awk -F'\t' '{ printf "| %s | %s |\n", $1, $3 }' "$WORK/rss.tsv"
+echo
+echo "Ratios (Portcullis / nginx; requests/s above 1 and CPU per request below 1 favour Portcullis):"
+awk -F'\t' '
+  $1 == "nginx" { key = $2 " c" $3; rps[key] = $4; cpu[key] = $7; tr[key] = $8; mib[key] = $9 }
+  $1 == "portcullis" {
+    key = $2; sub(/19443/, "18443", key); sub(/19081/, "18081", key); key = key " c" $3
+    if ($2 ~ /large/) {
+      if (mib[key] > 0) printf "  %-40s transfer/s %s vs %s   CPU/MiB %.2fx\n", $2 " c" $3, $8, tr[key], $9 / mib[key]
+    } else if (rps[key] > 0) printf "  %-40s req/s %.2fx   CPU/req %.2fx\n", $2 " c" $3, $4 / rps[key], (cpu[key] > 0 ? $7 / cpu[key] : 0)
+  }
+  $1 == "portcullis-work-stealing" { ws = $4; wscpu = $7 }
+  $1 == "portcullis" && $3 == 32 && $2 ~ /https.*small/ { off = $4; offcpu = $7 }
+  END { if (ws > 0) printf "  work stealing off vs on (https /small c32): %.2fx requests/s, %.2fx CPU/req\n", off / ws, offcpu / wscpu }
+' "$RESULTS"

@@ -1,0 +1,35 @@
+//! Portcullis's edge: a Pingora proxy in front of the protected application, with one module
+//! per defence layer, in request order (see DESIGN.md, "The edge, in request order").
+//!
+//! | layer | module | where it runs |
+//! | --- | --- | --- |
+//! | 1. connection guards | [`connection_guard`], [`app`] | connection setup |
+//! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`] | connection setup, `request_filter`, `response_filter` |
+//! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
+//! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
+//! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
+//! | 12. response | [`edge`] | `response_filter` |
+//! | 13. logging and metrics | [`access_log`], [`metrics`], [`admin`] | `logging`, admin port |
+//!
+//! Every layer returns a [`verdict::Verdict`]; [`edge::Edge`] (the one `ProxyHttp`) gathers
+//! facts and applies verdicts. The edge document is compiled into a [`model::Policy`] off
+//! the request path and swapped in by [`reload`].
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod client_identity;
+pub mod connection_guard;
+pub mod edge;
+pub mod error_page;
+pub mod hygiene;
+pub mod metrics;
+pub mod model;
+pub mod proxy_protocol;
+pub mod reload;
+pub mod request_id;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+pub mod verdict;

@@ -1,0 +1,54 @@
+//! The long-lived state every part of the edge shares: the policy in force, metrics,
+//! connection counts, request ids.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use arc_swap::ArcSwap;
+use portcullis_crds::edge;
+
+use crate::{
+    connection_guard::ConnectionGuard, metrics::Metrics, model::Policy, request_id::RequestIds,
+};
+
+/// Shared by the listeners, the admin endpoint and the config watcher.
+#[derive(Debug)]
+pub struct Shared {
+    /// The policy in force; swapped whole by the config watcher.
+    pub policy: ArcSwap<Policy>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Open client connections.
+    pub connections: Arc<ConnectionGuard>,
+    /// Request ids.
+    pub request_ids: RequestIds,
+    /// The listeners bound at start (a document that moves them needs a restart).
+    pub bound: edge::Listen,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    /// State around a first policy.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            bound: policy.listen.clone(),
+            policy: ArcSwap::from_pointee(policy),
+            metrics: Metrics::new(),
+            connections: Arc::default(),
+            request_ids: RequestIds::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the edge as stopping: `/readyz` fails from now on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Whether the edge is stopping.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}

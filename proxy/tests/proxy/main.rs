@@ -1,0 +1,15 @@
+//! The edge proxy end to end: the real `portcullis-proxy` binary, started as a subprocess
+//! with a document laid out like a mounted ConfigMap, in front of a real origin server,
+//! spoken to over real TLS.
+
+mod admin;
+mod connections;
+mod hygiene;
+mod identity;
+mod model;
+mod reload;
+mod shutdown;
+mod streaming;
+mod tls;
+mod upstream;
+mod util;

@@ -1,0 +1,89 @@
+//! The compiled policy: the example document compiles with real certificate files, and
+//! documents whose files are wrong are refused with the reason.
+
+use portcullis_crds::edge::EdgeConfig;
+use portcullis_proxy::{
+    model::{CompileError, Policy},
+    verdict::LayerId,
+};
+
+use crate::util::pki;
+
+fn example(cert: &std::path::Path, key: &std::path::Path) -> EdgeConfig {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/edge/edge.yaml"
+    ))
+    .unwrap()
+    .replace("/etc/portcullis/tls/tls.crt", cert.to_str().unwrap())
+    .replace("/etc/portcullis/tls/tls.key", key.to_str().unwrap());
+    EdgeConfig::from_yaml(&text).unwrap()
+}
+
+#[test]
+fn the_example_document_compiles_into_the_policy_it_describes() {
+    let pki = pki();
+    let policy = Policy::try_from(example(&pki.edge_cert, &pki.edge_key)).unwrap();
+    assert_eq!(policy.source, "media/jellyfin@1");
+    assert_eq!(policy.host, "media.example.org");
+    assert_eq!(policy.host_header, "media.example.org");
+    assert_eq!(policy.hsts, "max-age=31536000");
+    assert_eq!(policy.listen.https.port(), 8443);
+    assert!(policy.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    assert!(
+        !policy
+            .trusted_proxies
+            .contains("192.0.2.1".parse().unwrap())
+    );
+    assert_eq!(
+        policy
+            .layers
+            .iter()
+            .map(|layer| layer.id())
+            .collect::<Vec<_>>(),
+        [LayerId::Hygiene]
+    );
+    assert_eq!(policy.connections.max_total, 10_000);
+    assert_eq!(policy.connections.max_per_ip, 128);
+    assert_eq!(policy.timeouts.header_read.as_secs(), 10);
+    assert_eq!(policy.timeouts.body_read.as_secs(), 30);
+    assert_eq!(policy.timeouts.shutdown_grace.as_secs(), 25);
+    assert_eq!(policy.upstream.address, "jellyfin-app.media.svc:8096");
+    assert_eq!(policy.upstream.connect_timeout.as_secs(), 5);
+    assert_eq!(policy.upstream.read_timeout.as_secs(), 300);
+    assert_eq!(policy.upstream.idle_timeout.as_secs(), 60);
+    assert_eq!(policy.upstream.pool_size, 128);
+    assert!(policy.upstream.tls.is_none());
+    assert_eq!(policy.files, [pki.edge_cert.clone(), pki.edge_key.clone()]);
+}
+
+#[test]
+fn a_missing_certificate_is_refused_naming_the_file() {
+    let pki = pki();
+    let missing = std::path::Path::new("/nonexistent/tls.crt");
+    let error = Policy::try_from(example(missing, &pki.edge_key)).unwrap_err();
+    assert!(matches!(error, CompileError::Tls(_)), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/tls.crt"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
+    let pki = pki();
+    let error = Policy::try_from(example(&pki.edge_cert, &pki.renewed_key)).unwrap_err();
+    assert!(matches!(error, CompileError::Tls(_)), "{error}");
+}
+
+#[test]
+fn an_unreadable_upstream_ca_bundle_is_refused() {
+    let pki = pki();
+    let mut doc = example(&pki.edge_cert, &pki.edge_key);
+    doc.upstream.tls = Some(portcullis_crds::edge::UpstreamTls {
+        ca_file: pki.edge_key.clone(),
+        server_name: "origin.test".into(),
+    });
+    let error = Policy::try_from(doc).unwrap_err();
+    assert!(matches!(error, CompileError::UpstreamCa(_)), "{error}");
+}

@@ -1,0 +1,121 @@
+//! TLS termination: the plain-HTTP redirect, HSTS, HTTP/2, certificate renewal.
+
+use std::time::Duration;
+
+use http::Version;
+use http_body_util::BodyExt;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+use crate::util::{
+    Conn, HOST, Proxy, Settings, client_ip, empty, fetch, get, pki, raw_tcp, raw_tls, shared,
+    tls_from,
+};
+
+#[tokio::test]
+async fn plain_http_only_redirects_to_the_same_path_on_https() {
+    let (status, text) = raw_tcp(
+        shared().http(),
+        b"POST /web/index.html?x=1 HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 308, "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains(&format!("location: https://{HOST}/web/index.html?x=1")),
+        "{text}"
+    );
+    assert!(!lower.contains("strict-transport-security"), "{text}");
+}
+
+#[tokio::test]
+async fn every_https_response_carries_hsts() {
+    let (response, _) = fetch(shared().https(), "/").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=3600"
+    );
+    let (status, text) = raw_tls(
+        shared().https(),
+        b"GET / HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 421);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=3600"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_and_proxied() {
+    let mut conn = Conn::open(shared().https(), client_ip(), true).await;
+    let mut response = conn.send(get("/").body(empty()).unwrap()).await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=3600"
+    );
+    let body = response.body_mut().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello from the origin\n");
+    let mut other = conn
+        .send(
+            http::Request::get(format!("https://{HOST}/echo-headers"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let _ = other.body_mut().collect().await;
+}
+
+fn served_certificate(
+    tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = crate::util::scratch().join("renewal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::copy(&pki().edge_cert, &cert).unwrap();
+    std::fs::copy(&pki().edge_key, &key).unwrap();
+    let proxy = Proxy::start(Settings {
+        cert: (cert.clone(), key.clone()),
+        ..Settings::default()
+    });
+    let first = CertificateDer::from_pem_file(&pki().edge_cert).unwrap();
+    let renewed = CertificateDer::from_pem_file(&pki().renewed_cert).unwrap();
+    let tls = tls_from(client_ip(), proxy.https(), &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(served_certificate(&tls), first);
+    // Write the key first and the certificate last, as a renewal would land.
+    std::fs::copy(&pki().renewed_key, &key).unwrap();
+    std::fs::copy(&pki().renewed_cert, &cert).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let tls = tls_from(client_ip(), proxy.https(), &[b"http/1.1"])
+            .await
+            .unwrap();
+        if served_certificate(&tls) == renewed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewal was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection opened before the renewal still works.
+    let (response, _) = fetch(proxy.https(), "/").await;
+    assert_eq!(response.status(), 200);
+    drop(tls);
+}

@@ -1,0 +1,924 @@
+//! Shared test parts: a test PKI, a real origin server, the proxy binary started as a
+//! subprocess with a document written the way a mounted ConfigMap lays it out, and clients
+//! over real TLS.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    io::Read as _,
+    net::{IpAddr, SocketAddr, TcpListener as StdTcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+
+/// The host the proxy answers for.
+pub const HOST: &str = "media.test";
+/// The name on the TLS origin's certificate.
+pub const ORIGIN_NAME: &str = "origin.test";
+/// Size of the origin's `/big` file.
+pub const BIG_FILE: u64 = 8 * 1024 * 1024;
+
+/// The byte at `offset` of every generated body.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// A directory for this test process.
+pub fn scratch() -> &'static Path {
+    static DIR: LazyLock<PathBuf> = LazyLock::new(|| {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    &DIR
+}
+
+/// A test CA and the certificates it signed, written as PEM files.
+pub struct Pki {
+    /// The CA certificate (PEM file).
+    pub ca_file: PathBuf,
+    /// The CA certificate.
+    pub ca_der: CertificateDer<'static>,
+    /// The edge's certificate chain and key, for `media.test`.
+    pub edge_cert: PathBuf,
+    /// The edge's key.
+    pub edge_key: PathBuf,
+    /// A second edge certificate (a renewal), and its key.
+    pub renewed_cert: PathBuf,
+    /// The renewal's key.
+    pub renewed_key: PathBuf,
+    /// The TLS origin's certificate and key, for `origin.test`.
+    pub origin_cert: PathBuf,
+    /// The TLS origin's key.
+    pub origin_key: PathBuf,
+}
+
+fn issue(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    name: &str,
+    serial: u64,
+    dir: &Path,
+    file: &str,
+) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} #{serial}"));
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let cert_file = dir.join(format!("{file}.crt"));
+    let key_file = dir.join(format!("{file}.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
+/// The test PKI.
+pub fn pki() -> &'static Pki {
+    static PKI: LazyLock<Pki> = LazyLock::new(|| {
+        let dir = scratch().join("pki");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Portcullis test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).unwrap();
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        let (edge_cert, edge_key) = issue(&ca, HOST, 1, &dir, "edge");
+        let (renewed_cert, renewed_key) = issue(&ca, HOST, 2, &dir, "renewed");
+        let (origin_cert, origin_key) = issue(&ca, ORIGIN_NAME, 3, &dir, "origin");
+        Pki {
+            ca_file,
+            ca_der: ca.der().clone(),
+            edge_cert,
+            edge_key,
+            renewed_cert,
+            renewed_key,
+            origin_cert,
+            origin_key,
+        }
+    });
+    &PKI
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client trusting the test CA, offering `alpn`.
+pub fn tls_connector(alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().ca_der.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------------------
+// The origin.
+
+type OriginBody = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> OriginBody {
+    Full::new(body.into()).boxed()
+}
+
+/// The generated pattern from `start`, `len` bytes, in 64 KiB chunks, pausing `pause`
+/// between chunks.
+fn pattern_body(start: u64, len: u64, pause: Duration) -> OriginBody {
+    static PATTERN: LazyLock<Bytes> =
+        LazyLock::new(|| (0..(251 * 262)).map(|i| pattern_byte(i as u64)).collect());
+    const CHUNK: u64 = 251 * 261;
+    let stream = futures::stream::unfold((start, len), move |(offset, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        let n = left.min(CHUNK);
+        let from = (offset % 251) as usize;
+        let chunk = PATTERN.slice(from..from + n as usize);
+        Some((
+            Ok::<_, Infallible>(Frame::data(chunk)),
+            (offset + n, left - n),
+        ))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// The generated pattern as a request body of `len` bytes.
+pub fn pattern_upload(len: u64) -> BoxBody<Bytes, std::io::Error> {
+    pattern_body(0, len, Duration::ZERO)
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
+    let q = query(&req);
+    let number =
+        |key: &str, default: u64| q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let response = match req.uri().path() {
+        "/echo-headers" => {
+            let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (name, value) in req.headers() {
+                headers
+                    .entry(name.as_str().to_owned())
+                    .or_default()
+                    .push(value.to_str().unwrap_or("").to_owned());
+            }
+            let body = serde_json::json!({
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "headers": headers,
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(body.to_string()))
+                .unwrap()
+        }
+        "/big" => {
+            let range = req
+                .headers()
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+            match range {
+                Some((first, last)) if first <= last && last < BIG_FILE => Response::builder()
+                    .status(206)
+                    .header("accept-ranges", "bytes")
+                    .header("content-range", format!("bytes {first}-{last}/{BIG_FILE}"))
+                    .header("content-length", last - first + 1)
+                    .body(pattern_body(first, last - first + 1, Duration::ZERO))
+                    .unwrap(),
+                _ => Response::builder()
+                    .header("accept-ranges", "bytes")
+                    .header("content-length", BIG_FILE)
+                    .body(pattern_body(0, BIG_FILE, Duration::ZERO))
+                    .unwrap(),
+            }
+        }
+        "/stream" => {
+            let bytes = number("bytes", 1024);
+            let pause = Duration::from_millis(number("pause_ms", 0));
+            Response::builder()
+                .header("content-length", bytes)
+                .body(pattern_body(0, bytes, pause))
+                .unwrap()
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut bytes = 0u64;
+            let mut pattern_ok = true;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    break;
+                };
+                if let Some(data) = frame.data_ref() {
+                    if let Some(&first) = data.first() {
+                        pattern_ok &= first == pattern_byte(bytes);
+                    }
+                    bytes += data.len() as u64;
+                }
+            }
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(
+                    serde_json::json!({ "bytes": bytes, "patternOk": pattern_ok }).to_string(),
+                ))
+                .unwrap()
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(number("ms", 1000))).await;
+            Response::new(full("slow"))
+        }
+        "/socket" => return Ok(websocket(req)),
+        _ => Response::builder()
+            .header("server", "origin-test/1.0")
+            .header("x-powered-by", "test")
+            .header("content-type", "text/plain")
+            .body(full("hello from the origin\n"))
+            .unwrap(),
+    };
+    Ok(response)
+}
+
+fn websocket(mut req: Request<Incoming>) -> Response<OriginBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(400)
+            .body(full("not a websocket"))
+            .unwrap();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Text(text) => {
+                    let reply = format!("echo: {text}");
+                    if socket.send(Message::text(reply)).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+async fn serve_origin_connection<S>(io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), hyper::service::service_fn(origin_service))
+        .with_upgrades()
+        .await;
+}
+
+/// The origins the proxies forward to, on a runtime of their own.
+pub struct Origins {
+    /// Plain HTTP.
+    pub plain: SocketAddr,
+    /// TLS with a certificate for `origin.test` from the test CA.
+    pub tls: SocketAddr,
+}
+
+/// The origins, started once.
+pub fn origins() -> &'static Origins {
+    static ORIGINS: LazyLock<Origins> = LazyLock::new(|| {
+        let plain = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let tls = StdTcpListener::bind("127.0.0.1:0").unwrap();
+        let addresses = Origins {
+            plain: plain.local_addr().unwrap(),
+            tls: tls.local_addr().unwrap(),
+        };
+        let pki = pki();
+        let certs = vec![CertificateDer::from_pem_file(&pki.origin_cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&pki.origin_key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                plain.set_nonblocking(true).unwrap();
+                tls.set_nonblocking(true).unwrap();
+                let plain = tokio::net::TcpListener::from_std(plain).unwrap();
+                let tls = tokio::net::TcpListener::from_std(tls).unwrap();
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = tls.accept().await {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve_origin_connection(stream).await;
+                            }
+                        });
+                    }
+                });
+                while let Ok((stream, _)) = plain.accept().await {
+                    tokio::spawn(serve_origin_connection(stream));
+                }
+            });
+        });
+        addresses
+    });
+    &ORIGINS
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy.
+
+/// A free port on the loopback interface.
+pub fn free_port() -> u16 {
+    StdTcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What a test document says; [`Settings::yaml`] writes it out.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// HTTPS port.
+    pub https: u16,
+    /// Plain HTTP port.
+    pub http: u16,
+    /// Admin port.
+    pub admin: u16,
+    /// PROXY protocol on the public listeners.
+    pub proxy_protocol: bool,
+    /// Certificate and key.
+    pub cert: (PathBuf, PathBuf),
+    /// Trusted proxies.
+    pub trusted: Vec<String>,
+    /// Allowed methods.
+    pub methods: Vec<&'static str>,
+    /// `limits.maxBody`.
+    pub max_body: &'static str,
+    /// `limits.maxConnections`.
+    pub max_connections: u32,
+    /// `limits.maxConnectionsPerIp`.
+    pub max_connections_per_ip: u32,
+    /// `timeouts.bodyRead`.
+    pub body_read: &'static str,
+    /// `timeouts.upstreamRead`.
+    pub upstream_read: &'static str,
+    /// `timeouts.shutdownGrace`.
+    pub shutdown_grace: &'static str,
+    /// `upstream.address`.
+    pub upstream: String,
+    /// Verified TLS to the origin, expecting this name on its certificate.
+    pub upstream_tls: Option<&'static str>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            https: free_port(),
+            http: free_port(),
+            admin: free_port(),
+            proxy_protocol: false,
+            cert: (pki().edge_cert.clone(), pki().edge_key.clone()),
+            trusted: vec!["127.0.0.2/32".into()],
+            methods: vec!["GET", "HEAD", "POST", "PUT", "OPTIONS"],
+            max_body: "1Mi",
+            max_connections: 1000,
+            max_connections_per_ip: 12,
+            body_read: "1s",
+            upstream_read: "2s",
+            shutdown_grace: "1s",
+            upstream: origins().plain.to_string(),
+            upstream_tls: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The edge document.
+    pub fn yaml(&self) -> String {
+        let upstream_tls = match self.upstream_tls {
+            Some(name) => format!(
+                "\n  tls:\n    caFile: {}\n    serverName: {name}",
+                pki().ca_file.display()
+            ),
+            None => String::new(),
+        };
+        format!(
+            "apiVersion: edge.portcullis.dev/v1
+kind: EdgeConfig
+source:
+  namespace: test
+  name: jellyfin
+  generation: 1
+app:
+  kind: Jellyfin
+  displayName: Jellyfin
+host: {HOST}
+listen:
+  https: 127.0.0.1:{https}
+  http: 127.0.0.1:{http}
+  admin: 127.0.0.1:{admin}
+  proxyProtocol: {proxy_protocol}
+tls:
+  certFile: {cert}
+  keyFile: {key}
+  hstsMaxAge: 1h
+clientIdentity:
+  trustedProxies: [{trusted}]
+limits:
+  maxUriBytes: 256
+  maxHeaderCount: 30
+  maxHeaderBytes: 4Ki
+  maxBody: {max_body}
+  allowedMethods: [{methods}]
+  maxConnections: {max_connections}
+  maxConnectionsPerIp: {max_connections_per_ip}
+timeouts:
+  headerRead: 2s
+  bodyRead: {body_read}
+  upstreamConnect: 2s
+  upstreamRead: {upstream_read}
+  upstreamIdle: 30s
+  shutdownGrace: {shutdown_grace}
+upstream:
+  address: {upstream}
+  poolSize: 16{upstream_tls}
+",
+            https = self.https,
+            http = self.http,
+            admin = self.admin,
+            proxy_protocol = self.proxy_protocol,
+            cert = self.cert.0.display(),
+            key = self.cert.1.display(),
+            trusted = self.trusted.join(", "),
+            max_body = self.max_body,
+            methods = self.methods.join(", "),
+            max_connections = self.max_connections,
+            max_connections_per_ip = self.max_connections_per_ip,
+            body_read = self.body_read,
+            upstream_read = self.upstream_read,
+            shutdown_grace = self.shutdown_grace,
+            upstream = self.upstream,
+        )
+    }
+}
+
+/// Writes the document the way the kubelet lays out a ConfigMap volume: a new timestamped
+/// directory, then an atomic swap of the `..data` symlink that `edge.yaml` points through.
+pub fn write_document(dir: &Path, generation: u32, text: &str) {
+    let config = dir.join("config");
+    let data = format!("..{generation}");
+    std::fs::create_dir_all(config.join(&data)).unwrap();
+    std::fs::write(config.join(&data).join("edge.yaml"), text).unwrap();
+    let tmp = config.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&data, &tmp).unwrap();
+    std::fs::rename(&tmp, config.join("..data")).unwrap();
+    let link = config.join("edge.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/edge.yaml", &link).unwrap();
+    }
+}
+
+/// A running proxy process.
+pub struct Proxy {
+    /// The process.
+    pub child: Child,
+    /// Kills the process if the test process dies without dropping this.
+    watchdog: Child,
+    /// The settings it started with.
+    pub settings: Settings,
+    /// Its directory: `config/` laid out like a mounted ConfigMap, its logs.
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl Proxy {
+    /// Starts the proxy binary with `settings` and waits until it is ready.
+    pub fn start(settings: Settings) -> Self {
+        origins();
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = scratch().join(format!("proxy-{n}"));
+        std::fs::create_dir_all(dir.join("config")).unwrap();
+        write_document(&dir, 1, &settings.yaml());
+        let stdout = std::fs::File::create(dir.join("access.log")).unwrap();
+        let stderr = std::fs::File::create(dir.join("proxy.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis-proxy"))
+            .arg("--config")
+            .arg(dir.join("config/edge.yaml"))
+            .arg("--threads")
+            .arg("1")
+            .arg("--watch-interval")
+            .arg("200ms")
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        // Kill the proxy when this test process is gone, however it ends.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
+                me = std::process::id(),
+                child = child.id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut proxy = Self {
+            child,
+            watchdog,
+            settings,
+            dir,
+            generation: 1,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Replaces the document the way the kubelet updates a ConfigMap volume.
+    pub fn write_document(&mut self, text: &str) {
+        self.generation += 1;
+        write_document(&self.dir, self.generation, text);
+    }
+
+    /// The HTTPS address.
+    pub fn https(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.settings.https))
+    }
+
+    /// The plain-HTTP address.
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.settings.http))
+    }
+
+    /// The admin address.
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.settings.admin))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the proxy exited with {status}: {}", self.log());
+            }
+            let ready = admin_get_blocking(self.admin(), "/readyz").map(|(status, _)| status);
+            let https_up = std::net::TcpStream::connect(self.https()).is_ok();
+            if ready == Some(200) && https_up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the proxy did not get ready: {}", self.log());
+    }
+
+    /// The proxy's diagnostics so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
+    }
+
+    /// The access log so far, one JSON value per line.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// The proxy's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// The value of a metric line that starts with `prefix` (name and labels).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, body) = admin_get(self.admin(), "/metrics").await?;
+        body.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+}
+
+/// The proxy most tests share, started once.
+pub fn shared() -> &'static Proxy {
+    static PROXY: LazyLock<Proxy> = LazyLock::new(|| Proxy::start(Settings::default()));
+    &PROXY
+}
+
+/// `GET path` on the admin port, blocking: status and body.
+pub fn admin_get_blocking(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    parse_response(&text)
+}
+
+/// `GET path` on the admin port: status and body.
+pub async fn admin_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || admin_get_blocking(address, &path))
+        .await
+        .ok()?
+}
+
+fn parse_response(text: &str) -> Option<(u16, String)> {
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Some((status, body))
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients.
+
+/// A TCP connection to `address` from the loopback address `source` (127.0.0.x stands for
+/// a different client).
+pub async fn tcp_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
+}
+
+/// A TLS connection to the proxy from `source`, offering `alpn`.
+pub async fn tls_from(
+    source: IpAddr,
+    address: SocketAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, address).await?;
+    tls_over(tcp, alpn).await
+}
+
+/// TLS over an open connection.
+pub async fn tls_over<S>(io: S, alpn: &[&[u8]]) -> std::io::Result<TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tls_connector(alpn)
+        .connect(ServerName::try_from(HOST).unwrap(), io)
+        .await
+}
+
+/// The loopback address tests use as an ordinary (untrusted) client.
+pub fn client_ip() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// The loopback address the shared proxy trusts as a proxy.
+pub fn trusted_proxy_ip() -> IpAddr {
+    IpAddr::from([127, 0, 0, 2])
+}
+
+/// A raw HTTP/1.1 exchange over TLS: writes `request`, reads until the proxy closes or
+/// 3 s pass, and returns the status and the whole response text.
+pub async fn raw_tls(address: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut tls = tls_from(client_ip(), address, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A raw HTTP/1.1 exchange over plain TCP.
+pub async fn raw_tcp(address: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut tcp = TcpStream::connect(address).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// An HTTP client connection to the proxy over TLS (HTTP/1.1 or HTTP/2 by ALPN).
+pub enum Conn {
+    /// HTTP/1.1.
+    H1(hyper::client::conn::http1::SendRequest<BoxBody<Bytes, std::io::Error>>),
+    /// HTTP/2.
+    H2(hyper::client::conn::http2::SendRequest<BoxBody<Bytes, std::io::Error>>),
+}
+
+impl Conn {
+    /// Connects from `source`; `h2` offers only HTTP/2.
+    pub async fn open(address: SocketAddr, source: IpAddr, h2: bool) -> Self {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = tls_from(source, address, alpn).await.unwrap();
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            Self::H2(send)
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn.with_upgrades());
+            Self::H1(send)
+        }
+    }
+
+    /// Sends a request.
+    pub async fn send(
+        &mut self,
+        request: Request<BoxBody<Bytes, std::io::Error>>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Self::H1(send) => {
+                send.ready().await?;
+                send.send_request(request).await
+            }
+            Self::H2(send) => {
+                send.ready().await?;
+                send.send_request(request).await
+            }
+        }
+    }
+}
+
+/// An empty request body.
+pub fn empty() -> BoxBody<Bytes, std::io::Error> {
+    Full::new(Bytes::new())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// A `GET` of `path` on the proxy's host.
+pub fn get(path: &str) -> http::request::Builder {
+    Request::get(format!("https://{HOST}{path}")).header("host", HOST)
+}
+
+/// `GET path` over a new HTTP/1.1 connection from the ordinary client: the response.
+pub async fn fetch(address: SocketAddr, path: &str) -> (Response<Incoming>, Bytes) {
+    fetch_from(address, client_ip(), get(path).body(empty()).unwrap()).await
+}
+
+/// Sends `request` over a new HTTP/1.1 connection from `source` and reads the whole body.
+pub async fn fetch_from(
+    address: SocketAddr,
+    source: IpAddr,
+    request: Request<BoxBody<Bytes, std::io::Error>>,
+) -> (Response<Incoming>, Bytes) {
+    let mut conn = Conn::open(address, source, false).await;
+    let mut response = conn.send(request).await.unwrap();
+    let body = response.body_mut().collect().await.unwrap().to_bytes();
+    (response, body)
+}
+
+/// The headers the origin saw, from its `/echo-headers` answer.
+pub fn seen_headers(body: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    serde_json::from_value(value["headers"].clone()).unwrap()
+}
+
+/// Reads a response body to its end, checking it is the generated pattern from `start`;
+/// returns the number of bytes. `every` checks one byte in that many (1: all).
+pub async fn drain_pattern(body: &mut Incoming, start: u64, every: usize) -> u64 {
+    let mut offset = start;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            for (i, &byte) in data.iter().enumerate().step_by(every) {
+                assert_eq!(
+                    byte,
+                    pattern_byte(offset + i as u64),
+                    "byte {}",
+                    offset + i as u64
+                );
+            }
+            offset += data.len() as u64;
+        }
+    }
+    offset - start
+}
+
+/// Polls `check` until it gives a value (5 s at most).
+pub async fn eventually<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
