@@ -488,10 +488,16 @@ impl EdgeConfig {
         hex_sha256(&serde_json::to_vec(self).expect("an edge document always serializes"))
     }
 
-    /// A hash of what a running proxy cannot change live (its sockets). The operator puts
-    /// it in the pod template so pods restart only when it changes.
+    /// A hash of what a running proxy cannot change live: its sockets, its upstream pool
+    /// size and its shutdown grace. The operator puts it in the pod template so pods
+    /// restart only when it changes.
     pub fn restart_hash(&self) -> String {
-        hex_sha256(&serde_json::to_vec(&self.listen).expect("listen always serializes"))
+        let start_only = (
+            &self.listen,
+            self.upstream.pool_size,
+            self.timeouts.shutdown_grace,
+        );
+        hex_sha256(&serde_json::to_vec(&start_only).expect("start-only settings serialize"))
     }
 
     /// Checks every rule of the document and returns all problems with their paths.

@@ -43,7 +43,7 @@ fn the_content_hash_is_stable_and_follows_the_content() {
 }
 
 #[test]
-fn only_a_change_of_sockets_changes_the_restart_hash() {
+fn only_start_only_settings_change_the_restart_hash() {
     let config = example();
     let mut live = config.clone();
     live.access.as_mut().unwrap().emails.pop();
@@ -53,6 +53,20 @@ fn only_a_change_of_sockets_changes_the_restart_hash() {
     let mut moved = config.clone();
     moved.listen.https.set_port(9443);
     assert_ne!(moved.restart_hash(), config.restart_hash());
+    let mut pooled = config.clone();
+    pooled.upstream.pool_size += 1;
+    assert_ne!(
+        pooled.restart_hash(),
+        config.restart_hash(),
+        "the pool size applies only at start"
+    );
+    let mut grace = config.clone();
+    grace.timeouts.shutdown_grace = portcullis_crds::common::Duration::from_secs(7);
+    assert_ne!(
+        grace.restart_hash(),
+        config.restart_hash(),
+        "the grace applies only at start"
+    );
 }
 
 #[test]
