@@ -61,6 +61,52 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
     }
 }
 
+/// Where a resource stands, in kstatus terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The desired state is in force: Ready True.
+    Ready,
+    /// The operator is working towards it: Reconciling True.
+    Progressing,
+    /// Only a change by the user can help: Stalled True.
+    Stalled,
+}
+
+/// Sets Ready, Reconciling and Stalled together for `phase`. `message` goes on Ready and on
+/// the condition that is True, so `kubectl get` and `kubectl wait` both say why.
+pub fn set_phase(
+    conditions: &mut Vec<Condition>,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    observed_generation: Option<i64>,
+    now: &Time,
+) {
+    let statuses = [
+        (ConditionType::Ready, phase == Phase::Ready),
+        (ConditionType::Reconciling, phase == Phase::Progressing),
+        (ConditionType::Stalled, phase == Phase::Stalled),
+    ];
+    for (type_, status) in statuses {
+        let text = if status || type_ == ConditionType::Ready {
+            message
+        } else {
+            ""
+        };
+        set_condition(
+            conditions,
+            condition(
+                type_,
+                status,
+                reason,
+                text,
+                observed_generation,
+                now.clone(),
+            ),
+        );
+    }
+}
+
 /// Finds the condition of `type_`.
 pub fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
     conditions.iter().find(|c| c.type_ == type_.as_str())
@@ -95,6 +141,51 @@ mod tests {
         assert_eq!(conditions[0].last_transition_time, at(10));
         assert_eq!(conditions[0].message, "b");
         assert_eq!(conditions[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_phase_sets_all_three_conditions_with_the_message_where_it_matters() {
+        let mut conditions = vec![];
+        set_phase(
+            &mut conditions,
+            Phase::Stalled,
+            "MissingReference",
+            "no policy",
+            Some(4),
+            &at(10),
+        );
+        assert_eq!(conditions.len(), 3);
+        assert!(is_true(&conditions, ConditionType::Stalled));
+        assert!(!is_true(&conditions, ConditionType::Ready));
+        assert_eq!(
+            find(&conditions, ConditionType::Ready).unwrap().message,
+            "no policy"
+        );
+        assert_eq!(
+            find(&conditions, ConditionType::Reconciling)
+                .unwrap()
+                .message,
+            ""
+        );
+        set_phase(
+            &mut conditions,
+            Phase::Ready,
+            "Ready",
+            "running",
+            Some(5),
+            &at(20),
+        );
+        assert!(is_true(&conditions, ConditionType::Ready));
+        assert_eq!(
+            find(&conditions, ConditionType::Stalled).unwrap().message,
+            ""
+        );
+        assert_eq!(
+            find(&conditions, ConditionType::Reconciling)
+                .unwrap()
+                .last_transition_time,
+            at(10)
+        );
     }
 
     #[test]

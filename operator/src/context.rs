@@ -6,10 +6,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Client,
     runtime::{
-        events::{Recorder, Reporter},
+        events::{Event, EventType, Recorder, Reporter},
         reflector::ObjectRef,
     },
 };
@@ -115,6 +116,25 @@ impl Context {
             dependencies: Dependencies::default(),
             namespace,
         })
+    }
+
+    /// Publishes a Warning Event on `object` (counted as a write).
+    pub async fn warn(
+        &self,
+        object: &ObjectReference,
+        reason: &str,
+        message: String,
+        action: &str,
+    ) -> kube::Result<()> {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(message),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        self.metrics.writes.with_label_values(&["Event"]).inc();
+        self.recorder.publish(&event, object).await
     }
 
     /// The API of `K` in the watched scope: one namespace, or all of them.

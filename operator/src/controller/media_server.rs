@@ -16,15 +16,11 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-        reflector::ObjectRef,
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use portcullis_crds::{
     MediaServer, MediaServerStatus, Validate,
-    conditions::{ConditionType, condition, set_condition},
+    conditions::{ConditionType, Phase, set_phase},
     media_server::ComponentStatus,
 };
 use serde_json::json;
@@ -137,68 +133,29 @@ impl Progress {
     fn into_status(self, server: &MediaServer) -> MediaServerStatus {
         let generation = server.metadata.generation;
         let mut conditions = server.status.clone().unwrap_or_default().conditions;
-        let now = Time(Timestamp::now());
         let waiting = self.waiting_for();
+        let now = Time(Timestamp::now());
         if waiting.is_empty() {
             let message = "the app, the edge and the transcoder (if any) are running with the current configuration";
-            set_condition(
+            set_phase(
                 &mut conditions,
-                condition(
-                    ConditionType::Ready,
-                    true,
-                    "Ready",
-                    message,
-                    generation,
-                    now.clone(),
-                ),
-            );
-            set_condition(
-                &mut conditions,
-                condition(
-                    ConditionType::Reconciling,
-                    false,
-                    "Ready",
-                    "",
-                    generation,
-                    now.clone(),
-                ),
+                Phase::Ready,
+                "Ready",
+                message,
+                generation,
+                &now,
             );
         } else {
             let message = format!("waiting for {}", waiting.join(", "));
-            set_condition(
+            set_phase(
                 &mut conditions,
-                condition(
-                    ConditionType::Ready,
-                    false,
-                    "Progressing",
-                    &message,
-                    generation,
-                    now.clone(),
-                ),
-            );
-            set_condition(
-                &mut conditions,
-                condition(
-                    ConditionType::Reconciling,
-                    true,
-                    "Progressing",
-                    message,
-                    generation,
-                    now.clone(),
-                ),
+                Phase::Progressing,
+                "Progressing",
+                &message,
+                generation,
+                &now,
             );
         }
-        set_condition(
-            &mut conditions,
-            condition(
-                ConditionType::Stalled,
-                false,
-                "Reconciled",
-                "",
-                generation,
-                now,
-            ),
-        );
         MediaServerStatus {
             observed_generation: generation,
             conditions,
@@ -351,47 +308,21 @@ async fn write_status(
 /// The objects already running are left as they were (the last good configuration).
 async fn stalled(server: &MediaServer, ctx: &Context, error: &Error) -> Result<()> {
     let generation = server.metadata.generation;
-    let now = Time(Timestamp::now());
     let mut status = server.status.clone().unwrap_or_default();
     let message = error.to_string();
     let reason = error.metric_label();
     let changed = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Stalled")
+        .find(|c| c.type_ == ConditionType::Stalled.as_str())
         .is_none_or(|c| c.status != "True" || c.message != message);
-    set_condition(
+    set_phase(
         &mut status.conditions,
-        condition(
-            ConditionType::Ready,
-            false,
-            reason,
-            &message,
-            generation,
-            now.clone(),
-        ),
-    );
-    set_condition(
-        &mut status.conditions,
-        condition(
-            ConditionType::Reconciling,
-            false,
-            reason,
-            "",
-            generation,
-            now.clone(),
-        ),
-    );
-    set_condition(
-        &mut status.conditions,
-        condition(
-            ConditionType::Stalled,
-            true,
-            reason,
-            &message,
-            generation,
-            now,
-        ),
+        Phase::Stalled,
+        reason,
+        &message,
+        generation,
+        &Time(Timestamp::now()),
     );
     status.observed_generation = generation;
     if changed {
@@ -400,16 +331,7 @@ async fn stalled(server: &MediaServer, ctx: &Context, error: &Error) -> Result<(
             .failures
             .with_label_values(&["MediaServer", reason])
             .inc();
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(message),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        ctx.metrics.writes.with_label_values(&["Event"]).inc();
-        ctx.recorder
-            .publish(&event, &server.object_ref(&()))
+        ctx.warn(&server.object_ref(&()), reason, message, "Reconcile")
             .await?;
     }
     write_status(server, ctx, status).await

@@ -14,13 +14,12 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType},
         reflector::{ObjectRef, Store},
     },
 };
 use portcullis_crds::{
     AccessPolicy, MediaServer, RateLimit, Validate, WafRuleSet,
-    conditions::{ConditionType, condition, set_condition},
+    conditions::{Phase, set_phase},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -55,74 +54,48 @@ pub trait Policy:
     fn referenced_by(server: &MediaServer) -> Vec<String>;
 }
 
-impl Policy for AccessPolicy {
-    fn spec(&self) -> &dyn Validate {
-        &self.spec
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-    fn used_by(&self) -> &[String] {
-        self.status.as_ref().map_or(&[], |s| &s.used_by)
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-    fn referenced_by(server: &MediaServer) -> Vec<String> {
-        server
-            .spec
-            .access_policy_ref
-            .iter()
-            .map(|r| r.name.clone())
-            .collect()
-    }
+/// Implements [`Policy`] for a kind whose status has `conditions`, `used_by` and
+/// `observed_generation`; `$references` lists the names a MediaServer gives for it.
+macro_rules! policy {
+    ($kind:ty, |$server:ident| $references:expr) => {
+        impl Policy for $kind {
+            fn spec(&self) -> &dyn Validate {
+                &self.spec
+            }
+            fn conditions(&self) -> &[Condition] {
+                self.status.as_ref().map_or(&[], |s| &s.conditions)
+            }
+            fn used_by(&self) -> &[String] {
+                self.status.as_ref().map_or(&[], |s| &s.used_by)
+            }
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref().and_then(|s| s.observed_generation)
+            }
+            fn referenced_by($server: &MediaServer) -> Vec<String> {
+                $references
+            }
+        }
+    };
 }
 
-impl Policy for WafRuleSet {
-    fn spec(&self) -> &dyn Validate {
-        &self.spec
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-    fn used_by(&self) -> &[String] {
-        self.status.as_ref().map_or(&[], |s| &s.used_by)
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-    fn referenced_by(server: &MediaServer) -> Vec<String> {
-        server
-            .spec
-            .waf_rule_set_ref
-            .iter()
-            .map(|r| r.name.clone())
-            .collect()
-    }
-}
-
-impl Policy for RateLimit {
-    fn spec(&self) -> &dyn Validate {
-        &self.spec
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-    fn used_by(&self) -> &[String] {
-        self.status.as_ref().map_or(&[], |s| &s.used_by)
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-    fn referenced_by(server: &MediaServer) -> Vec<String> {
-        server
-            .spec
-            .rate_limit_refs
-            .iter()
-            .map(|r| r.name.clone())
-            .collect()
-    }
-}
+policy!(AccessPolicy, |server| server
+    .spec
+    .access_policy_ref
+    .iter()
+    .map(|r| r.name.clone())
+    .collect());
+policy!(WafRuleSet, |server| server
+    .spec
+    .waf_rule_set_ref
+    .iter()
+    .map(|r| r.name.clone())
+    .collect());
+policy!(RateLimit, |server| server
+    .spec
+    .rate_limit_refs
+    .iter()
+    .map(|r| r.name.clone())
+    .collect());
 
 /// What a policy controller needs besides the shared context.
 pub struct PolicyContext {
@@ -167,65 +140,24 @@ pub fn desired_status<P: Policy>(
             } else {
                 format!("valid; used by {}", used_by.join(", "))
             };
-            set_condition(
+            set_phase(
                 &mut conditions,
-                condition(
-                    ConditionType::Ready,
-                    true,
-                    "Valid",
-                    message,
-                    generation,
-                    now.clone(),
-                ),
-            );
-            set_condition(
-                &mut conditions,
-                condition(
-                    ConditionType::Stalled,
-                    false,
-                    "Valid",
-                    "",
-                    generation,
-                    now.clone(),
-                ),
+                Phase::Ready,
+                "Valid",
+                &message,
+                generation,
+                &now,
             );
         }
-        Some(message) => {
-            set_condition(
-                &mut conditions,
-                condition(
-                    ConditionType::Ready,
-                    false,
-                    "InvalidSpec",
-                    message,
-                    generation,
-                    now.clone(),
-                ),
-            );
-            set_condition(
-                &mut conditions,
-                condition(
-                    ConditionType::Stalled,
-                    true,
-                    "InvalidSpec",
-                    message,
-                    generation,
-                    now.clone(),
-                ),
-            );
-        }
-    }
-    set_condition(
-        &mut conditions,
-        condition(
-            ConditionType::Reconciling,
-            false,
-            "Checked",
-            "",
+        Some(message) => set_phase(
+            &mut conditions,
+            Phase::Stalled,
+            "InvalidSpec",
+            message,
             generation,
-            now,
+            &now,
         ),
-    );
+    }
     (conditions, used_by, problem)
 }
 
@@ -268,17 +200,13 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<PolicyContext>) -> Re
             .iter()
             .any(|c| c.type_ == "Stalled" && c.status == "True" && &c.message == message)
     {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".to_owned(),
-            note: Some(message.clone()),
-            action: "Validate".to_owned(),
-            secondary: None,
-        };
-        shared.metrics.writes.with_label_values(&["Event"]).inc();
         shared
-            .recorder
-            .publish(&event, &policy.object_ref(&()))
+            .warn(
+                &policy.object_ref(&()),
+                "InvalidSpec",
+                message.clone(),
+                "Validate",
+            )
             .await?;
     }
     let patch = json!({

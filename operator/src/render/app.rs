@@ -9,7 +9,7 @@ use k8s_openapi::{
             Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
             HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
             PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-            Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+            Service, Volume, VolumeMount, VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -21,7 +21,7 @@ use portcullis_crds::{
 };
 
 use super::{
-    Component, Names, Settings,
+    Component, Names, Settings, cluster_ip_service,
     edge_config::mounts,
     owned_metadata, security, selector, selector_labels,
     transcoder::{TRANSCODER_PORT, WRAPPER_DIR},
@@ -288,23 +288,8 @@ fn wrapper_init(settings: &Settings) -> Container {
 
 /// The app's Service: ClusterIP only, so nothing outside the cluster reaches it directly.
 pub fn service(server: &MediaServer) -> Service {
-    let name = server.name_any();
-    Service {
-        metadata: owned_metadata(server, Names::new(&name).app(), Component::App),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(&name, Component::App)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: i32::from(mounts::APP_PORT),
-                target_port: Some(IntOrString::String("http".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let name = Names::new(&server.name_any()).app();
+    cluster_ip_service(server, name, Component::App, "http", mounts::APP_PORT)
 }
 
 #[cfg(test)]

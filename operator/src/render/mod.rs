@@ -13,7 +13,13 @@ pub mod transcoder;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::{
+    api::core::v1::{Service, ServicePort, ServiceSpec},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
 use kube::{Resource, ResourceExt};
 use portcullis_crds::{AccessPolicy, MediaServer, RateLimit, WafRuleSet};
 
@@ -176,6 +182,33 @@ pub fn labels(server: &str, component: Component) -> BTreeMap<String, String> {
         FIELD_MANAGER.to_owned(),
     );
     labels
+}
+
+/// A ClusterIP Service named `name` in front of `component`'s pods, with one TCP port whose
+/// name is also the container port it targets.
+pub fn cluster_ip_service(
+    server: &MediaServer,
+    name: String,
+    component: Component,
+    port_name: &str,
+    port: u16,
+) -> Service {
+    Service {
+        metadata: owned_metadata(server, name, component),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(&server.name_any(), component)),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.to_owned()),
+                port: i32::from(port),
+                target_port: Some(IntOrString::String(port_name.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
 }
 
 /// Metadata of an object owned by `server`, in its namespace, controlled by it.

@@ -11,7 +11,7 @@ use k8s_openapi::{
             Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction,
             NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
             PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, Service,
-            ServicePort, ServiceSpec, Volume, VolumeMount,
+            Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -27,7 +27,7 @@ use portcullis_crds::{
 use super::{
     Component, Names, Settings,
     app::{CACHE_PATH, claim_name},
-    owned_metadata, security, selector, selector_labels,
+    cluster_ip_service, owned_metadata, security, selector, selector_labels,
 };
 
 /// The transcoder's port.
@@ -220,27 +220,14 @@ pub fn deployment(
 
 /// The transcoder's Service, reached only by the app (see the NetworkPolicy).
 pub fn service(server: &MediaServer) -> Service {
-    let name = server.name_any();
-    Service {
-        metadata: owned_metadata(
-            server,
-            Names::new(&name).transcoder(),
-            Component::Transcoder,
-        ),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(&name, Component::Transcoder)),
-            ports: Some(vec![ServicePort {
-                name: Some("transcoder".to_owned()),
-                port: i32::from(TRANSCODER_PORT),
-                target_port: Some(IntOrString::String("transcoder".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let name = Names::new(&server.name_any()).transcoder();
+    cluster_ip_service(
+        server,
+        name,
+        Component::Transcoder,
+        "transcoder",
+        TRANSCODER_PORT,
+    )
 }
 
 #[cfg(test)]

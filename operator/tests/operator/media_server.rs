@@ -32,6 +32,18 @@ async fn wait_ready(ns: &TestNamespace, name: &str) -> Value {
     .await
 }
 
+async fn wait_stalled(ns: &TestNamespace, name: &str) -> Value {
+    eventually(
+        &format!("MediaServer {name} Stalled"),
+        READY_TIMEOUT,
+        || async {
+            let status = status_of(ns, name).await;
+            (condition(&status, "Stalled")?.0 == "True").then_some(status)
+        },
+    )
+    .await
+}
+
 fn minimal(access_policy: Option<&str>) -> Value {
     let mut spec = json!({
         "host": "media.example.org",
@@ -171,11 +183,7 @@ async fn a_missing_reference_stalls_with_a_warning_event_and_recovers_once_it_ex
     let ns = minimal_namespace("missing-ref").await;
     ns.apply_value(minimal(Some("family"))).await;
     let _ctx = ns.start_operator();
-    let status = eventually("Stalled", READY_TIMEOUT, || async {
-        let status = status_of(&ns, "jellyfin").await;
-        (condition(&status, "Stalled")?.0 == "True").then_some(status)
-    })
-    .await;
+    let status = wait_stalled(&ns, "jellyfin").await;
     let (ready, reason, message) = condition(&status, "Ready").unwrap();
     assert_eq!(
         (ready.as_str(), reason.as_str()),
@@ -215,11 +223,7 @@ async fn a_tls_secret_without_its_keys_is_named_in_the_status() {
     ns.secret("media-tls", &["tls.crt"]).await;
     ns.apply_value(minimal(None)).await;
     let _ctx = ns.start_operator();
-    let status = eventually("Stalled", READY_TIMEOUT, || async {
-        let status = status_of(&ns, "jellyfin").await;
-        (condition(&status, "Stalled")?.0 == "True").then_some(status)
-    })
-    .await;
+    let status = wait_stalled(&ns, "jellyfin").await;
     let (_, reason, message) = condition(&status, "Ready").unwrap();
     assert_eq!(reason, "MissingKey");
     assert!(message.contains("tls.key"), "{message}");
@@ -307,11 +311,7 @@ async fn an_issuer_without_cert_manager_is_stalled_with_the_reason() {
     server["spec"]["tls"] = json!({"issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"}});
     ns.apply_value(server).await;
     let _ctx = ns.start_operator();
-    let status = eventually("Stalled", READY_TIMEOUT, || async {
-        let status = status_of(&ns, "jellyfin").await;
-        (condition(&status, "Stalled")?.0 == "True").then_some(status)
-    })
-    .await;
+    let status = wait_stalled(&ns, "jellyfin").await;
     let (_, reason, message) = condition(&status, "Ready").unwrap();
     assert_eq!(reason, "CertManagerMissing");
     assert!(
