@@ -110,9 +110,22 @@ async fn policy_controller<P: policy::Policy>(
     config: watcher::Config,
     ctx: Arc<policy::PolicyContext>,
 ) {
-    Controller::new(ctx.shared.api::<P>(), config.clone())
-        .watches(ctx.shared.api::<MediaServer>(), config, |server| {
-            policy::references::<P>(&server)
+    let controller = Controller::new(ctx.shared.api::<P>(), config.clone());
+    let policies = controller.store();
+    controller
+        // A MediaServer change concerns the policies it references now, and those that still
+        // list it as a user (it may have just dropped its reference).
+        .watches(ctx.shared.api::<MediaServer>(), config, move |server| {
+            let mut references = policy::references::<P>(&server);
+            let name = server.name_any();
+            references.extend(
+                policies
+                    .state()
+                    .iter()
+                    .filter(|p| p.namespace() == server.namespace() && p.used_by().contains(&name))
+                    .map(|p| ObjectRef::from_obj(&**p)),
+            );
+            references
         })
         .shutdown_on_signal()
         .run(policy::reconcile::<P>, policy::error_policy::<P>, ctx)

@@ -320,3 +320,26 @@ async fn an_issuer_without_cert_manager_is_stalled_with_the_reason() {
     );
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_forgets_a_media_server_that_stops_using_it() {
+    let ns = minimal_namespace("used-by").await;
+    ns.apply_value(policy(&["alice@example.org"])).await;
+    ns.apply_value(minimal(Some("family"))).await;
+    let _ctx = ns.start_operator();
+    let used_by = |expected: usize| {
+        let ns = &ns;
+        move || async move {
+            let policy = ns.api::<AccessPolicy>().get("family").await.ok()?;
+            let status = policy.status?;
+            (status.used_by.len() == expected).then_some(status.used_by)
+        }
+    };
+    assert_eq!(
+        eventually("usedBy jellyfin", READY_TIMEOUT, used_by(1)).await,
+        ["jellyfin"]
+    );
+    ns.apply_value(minimal(None)).await;
+    eventually("usedBy emptied", Duration::from_secs(30), used_by(0)).await;
+    ns.delete().await;
+}
