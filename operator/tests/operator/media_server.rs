@@ -20,28 +20,25 @@ async fn status_of(ns: &TestNamespace, name: &str) -> Value {
     serde_json::to_value(server.status).unwrap()
 }
 
-async fn wait_ready(ns: &TestNamespace, name: &str) -> Value {
+/// Waits until condition `type_` of MediaServer `name` is True; returns its status.
+async fn wait_condition(ns: &TestNamespace, name: &str, type_: &str) -> Value {
     eventually(
-        &format!("MediaServer {name} Ready"),
+        &format!("MediaServer {name} {type_}"),
         READY_TIMEOUT,
         || async {
             let status = status_of(ns, name).await;
-            (condition(&status, "Ready")?.0 == "True").then_some(status)
+            (condition(&status, type_)?.0 == "True").then_some(status)
         },
     )
     .await
 }
 
+async fn wait_ready(ns: &TestNamespace, name: &str) -> Value {
+    wait_condition(ns, name, "Ready").await
+}
+
 async fn wait_stalled(ns: &TestNamespace, name: &str) -> Value {
-    eventually(
-        &format!("MediaServer {name} Stalled"),
-        READY_TIMEOUT,
-        || async {
-            let status = status_of(ns, name).await;
-            (condition(&status, "Stalled")?.0 == "True").then_some(status)
-        },
-    )
-    .await
+    wait_condition(ns, name, "Stalled").await
 }
 
 fn minimal(access_policy: Option<&str>) -> Value {

@@ -179,13 +179,7 @@ async fn error_pages_are_json_when_asked_and_logged_with_their_decision() {
         !text.contains("evil.test"),
         "the page names no policy detail: {text}"
     );
-    let line = crate::util::eventually(|| {
-        shared()
-            .access_log()
-            .into_iter()
-            .find(|line| line["requestId"] == id.as_str())
-    })
-    .await;
+    let line = shared().access_log_line(&id).await;
     assert_eq!(line["layer"], "hygiene");
     assert_eq!(line["decision"], "respond");
     assert_eq!(line["rule"], "host-mismatch");

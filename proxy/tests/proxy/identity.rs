@@ -56,13 +56,7 @@ async fn the_access_log_names_the_client_and_scrubs_api_keys() {
         .unwrap();
     let (_, body) = fetch_from(shared().https(), trusted_proxy_ip(), request).await;
     let id = seen_headers(&body)["x-request-id"][0].clone();
-    let line = eventually(|| {
-        shared()
-            .access_log()
-            .into_iter()
-            .find(|line| line["requestId"] == id.as_str())
-    })
-    .await;
+    let line = shared().access_log_line(&id).await;
     assert_eq!(line["clientIp"], "198.51.100.9");
     assert_eq!(line["path"], "/echo-headers?api_key=REDACTED&x=1");
     assert_eq!(line["method"], "GET");

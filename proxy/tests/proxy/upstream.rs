@@ -6,8 +6,8 @@ use http_body_util::BodyExt;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::util::{
-    BIG_FILE, HOST, ORIGIN_NAME, Proxy, Settings, client_ip, drain_pattern, empty, eventually,
-    fetch, fetch_from, free_port, get, origins, pattern_byte, shared, tls_from,
+    BIG_FILE, HOST, ORIGIN_NAME, Proxy, Settings, client_ip, drain_pattern, empty, fetch,
+    fetch_from, free_port, get, origins, pattern_byte, shared, tls_from,
 };
 
 #[tokio::test]
@@ -76,13 +76,7 @@ async fn a_slow_origin_is_504_with_a_request_id() {
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(value["status"], 504);
     let id = value["requestId"].as_str().unwrap().to_owned();
-    let line = eventually(|| {
-        shared()
-            .access_log()
-            .into_iter()
-            .find(|line| line["requestId"] == id.as_str())
-    })
-    .await;
+    let line = shared().access_log_line(&id).await;
     assert_eq!(line["layer"], "upstream");
     assert_eq!(line["decision"], "error");
     assert_eq!(line["rule"], "upstream-timeout");

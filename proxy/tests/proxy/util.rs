@@ -660,6 +660,16 @@ impl Proxy {
             .collect()
     }
 
+    /// The access-log line of request `id`, once the proxy has written it.
+    pub async fn access_log_line(&self, id: &str) -> serde_json::Value {
+        eventually(|| {
+            self.access_log()
+                .into_iter()
+                .find(|line| line["requestId"] == id)
+        })
+        .await
+    }
+
     /// The proxy's resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -776,30 +786,28 @@ pub fn trusted_proxy_ip() -> IpAddr {
     IpAddr::from([127, 0, 0, 2])
 }
 
-/// A raw HTTP/1.1 exchange over TLS: writes `request`, reads until the proxy closes or
-/// 3 s pass, and returns the status and the whole response text.
+/// A raw HTTP/1.1 exchange over TLS (see [`raw_exchange`]).
 pub async fn raw_tls(address: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut tls = tls_from(client_ip(), address, &[b"http/1.1"])
+    let tls = tls_from(client_ip(), address, &[b"http/1.1"])
         .await
         .unwrap();
-    tls.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tls.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    raw_exchange(tls, request).await
 }
 
-/// A raw HTTP/1.1 exchange over plain TCP.
+/// A raw HTTP/1.1 exchange over plain TCP (see [`raw_exchange`]).
 pub async fn raw_tcp(address: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut tcp = TcpStream::connect(address).await.unwrap();
-    tcp.write_all(request).await.unwrap();
+    raw_exchange(TcpStream::connect(address).await.unwrap(), request).await
+}
+
+/// Writes `request`, reads until the server closes or 3 s pass, and returns the status and
+/// the whole response text.
+async fn raw_exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &[u8],
+) -> (u16, String) {
+    stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut out)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
