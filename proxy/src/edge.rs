@@ -13,9 +13,10 @@
 
 use std::{
     any::Any,
+    borrow::Cow,
     net::IpAddr,
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -29,16 +30,18 @@ use pingora::{
 };
 
 use crate::{
+    access::{self, Access, AccessRequest, Answer, Grant, Outcome, app_token::TokenStatus},
     access_log::{self, AccessRecord},
     app::HeaderWatch,
     client_identity, error_page,
+    geo::Country,
     hygiene::{self, ContentLength, RequestFacts},
     model::Policy,
     request_id::RequestId,
     state::Shared,
     tls,
     upstream::{self, CLIENT_FORWARDING_HEADERS, X_FORWARDED_FOR},
-    verdict::{Body, Decision, DecisionKind, LayerId, Response, Verdict},
+    verdict::{Body, Decision, DecisionKind, LayerId, Reason, Response, Verdict},
 };
 
 /// Which listener a proxy serves.
@@ -74,9 +77,39 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     decision: Decision,
     body_received: u64,
+    country: Option<Country>,
+    email: Option<String>,
+    set_cookie: Option<HeaderValue>,
+}
+
+const CF_IPCOUNTRY: http::HeaderName = http::HeaderName::from_static("cf-ipcountry");
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The facts the access layer decides on.
+fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
+    AccessRequest {
+        method: &request.method,
+        path: request.uri.path(),
+        query: request.uri.query(),
+        target: request
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str()),
+        headers: &request.headers,
+    }
 }
 
 const X_POWERED_BY: http::HeaderName = http::HeaderName::from_static("x-powered-by");
+/// Every response names its request, so a user can quote it and an admin find the log line.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn request_id_value(id: &RequestId) -> HeaderValue {
+    HeaderValue::from_bytes(id.as_bytes()).unwrap_or(HeaderValue::from_static("unknown"))
+}
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
@@ -146,7 +179,8 @@ impl Edge {
                 bytes,
             } => (content_type, bytes),
         };
-        let mut head = ResponseHeader::build(response.status, Some(5 + response.headers.len()))?;
+        let mut head = ResponseHeader::build(response.status, Some(6 + response.headers.len()))?;
+        head.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
         head.insert_header(header::CONTENT_TYPE, content_type)?;
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
         head.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -187,7 +221,8 @@ impl Edge {
                 Ok(true)
             }
             Verdict::Redirect(redirect, _) => {
-                let mut head = ResponseHeader::build(redirect.status, Some(3))?;
+                let mut head = ResponseHeader::build(redirect.status, Some(4))?;
+                head.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
                 head.insert_header(header::LOCATION, redirect.location)?;
                 head.insert_header(header::CONTENT_LENGTH, 0)?;
                 if self.role == Role::Https {
@@ -197,6 +232,184 @@ impl Edge {
                 Ok(true)
             }
         }
+    }
+}
+
+impl Edge {
+    /// Layer 8: finds the client's country and applies the allow and deny lists.
+    async fn geo(&self, session: &mut Session, ctx: &mut Ctx, policy: &Policy) -> Result<bool> {
+        let geo = &policy.geo;
+        if geo.db.is_none() && !geo.cloudflare_country {
+            return Ok(false);
+        }
+        let from_cloudflare = geo.cloudflare_country
+            && peer_ip(session).is_some_and(|peer| policy.trusted_proxies.contains(peer));
+        let told = from_cloudflare
+            .then(|| session.get_header(CF_IPCOUNTRY))
+            .flatten()
+            .and_then(|value| Country::parse(value.as_bytes()))
+            .filter(|country| country.as_str() != "XX");
+        let country = told.or_else(|| geo.db.as_ref()?.country(ctx.client_ip?));
+        ctx.country = country;
+        let metrics = &self.shared.metrics;
+        metrics
+            .requests_by_country
+            .with_label_values(&[country.as_ref().map_or("unknown", Country::as_str)])
+            .inc();
+        let verdict = geo.filter.check(country);
+        if let Verdict::Respond(_, reason) = &verdict {
+            metrics
+                .access_decisions
+                .with_label_values(&[reason.rule])
+                .inc();
+        }
+        self.apply(session, ctx, LayerId::Geo, verdict).await
+    }
+
+    /// Layer 9: a session, a token the application accepts, a bypass, or the sign-in flow.
+    async fn access(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+        access: &Access,
+    ) -> Result<bool> {
+        let now = unix_seconds(ctx.time);
+        let outcome = access.check(&access_request(session.req_header()), now);
+        match outcome {
+            Outcome::Granted(grant) => {
+                self.grant(ctx, grant);
+                Ok(false)
+            }
+            Outcome::Answered(answer) => self.answer(session, ctx, access, answer).await,
+            Outcome::ReadForm(kind) => {
+                let mut body = Vec::new();
+                while let Some(chunk) = session.read_request_body().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > access::MAX_FORM_BYTES {
+                        let verdict = Verdict::Respond(
+                            Response::error(StatusCode::PAYLOAD_TOO_LARGE).closing(),
+                            Reason::new("form-too-large", "the sign-in form is too large"),
+                        );
+                        return self.apply(session, ctx, LayerId::Access, verdict).await;
+                    }
+                }
+                let answer = access.submit(
+                    kind,
+                    &access_request(session.req_header()),
+                    &body,
+                    &self.shared.logins,
+                    now,
+                );
+                self.answer(session, ctx, access, answer).await
+            }
+            Outcome::VerifyToken(token) => {
+                let metrics = &self.shared.metrics;
+                let cache = &self.shared.app_tokens;
+                let status = match cache.get(&token, now) {
+                    Some(status) => {
+                        metrics
+                            .app_token_checks
+                            .with_label_values(&["cached"])
+                            .inc();
+                        Ok(status)
+                    }
+                    None => {
+                        let asked = self
+                            .shared
+                            .app_client
+                            .ask_token(&policy.upstream, &policy.host_header, &token)
+                            .await;
+                        let label = match &asked {
+                            Ok(TokenStatus::Valid) => "valid",
+                            Ok(TokenStatus::Invalid) => "invalid",
+                            Err(_) => "error",
+                        };
+                        metrics.app_token_checks.with_label_values(&[label]).inc();
+                        if let Ok(status) = asked {
+                            let ttl = access.app_token_ttl().unwrap_or_default();
+                            cache.put(&token, status, ttl, now);
+                        }
+                        asked
+                    }
+                };
+                let verdict = match status {
+                    Ok(TokenStatus::Valid) => {
+                        self.grant(ctx, Access::token_accepted());
+                        return Ok(false);
+                    }
+                    Ok(TokenStatus::Invalid) => Access::token_refused(),
+                    Err(error) => Verdict::Respond(
+                        Response::error(StatusCode::BAD_GATEWAY),
+                        Reason::owned("app-token-unverified", error),
+                    ),
+                };
+                if let Verdict::Respond(_, reason) = &verdict {
+                    metrics
+                        .access_decisions
+                        .with_label_values(&[reason.rule])
+                        .inc();
+                }
+                self.apply(session, ctx, LayerId::Access, verdict).await
+            }
+        }
+    }
+
+    fn grant(&self, ctx: &mut Ctx, grant: Grant) {
+        self.shared
+            .metrics
+            .access_decisions
+            .with_label_values(&[grant.rule])
+            .inc();
+        ctx.email = grant.email;
+        ctx.set_cookie = grant.set_cookie;
+        ctx.decision = Decision {
+            layer: LayerId::Access,
+            kind: DecisionKind::Pass,
+            rule: grant.rule,
+            reason: Cow::Borrowed(""),
+        };
+    }
+
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        access: &Access,
+        answer: Answer,
+    ) -> Result<bool> {
+        let metrics = &self.shared.metrics;
+        if let Verdict::Respond(_, reason) = &answer.verdict {
+            metrics
+                .access_decisions
+                .with_label_values(&[reason.rule])
+                .inc();
+        }
+        if let (Some(mail), Some(otp)) = (answer.mail, access.otp()) {
+            let mailer = otp.mailer.clone();
+            let ttl = otp.ttl();
+            let metrics = metrics.clone();
+            let request_id = ctx.request_id;
+            tokio::spawn(async move {
+                match mailer.send_code(&mail.to, &mail.code, ttl).await {
+                    Ok(()) => {
+                        metrics.otp_mails.with_label_values(&["sent"]).inc();
+                        tracing::info!(
+                            request_id = request_id.as_str(),
+                            email = mail.to,
+                            "one-time code sent"
+                        );
+                    }
+                    Err(error) => {
+                        metrics.otp_mails.with_label_values(&["failed"]).inc();
+                        tracing::error!(request_id = request_id.as_str(), email = mail.to, %error, "one-time code not sent");
+                    }
+                }
+            });
+        }
+        ctx.email = answer.email;
+        self.apply(session, ctx, LayerId::Access, answer.verdict)
+            .await
     }
 }
 
@@ -213,6 +426,9 @@ impl ProxyHttp for Edge {
             client_ip: None,
             decision: Decision::pass(),
             body_received: 0,
+            country: None,
+            email: None,
+            set_cookie: None,
         }
     }
 
@@ -261,9 +477,14 @@ impl ProxyHttp for Edge {
         } else {
             session.set_read_timeout(Some(policy.timeouts.body_read));
         }
-        let facts = request_facts(session);
-        match policy.check_head(&facts) {
-            Some((layer, verdict)) => self.apply(session, ctx, layer, verdict).await,
+        if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
+            return self.apply(session, ctx, layer, verdict).await;
+        }
+        if self.geo(session, ctx, &policy).await? {
+            return Ok(true);
+        }
+        match &policy.access {
+            Some(access) => self.access(session, ctx, &policy, access).await,
             None => Ok(false),
         }
     }
@@ -326,8 +547,7 @@ impl ProxyHttp for Edge {
         let client = ctx
             .client_ip
             .map_or(HeaderValue::from_static("unknown"), header_value_of_ip);
-        let request_id = HeaderValue::from_bytes(ctx.request_id.as_bytes())
-            .unwrap_or(HeaderValue::from_static("unknown"));
+        let request_id = request_id_value(&ctx.request_id);
         for (name, value) in
             upstream::forwarding_headers(&client, &ctx.policy.host_header, &request_id)
         {
@@ -344,6 +564,10 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         upstream_response.remove_header(&header::SERVER);
         upstream_response.remove_header(&X_POWERED_BY);
+        upstream_response.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
+        if let Some(cookie) = ctx.set_cookie.take() {
+            upstream_response.append_header(header::SET_COOKIE, cookie)?;
+        }
         if self.role == Role::Https {
             upstream_response
                 .insert_header(header::STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
@@ -408,8 +632,8 @@ impl ProxyHttp for Edge {
             time: ctx.time,
             request_id: ctx.request_id.as_str(),
             client_ip: ctx.client_ip.or_else(|| peer_ip(session)),
-            country: "",
-            email: "",
+            country: ctx.country.as_ref().map_or("", Country::as_str),
+            email: ctx.email.as_deref().unwrap_or(""),
             method: request.method.as_str(),
             path: request
                 .uri

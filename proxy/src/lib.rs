@@ -7,6 +7,8 @@
 //! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`] | connection setup, `request_filter`, `response_filter` |
 //! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
+//! | 8. geo | [`geo`] | `request_filter` |
+//! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
 //! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
 //! | 12. response | [`edge`] | `response_filter` |
 //! | 13. logging and metrics | [`access_log`], [`metrics`], [`admin`] | `logging`, admin port |
@@ -15,6 +17,7 @@
 //! facts and applies verdicts. The edge document is compiled into a [`model::Policy`] off
 //! the request path and swapped in by [`reload`].
 
+pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod app;
@@ -22,6 +25,7 @@ pub mod client_identity;
 pub mod connection_guard;
 pub mod edge;
 pub mod error_page;
+pub mod geo;
 pub mod hygiene;
 pub mod metrics;
 pub mod model;

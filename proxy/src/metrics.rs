@@ -33,6 +33,18 @@ pub struct Metrics {
     /// `portcullis_connections_dropped_total{reason}`: connections closed by a guard
     /// before a request was read (timeouts, bad PROXY header, failed handshake).
     pub connections_dropped: IntCounterVec,
+    /// `portcullis_access_decisions_total{rule}`: every decision of the geo and access
+    /// layers (granted by session or token, denied by country, code sent, code wrong,
+    /// session expired or revoked, ...).
+    pub access_decisions: IntCounterVec,
+    /// `portcullis_requests_by_country_total{country}`: requests by the client's country
+    /// (`unknown` when the database has none).
+    pub requests_by_country: IntCounterVec,
+    /// `portcullis_otp_mails_total{result}`: one-time code mails sent or failed.
+    pub otp_mails: IntCounterVec,
+    /// `portcullis_app_token_checks_total{result}`: tokens asked of the application
+    /// (`valid`, `invalid`, `error`) or answered from memory (`cached`).
+    pub app_token_checks: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -129,6 +141,30 @@ impl Metrics {
                 "portcullis_connections_dropped_total",
                 "Client connections closed before a request was read.",
                 &["reason"],
+            ),
+            access_decisions: counter_vec(
+                &registry,
+                "portcullis_access_decisions_total",
+                "Decisions of the geo and access layers, by rule.",
+                &["rule"],
+            ),
+            requests_by_country: counter_vec(
+                &registry,
+                "portcullis_requests_by_country_total",
+                "Requests by the client's country.",
+                &["country"],
+            ),
+            otp_mails: counter_vec(
+                &registry,
+                "portcullis_otp_mails_total",
+                "One-time code mails, by result.",
+                &["result"],
+            ),
+            app_token_checks: counter_vec(
+                &registry,
+                "portcullis_app_token_checks_total",
+                "Application tokens checked, by result.",
+                &["result"],
             ),
             registry,
         }

@@ -14,7 +14,9 @@ use pingora::tls::ssl::SslAcceptor;
 use portcullis_crds::edge::{self, EdgeConfig};
 
 use crate::{
+    access::{Access, AccessError},
     client_identity::TrustedProxies,
+    geo::{CountryFilter, GeoDb, GeoDbError},
     hygiene::{Hygiene, RequestFacts},
     tls::{self, TlsError},
     upstream::{Upstream, UpstreamTls},
@@ -33,6 +35,23 @@ pub enum CompileError {
     /// The host cannot be sent as a header value.
     #[error("host {0:?} cannot be used in a header")]
     Host(String),
+    /// The country database.
+    #[error("access.geoipFile: {0}")]
+    GeoDb(#[source] GeoDbError),
+    /// The access layer (keys, mail).
+    #[error(transparent)]
+    Access(#[from] AccessError),
+}
+
+/// The compiled geo layer: the database and the lists.
+#[derive(Debug, Default)]
+pub struct Geo {
+    /// The country database, when there is one (countries are then logged even without lists).
+    pub db: Option<GeoDb>,
+    /// The allow and deny lists.
+    pub filter: CountryFilter,
+    /// Believe `CF-IPCountry` from Cloudflare's addresses (behind-Cloudflare mode).
+    pub cloudflare_country: bool,
 }
 
 /// A request layer, in the order the policy runs them.
@@ -118,6 +137,10 @@ pub struct Policy {
     pub upstream: Upstream,
     /// The request layers, in order.
     pub layers: Vec<Layer>,
+    /// The geo layer (after the layers above).
+    pub geo: Geo,
+    /// The zero-trust access layer, when the document has an access policy.
+    pub access: Option<Access>,
     /// Files the policy was built from besides the document; a change to any of them
     /// recompiles it (certificate renewals).
     pub files: Vec<PathBuf>,
@@ -135,6 +158,8 @@ impl std::fmt::Debug for Policy {
             .field("timeouts", &self.timeouts)
             .field("upstream", &self.upstream)
             .field("layers", &self.layers)
+            .field("geo", &self.geo)
+            .field("access", &self.access)
             .field("files", &self.files)
             .finish_non_exhaustive()
     }
@@ -188,6 +213,23 @@ impl TryFrom<EdgeConfig> for Policy {
             doc.client_identity.behind_cloudflare,
         );
         let layers = vec![Layer::Hygiene(Hygiene::new(&host, &doc.limits))];
+        let mut geo = Geo {
+            cloudflare_country: doc.client_identity.behind_cloudflare,
+            ..Geo::default()
+        };
+        let mut access = None;
+        if let Some(policy) = &doc.access {
+            geo.filter = CountryFilter::new(
+                policy.countries.allow.iter().map(|c| c.as_str()),
+                policy.countries.deny.iter().map(|c| c.as_str()),
+            );
+            if let Some(file) = &policy.geoip_file {
+                geo.db = Some(GeoDb::open(file).map_err(CompileError::GeoDb)?);
+                files.push(file.clone());
+            }
+            access = Some(Access::new(policy, &doc.app, &host)?);
+            files.extend(Access::files(policy));
+        }
         Ok(Self {
             source: format!(
                 "{}/{}@{}",
@@ -212,6 +254,8 @@ impl TryFrom<EdgeConfig> for Policy {
             },
             upstream,
             layers,
+            geo,
+            access,
             files,
         })
     }

@@ -10,7 +10,12 @@ use arc_swap::ArcSwap;
 use portcullis_crds::edge;
 
 use crate::{
-    connection_guard::ConnectionGuard, metrics::Metrics, model::Policy, request_id::RequestIds,
+    access::{app_token::TokenCache, login::LoginState},
+    connection_guard::ConnectionGuard,
+    metrics::Metrics,
+    model::Policy,
+    request_id::RequestIds,
+    upstream::AppClient,
 };
 
 /// Shared by the listeners, the admin endpoint and the config watcher.
@@ -26,6 +31,12 @@ pub struct Shared {
     pub request_ids: RequestIds,
     /// The listeners bound at start (a document that moves them needs a restart).
     pub bound: edge::Listen,
+    /// Sign-ins in progress (attempts, cooldowns); kept across policy reloads.
+    pub logins: LoginState,
+    /// The application's recent answers about its tokens.
+    pub app_tokens: TokenCache,
+    /// The edge's client to the application, for token checks.
+    pub app_client: AppClient,
     shutting_down: AtomicBool,
 }
 
@@ -38,6 +49,9 @@ impl Shared {
             metrics: Metrics::new(),
             connections: Arc::default(),
             request_ids: RequestIds::default(),
+            logins: LoginState::default(),
+            app_tokens: TokenCache::default(),
+            app_client: AppClient::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -17,7 +17,12 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, StatusCode, header::HeaderValue};
-use pingora::{ErrorSource, ErrorType, protocols::tls::CaType, upstreams::peer::HttpPeer};
+use pingora::{
+    ErrorSource, ErrorType, connectors::http::Connector, http::RequestHeader,
+    protocols::tls::CaType, upstreams::peer::HttpPeer,
+};
+
+use crate::access::app_token::TokenStatus;
 
 /// The compiled upstream.
 #[derive(Debug)]
@@ -119,6 +124,81 @@ impl Upstream {
             options.ca = Some(Arc::clone(&tls.ca));
         }
         Box::new(peer)
+    }
+}
+
+/// How long the application may take to judge a token.
+const TOKEN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The edge's own client to the application (token checks), with its connection pool.
+pub struct AppClient(Connector);
+
+impl std::fmt::Debug for AppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppClient")
+    }
+}
+
+impl Default for AppClient {
+    fn default() -> Self {
+        Self(Connector::new(None))
+    }
+}
+
+impl AppClient {
+    /// Asks Jellyfin whether it accepts `token`: `GET /Users/Me` with `X-Emby-Token`. 200 is
+    /// valid, 401 and 403 invalid; anything else is an error (the request is not let through).
+    pub async fn ask_token(
+        &self,
+        upstream: &Upstream,
+        host: &HeaderValue,
+        token: &str,
+    ) -> Result<TokenStatus, String> {
+        let address = upstream
+            .resolved()
+            .ok_or("the upstream address has not been resolved")?;
+        let mut peer = upstream.peer(address);
+        peer.options.read_timeout = Some(TOKEN_CHECK_TIMEOUT);
+        peer.options.write_timeout = Some(TOKEN_CHECK_TIMEOUT);
+        let (mut http, _) = self
+            .0
+            .get_http_session(&*peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut request =
+            RequestHeader::build("GET", b"/Users/Me", Some(3)).map_err(|e| e.to_string())?;
+        let token = HeaderValue::from_str(token).map_err(|e| e.to_string())?;
+        request
+            .insert_header(http::header::HOST, host.clone())
+            .and_then(|()| request.insert_header("x-emby-token", token))
+            .map_err(|e| e.to_string())?;
+        http.write_request_header(Box::new(request))
+            .await
+            .map_err(|e| e.to_string())?;
+        http.finish_request_body()
+            .await
+            .map_err(|e| e.to_string())?;
+        http.read_response_header()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = http
+            .response_header()
+            .map(|head| head.status)
+            .ok_or("no response")?;
+        while http
+            .read_response_body()
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {}
+        self.0
+            .release_http_session(http, &*peer, Some(upstream.idle_timeout))
+            .await;
+        match status {
+            StatusCode::OK => Ok(TokenStatus::Valid),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(TokenStatus::Invalid),
+            other => Err(format!("the application answered {other}")),
+        }
     }
 }
 

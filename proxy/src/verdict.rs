@@ -122,13 +122,24 @@ pub enum LayerId {
     Tls,
     /// Request hygiene.
     Hygiene,
+    /// The client's country.
+    Geo,
+    /// Zero-trust access (sessions, sign-in, app tokens).
+    Access,
     /// The upstream (proxied requests and origin failures).
     Upstream,
 }
 
 impl LayerId {
     /// Every layer, in request order.
-    pub const ALL: [Self; 4] = [Self::Connection, Self::Tls, Self::Hygiene, Self::Upstream];
+    pub const ALL: [Self; 6] = [
+        Self::Connection,
+        Self::Tls,
+        Self::Hygiene,
+        Self::Geo,
+        Self::Access,
+        Self::Upstream,
+    ];
 
     /// The name used in logs and metric labels.
     pub const fn as_str(self) -> &'static str {
@@ -136,6 +147,8 @@ impl LayerId {
             Self::Connection => "connection",
             Self::Tls => "tls",
             Self::Hygiene => "hygiene",
+            Self::Geo => "geo",
+            Self::Access => "access",
             Self::Upstream => "upstream",
         }
     }

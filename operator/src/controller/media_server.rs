@@ -38,7 +38,7 @@ use crate::{
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a MediaServer whose pods are not all ready is looked at again.
 const PROGRESS_CHECK: Duration = Duration::from_secs(15);
-/// Bytes in a generated key (session signing, transcoder token).
+/// Random bytes in a generated key (session signing, transcoder token).
 const KEY_BYTES: usize = 32;
 
 /// Reconciles one MediaServer.
@@ -168,10 +168,20 @@ impl Progress {
     }
 }
 
+/// A new key: random bytes written as lowercase hex, so it is text wherever it goes (the
+/// transcoder token travels in an environment variable and an HTTP header).
 fn random_key() -> Result<ByteString> {
-    let mut bytes = vec![0_u8; KEY_BYTES];
+    let mut bytes = [0_u8; KEY_BYTES];
     getrandom::fill(&mut bytes).map_err(Error::Random)?;
-    Ok(ByteString(bytes))
+    Ok(ByteString(
+        bytes
+            .iter()
+            .flat_map(|b| {
+                let hex = b"0123456789abcdef";
+                [hex[usize::from(b >> 4)], hex[usize::from(b & 0xf)]]
+            })
+            .collect(),
+    ))
 }
 
 /// The values of `keys` in the Secret `name`, kept when present, generated once otherwise.

@@ -2,6 +2,7 @@
 //! with a document laid out like a mounted ConfigMap, in front of a real origin server,
 //! spoken to over real TLS.
 
+mod access;
 mod admin;
 mod connections;
 mod hygiene;

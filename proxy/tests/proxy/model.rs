@@ -7,16 +7,52 @@ use portcullis_proxy::{
     verdict::LayerId,
 };
 
-use crate::util::pki;
+use std::path::{Path, PathBuf};
 
-fn example(cert: &std::path::Path, key: &std::path::Path) -> EdgeConfig {
-    let text = std::fs::read_to_string(concat!(
+use crate::{
+    access::country_database,
+    util::{pki, scratch},
+};
+
+/// The mounted files of the example besides the certificate: the country database, the
+/// SMTP credentials and the session keys, under the scratch directory.
+fn mounted(name: &str) -> PathBuf {
+    let dir = scratch().join("model-mounts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let content: Vec<u8> = match name {
+        "username" => b"mailer\n".to_vec(),
+        "password" => b"secret\n".to_vec(),
+        _ => name.bytes().cycle().take(64).collect(),
+    };
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn example(cert: &Path, key: &Path) -> EdgeConfig {
+    let mut text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/edge/edge.yaml"
     ))
     .unwrap()
     .replace("/etc/portcullis/tls/tls.crt", cert.to_str().unwrap())
-    .replace("/etc/portcullis/tls/tls.key", key.to_str().unwrap());
+    .replace("/etc/portcullis/tls/tls.key", key.to_str().unwrap())
+    .replace(
+        "/etc/portcullis/geoip/country.mmdb",
+        country_database().to_str().unwrap(),
+    );
+    for name in ["username", "password"] {
+        text = text.replace(
+            &format!("/etc/portcullis/smtp/{name}"),
+            mounted(name).to_str().unwrap(),
+        );
+    }
+    for name in ["current", "previous"] {
+        text = text.replace(
+            &format!("/etc/portcullis/session/{name}"),
+            mounted(name).to_str().unwrap(),
+        );
+    }
     EdgeConfig::from_yaml(&text).unwrap()
 }
 
@@ -54,13 +90,52 @@ fn the_example_document_compiles_into_the_policy_it_describes() {
     assert_eq!(policy.upstream.idle_timeout.as_secs(), 60);
     assert_eq!(policy.upstream.pool_size, 128);
     assert!(policy.upstream.tls.is_none());
-    assert_eq!(policy.files, [pki.edge_cert.clone(), pki.edge_key.clone()]);
+    assert!(!policy.geo.filter.is_empty());
+    assert!(policy.geo.db.is_some());
+    let access = policy.access.as_ref().unwrap();
+    assert!(access.allows("alice@example.org"));
+    assert!(!access.allows("mallory@example.org"));
+    assert_eq!(access.otp().unwrap().ttl().as_secs(), 600);
+    assert_eq!(access.app_token_ttl().unwrap().as_secs(), 60);
+    assert_eq!(
+        policy.files,
+        [
+            pki.edge_cert.clone(),
+            pki.edge_key.clone(),
+            country_database(),
+            mounted("current"),
+            mounted("previous"),
+            mounted("username"),
+            mounted("password"),
+        ]
+    );
+}
+
+#[test]
+fn a_country_database_that_is_not_one_is_refused() {
+    let pki = pki();
+    let mut doc = example(&pki.edge_cert, &pki.edge_key);
+    doc.access.as_mut().unwrap().geoip_file = Some(pki.edge_cert.clone());
+    let error = Policy::try_from(doc).unwrap_err();
+    assert!(matches!(error, CompileError::GeoDb(_)), "{error}");
+}
+
+#[test]
+fn a_short_session_key_is_refused_naming_the_file() {
+    let pki = pki();
+    let mut doc = example(&pki.edge_cert, &pki.edge_key);
+    let short = scratch().join("short-session-key");
+    std::fs::write(&short, b"too short").unwrap();
+    doc.access.as_mut().unwrap().session.key_files = vec![short];
+    let error = Policy::try_from(doc).unwrap_err();
+    assert!(matches!(error, CompileError::Access(_)), "{error}");
+    assert!(error.to_string().contains("short-session-key"), "{error}");
 }
 
 #[test]
 fn a_missing_certificate_is_refused_naming_the_file() {
     let pki = pki();
-    let missing = std::path::Path::new("/nonexistent/tls.crt");
+    let missing = Path::new("/nonexistent/tls.crt");
     let error = Policy::try_from(example(missing, &pki.edge_key)).unwrap_err();
     assert!(matches!(error, CompileError::Tls(_)), "{error}");
     assert!(

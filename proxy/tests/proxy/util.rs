@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener as StdTcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, Mutex},
     time::{Duration, Instant},
 };
 
@@ -189,7 +189,23 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Every request target the origins received, in order.
+static ORIGIN_SEEN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Whether an origin received a request whose target contains `needle`.
+pub fn origin_saw(needle: &str) -> bool {
+    ORIGIN_SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|target| target.contains(needle))
+}
+
+/// The one Jellyfin token the origin accepts on `/Users/Me`.
+pub const VALID_APP_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
 async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, Infallible> {
+    ORIGIN_SEEN.lock().unwrap().push(req.uri().to_string());
     let q = query(&req);
     let number =
         |key: &str, default: u64| q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
@@ -270,6 +286,17 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, 
             Response::new(full("slow"))
         }
         "/socket" => return Ok(websocket(req)),
+        "/Users/Me" => {
+            let valid = req
+                .headers()
+                .get("x-emby-token")
+                .is_some_and(|token| token == VALID_APP_TOKEN);
+            Response::builder()
+                .status(if valid { 200 } else { 401 })
+                .header("content-type", "application/json")
+                .body(full(if valid { r#"{"Name":"alice"}"# } else { "" }))
+                .unwrap()
+        }
         _ => Response::builder()
             .header("server", "origin-test/1.0")
             .header("x-powered-by", "test")
@@ -433,6 +460,8 @@ pub struct Settings {
     pub upstream: String,
     /// Verified TLS to the origin, expecting this name on its certificate.
     pub upstream_tls: Option<&'static str>,
+    /// More of the document (top-level sections such as `access:`), appended as is.
+    pub extra: String,
 }
 
 impl Default for Settings {
@@ -453,6 +482,7 @@ impl Default for Settings {
             shutdown_grace: "1s",
             upstream: origins().plain.to_string(),
             upstream_tls: None,
+            extra: String::new(),
         }
     }
 }
@@ -507,7 +537,7 @@ timeouts:
 upstream:
   address: {upstream}
   poolSize: 16{upstream_tls}
-",
+{extra}",
             https = self.https,
             http = self.http,
             admin = self.admin,
@@ -523,6 +553,7 @@ upstream:
             upstream_read = self.upstream_read,
             shutdown_grace = self.shutdown_grace,
             upstream = self.upstream,
+            extra = self.extra,
         )
     }
 }

@@ -1,0 +1,824 @@
+//! Layer 9, zero-trust access: a request reaches the application only with a valid session
+//! (from the edge's own e-mail + one-time-code sign-in), a Jellyfin token Jellyfin accepts
+//! (native apps), or on a path the policy lets through.
+//!
+//! [`Access::check`] is the pure decision on a request head; it returns an [`Outcome`]: let
+//! through ([`Grant`]), answer now (the sign-in pages, redirects, refusals: [`Answer`]),
+//! read the posted form and call [`Access::submit`], or ask the application about a token
+//! ([`app_token`], the only step that needs I/O, done by the proxy). The modules:
+//! [`signing`] (HMAC with key rotation), [`session`] (the cookie), [`login`] (codes, pending
+//! sign-ins, CSRF, return paths), [`pages`] (HTML), [`mail`] (SMTP), [`app_token`].
+//!
+//! | rule | answer |
+//! | --- | --- |
+//! | `session` / `bypass` / `app-sign-in` / `app-token` | let through |
+//! | `login-required` (browser navigation, no session) | 303 to the sign-in page |
+//! | `no-credentials` (API call, no session or token) | 401 |
+//! | `session-invalid`, `session-expired`, `session-idle`, `session-revoked` | as `login-required` / `no-credentials`, cookie cleared |
+//! | `code-sent`, `email-not-allowed`, `code-cooldown` | 303 to the code page (identical for all three) |
+//! | `code-wrong` | 401, code page |
+//! | `code-expired`, `code-replayed`, `pending-missing` | sign-in page |
+//! | `attempts-exceeded` | 429, sign-in page |
+//! | `csrf` | 403, sign-in page |
+//! | `signed-in` | 303 to the return path, session cookie set |
+//! | `signed-out` | 303 to the sign-in page, session cookie cleared |
+
+pub mod app_token;
+pub mod login;
+pub mod mail;
+pub mod pages;
+pub mod session;
+pub mod signing;
+
+use std::{collections::HashSet, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use portcullis_crds::{edge, media_server::AppKind};
+
+use crate::verdict::{Body, Reason, Response, Verdict};
+
+use self::{
+    login::{AttemptCheck, LoginState, Pending},
+    mail::{MailError, Mailer},
+    pages::{Form, Notice},
+    session::{Refusal, Session},
+    signing::{KeyError, Signer},
+};
+
+/// Where the edge's own pages live; never forwarded to the application.
+pub const PREFIX: &str = "/.portcullis/";
+/// The e-mail form.
+pub const LOGIN_PATH: &str = "/.portcullis/login";
+/// The code form.
+pub const CODE_PATH: &str = "/.portcullis/code";
+/// Signing out.
+pub const LOGOUT_PATH: &str = "/.portcullis/logout";
+
+/// Largest sign-in form body read.
+pub const MAX_FORM_BYTES: usize = 4096;
+
+/// Why an access policy could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    /// The session keys.
+    #[error("access.session.keyFiles: {0}")]
+    Keys(#[from] KeyError),
+    /// The mail settings.
+    #[error(transparent)]
+    Mail(#[from] MailError),
+}
+
+/// One-time code settings.
+#[derive(Debug)]
+pub struct Otp {
+    digits: u32,
+    ttl: Duration,
+    max_attempts: u32,
+    cooldown: Duration,
+    /// The mail sender.
+    pub mailer: Mailer,
+}
+
+impl Otp {
+    /// How long a code lives.
+    pub const fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// The compiled access layer.
+#[derive(Debug)]
+pub struct Access {
+    app: String,
+    app_kind: AppKind,
+    origin: String,
+    signer: Signer,
+    session: Session,
+    otp: Option<Otp>,
+    emails: HashSet<String>,
+    domains: Vec<String>,
+    bypass: Vec<String>,
+    app_tokens: Option<Duration>,
+}
+
+/// The request facts the access layer decides on.
+#[derive(Clone, Copy, Debug)]
+pub struct AccessRequest<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The path.
+    pub path: &'a str,
+    /// The query, without `?`.
+    pub query: Option<&'a str>,
+    /// Path and query, as asked (the return path).
+    pub target: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A request let through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Why: `session`, `bypass`, `app-sign-in`, `app-token`.
+    pub rule: &'static str,
+    /// Who, when known.
+    pub email: Option<String>,
+    /// A `Set-Cookie` to add to the response (the session's idle clock moved).
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// A code to mail.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CodeMail {
+    /// The address.
+    pub to: String,
+    /// The code.
+    pub code: String,
+}
+
+impl std::fmt::Debug for CodeMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeMail")
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request answered by the access layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The answer.
+    pub verdict: Verdict,
+    /// Who it was about, when known (for the log).
+    pub email: Option<String>,
+    /// A code to send.
+    pub mail: Option<CodeMail>,
+}
+
+/// Which sign-in form was posted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormKind {
+    /// The e-mail form.
+    Email,
+    /// The code form.
+    Code,
+}
+
+/// What the access layer made of a request head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Let it through.
+    Granted(Grant),
+    /// Answer it now.
+    Answered(Answer),
+    /// Read the posted form (at most [`MAX_FORM_BYTES`]) and call [`Access::submit`].
+    ReadForm(FormKind),
+    /// Let it through if the application accepts this token ([`Access::token_verdict`]).
+    VerifyToken(String),
+}
+
+const SET_COOKIE: HeaderName = header::SET_COOKIE;
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .filter(|_| query.is_some_and(|q| q.len() <= 4096))
+}
+
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn html(status: StatusCode, page: String, cookies: Vec<String>, reason: Reason) -> Verdict {
+    let mut response = Response {
+        status,
+        headers: Vec::with_capacity(cookies.len()),
+        body: Body::Bytes {
+            content_type: HeaderValue::from_static("text/html; charset=utf-8"),
+            bytes: Bytes::from(page),
+        },
+        close: false,
+    };
+    for cookie in cookies {
+        response.headers.push((SET_COOKIE, header_value(cookie)));
+    }
+    Verdict::Respond(response, reason)
+}
+
+fn see_other(location: &str, cookies: Vec<String>, reason: Reason) -> Verdict {
+    let mut response = Response {
+        status: StatusCode::SEE_OTHER,
+        headers: vec![(header::LOCATION, header_value(location.to_owned()))],
+        body: Body::Bytes {
+            content_type: HeaderValue::from_static("text/plain"),
+            bytes: Bytes::new(),
+        },
+        close: false,
+    };
+    for cookie in cookies {
+        response.headers.push((SET_COOKIE, header_value(cookie)));
+    }
+    Verdict::Respond(response, reason)
+}
+
+fn percent_encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn answer(verdict: Verdict) -> Answer {
+    Answer {
+        verdict,
+        email: None,
+        mail: None,
+    }
+}
+
+impl Access {
+    /// Compiles the access section of the edge document.
+    pub fn new(doc: &edge::Access, app: &edge::App, host: &str) -> Result<Self, AccessError> {
+        let signer = Signer::from_files(&doc.session.key_files)?;
+        let revoked_before = doc
+            .revoked_before
+            .as_ref()
+            .map_or(0, |time| u64::try_from(time.0.as_second()).unwrap_or(0));
+        let session = Session::new(
+            doc.session.cookie_name.clone(),
+            doc.session
+                .cookie_domain
+                .as_ref()
+                .map(|d| d.as_str().to_owned()),
+            doc.session.ttl.get(),
+            doc.session.idle_ttl.get(),
+            revoked_before,
+            doc.revoked_emails.iter().map(|e| e.as_str().to_owned()),
+        );
+        let otp = match &doc.otp {
+            Some(otp) => Some(Otp {
+                digits: u32::try_from(otp.length).unwrap_or(6),
+                ttl: otp.ttl.get(),
+                max_attempts: u32::try_from(otp.max_attempts).unwrap_or(5),
+                cooldown: otp.resend_cooldown.get(),
+                mailer: Mailer::new(&otp.smtp, &app.display_name)?,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            app: app.display_name.clone(),
+            app_kind: app.kind,
+            origin: format!("https://{host}"),
+            signer,
+            session,
+            otp,
+            emails: doc
+                .emails
+                .iter()
+                .map(|e| e.as_str().to_ascii_lowercase())
+                .collect(),
+            domains: doc
+                .email_domains
+                .iter()
+                .map(|d| d.as_str().to_ascii_lowercase())
+                .collect(),
+            bypass: doc.bypass.clone(),
+            app_tokens: doc.app_token_cache_ttl.map(|ttl| ttl.get()),
+        })
+    }
+
+    /// The files the layer read besides the document (keys, mail credentials).
+    pub fn files(doc: &edge::Access) -> Vec<std::path::PathBuf> {
+        let mut files = doc.session.key_files.clone();
+        if let Some(otp) = &doc.otp {
+            files.extend(Mailer::files(&otp.smtp).map(ToOwned::to_owned));
+        }
+        files
+    }
+
+    /// The one-time code settings, when sign-in by e-mail is on.
+    pub const fn otp(&self) -> Option<&Otp> {
+        self.otp.as_ref()
+    }
+
+    /// How long the application's answer about a token is remembered, when tokens are on.
+    pub const fn app_token_ttl(&self) -> Option<Duration> {
+        self.app_tokens
+    }
+
+    /// Whether `email` may sign in: listed, or in a listed domain.
+    pub fn allows(&self, email: &str) -> bool {
+        self.emails.contains(email)
+            || email
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| self.domains.iter().any(|d| d == domain))
+    }
+
+    fn csrf_cookie_name(&self) -> String {
+        format!("{}_csrf", self.session.cookie_name)
+    }
+
+    fn pending_cookie_name(&self) -> String {
+        format!("{}_pending", self.session.cookie_name)
+    }
+
+    /// The browser's CSRF cookie, or a new one with its `Set-Cookie`.
+    fn csrf(&self, headers: &HeaderMap) -> (String, Option<String>) {
+        let name = self.csrf_cookie_name();
+        match cookie(headers, &name).filter(|v| signing::decode(v).is_some_and(|b| b.len() == 16)) {
+            Some(value) => (value.to_owned(), None),
+            None => {
+                let value = signing::encode(&signing::random::<16>());
+                let set =
+                    format!("{name}={value}; Path={PREFIX}; Secure; HttpOnly; SameSite=Strict");
+                (value, Some(set))
+            }
+        }
+    }
+
+    fn pending_cookie(&self, value: &str, ttl: u64) -> String {
+        format!(
+            "{}={value}; Path={PREFIX}; Max-Age={ttl}; Secure; HttpOnly; SameSite=Strict",
+            self.pending_cookie_name()
+        )
+    }
+
+    fn clear_pending_cookie(&self) -> String {
+        self.pending_cookie("", 0)
+    }
+
+    fn email_page(
+        &self,
+        headers: &HeaderMap,
+        status: StatusCode,
+        return_to: &str,
+        notice: Notice,
+        mut cookies: Vec<String>,
+        reason: Reason,
+    ) -> Verdict {
+        let (csrf_cookie, set) = self.csrf(headers);
+        cookies.extend(set);
+        let token = login::csrf_token(&self.signer, &csrf_cookie);
+        let form = Form {
+            app: &self.app,
+            action: LOGIN_PATH,
+            csrf: &token,
+            return_to,
+        };
+        html(status, pages::email_form(&form, notice), cookies, reason)
+    }
+
+    fn code_page(
+        &self,
+        headers: &HeaderMap,
+        status: StatusCode,
+        pending: &Pending,
+        digits: u32,
+        notice: Notice,
+        reason: Reason,
+    ) -> Verdict {
+        let (csrf_cookie, set) = self.csrf(headers);
+        let token = login::csrf_token(&self.signer, &csrf_cookie);
+        let restart = format!("{LOGIN_PATH}?rd={}", percent_encode(&pending.return_to));
+        let form = Form {
+            app: &self.app,
+            action: CODE_PATH,
+            csrf: &token,
+            return_to: &pending.return_to,
+        };
+        html(
+            status,
+            pages::code_form(&form, &restart, &pending.email, digits, notice),
+            set.into_iter().collect(),
+            reason,
+        )
+    }
+
+    /// The decision on a request head at `now` (seconds since the epoch).
+    pub fn check(&self, request: &AccessRequest<'_>, now: u64) -> Outcome {
+        if request.path.starts_with(PREFIX) {
+            return self.own_page(request, now);
+        }
+        let mut refused = None;
+        if let Some(value) = cookie(request.headers, &self.session.cookie_name) {
+            match self.session.check(&self.signer, value, now) {
+                Ok(accepted) => {
+                    let set_cookie = accepted.refreshed.map(|value| {
+                        header_value(self.session.set_cookie(&value, accepted.claims.issued, now))
+                    });
+                    return Outcome::Granted(Grant {
+                        rule: "session",
+                        email: Some(accepted.claims.email),
+                        set_cookie,
+                    });
+                }
+                Err(refusal) => refused = Some(refusal),
+            }
+        }
+        if self
+            .bypass
+            .iter()
+            .any(|prefix| request.path.starts_with(prefix.as_str()))
+        {
+            return Outcome::Granted(Grant {
+                rule: "bypass",
+                email: None,
+                set_cookie: None,
+            });
+        }
+        if self.app_tokens.is_some() && self.app_kind == AppKind::Jellyfin {
+            if app_token::is_app_sign_in(request.path) {
+                return Outcome::Granted(Grant {
+                    rule: "app-sign-in",
+                    email: None,
+                    set_cookie: None,
+                });
+            }
+            if let Some(token) = app_token::extract(request.headers, request.query) {
+                return Outcome::VerifyToken(token.to_owned());
+            }
+        }
+        let reason = match refused {
+            Some(refusal) => Reason::new(refusal.as_str(), refusal_detail(refusal)),
+            None => Reason::new("login-required", "no session, token or bypass"),
+        };
+        let cookies: Vec<String> = refused
+            .map(|_| self.session.clear_cookie())
+            .into_iter()
+            .collect();
+        let navigation = matches!(*request.method, Method::GET | Method::HEAD)
+            && request
+                .headers
+                .get(header::ACCEPT)
+                .is_some_and(|accept| accept.as_bytes().windows(9).any(|w| w == b"text/html"));
+        let verdict = if self.otp.is_some() && navigation {
+            let location = format!(
+                "{LOGIN_PATH}?rd={}",
+                percent_encode(login::safe_return_path(request.target))
+            );
+            see_other(&location, cookies, reason)
+        } else {
+            let mut response = Response::error(StatusCode::UNAUTHORIZED);
+            for cookie in cookies {
+                response = response.with_header(SET_COOKIE, header_value(cookie));
+            }
+            let reason = if refused.is_none() {
+                Reason::new("no-credentials", "no session, token or bypass")
+            } else {
+                reason
+            };
+            Verdict::Respond(response, reason)
+        };
+        Outcome::Answered(answer(verdict))
+    }
+
+    fn own_page(&self, request: &AccessRequest<'_>, now: u64) -> Outcome {
+        let not_found = || {
+            Outcome::Answered(answer(Verdict::Respond(
+                Response::error(StatusCode::NOT_FOUND),
+                Reason::new("edge-page-unknown", "no such edge page"),
+            )))
+        };
+        let get = matches!(*request.method, Method::GET | Method::HEAD);
+        let post = *request.method == Method::POST;
+        match request.path {
+            LOGOUT_PATH if get || post => {
+                let email = cookie(request.headers, &self.session.cookie_name)
+                    .and_then(|value| self.session.check(&self.signer, value, now).ok())
+                    .map(|accepted| accepted.claims.email);
+                Outcome::Answered(Answer {
+                    verdict: see_other(
+                        LOGIN_PATH,
+                        vec![self.session.clear_cookie()],
+                        Reason::new("signed-out", "signed out"),
+                    ),
+                    email,
+                    mail: None,
+                })
+            }
+            _ if self.otp.is_none() => not_found(),
+            LOGIN_PATH if get => {
+                let rd = query_param(request.query, "rd");
+                let return_to = login::safe_return_path(rd.as_deref().unwrap_or("/"));
+                Outcome::Answered(answer(self.email_page(
+                    request.headers,
+                    StatusCode::OK,
+                    return_to,
+                    Notice::None,
+                    Vec::new(),
+                    Reason::new("login-page", "sign-in page"),
+                )))
+            }
+            CODE_PATH if get => Outcome::Answered(self.code_page_for(request, now)),
+            LOGIN_PATH if post => Outcome::ReadForm(FormKind::Email),
+            CODE_PATH if post => Outcome::ReadForm(FormKind::Code),
+            LOGIN_PATH | CODE_PATH => Outcome::Answered(answer(Verdict::Respond(
+                Response::error(StatusCode::METHOD_NOT_ALLOWED)
+                    .with_header(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST")),
+                Reason::new("edge-page-method", "sign-in pages take GET and POST"),
+            ))),
+            _ => not_found(),
+        }
+    }
+
+    fn code_page_for(&self, request: &AccessRequest<'_>, now: u64) -> Answer {
+        let pending = cookie(request.headers, &self.pending_cookie_name())
+            .and_then(|value| Pending::open(&self.signer, value))
+            .filter(|pending| pending.expires > now);
+        match (pending, &self.otp) {
+            (Some(pending), Some(otp)) => Answer {
+                verdict: self.code_page(
+                    request.headers,
+                    StatusCode::OK,
+                    &pending,
+                    otp.digits,
+                    Notice::None,
+                    Reason::new("code-page", "code page"),
+                ),
+                email: Some(pending.email),
+                mail: None,
+            },
+            _ => answer(see_other(
+                LOGIN_PATH,
+                Vec::new(),
+                Reason::new("pending-missing", "no pending sign-in"),
+            )),
+        }
+    }
+
+    /// The answer to a posted sign-in form, at `now`. `state` is the replica's memory of
+    /// attempts and cooldowns.
+    pub fn submit(
+        &self,
+        kind: FormKind,
+        request: &AccessRequest<'_>,
+        body: &[u8],
+        state: &LoginState,
+        now: u64,
+    ) -> Answer {
+        let Some(otp) = &self.otp else {
+            return answer(Verdict::Respond(
+                Response::error(StatusCode::NOT_FOUND),
+                Reason::new("edge-page-unknown", "sign-in by e-mail is off"),
+            ));
+        };
+        let mut email = None;
+        let mut csrf = None;
+        let mut rd = None;
+        let mut code = None;
+        for (name, value) in form_urlencoded::parse(body) {
+            match &*name {
+                "email" => email = Some(value.into_owned()),
+                "csrf" => csrf = Some(value.into_owned()),
+                "rd" => rd = Some(value.into_owned()),
+                "code" => code = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        let return_to = login::safe_return_path(rd.as_deref().unwrap_or("/")).to_owned();
+        let origin_ok = request
+            .headers
+            .get(header::ORIGIN)
+            .is_none_or(|origin| origin.as_bytes() == self.origin.as_bytes());
+        let csrf_ok = origin_ok
+            && cookie(request.headers, &self.csrf_cookie_name()).is_some_and(|cookie| {
+                csrf.as_deref()
+                    .is_some_and(|token| login::csrf_matches(&self.signer, cookie, token))
+            });
+        if !csrf_ok {
+            return answer(self.email_page(
+                request.headers,
+                StatusCode::FORBIDDEN,
+                &return_to,
+                Notice::FormExpired,
+                Vec::new(),
+                Reason::new("csrf", "the form's CSRF token or origin did not match"),
+            ));
+        }
+        match kind {
+            FormKind::Email => {
+                self.submit_email(otp, request, email.as_deref(), return_to, state, now)
+            }
+            FormKind::Code => self.submit_code(otp, request, code.as_deref(), state, now),
+        }
+    }
+
+    fn submit_email(
+        &self,
+        otp: &Otp,
+        request: &AccessRequest<'_>,
+        email: Option<&str>,
+        return_to: String,
+        state: &LoginState,
+        now: u64,
+    ) -> Answer {
+        let Some(email) = email.and_then(login::normalise_email) else {
+            return answer(self.email_page(
+                request.headers,
+                StatusCode::BAD_REQUEST,
+                &return_to,
+                Notice::BadEmail,
+                Vec::new(),
+                Reason::new("email-malformed", "not an e-mail address"),
+            ));
+        };
+        let allowed = self.allows(&email);
+        // The same work whatever the address: a code and a commitment are always made.
+        let code = login::new_code(otp.digits);
+        let nonce = signing::random::<16>();
+        let commitment = login::commit(&self.signer, &nonce, &email, &code);
+        let (pending, mail, reason) = match state.recent(&email, otp.cooldown.as_secs(), now) {
+            Some(mut recent) => {
+                recent.return_to = return_to;
+                (
+                    recent,
+                    None,
+                    Reason::new("code-cooldown", "a code was sent recently"),
+                )
+            }
+            None => {
+                let pending = Pending {
+                    nonce,
+                    expires: now + otp.ttl.as_secs(),
+                    commitment: if allowed {
+                        commitment
+                    } else {
+                        signing::random::<{ signing::MAC_LEN }>()
+                    },
+                    return_to,
+                    email: email.clone(),
+                };
+                let recorded = state.record(&email, &pending, now);
+                if allowed && recorded {
+                    let mail = CodeMail {
+                        to: email.clone(),
+                        code,
+                    };
+                    (
+                        pending,
+                        Some(mail),
+                        Reason::new("code-sent", "a code was sent"),
+                    )
+                } else if allowed {
+                    (
+                        pending,
+                        None,
+                        Reason::new("code-not-sent", "too many sign-ins in progress"),
+                    )
+                } else {
+                    (
+                        pending,
+                        None,
+                        Reason::new("email-not-allowed", "the address may not sign in"),
+                    )
+                }
+            }
+        };
+        let ttl = pending.expires.saturating_sub(now);
+        let cookie = self.pending_cookie(&pending.seal(&self.signer), ttl);
+        Answer {
+            verdict: see_other(CODE_PATH, vec![cookie], reason),
+            email: Some(email),
+            mail,
+        }
+    }
+
+    fn submit_code(
+        &self,
+        otp: &Otp,
+        request: &AccessRequest<'_>,
+        code: Option<&str>,
+        state: &LoginState,
+        now: u64,
+    ) -> Answer {
+        let Some(pending) = cookie(request.headers, &self.pending_cookie_name())
+            .and_then(|value| Pending::open(&self.signer, value))
+        else {
+            return answer(see_other(
+                LOGIN_PATH,
+                Vec::new(),
+                Reason::new("pending-missing", "no pending sign-in"),
+            ));
+        };
+        let email = Some(pending.email.clone());
+        let restart = |status, notice, reason| Answer {
+            verdict: self.email_page(
+                request.headers,
+                status,
+                &pending.return_to,
+                notice,
+                vec![self.clear_pending_cookie()],
+                reason,
+            ),
+            email: email.clone(),
+            mail: None,
+        };
+        if pending.expires <= now {
+            return restart(
+                StatusCode::UNAUTHORIZED,
+                Notice::CodeExpired,
+                Reason::new("code-expired", "the code expired"),
+            );
+        }
+        match state.check(&pending, otp.max_attempts) {
+            AttemptCheck::Allowed => {}
+            AttemptCheck::Used => {
+                return restart(
+                    StatusCode::UNAUTHORIZED,
+                    Notice::CodeUsed,
+                    Reason::new("code-replayed", "the sign-in was already completed"),
+                );
+            }
+            AttemptCheck::Exhausted => {
+                return restart(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Notice::TooManyAttempts,
+                    Reason::new("attempts-exceeded", "too many wrong codes"),
+                );
+            }
+        }
+        let code = code.unwrap_or("").trim();
+        let well_formed =
+            code.len() == otp.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
+        if well_formed && login::code_matches(&self.signer, &pending, code) {
+            if !state.spend(&pending, now) {
+                return restart(
+                    StatusCode::UNAUTHORIZED,
+                    Notice::CodeUsed,
+                    Reason::new("code-replayed", "the sign-in was already completed"),
+                );
+            }
+            let value = self.session.issue(&self.signer, &pending.email, now);
+            return Answer {
+                verdict: see_other(
+                    &pending.return_to,
+                    vec![
+                        self.session.set_cookie(&value, now, now),
+                        self.clear_pending_cookie(),
+                    ],
+                    Reason::new("signed-in", "the code was right"),
+                ),
+                email,
+                mail: None,
+            };
+        }
+        let left = state.wrong(&pending, otp.max_attempts, now);
+        if left == 0 {
+            return restart(
+                StatusCode::TOO_MANY_REQUESTS,
+                Notice::TooManyAttempts,
+                Reason::new("attempts-exceeded", "too many wrong codes"),
+            );
+        }
+        Answer {
+            verdict: self.code_page(
+                request.headers,
+                StatusCode::UNAUTHORIZED,
+                &pending,
+                otp.digits,
+                Notice::WrongCode(left),
+                Reason::new("code-wrong", "the code was wrong"),
+            ),
+            email,
+            mail: None,
+        }
+    }
+
+    /// The grant of a request whose token the application accepted.
+    pub const fn token_accepted() -> Grant {
+        Grant {
+            rule: "app-token",
+            email: None,
+            set_cookie: None,
+        }
+    }
+
+    /// The answer to a request whose token the application refused.
+    pub fn token_refused() -> Verdict {
+        Verdict::Respond(
+            Response::error(StatusCode::UNAUTHORIZED),
+            Reason::new("app-token-refused", "the application refused the token"),
+        )
+    }
+}
+
+const fn refusal_detail(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Invalid => "the session cookie is not valid",
+        Refusal::Expired => "the session is older than its lifetime",
+        Refusal::Idle => "the session was idle too long",
+        Refusal::Revoked => "the session was revoked",
+    }
+}
