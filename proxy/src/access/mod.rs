@@ -92,7 +92,7 @@ impl Otp {
 pub struct Access {
     app: String,
     app_kind: AppKind,
-    origin: String,
+    host: String,
     signer: Signer,
     session: Session,
     otp: Option<Otp>,
@@ -280,7 +280,7 @@ impl Access {
         Ok(Self {
             app: app.display_name.clone(),
             app_kind: app.kind,
-            origin: format!("https://{host}"),
+            host: host.to_ascii_lowercase(),
             signer,
             session,
             otp,
@@ -324,6 +324,21 @@ impl Access {
             || email
                 .rsplit_once('@')
                 .is_some_and(|(_, domain)| self.domains.iter().any(|d| d == domain))
+    }
+
+    /// Whether an `Origin` is the edge itself: `https://` and the host, on any port (the
+    /// edge may be published on a node port).
+    fn is_own_origin(&self, origin: &[u8]) -> bool {
+        let Some(authority) = origin.strip_prefix(b"https://") else {
+            return false;
+        };
+        let host = match authority.iter().rposition(|&b| b == b':') {
+            Some(colon) if authority[colon + 1..].iter().all(u8::is_ascii_digit) => {
+                &authority[..colon]
+            }
+            _ => authority,
+        };
+        host.eq_ignore_ascii_case(self.host.as_bytes())
     }
 
     fn csrf_cookie_name(&self) -> String {
@@ -591,7 +606,7 @@ impl Access {
         let origin_ok = request
             .headers
             .get(header::ORIGIN)
-            .is_none_or(|origin| origin.as_bytes() == self.origin.as_bytes());
+            .is_none_or(|origin| self.is_own_origin(origin.as_bytes()));
         let csrf_ok = origin_ok
             && cookie(request.headers, &self.csrf_cookie_name()).is_some_and(|cookie| {
                 csrf.as_deref()

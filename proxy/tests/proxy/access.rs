@@ -731,3 +731,101 @@ async fn forms_without_the_csrf_token_are_refused() {
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
 }
+
+// ---------------------------------------------------------------------------------------
+// Real browser, real country database.
+
+/// `e2e/browser/`, where `npm ci` installed playwright-core and the country database.
+fn browser_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/browser"));
+    assert!(
+        dir.join("node_modules").exists(),
+        "run `npm ci` in {} first (e2e/install-deps does)",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn the_sign_in_pages_work_in_headless_chromium() {
+    // The browser connects from 127.0.0.1 and stands behind a trusted proxy hop that says
+    // it is in France.
+    let proxy = Proxy::start(Settings {
+        trusted: vec!["127.0.0.1/32".into()],
+        extra: access_section(""),
+        ..Settings::default()
+    });
+    let target = unique("web/index.html");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sign-in-screenshots");
+    let out = Command::new("node")
+        .arg(browser_dir().join("sign-in.mjs"))
+        .env(
+            "EDGE_URL",
+            format!("https://{HOST}:{}{target}", proxy.https().port()),
+        )
+        .env("EDGE_ADDRESS", proxy.https().to_string())
+        .env("CLIENT_IP", FR_CLIENT)
+        .env("EMAIL", "dana@family.example")
+        .env("MAILPIT_API", format!("http://{}", mailpit().api))
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        seen["loginUrl"]
+            .as_str()
+            .unwrap()
+            .contains("/.portcullis/login?rd="),
+        "{seen}"
+    );
+    assert_eq!(seen["loginTitle"], "Sign in · Jellyfin");
+    assert!(
+        seen["codeText"]
+            .as_str()
+            .unwrap()
+            .contains("dana@family.example")
+    );
+    assert!(
+        seen["appUrl"].as_str().unwrap().ends_with(&target),
+        "{seen}"
+    );
+    assert!(
+        seen["appBody"]
+            .as_str()
+            .unwrap()
+            .contains("hello from the origin")
+    );
+    let session = seen["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "portcullis_session")
+        .expect("the session cookie is set");
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["secure"], true);
+    assert_eq!(session["sameSite"], "Lax");
+    for shot in ["1-email-form.png", "2-code-form.png", "3-app.png"] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
+    println!("screenshots: {}", shots.display());
+}
+
+#[test]
+fn the_real_country_database_places_well_known_addresses() {
+    let file = browser_dir()
+        .join("node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb");
+    let db = portcullis_proxy::geo::GeoDb::open(&file).unwrap();
+    let country = |ip: &str| db.country(ip.parse().unwrap()).map(|c| c.to_string());
+    // Google's resolver, RIPE NCC's own network, Orange France; and a private address.
+    assert_eq!(country("8.8.8.8").as_deref(), Some("US"));
+    assert_eq!(country("2001:4860:4860::8888").as_deref(), Some("US"));
+    assert_eq!(country("193.0.6.139").as_deref(), Some("NL"));
+    assert_eq!(country("90.0.0.1").as_deref(), Some("FR"));
+    assert_eq!(country("10.1.2.3"), None);
+}
