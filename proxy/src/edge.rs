@@ -553,6 +553,22 @@ impl ProxyHttp for Edge {
         {
             upstream_request.insert_header(name, value)?;
         }
+        if let Some(access) = &ctx.policy.access
+            && upstream_request.headers.contains_key(header::COOKIE)
+        {
+            // The edge's own cookies (the session) are none of the application's business.
+            let kept = access.strip_own_cookies(
+                upstream_request
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .map(HeaderValue::as_bytes),
+            );
+            upstream_request.remove_header(&header::COOKIE);
+            if let Some(kept) = kept {
+                upstream_request.insert_header(header::COOKIE, kept)?;
+            }
+        }
         Ok(())
     }
 

@@ -326,6 +326,32 @@ impl Access {
                 .is_some_and(|(_, domain)| self.domains.iter().any(|d| d == domain))
     }
 
+    /// The request's cookies without the edge's own (session, CSRF, pending sign-in), as one
+    /// `Cookie` value for the application; `None` when nothing is left.
+    pub fn strip_own_cookies<'a>(
+        &self,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> Option<HeaderValue> {
+        let own = &self.session.cookie_name;
+        let mut kept = Vec::new();
+        for pair in values.flat_map(|value| value.split(|&b| b == b';')) {
+            let pair = pair.trim_ascii();
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            let is_own = name
+                .strip_prefix(own.as_bytes())
+                .is_some_and(|rest| rest.is_empty() || rest == b"_csrf" || rest == b"_pending");
+            if !pair.is_empty() && !is_own {
+                if !kept.is_empty() {
+                    kept.extend_from_slice(b"; ");
+                }
+                kept.extend_from_slice(pair);
+            }
+        }
+        (!kept.is_empty())
+            .then(|| HeaderValue::from_bytes(&kept).ok())
+            .flatten()
+    }
+
     /// Whether an `Origin` is the edge itself: `https://` and the host, on any port (the
     /// edge may be published on a node port).
     fn is_own_origin(&self, origin: &[u8]) -> bool {
@@ -835,5 +861,194 @@ const fn refusal_detail(refusal: Refusal) -> &'static str {
         Refusal::Expired => "the session is older than its lifetime",
         Refusal::Idle => "the session was idle too long",
         Refusal::Revoked => "the session was revoked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn access() -> Access {
+        let key: PathBuf =
+            std::env::temp_dir().join(format!("portcullis-access-{}", std::process::id()));
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let doc: edge::Access = serde_json::from_value(serde_json::json!({
+            "emails": ["alice@example.org"],
+            "emailDomains": ["family.example"],
+            "otp": {
+                "length": 6, "ttl": "5m", "maxAttempts": 3, "resendCooldown": "1m",
+                "smtp": {"host": "127.0.0.1", "port": 2525, "tls": "None", "from": "no-reply@example.org"}
+            },
+            "session": {"ttl": "24h", "idleTtl": "2h", "cookieName": "sid", "keyFiles": [key]},
+            "bypass": ["/health"],
+            "appTokenCacheTtl": "1m"
+        }))
+        .unwrap();
+        let app = edge::App {
+            kind: AppKind::Jellyfin,
+            display_name: "Media".into(),
+        };
+        Access::new(&doc, &app, "media.example.org").unwrap()
+    }
+
+    fn request<'a>(
+        method: &'a Method,
+        target: &'a str,
+        headers: &'a HeaderMap,
+    ) -> AccessRequest<'a> {
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        AccessRequest {
+            method,
+            path,
+            query,
+            target,
+            headers,
+        }
+    }
+
+    fn rule(outcome: &Outcome) -> &'static str {
+        match outcome {
+            Outcome::Granted(grant) => grant.rule,
+            Outcome::Answered(Answer {
+                verdict: Verdict::Respond(_, reason) | Verdict::Redirect(_, reason),
+                ..
+            }) => reason.rule,
+            Outcome::Answered(_) => "continue",
+            Outcome::ReadForm(_) => "read-form",
+            Outcome::VerifyToken(_) => "verify-token",
+        }
+    }
+
+    #[test]
+    fn browsers_without_a_session_go_to_sign_in_and_api_calls_get_401() {
+        let access = access();
+        let mut html = HeaderMap::new();
+        html.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
+        let outcome = access.check(&request(&Method::GET, "/web/?a=1", &html), NOW);
+        let Outcome::Answered(Answer {
+            verdict: Verdict::Respond(response, reason),
+            ..
+        }) = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(response.status, StatusCode::SEE_OTHER);
+        assert_eq!(reason.rule, "login-required");
+        assert_eq!(
+            response.headers[0].1,
+            "/.portcullis/login?rd=%2Fweb%2F%3Fa%3D1"
+        );
+        let api = access.check(&request(&Method::GET, "/Items", &HeaderMap::new()), NOW);
+        assert_eq!(rule(&api), "no-credentials");
+    }
+
+    #[test]
+    fn bypasses_app_sign_in_and_tokens_are_recognised() {
+        let access = access();
+        let none = HeaderMap::new();
+        assert_eq!(
+            rule(&access.check(&request(&Method::GET, "/health", &none), NOW)),
+            "bypass"
+        );
+        assert_eq!(
+            rule(&access.check(
+                &request(&Method::POST, "/Users/AuthenticateByName", &none),
+                NOW
+            )),
+            "app-sign-in"
+        );
+        assert_eq!(
+            access.check(&request(&Method::GET, "/Items?api_key=abc", &none), NOW),
+            Outcome::VerifyToken("abc".into())
+        );
+    }
+
+    #[test]
+    fn a_session_issued_here_is_granted_with_its_email() {
+        let access = access();
+        let value = access
+            .session
+            .issue(&access.signer, "alice@example.org", NOW);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("x=1; sid={value}")).unwrap(),
+        );
+        let Outcome::Granted(grant) = access.check(&request(&Method::GET, "/", &headers), NOW + 10)
+        else {
+            panic!("not granted");
+        };
+        assert_eq!(grant.email.as_deref(), Some("alice@example.org"));
+    }
+
+    #[test]
+    fn an_email_form_mails_a_code_only_to_allowed_addresses() {
+        let access = access();
+        let state = LoginState::default();
+        let csrf_cookie = "AAAAAAAAAAAAAAAAAAAAAA";
+        let token = login::csrf_token(&access.signer, csrf_cookie);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("sid_csrf={csrf_cookie}")).unwrap(),
+        );
+        let post = |email: &str| {
+            let body = format!("email={email}&csrf={token}&rd=%2Fweb");
+            access.submit(
+                FormKind::Email,
+                &request(&Method::POST, LOGIN_PATH, &headers),
+                body.as_bytes(),
+                &state,
+                NOW,
+            )
+        };
+        let allowed = post("Bob@Family.Example");
+        let refused = post("mallory@example.net");
+        assert_eq!(
+            allowed.mail.as_ref().map(|m| m.to.as_str()),
+            Some("bob@family.example")
+        );
+        assert!(refused.mail.is_none());
+        let status = |answer: &Answer| match &answer.verdict {
+            Verdict::Respond(response, _) => (response.status, response.headers.len()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(&allowed), status(&refused));
+        // Within the cooldown no second mail goes out.
+        assert!(post("bob@family.example").mail.is_none());
+    }
+
+    #[test]
+    fn own_cookies_are_not_forwarded() {
+        let access = access();
+        let kept = access.strip_own_cookies(
+            [
+                &b"sid=abc; theme=dark"[..],
+                b"sid_csrf=x; sid_pending=y; sidecar=1",
+            ]
+            .into_iter(),
+        );
+        assert_eq!(kept.unwrap(), "theme=dark; sidecar=1");
+        assert_eq!(
+            access.strip_own_cookies([&b"sid=abc"[..]].into_iter()),
+            None
+        );
+    }
+
+    #[test]
+    fn origins_on_any_port_of_the_host_are_own() {
+        let access = access();
+        assert!(access.is_own_origin(b"https://media.example.org"));
+        assert!(access.is_own_origin(b"https://Media.Example.org:30443"));
+        assert!(!access.is_own_origin(b"http://media.example.org"));
+        assert!(!access.is_own_origin(b"https://media.example.org.evil.example"));
+        assert!(!access.is_own_origin(b"null"));
     }
 }
