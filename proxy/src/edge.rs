@@ -15,7 +15,7 @@ use std::{
     any::Any,
     borrow::Cow,
     net::IpAddr,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -37,6 +37,10 @@ use crate::{
     geo::Country,
     hygiene::{self, ContentLength, RequestFacts},
     model::Policy,
+    ratelimit::{
+        KeyFacts, Rule, Stage,
+        gcra::{Op, Outcome as LimitOutcome},
+    },
     request_id::RequestId,
     state::Shared,
     tls,
@@ -80,6 +84,8 @@ pub struct Ctx {
     country: Option<Country>,
     email: Option<String>,
     set_cookie: Option<HeaderValue>,
+    /// Rate limits that count this request only if its response matches: (rule, key).
+    response_counts: Vec<(usize, String)>,
 }
 
 const CF_IPCOUNTRY: http::HeaderName = http::HeaderName::from_static("cf-ipcountry");
@@ -87,6 +93,12 @@ const CF_IPCOUNTRY: http::HeaderName = http::HeaderName::from_static("cf-ipcount
 fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// The facts the access layer decides on.
@@ -236,6 +248,139 @@ impl Edge {
 }
 
 impl Edge {
+    /// One step of a rule's limiter: in Redis when the rule shares its counters, in this
+    /// replica's memory otherwise or while Redis cannot answer (said in logs and metrics).
+    async fn limiter_step(&self, rule: &Rule, key: &str, op: Op, now: u64) -> LimitOutcome {
+        let lifted_before = rule.lifted_before(key);
+        if let Some(redis) = &rule.redis {
+            match redis
+                .step(&rule.redis_key(key), &rule.params, op, now, lifted_before)
+                .await
+            {
+                Ok(outcome) => return outcome,
+                Err(error) => {
+                    self.shared
+                        .metrics
+                        .ratelimit_backend_errors
+                        .with_label_values(&[&*rule.name])
+                        .inc();
+                    let seconds = now / 1000;
+                    let last = self.shared.redis_warned_at.load(Ordering::Relaxed);
+                    if seconds >= last + 10
+                        && self
+                            .shared
+                            .redis_warned_at
+                            .compare_exchange(last, seconds, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(
+                            limit = &*rule.name,
+                            %error,
+                            "Redis cannot answer; rate limits are decided by this replica alone"
+                        );
+                    }
+                }
+            }
+        }
+        self.shared
+            .limiter
+            .step(&rule.name, key, &rule.params, op, now, lifted_before)
+    }
+
+    /// Layer 6: the rate limits of `stage` that match the request, in order; the first that
+    /// limits or bans answers.
+    async fn rate_limit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+        stage: Stage,
+    ) -> Result<bool> {
+        let now = unix_millis(SystemTime::now());
+        let mut decided = None;
+        {
+            let request = session.req_header();
+            let path = request.uri.path();
+            let session_cookie = policy
+                .access
+                .as_ref()
+                .and_then(|access| access::cookie(&request.headers, access.session_cookie_name()));
+            for (index, rule) in policy.rate_limits.iter().enumerate() {
+                if rule.stage() != stage || !rule.matches(&request.method, path) {
+                    continue;
+                }
+                let facts = KeyFacts {
+                    client_ip: ctx.client_ip,
+                    headers: &request.headers,
+                    session: session_cookie,
+                    email: ctx.email.as_deref(),
+                };
+                let Some(key) = rule.key(&facts) else {
+                    continue;
+                };
+                let outcome = match rule.manual_ban(&key, now) {
+                    Some(end) => LimitOutcome::Banned {
+                        start: 0,
+                        end,
+                        new: false,
+                    },
+                    None => self.limiter_step(rule, &key, rule.op(), now).await,
+                };
+                match outcome {
+                    LimitOutcome::Allowed => {
+                        if rule.op() == Op::Peek {
+                            ctx.response_counts.push((index, key));
+                        }
+                    }
+                    _ => {
+                        decided = Some((rule, key, outcome));
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((rule, key, outcome)) = decided else {
+            return Ok(false);
+        };
+        let metrics = &self.shared.metrics;
+        let label = match outcome {
+            LimitOutcome::Banned { new: true, end, .. } => {
+                metrics.bans.with_label_values(&[&*rule.name]).inc();
+                tracing::warn!(
+                    limit = &*rule.name,
+                    key = key.as_str(),
+                    seconds = end.saturating_sub(now) / 1000,
+                    "banned"
+                );
+                "banned"
+            }
+            LimitOutcome::Banned { .. } => "banned",
+            _ => "limited",
+        };
+        metrics
+            .ratelimit_decisions
+            .with_label_values(&[&*rule.name, label])
+            .inc();
+        let verdict = rule.verdict(outcome, now);
+        self.apply(session, ctx, LayerId::RateLimit, verdict).await
+    }
+
+    /// Counts the response of a request for the rules that count only some statuses.
+    async fn count_response(&self, ctx: &mut Ctx, status: u16) {
+        if ctx.response_counts.is_empty() {
+            return;
+        }
+        let now = unix_millis(SystemTime::now());
+        let policy = Arc::clone(&ctx.policy);
+        for (index, key) in std::mem::take(&mut ctx.response_counts) {
+            if let Some(rule) = policy.rate_limits.get(index)
+                && rule.counts_response(status)
+            {
+                self.limiter_step(rule, &key, Op::Count, now).await;
+            }
+        }
+    }
+
     /// Layer 8: finds the client's country and applies the allow and deny lists.
     async fn geo(&self, session: &mut Session, ctx: &mut Ctx, policy: &Policy) -> Result<bool> {
         let geo = &policy.geo;
@@ -279,9 +424,10 @@ impl Edge {
         match outcome {
             Outcome::Granted(grant) => {
                 self.grant(ctx, grant);
-                Ok(false)
+                self.rate_limit(session, ctx, policy, Stage::AfterAccess)
+                    .await
             }
-            Outcome::Answered(answer) => self.answer(session, ctx, access, answer).await,
+            Outcome::Answered(answer) => self.answer(session, ctx, policy, access, answer).await,
             Outcome::ReadForm(kind) => {
                 let mut body = Vec::new();
                 while let Some(chunk) = session.read_request_body().await? {
@@ -301,7 +447,7 @@ impl Edge {
                     &self.shared.logins,
                     now,
                 );
-                self.answer(session, ctx, access, answer).await
+                self.answer(session, ctx, policy, access, answer).await
             }
             Outcome::VerifyToken(token) => {
                 let metrics = &self.shared.metrics;
@@ -336,7 +482,9 @@ impl Edge {
                 let verdict = match status {
                     Ok(TokenStatus::Valid) => {
                         self.grant(ctx, Access::token_accepted());
-                        return Ok(false);
+                        return self
+                            .rate_limit(session, ctx, policy, Stage::AfterAccess)
+                            .await;
                     }
                     Ok(TokenStatus::Invalid) => Access::token_refused(),
                     Err(error) => Verdict::Respond(
@@ -375,9 +523,20 @@ impl Edge {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        policy: &Policy,
         access: &Access,
         answer: Answer,
     ) -> Result<bool> {
+        if answer.email.is_some() {
+            // Limits per e-mail apply before a code goes out.
+            ctx.email.clone_from(&answer.email);
+            if self
+                .rate_limit(session, ctx, policy, Stage::AfterAccess)
+                .await?
+            {
+                return Ok(true);
+            }
+        }
         let metrics = &self.shared.metrics;
         if let Verdict::Respond(_, reason) = &answer.verdict {
             metrics
@@ -429,6 +588,7 @@ impl ProxyHttp for Edge {
             country: None,
             email: None,
             set_cookie: None,
+            response_counts: Vec::new(),
         }
     }
 
@@ -479,6 +639,12 @@ impl ProxyHttp for Edge {
         }
         if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
             return self.apply(session, ctx, layer, verdict).await;
+        }
+        if self
+            .rate_limit(session, ctx, &policy, Stage::BeforeAccess)
+            .await?
+        {
+            return Ok(true);
         }
         if self.geo(session, ctx, &policy).await? {
             return Ok(true);
@@ -639,6 +805,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        self.count_response(ctx, status).await;
         let metrics = &self.shared.metrics;
         let duration = ctx.start.elapsed();
         metrics.request(ctx.decision.layer, ctx.decision.kind).inc();
@@ -655,9 +825,7 @@ impl ProxyHttp for Edge {
                 .uri
                 .path_and_query()
                 .map_or("", |target| target.as_str()),
-            status: session
-                .response_written()
-                .map_or(0, |response| response.status.as_u16()),
+            status,
             bytes: session.body_bytes_sent() as u64,
             duration,
             layer: ctx.decision.layer.as_str(),

@@ -7,6 +7,7 @@
 //! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`] | connection setup, `request_filter`, `response_filter` |
 //! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
+//! | 6. rate limits and bans | [`ratelimit`] | `request_filter`, `logging` |
 //! | 8. geo | [`geo`] | `request_filter` |
 //! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
 //! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
@@ -30,6 +31,7 @@ pub mod hygiene;
 pub mod metrics;
 pub mod model;
 pub mod proxy_protocol;
+pub mod ratelimit;
 pub mod reload;
 pub mod request_id;
 pub mod server;

@@ -33,6 +33,14 @@ pub struct Metrics {
     /// `portcullis_connections_dropped_total{reason}`: connections closed by a guard
     /// before a request was read (timeouts, bad PROXY header, failed handshake).
     pub connections_dropped: IntCounterVec,
+    /// `portcullis_ratelimit_decisions_total{limit,outcome}`: requests limited or refused
+    /// as banned, by RateLimit.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `portcullis_bans_total{limit}`: bans started.
+    pub bans: IntCounterVec,
+    /// `portcullis_ratelimit_backend_errors_total{limit}`: decisions taken with the
+    /// replica's own memory because Redis could not answer.
+    pub ratelimit_backend_errors: IntCounterVec,
     /// `portcullis_access_decisions_total{rule}`: every decision of the geo and access
     /// layers (granted by session or token, denied by country, code sent, code wrong,
     /// session expired or revoked, ...).
@@ -141,6 +149,24 @@ impl Metrics {
                 "portcullis_connections_dropped_total",
                 "Client connections closed before a request was read.",
                 &["reason"],
+            ),
+            ratelimit_decisions: counter_vec(
+                &registry,
+                "portcullis_ratelimit_decisions_total",
+                "Requests limited or refused as banned, by RateLimit.",
+                &["limit", "outcome"],
+            ),
+            bans: counter_vec(
+                &registry,
+                "portcullis_bans_total",
+                "Bans started, by RateLimit.",
+                &["limit"],
+            ),
+            ratelimit_backend_errors: counter_vec(
+                &registry,
+                "portcullis_ratelimit_backend_errors_total",
+                "Rate-limit decisions taken locally because Redis could not answer.",
+                &["limit"],
             ),
             access_decisions: counter_vec(
                 &registry,

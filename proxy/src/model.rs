@@ -18,6 +18,7 @@ use crate::{
     client_identity::TrustedProxies,
     geo::{CountryFilter, GeoDb, GeoDbError},
     hygiene::{Hygiene, RequestFacts},
+    ratelimit::{self, RateLimitError, Rule},
     tls::{self, TlsError},
     upstream::{Upstream, UpstreamTls},
     verdict::{LayerId, Verdict},
@@ -41,6 +42,9 @@ pub enum CompileError {
     /// The access layer (keys, mail).
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// A rate limit.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
 }
 
 /// The compiled geo layer: the database and the lists.
@@ -137,6 +141,8 @@ pub struct Policy {
     pub upstream: Upstream,
     /// The request layers, in order.
     pub layers: Vec<Layer>,
+    /// The rate limits: the built-in sign-in limit, then the document's.
+    pub rate_limits: Vec<Rule>,
     /// The geo layer (after the layers above).
     pub geo: Geo,
     /// The zero-trust access layer, when the document has an access policy.
@@ -158,6 +164,7 @@ impl std::fmt::Debug for Policy {
             .field("timeouts", &self.timeouts)
             .field("upstream", &self.upstream)
             .field("layers", &self.layers)
+            .field("rate_limits", &self.rate_limits)
             .field("geo", &self.geo)
             .field("access", &self.access)
             .field("files", &self.files)
@@ -213,6 +220,11 @@ impl TryFrom<EdgeConfig> for Policy {
             doc.client_identity.behind_cloudflare,
         );
         let layers = vec![Layer::Hygiene(Hygiene::new(&host, &doc.limits))];
+        let mut rate_limits = vec![ratelimit::builtin_sign_in(&host)];
+        for limit in &doc.rate_limits {
+            rate_limits.push(Rule::new(limit, &host)?);
+            files.extend(Rule::files(limit));
+        }
         let mut geo = Geo {
             cloudflare_country: doc.client_identity.behind_cloudflare,
             ..Geo::default()
@@ -254,6 +266,7 @@ impl TryFrom<EdgeConfig> for Policy {
             },
             upstream,
             layers,
+            rate_limits,
             geo,
             access,
             files,

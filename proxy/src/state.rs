@@ -14,6 +14,7 @@ use crate::{
     connection_guard::ConnectionGuard,
     metrics::Metrics,
     model::Policy,
+    ratelimit::memory::MemoryStore,
     request_id::RequestIds,
     upstream::AppClient,
 };
@@ -31,6 +32,12 @@ pub struct Shared {
     pub request_ids: RequestIds,
     /// The listeners bound at start (a document that moves them needs a restart).
     pub bound: edge::Listen,
+    /// Rate-limit counters and bans of this replica (all of them for memory rules; the
+    /// fallback for Redis rules while Redis is unreachable).
+    pub limiter: MemoryStore,
+    /// When the last "Redis unreachable" warning was logged (seconds since the epoch), so an
+    /// outage is said every 10 s, not per request.
+    pub redis_warned_at: std::sync::atomic::AtomicU64,
     /// Sign-ins in progress (attempts, cooldowns); kept across policy reloads.
     pub logins: LoginState,
     /// The application's recent answers about its tokens.
@@ -49,6 +56,8 @@ impl Shared {
             metrics: Metrics::new(),
             connections: Arc::default(),
             request_ids: RequestIds::default(),
+            limiter: MemoryStore::default(),
+            redis_warned_at: std::sync::atomic::AtomicU64::new(0),
             logins: LoginState::default(),
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),

@@ -122,6 +122,8 @@ pub enum LayerId {
     Tls,
     /// Request hygiene.
     Hygiene,
+    /// Rate limits and bans.
+    RateLimit,
     /// The client's country.
     Geo,
     /// Zero-trust access (sessions, sign-in, app tokens).
@@ -132,10 +134,11 @@ pub enum LayerId {
 
 impl LayerId {
     /// Every layer, in request order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Connection,
         Self::Tls,
         Self::Hygiene,
+        Self::RateLimit,
         Self::Geo,
         Self::Access,
         Self::Upstream,
@@ -147,6 +150,7 @@ impl LayerId {
             Self::Connection => "connection",
             Self::Tls => "tls",
             Self::Hygiene => "hygiene",
+            Self::RateLimit => "ratelimit",
             Self::Geo => "geo",
             Self::Access => "access",
             Self::Upstream => "upstream",

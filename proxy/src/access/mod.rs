@@ -308,6 +308,11 @@ impl Access {
         files
     }
 
+    /// The session cookie's name.
+    pub fn session_cookie_name(&self) -> &str {
+        &self.session.cookie_name
+    }
+
     /// The one-time code settings, when sign-in by e-mail is on.
     pub const fn otp(&self) -> Option<&Otp> {
         self.otp.as_ref()

@@ -8,6 +8,7 @@ mod connections;
 mod hygiene;
 mod identity;
 mod model;
+mod ratelimit;
 mod reload;
 mod shutdown;
 mod streaming;

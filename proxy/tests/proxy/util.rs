@@ -286,6 +286,18 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, 
             Response::new(full("slow"))
         }
         "/socket" => return Ok(websocket(req)),
+        "/Users/AuthenticateByName" => {
+            // Jellyfin's sign-in: `?fail=1` stands for a wrong password.
+            let failed = q.get("fail").is_some_and(|v| v == "1");
+            Response::builder()
+                .status(if failed { 401 } else { 200 })
+                .body(full(if failed {
+                    "wrong password"
+                } else {
+                    "signed in"
+                }))
+                .unwrap()
+        }
         "/Users/Me" => {
             let valid = req
                 .headers()
