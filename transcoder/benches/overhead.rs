@@ -1,0 +1,3 @@
+//! The transcoder benchmark (written in a later commit).
+
+fn main() {}
