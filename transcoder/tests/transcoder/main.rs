@@ -1,0 +1,8 @@
+//! Tests of the transcoder with the real service and wrapper binaries and the real ffmpeg.
+
+mod cancel;
+mod hls;
+mod passthrough;
+mod replicas;
+mod security;
+mod util;
