@@ -157,6 +157,12 @@ impl Allowed {
         }
     }
 
+    /// Allows `dir` too (e.g. Jellyfin's metadata directory, for chapter images).
+    pub fn with(mut self, dir: &Path) -> Allowed {
+        self.dirs.push(normalise(dir, Path::new("/")));
+        self
+    }
+
     /// Whether `path` (absolute, normalised) lies under an allowed directory.
     pub fn contains(&self, path: &Path) -> bool {
         self.dirs.iter().any(|dir| path.starts_with(dir))
@@ -371,6 +377,21 @@ mod tests {
             allowed
                 .check(&args, &allowed.working_dir("/cache/a"))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_further_directory_can_be_allowed() {
+        let args = vec![
+            "-i".to_owned(),
+            "/media/a.mkv".to_owned(),
+            "/config/data/x.jpg".to_owned(),
+        ];
+        let cwd = Path::new("/cache");
+        assert!(allowed().check(&args, cwd).is_err());
+        assert_eq!(
+            allowed().with(Path::new("/config/data/")).check(&args, cwd),
+            Ok(())
         );
     }
 

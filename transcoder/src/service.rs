@@ -457,23 +457,37 @@ async fn run_job<C: AsyncRead + AsyncWrite + Send + 'static>(
         Mode::Ffprobe => inner.probe_slots.clone(),
     };
     let mut early_stdin = VecDeque::new();
-    inner.waiting.fetch_add(1, Ordering::Relaxed);
-    inner.metrics.waiting.inc();
+    let counted = start.mode == Mode::Ffmpeg;
+    if counted {
+        inner.waiting.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.waiting.inc();
+    }
+    let mut signalled = None;
     let permit = loop {
         tokio::select! {
             permit = slots.clone().acquire_owned() => break permit.ok(),
             message = inbound.recv() => match message {
                 Some(Inbound::Stdin(data)) => early_stdin.push_back(Some(data)),
                 Some(Inbound::StdinEnd) => early_stdin.push_back(None),
-                Some(Inbound::Signal(_) | Inbound::Gone) | None => break None,
+                Some(Inbound::Signal(signal)) => {
+                    signalled = Some(signal);
+                    break None;
+                }
+                Some(Inbound::Gone) | None => break None,
             },
             _ = cancelled.changed() => break None,
         }
     };
-    inner.waiting.fetch_sub(1, Ordering::Relaxed);
-    inner.metrics.waiting.dec();
+    if counted {
+        inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        inner.metrics.waiting.dec();
+    }
     let Some(_permit) = permit else {
         info!(job = %job_id, "job cancelled while it waited for a slot");
+        if let Some(signal) = signalled {
+            // As if ffmpeg had been killed by the signal before it started.
+            let _ = protocol::write_frame(&mut writer, &Frame::exit(128 + signal as i32)).await;
+        }
         return;
     };
 

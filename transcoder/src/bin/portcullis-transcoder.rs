@@ -27,6 +27,9 @@ struct Cli {
     /// Where transcodes are written, mounted where the app mounts it.
     #[arg(long)]
     transcode_dir: PathBuf,
+    /// A further directory jobs may use, mounted where the app mounts it (repeatable).
+    #[arg(long)]
+    allow_dir: Vec<PathBuf>,
     /// The most ffmpeg jobs at once; more wait for a slot.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     max_jobs: u16,
@@ -103,7 +106,10 @@ async fn main() -> ExitCode {
     );
     let config = Config {
         token,
-        allowed: Allowed::new(&cli.media_dir, &cli.transcode_dir),
+        allowed: cli.allow_dir.iter().fold(
+            Allowed::new(&cli.media_dir, &cli.transcode_dir),
+            |allowed, dir| allowed.with(dir),
+        ),
         ffmpeg: cli.ffmpeg,
         ffprobe: cli.ffprobe,
         max_jobs: usize::from(cli.max_jobs),

@@ -8,21 +8,11 @@ use std::{
 
 use portcullis_transcoder::wrapper::EXIT_UNREACHABLE;
 
-use crate::util::{Service, args, wait_until, wrapper};
-
-/// A job that never ends by itself: the clip looped in real time into HLS.
-fn endless_job(service: &Service) -> Vec<String> {
-    let out = service.dirs.out("endless");
-    args(&format!(
-        "-re -stream_loop -1 -i file:{} -map 0 -codec copy -f hls -hls_time 1 -hls_list_size 5 -y {}/live.m3u8",
-        service.dirs.clip(),
-        out.display()
-    ))
-}
+use crate::util::{Service, wait_until, wrapper};
 
 fn start_endless(service: &Service, command: &mut Command) -> Child {
     let child = command
-        .args(endless_job(service))
+        .args(service.endless_job())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

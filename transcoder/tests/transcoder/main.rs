@@ -2,6 +2,7 @@
 
 mod cancel;
 mod hls;
+mod limits;
 mod passthrough;
 mod replicas;
 mod security;

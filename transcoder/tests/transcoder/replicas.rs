@@ -8,15 +8,7 @@ use portcullis_transcoder::{
     wrapper,
 };
 
-use crate::util::{Service, TOKEN, args, wait_until};
-
-fn endless_job(service: &Service) -> Vec<String> {
-    args(&format!(
-        "-re -stream_loop -1 -i file:{} -map 0 -codec copy -f hls -hls_time 1 -hls_list_size 5 -y {}/live.m3u8",
-        service.dirs.clip(),
-        service.dirs.out("endless").display()
-    ))
-}
+use crate::util::{Service, TOKEN, wait_until};
 
 #[test]
 fn the_wrapper_starts_each_job_on_the_least_loaded_replica() {
@@ -26,7 +18,7 @@ fn the_wrapper_starts_each_job_on_the_least_loaded_replica() {
     );
     let mut long = busy
         .wrapper("ffmpeg")
-        .args(endless_job(&busy))
+        .args(busy.endless_job())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -60,7 +52,7 @@ async fn a_retried_start_replaces_the_earlier_run_and_never_runs_beside_it() {
     let request = StartRequest {
         job_id: wrapper::new_job_id(),
         mode: Mode::Ffmpeg,
-        args: endless_job(&service),
+        args: service.endless_job(),
         cwd: service.dirs.cache.display().to_string(),
         env: Vec::new(),
     };

@@ -182,6 +182,16 @@ impl Service {
         live_children(self.pid())
     }
 
+    /// A job that never ends by itself: the clip looped in real time into live HLS, in
+    /// `endless/` of the transcode directory.
+    pub fn endless_job(&self) -> Vec<String> {
+        args(&format!(
+            "-re -stream_loop -1 -i file:{} -map 0 -codec copy -f hls -hls_time 1 -hls_list_size 5 -y {}/live.m3u8",
+            self.dirs.clip(),
+            self.dirs.out("endless").display()
+        ))
+    }
+
     /// The wrapper, as Jellyfin would run it (argv[0] `ffmpeg` or `ffprobe`).
     pub fn wrapper(&self, name: &str) -> Command {
         wrapper(name, &self.url(), TOKEN)
