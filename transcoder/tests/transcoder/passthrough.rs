@@ -91,3 +91,30 @@ fn stdin_reaches_ffmpeg_and_its_stdout_comes_back() {
     assert_eq!(through.stdout.len(), 44 + pcm.len());
     assert!(through.stdout == direct.stdout);
 }
+
+#[test]
+fn progress_on_stderr_arrives_while_ffmpeg_runs() {
+    let service = Service::start(&[]);
+    let mut wrapper = service
+        .wrapper("ffmpeg")
+        .args(service.endless_job())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The job never ends by itself, so whatever is read arrived while it ran.
+    let mut stderr = wrapper.stderr.take().unwrap();
+    let (mut seen, mut buffer) = (Vec::new(), [0u8; 4096]);
+    while !String::from_utf8_lossy(&seen).contains("frame=") {
+        let read = std::io::Read::read(&mut stderr, &mut buffer).unwrap();
+        assert!(
+            read > 0,
+            "stderr ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    assert_eq!(service.jobs().len(), 1);
+    wrapper.kill().unwrap();
+    wrapper.wait().unwrap();
+}
