@@ -37,6 +37,9 @@ enum Command {
         /// The image with the proxy, transcoder and ffmpeg wrapper.
         #[arg(long, env = "PORTCULLIS_IMAGE")]
         image: Option<String>,
+        /// The transcoder's image (the binaries next to jellyfin-ffmpeg).
+        #[arg(long, env = "PORTCULLIS_TRANSCODER_IMAGE")]
+        transcoder_image: Option<String>,
         /// Watch only this namespace (every namespace when unset).
         #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
         namespace: Option<String>,
@@ -80,12 +83,14 @@ async fn main() -> ExitCode {
             no_leader_election,
             identity,
             image,
+            transcoder_image,
             namespace,
             pod_networks,
         } => {
             let defaults = Settings::default();
             let settings = Settings {
                 image: image.unwrap_or(defaults.image),
+                transcoder_image: transcoder_image.unwrap_or(defaults.transcoder_image),
                 pod_networks: if pod_networks.is_empty() {
                     defaults.pod_networks
                 } else {

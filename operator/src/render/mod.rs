@@ -36,6 +36,9 @@ pub const RESTART_HASH_ANNOTATION: &str = "portcullis.dev/restart-hash";
 pub struct Settings {
     /// The image holding `portcullis-proxy`, `portcullis-transcoder` and `portcullis-ffmpeg`.
     pub image: String,
+    /// The transcoder's image: the Portcullis binaries next to jellyfin-ffmpeg (the
+    /// Dockerfile's `transcoder` target).
+    pub transcoder_image: String,
     /// The pod networks of the cluster, given to the app as its known proxies so it
     /// believes the edge's X-Forwarded-For (only edge pods can reach it).
     pub pod_networks: Vec<String>,
@@ -46,6 +49,10 @@ impl Default for Settings {
         Self {
             image: format!(
                 "ghcr.io/portcullis-dev/portcullis:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            transcoder_image: format!(
+                "ghcr.io/portcullis-dev/portcullis-transcoder:{}",
                 env!("CARGO_PKG_VERSION")
             ),
             pod_networks: vec![

@@ -123,7 +123,7 @@ pub fn deployment(
             transcoder
                 .image
                 .clone()
-                .unwrap_or_else(|| settings.image.clone()),
+                .unwrap_or_else(|| settings.transcoder_image.clone()),
         ),
         command: Some(vec!["portcullis-transcoder".to_owned()]),
         args: Some(vec![
@@ -218,16 +218,22 @@ pub fn deployment(
     }
 }
 
-/// The transcoder's Service, reached only by the app (see the NetworkPolicy).
+/// The transcoder's Service, reached only by the app (see the NetworkPolicy). It is
+/// headless: its name resolves to every ready replica, and the ffmpeg wrapper sends each
+/// job to the least loaded one (kube-proxy would pick at random).
 pub fn service(server: &MediaServer) -> Service {
     let name = Names::new(&server.name_any()).transcoder();
-    cluster_ip_service(
+    let mut service = cluster_ip_service(
         server,
         name,
         Component::Transcoder,
         "transcoder",
         TRANSCODER_PORT,
-    )
+    );
+    if let Some(spec) = service.spec.as_mut() {
+        spec.cluster_ip = Some("None".to_owned());
+    }
+    service
 }
 
 #[cfg(test)]
@@ -319,5 +325,19 @@ mod tests {
         let mut server = seed_server();
         server.spec.transcoder.as_mut().unwrap().enabled = false;
         assert!(enabled(&server).is_none());
+    }
+
+    #[test]
+    fn the_service_is_headless_and_the_image_is_the_transcoder_one() {
+        let server = seed_server();
+        let spec = service(&server).spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        let mut with_default_image = server.clone();
+        with_default_image.spec.transcoder.as_mut().unwrap().image = None;
+        let pod = pod_of(&with_default_image);
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some(Settings::default().transcoder_image.as_str())
+        );
     }
 }
