@@ -61,12 +61,44 @@ pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) 
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(shared.metrics.render()),
         ),
+        "/bans" => (StatusCode::OK, "application/json", bans(shared)),
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
             Bytes::from_static(b"not found\n"),
         ),
     }
+}
+
+/// The bans this replica holds, as JSON: `[{"limit", "key", "start", "end"}]` with times in
+/// seconds since the epoch (Redis-backed bans live in Redis and are not listed here).
+fn bans(shared: &Shared) -> Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut list: Vec<serde_json::Value> = shared
+        .limiter
+        .bans(now)
+        .into_iter()
+        .map(|(limit, key, start, end)| {
+            serde_json::json!({"limit": limit, "key": key, "start": start / 1000, "end": end / 1000})
+        })
+        .collect();
+    list.extend(
+        shared
+            .honeypot_bans
+            .list(now)
+            .into_iter()
+            .map(|(ip, start, end)| {
+                serde_json::json!({
+                    "limit": crate::bots::HONEYPOT_RULE,
+                    "key": ip.to_string(),
+                    "start": start / 1000,
+                    "end": end / 1000,
+                })
+            }),
+    );
+    Bytes::from(serde_json::Value::Array(list).to_string())
 }
 
 async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {

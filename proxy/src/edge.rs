@@ -33,7 +33,7 @@ use crate::{
     access::{self, Access, AccessRequest, Answer, Grant, Outcome, app_token::TokenStatus},
     access_log::{self, AccessRecord},
     app::HeaderWatch,
-    client_identity, error_page,
+    app_rules, bots, client_identity, error_page,
     geo::Country,
     hygiene::{self, ContentLength, RequestFacts},
     model::Policy,
@@ -248,6 +248,96 @@ impl Edge {
 }
 
 impl Edge {
+    /// Layer 5: Jellyfin's setup wizard, metrics and logs. Also keeps what the edge knows of
+    /// the setup wizard fresh (one request every 30 s asks Jellyfin, off the request path).
+    async fn app_rules(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Arc<Policy>,
+    ) -> Result<bool> {
+        if self.shared.startup.claim_check(unix_seconds(ctx.time)) {
+            let shared = Arc::clone(&self.shared);
+            let policy = Arc::clone(policy);
+            tokio::spawn(async move {
+                let asked = shared
+                    .app_client
+                    .get(
+                        &policy.upstream,
+                        &policy.host_header,
+                        "/System/Info/Public",
+                        &[],
+                    )
+                    .await;
+                match asked {
+                    Ok((StatusCode::OK, body)) => match app_rules::startup_completed(&body) {
+                        Some(completed) => shared.startup.set_completed(completed),
+                        None => tracing::warn!(
+                            "the app's /System/Info/Public does not say whether setup is complete"
+                        ),
+                    },
+                    Ok((status, _)) => {
+                        tracing::warn!(%status, "the app's /System/Info/Public failed")
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "the app could not be asked about its setup")
+                    }
+                }
+            });
+        }
+        let verdict = app_rules::check(
+            policy.app_kind,
+            session.req_header().uri.path(),
+            self.shared.startup.completed(),
+        );
+        self.apply(session, ctx, LayerId::App, verdict).await
+    }
+
+    /// Layer 7: addresses banned by a honeypot, scanners, sign-in without a user agent, and
+    /// honeypots (which ban).
+    async fn bots(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let now = unix_millis(SystemTime::now());
+        let metrics = &self.shared.metrics;
+        if let Some(ip) = ctx.client_ip
+            && let Some(end) = self.shared.honeypot_bans.ban_end(ip, now)
+        {
+            metrics
+                .ratelimit_decisions
+                .with_label_values(&[bots::HONEYPOT_RULE, "banned"])
+                .inc();
+            let verdict = Verdict::Respond(
+                Response::error(StatusCode::FORBIDDEN).with_header(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(end.saturating_sub(now).div_ceil(1000)),
+                ),
+                Reason::new("banned", "banned for touching a honeypot"),
+            );
+            return self.apply(session, ctx, LayerId::Bot, verdict).await;
+        }
+        let request = session.req_header();
+        let user_agent = request
+            .headers
+            .get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes);
+        let decided = self.shared.bot_guard.check(request.uri.path(), user_agent);
+        if decided.ban
+            && let Some(ip) = ctx.client_ip
+        {
+            let end = now + u64::try_from(bots::HONEYPOT_BAN.as_millis()).unwrap_or(u64::MAX);
+            self.shared.honeypot_bans.ban(ip, now, end);
+            metrics.bans.with_label_values(&[bots::HONEYPOT_RULE]).inc();
+            tracing::warn!(
+                limit = bots::HONEYPOT_RULE,
+                key = %ip,
+                path = request.uri.path(),
+                seconds = bots::HONEYPOT_BAN.as_secs(),
+                "banned"
+            );
+        }
+        self.apply(session, ctx, LayerId::Bot, decided.verdict)
+            .await
+    }
+
     /// One step of a rule's limiter: in Redis when the rule shares its counters, in this
     /// replica's memory otherwise or while Redis cannot answer (said in logs and metrics).
     async fn limiter_step(&self, rule: &Rule, key: &str, op: Op, now: u64) -> LimitOutcome {
@@ -640,10 +730,16 @@ impl ProxyHttp for Edge {
         if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
             return self.apply(session, ctx, layer, verdict).await;
         }
+        if self.app_rules(session, ctx, &policy).await? {
+            return Ok(true);
+        }
         if self
             .rate_limit(session, ctx, &policy, Stage::BeforeAccess)
             .await?
         {
+            return Ok(true);
+        }
+        if self.bots(session, ctx).await? {
             return Ok(true);
         }
         if self.geo(session, ctx, &policy).await? {

@@ -7,7 +7,9 @@
 //! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`] | connection setup, `request_filter`, `response_filter` |
 //! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
+//! | 5. app-aware rules (Jellyfin) | [`app_rules`] | `request_filter` |
 //! | 6. rate limits and bans | [`ratelimit`] | `request_filter`, `logging` |
+//! | 7. bot guards (scanners, honeypots) | [`bots`] | `request_filter` |
 //! | 8. geo | [`geo`] | `request_filter` |
 //! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
 //! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
@@ -22,6 +24,8 @@ pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod app_rules;
+pub mod bots;
 pub mod client_identity;
 pub mod connection_guard;
 pub mod edge;

@@ -121,6 +121,8 @@ pub struct Policy {
     pub content_hash: String,
     /// The document's restart hash (its listeners).
     pub restart_hash: String,
+    /// The application behind the edge (its app-aware rules).
+    pub app_kind: portcullis_crds::media_server::AppKind,
     /// The only host answered, lower case.
     pub host: String,
     /// The host as a header value (`X-Forwarded-Host`).
@@ -249,6 +251,7 @@ impl TryFrom<EdgeConfig> for Policy {
             ),
             content_hash,
             restart_hash,
+            app_kind: doc.app.kind,
             hsts: tls::hsts(doc.tls.hsts_max_age.get()),
             host,
             host_header,

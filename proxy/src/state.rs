@@ -11,6 +11,8 @@ use portcullis_crds::edge;
 
 use crate::{
     access::{app_token::TokenCache, login::LoginState},
+    app_rules::StartupState,
+    bots::{BotGuard, HoneypotBans},
     connection_guard::ConnectionGuard,
     metrics::Metrics,
     model::Policy,
@@ -38,6 +40,12 @@ pub struct Shared {
     /// When the last "Redis unreachable" warning was logged (seconds since the epoch), so an
     /// outage is said every 10 s, not per request.
     pub redis_warned_at: std::sync::atomic::AtomicU64,
+    /// Addresses banned for touching a honeypot.
+    pub honeypot_bans: HoneypotBans,
+    /// The bot guard's compiled patterns.
+    pub bot_guard: BotGuard,
+    /// What the edge knows of the application's setup wizard.
+    pub startup: StartupState,
     /// Sign-ins in progress (attempts, cooldowns); kept across policy reloads.
     pub logins: LoginState,
     /// The application's recent answers about its tokens.
@@ -58,6 +66,9 @@ impl Shared {
             request_ids: RequestIds::default(),
             limiter: MemoryStore::default(),
             redis_warned_at: std::sync::atomic::AtomicU64::new(0),
+            honeypot_bans: HoneypotBans::default(),
+            bot_guard: BotGuard::default(),
+            startup: StartupState::default(),
             logins: LoginState::default(),
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),

@@ -127,8 +127,8 @@ impl Upstream {
     }
 }
 
-/// How long the application may take to judge a token.
-const TOKEN_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the application may take to answer the edge's own questions (tokens, setup).
+const APP_QUESTION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The edge's own client to the application (token checks), with its connection pool.
 pub struct AppClient(Connector);
@@ -146,32 +146,36 @@ impl Default for AppClient {
 }
 
 impl AppClient {
-    /// Asks Jellyfin whether it accepts `token`: `GET /Users/Me` with `X-Emby-Token`. 200 is
-    /// valid, 401 and 403 invalid; anything else is an error (the request is not let through).
-    pub async fn ask_token(
+    /// `GET path` on the application with `headers`: the status and the body (at most
+    /// 64 KiB are kept). For the edge's own questions, never for client requests.
+    pub async fn get(
         &self,
         upstream: &Upstream,
         host: &HeaderValue,
-        token: &str,
-    ) -> Result<TokenStatus, String> {
+        path: &str,
+        headers: &[(&'static str, HeaderValue)],
+    ) -> Result<(StatusCode, Vec<u8>), String> {
         let address = upstream
             .resolved()
             .ok_or("the upstream address has not been resolved")?;
         let mut peer = upstream.peer(address);
-        peer.options.read_timeout = Some(TOKEN_CHECK_TIMEOUT);
-        peer.options.write_timeout = Some(TOKEN_CHECK_TIMEOUT);
+        peer.options.read_timeout = Some(APP_QUESTION_TIMEOUT);
+        peer.options.write_timeout = Some(APP_QUESTION_TIMEOUT);
         let (mut http, _) = self
             .0
             .get_http_session(&*peer)
             .await
             .map_err(|e| e.to_string())?;
-        let mut request =
-            RequestHeader::build("GET", b"/Users/Me", Some(3)).map_err(|e| e.to_string())?;
-        let token = HeaderValue::from_str(token).map_err(|e| e.to_string())?;
+        let mut request = RequestHeader::build("GET", path.as_bytes(), Some(2 + headers.len()))
+            .map_err(|e| e.to_string())?;
         request
             .insert_header(http::header::HOST, host.clone())
-            .and_then(|()| request.insert_header("x-emby-token", token))
             .map_err(|e| e.to_string())?;
+        for (name, value) in headers {
+            request
+                .insert_header(*name, value.clone())
+                .map_err(|e| e.to_string())?;
+        }
         http.write_request_header(Box::new(request))
             .await
             .map_err(|e| e.to_string())?;
@@ -185,15 +189,30 @@ impl AppClient {
             .response_header()
             .map(|head| head.status)
             .ok_or("no response")?;
-        while http
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-            .is_some()
-        {}
+        let mut body = Vec::new();
+        while let Some(chunk) = http.read_response_body().await.map_err(|e| e.to_string())? {
+            if body.len() < 64 * 1024 {
+                body.extend_from_slice(&chunk);
+            }
+        }
         self.0
             .release_http_session(http, &*peer, Some(upstream.idle_timeout))
             .await;
+        Ok((status, body))
+    }
+
+    /// Asks Jellyfin whether it accepts `token`: `GET /Users/Me` with `X-Emby-Token`. 200 is
+    /// valid, 401 and 403 invalid; anything else is an error (the request is not let through).
+    pub async fn ask_token(
+        &self,
+        upstream: &Upstream,
+        host: &HeaderValue,
+        token: &str,
+    ) -> Result<TokenStatus, String> {
+        let token = HeaderValue::from_str(token).map_err(|e| e.to_string())?;
+        let (status, _) = self
+            .get(upstream, host, "/Users/Me", &[("x-emby-token", token)])
+            .await?;
         match status {
             StatusCode::OK => Ok(TokenStatus::Valid),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Ok(TokenStatus::Invalid),

@@ -122,8 +122,12 @@ pub enum LayerId {
     Tls,
     /// Request hygiene.
     Hygiene,
+    /// Rules that know the application (Jellyfin's setup wizard, metrics, logs).
+    App,
     /// Rate limits and bans.
     RateLimit,
+    /// Bot guards (scanners, honeypots).
+    Bot,
     /// The client's country.
     Geo,
     /// Zero-trust access (sessions, sign-in, app tokens).
@@ -134,11 +138,13 @@ pub enum LayerId {
 
 impl LayerId {
     /// Every layer, in request order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Connection,
         Self::Tls,
         Self::Hygiene,
+        Self::App,
         Self::RateLimit,
+        Self::Bot,
         Self::Geo,
         Self::Access,
         Self::Upstream,
@@ -150,7 +156,9 @@ impl LayerId {
             Self::Connection => "connection",
             Self::Tls => "tls",
             Self::Hygiene => "hygiene",
+            Self::App => "app",
             Self::RateLimit => "ratelimit",
+            Self::Bot => "bot",
             Self::Geo => "geo",
             Self::Access => "access",
             Self::Upstream => "upstream",

@@ -34,6 +34,9 @@ const FR_CLIENT_OTHER_SHAPE: &str = "100.64.0.9";
 
 const ALICE: &str = "alice@example.org";
 
+/// The user agent the test browser sends (the bot guard refuses sign-in without one).
+const BROWSER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0";
+
 // ---------------------------------------------------------------------------------------
 // Real neighbours: Mailpit, the country database, the session key.
 
@@ -268,6 +271,7 @@ impl Browser {
             .uri(format!("https://{HOST}{path}"))
             .header("host", HOST)
             .header("accept", accept)
+            .header("user-agent", BROWSER_AGENT)
             .header("x-forwarded-for", self.client);
         if !self.cookies.is_empty() {
             let jar: Vec<String> = self

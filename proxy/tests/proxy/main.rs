@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod bots;
 mod connections;
 mod hygiene;
 mod identity;

@@ -25,7 +25,10 @@ fn mounted(name: &str) -> PathBuf {
         "password" => b"secret\n".to_vec(),
         _ => name.bytes().cycle().take(64).collect(),
     };
-    std::fs::write(&path, content).unwrap();
+    // Tests run in parallel: write beside, then rename, so a reader never sees half a file.
+    let partial = dir.join(format!("{name}.{:?}", std::thread::current().id()));
+    std::fs::write(&partial, content).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
     path
 }
 

@@ -127,6 +127,7 @@ async fn sign_in(address: SocketAddr, client: &str, fail: bool) -> Answer {
     ))
     .header("host", HOST)
     .header("x-forwarded-for", client)
+    .header("user-agent", "Jellyfin-Android/2.6.1")
     .header("content-type", "application/json")
     .body(
         Full::new(Bytes::from_static(br#"{"Username":"alice","Pw":"x"}"#))

@@ -201,6 +201,9 @@ pub fn origin_saw(needle: &str) -> bool {
         .any(|target| target.contains(needle))
 }
 
+/// Whether the origin says its setup wizard is complete (`/System/Info/Public`).
+pub static STARTUP_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// The one Jellyfin token the origin accepts on `/Users/Me`.
 pub const VALID_APP_TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -286,6 +289,15 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, 
             Response::new(full("slow"))
         }
         "/socket" => return Ok(websocket(req)),
+        "/System/Info/Public" => {
+            let done = STARTUP_DONE.load(std::sync::atomic::Ordering::SeqCst);
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(format!(
+                    r#"{{"ServerName":"test","Version":"10.10.7","StartupWizardCompleted":{done}}}"#
+                )))
+                .unwrap()
+        }
         "/Users/AuthenticateByName" => {
             // Jellyfin's sign-in: `?fail=1` stands for a wrong password.
             let failed = q.get("fail").is_some_and(|v| v == "1");

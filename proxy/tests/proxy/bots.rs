@@ -1,0 +1,151 @@
+//! Bot guards and Jellyfin-aware rules end to end: honeypots ban, scanners and agentless
+//! sign-ins are refused, the setup wizard closes once Jellyfin says setup is complete, and
+//! Jellyfin's metrics and logs stay inside.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use http::StatusCode;
+
+use crate::util::{
+    HOST, Proxy, STARTUP_DONE, Settings, admin_get, empty, fetch_from, origin_saw, trusted_proxy_ip,
+};
+
+async fn get_as(
+    proxy: &Proxy,
+    client: &str,
+    path: &str,
+    agent: Option<&str>,
+) -> (StatusCode, Option<String>) {
+    let mut request = http::Request::get(format!("https://{HOST}{path}"))
+        .header("host", HOST)
+        .header("x-forwarded-for", client);
+    if let Some(agent) = agent {
+        request = request.header("user-agent", agent);
+    }
+    let (response, _) = fetch_from(
+        proxy.https(),
+        trusted_proxy_ip(),
+        request.body(empty()).unwrap(),
+    )
+    .await;
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status(), retry_after)
+}
+
+const BROWSER: Option<&str> = Some("Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0");
+
+#[tokio::test]
+async fn a_honeypot_bans_the_address_on_first_touch() {
+    let proxy = Proxy::start(Settings::default());
+    let scanner = "203.0.113.66";
+    assert_eq!(
+        get_as(&proxy, scanner, "/", BROWSER).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_as(&proxy, scanner, "/wp-login.php", BROWSER).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, retry_after) = get_as(&proxy, scanner, "/web/index.html", BROWSER).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let seconds: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&seconds), "{seconds}");
+    assert_eq!(
+        get_as(&proxy, "203.0.113.67", "/", BROWSER).await.0,
+        StatusCode::OK
+    );
+    assert!(!origin_saw("/wp-login.php"));
+    let (_, bans) = admin_get(proxy.admin(), "/bans").await.unwrap();
+    let bans: serde_json::Value = serde_json::from_str(&bans).unwrap();
+    assert_eq!(bans[0]["limit"], "honeypot");
+    assert_eq!(bans[0]["key"], scanner);
+    assert_eq!(
+        proxy
+            .metric("portcullis_bans_total{limit=\"honeypot\"}")
+            .await,
+        Some(1.0)
+    );
+    assert!(proxy.log().contains("banned"));
+}
+
+#[tokio::test]
+async fn scanners_and_agentless_sign_ins_are_refused() {
+    let proxy = Proxy::start(Settings::default());
+    let client = "203.0.113.70";
+    assert_eq!(
+        get_as(
+            &proxy,
+            client,
+            "/",
+            Some("sqlmap/1.8.4#stable (https://sqlmap.org)")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get_as(&proxy, client, "/Users/AuthenticateByName", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // An agentless request elsewhere is not a sign-in: it passes.
+    assert_eq!(get_as(&proxy, client, "/", None).await.0, StatusCode::OK);
+    let lines = proxy.access_log();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["layer"] == "bot" && l["rule"] == "scanner")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["layer"] == "bot" && l["rule"] == "no-user-agent")
+    );
+}
+
+#[tokio::test]
+async fn jellyfins_setup_wizard_metrics_and_logs_are_closed() {
+    let client = "203.0.113.80";
+    // Setup in progress: the wizard opens once the edge has asked Jellyfin.
+    STARTUP_DONE.store(false, Ordering::SeqCst);
+    let proxy = Proxy::start(Settings::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_as(&proxy, client, "/Startup/Configuration", BROWSER)
+        .await
+        .0
+        != StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "the wizard never opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Setup complete: a fresh edge keeps it closed, even once it has asked.
+    STARTUP_DONE.store(true, Ordering::SeqCst);
+    let proxy = Proxy::start(Settings::default());
+    for _ in 0..10 {
+        assert_eq!(
+            get_as(&proxy, client, "/Startup/User", BROWSER).await.0,
+            StatusCode::FORBIDDEN
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(origin_saw("/System/Info/Public"));
+    for path in [
+        "/System/Logs",
+        "/System/Logs/Log?name=log_20261129.log",
+        "/metrics",
+    ] {
+        assert_eq!(
+            get_as(&proxy, client, path, BROWSER).await.0,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert!(!origin_saw("/System/Logs"));
+}
