@@ -1,0 +1,7 @@
+//! The WAF engine's integration tests: loading the CRS, the public API, the CRS
+//! regression suite, and Jellyfin's normal traffic.
+
+mod api;
+mod conformance;
+mod load;
+mod util;
