@@ -147,10 +147,12 @@ pub enum RuleRef {
 /// `ctl:` changes to this transaction.
 #[derive(Clone, Debug)]
 pub enum Ctl {
-    /// `ruleRemoveById`, `ruleRemoveByTag`, `ruleRemoveByMsg`.
-    RemoveRules(RuleRef),
-    /// `ruleRemoveTargetById`, `ruleRemoveTargetByTag`, `ruleRemoveTargetByMsg`.
-    RemoveTarget(RuleRef, Var, Selector),
+    /// `ruleRemoveById`, `ruleRemoveByTag`, `ruleRemoveByMsg`, with the indices of the
+    /// rules named, resolved once the rule set is complete.
+    RemoveRules(RuleRef, Vec<usize>),
+    /// `ruleRemoveTargetById`, `ruleRemoveTargetByTag`, `ruleRemoveTargetByMsg`, with the
+    /// indices of the rules named.
+    RemoveTarget(RuleRef, Vec<usize>, Var, Selector),
     /// `ruleEngine`.
     RuleEngine(EngineMode),
     /// `requestBodyProcessor`.
@@ -300,12 +302,12 @@ fn parse_ctl(value: &str) -> Result<Ctl, ErrorKind> {
             .split_once(';')
             .ok_or_else(|| invalid("ctl", format!("`{value}`: expected RULE;TARGET")))?;
         let (var, sel) = parse_target_ref(t)?;
-        Ok::<Ctl, ErrorKind>(Ctl::RemoveTarget(mk(r.to_string())?, var, sel))
+        Ok::<Ctl, ErrorKind>(Ctl::RemoveTarget(mk(r.to_string())?, Vec::new(), var, sel))
     };
     Ok(match name.to_ascii_lowercase().as_str() {
-        "ruleremovebyid" => Ctl::RemoveRules(RuleRef::Ids(parse_id_ranges(arg)?)),
-        "ruleremovebytag" => Ctl::RemoveRules(RuleRef::Tag(arg.to_string())),
-        "ruleremovebymsg" => Ctl::RemoveRules(RuleRef::Msg(arg.to_string())),
+        "ruleremovebyid" => Ctl::RemoveRules(RuleRef::Ids(parse_id_ranges(arg)?), Vec::new()),
+        "ruleremovebytag" => Ctl::RemoveRules(RuleRef::Tag(arg.to_string()), Vec::new()),
+        "ruleremovebymsg" => Ctl::RemoveRules(RuleRef::Msg(arg.to_string()), Vec::new()),
         "ruleremovetargetbyid" => target_arg(|r| Ok(RuleRef::Ids(parse_id_ranges(&r)?)))?,
         "ruleremovetargetbytag" => target_arg(|r| Ok(RuleRef::Tag(r)))?,
         "ruleremovetargetbymsg" => target_arg(|r| Ok(RuleRef::Msg(r)))?,

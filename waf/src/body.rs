@@ -80,21 +80,51 @@ pub fn parse_urlencoded(input: &[u8]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// A parameter of a header value (`boundary=...`, `name="..."`), unquoted.
+/// A parameter of a header value (`boundary=...`, `name="a;b"`), unquoted. Quoted values
+/// may contain `;`.
 pub fn header_param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
-    value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case(name) {
-            let v = v.trim();
-            Some(
-                v.strip_prefix('"')
-                    .and_then(|x| x.strip_suffix('"'))
-                    .unwrap_or(v),
-            )
-        } else {
-            None
+    let b = value.as_bytes();
+    let mut i = b.iter().position(|&c| c == b';')? + 1;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t' || b[i] == b';') {
+            i += 1;
         }
-    })
+        let key_start = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b';' {
+            i += 1;
+        }
+        let key = value[key_start..i].trim();
+        if i >= b.len() || b[i] == b';' {
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let (v, next) = if b.get(i) == Some(&b'"') {
+            let start = i + 1;
+            let mut j = start;
+            while j < b.len() && b[j] != b'"' {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            (&value[start..j.min(b.len())], j + 1)
+        } else {
+            let start = i;
+            let mut j = start;
+            while j < b.len() && b[j] != b';' {
+                j += 1;
+            }
+            (value[start..j].trim(), j)
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(v);
+        }
+        i = next;
+    }
+    None
 }
 
 /// Parses a `multipart/form-data` body.
@@ -447,6 +477,18 @@ mod tests {
             p.part_headers[2],
             ("f".into(), b"Content-Type: text/plain".to_vec())
         );
+    }
+
+    #[test]
+    fn quoted_parameters_keep_semicolons() {
+        let v = "form-data; name=\"a&auml;b\"; filename=x.txt";
+        assert_eq!(header_param(v, "name"), Some("a&auml;b"));
+        assert_eq!(header_param(v, "filename"), Some("x.txt"));
+        assert_eq!(
+            header_param("multipart/form-data; boundary=xyz", "boundary"),
+            Some("xyz")
+        );
+        assert_eq!(header_param("form-data; name=a", "filename"), None);
     }
 
     #[test]

@@ -63,28 +63,33 @@ pub enum Operator {
 /// The regex size limit: CRS's assembled expressions are large.
 const REGEX_SIZE_LIMIT: usize = 256 << 20;
 
-/// Compiles a regular expression the way `@rx` does.
+/// Compiles a regular expression the way `@rx` does. Like ModSecurity's PCRE (which runs
+/// without UTF mode) the expression matches bytes: `\b`, `\w`, `.` and `(?i)` are ASCII,
+/// which also keeps every expression on the regex crate's fast lazy DFA. Expressions that
+/// need Unicode (`\x{2028}`, `\p{L}`) compile in Unicode mode.
 pub fn compile_regex(pattern: &str) -> Result<Regex, ErrorKind> {
-    RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .dfa_size_limit(8 << 20)
-        .build()
+    let build = |unicode: bool| {
+        RegexBuilder::new(pattern)
+            .unicode(unicode)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(8 << 20)
+            .build()
+    };
+    build(false)
+        .or_else(|_| build(true))
         .map_err(|e| ErrorKind::Regex(e.to_string()))
 }
 
-fn phrases_matcher<I, S>(phrases: I) -> Result<AhoCorasick, ErrorKind>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<[u8]>,
-{
-    AhoCorasickBuilder::new()
+fn phrases_matcher(phrases: Vec<Vec<u8>>) -> Result<Operator, ErrorKind> {
+    let matcher = AhoCorasickBuilder::new()
         .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostFirst)
-        .build(phrases)
+        .build(&phrases)
         .map_err(|e| ErrorKind::Invalid {
             what: "phrase list",
             detail: e.to_string(),
-        })
+        })?;
+    Ok(Operator::Pm(matcher))
 }
 
 fn macro_arg(arg: &str) -> Result<Macro, ErrorKind> {
@@ -97,14 +102,17 @@ impl Operator {
         Ok(match name.to_ascii_lowercase().as_str() {
             "rx" => Operator::Rx(compile_regex(arg)?),
             "pm" => {
-                let words: Vec<&str> = arg.split_whitespace().collect();
+                let words: Vec<Vec<u8>> = arg
+                    .split_whitespace()
+                    .map(|w| w.as_bytes().to_vec())
+                    .collect();
                 if words.is_empty() {
                     return Err(ErrorKind::Invalid {
                         what: "@pm argument",
                         detail: "no phrases".into(),
                     });
                 }
-                Operator::Pm(phrases_matcher(words)?)
+                phrases_matcher(words)?
             }
             "pmfromfile" | "pmf" => {
                 let mut words = Vec::new();
@@ -117,7 +125,7 @@ impl Operator {
                         text.lines()
                             .map(str::trim)
                             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                            .map(str::to_string),
+                            .map(|l| l.as_bytes().to_vec()),
                     );
                 }
                 if words.is_empty() {
@@ -126,7 +134,7 @@ impl Operator {
                         detail: format!("no phrases in {arg}"),
                     });
                 }
-                Operator::Pm(phrases_matcher(words)?)
+                phrases_matcher(words)?
             }
             "streq" => Operator::Streq(macro_arg(arg)?),
             "contains" => Operator::Contains(macro_arg(arg)?),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::actions::{
-    Actions, Disruptive, Effect, RuleRef, Severity, parse_actions, parse_id_ranges,
+    Actions, Ctl, Disruptive, Effect, RuleRef, Severity, parse_actions, parse_id_ranges,
 };
 use crate::error::{ErrorKind, RuleError};
 use crate::macros::Macro;
@@ -96,10 +96,34 @@ pub struct RuleSet {
     pub phases: [Vec<Item>; 5],
     /// Per phase: marker name to its position.
     pub markers: [HashMap<String, usize>; 5],
-    /// The number of distinct transformation prefixes.
-    pub prefix_count: u32,
     /// `SecComponentSignature` values.
     pub signatures: Vec<String>,
+}
+
+/// Fills in the rule indices of every `ctl` that names rules.
+fn resolve_ctl_rules(rules: &mut [Rule]) {
+    let named = |rules: &[Rule], r: &RuleRef| -> Vec<usize> {
+        (0..rules.len())
+            .filter(|&i| rules[i].is_named_by(r))
+            .collect()
+    };
+    for i in 0..rules.len() {
+        for l in 0..rules[i].links.len() {
+            for e in 0..rules[i].links[l].effects.len() {
+                let resolved = match &rules[i].links[l].effects[e] {
+                    Effect::Ctl(Ctl::RemoveRules(r, _) | Ctl::RemoveTarget(r, _, _, _)) => {
+                        named(rules, r)
+                    }
+                    _ => continue,
+                };
+                if let Effect::Ctl(Ctl::RemoveRules(_, idx) | Ctl::RemoveTarget(_, idx, _, _)) =
+                    &mut rules[i].links[l].effects[e]
+                {
+                    *idx = resolved;
+                }
+            }
+        }
+    }
 }
 
 /// Builds a [`RuleSet`] from directives, collecting every error.
@@ -153,6 +177,7 @@ impl<'a> Builder<'a> {
             return Err(self.errors);
         }
         let mut set = self.set;
+        resolve_ctl_rules(&mut set.rules);
         for (p, items) in set.phases.iter().enumerate() {
             for (i, item) in items.iter().enumerate() {
                 if let Item::Marker(m) = item {
@@ -160,7 +185,6 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        set.prefix_count = u32::try_from(self.prefixes.len()).unwrap_or(u32::MAX);
         Ok(set)
     }
 

@@ -5,9 +5,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::actions::{
-    AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, RuleRef, SetOp,
-};
+use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
@@ -50,6 +48,8 @@ struct Item2<'a> {
 struct Hit {
     name: String,
     value: Vec<u8>,
+    /// `capture`: the groups of this match (`TX.0`-`TX.9`).
+    captures: Option<Vec<Vec<u8>>>,
 }
 
 /// The collections of one transaction.
@@ -69,7 +69,7 @@ struct Data {
     ip: BTreeMap<String, Vec<u8>>,
     global: BTreeMap<String, Vec<u8>>,
     env: BTreeMap<String, Vec<u8>>,
-    scalars: HashMap<Var, Vec<u8>>,
+    scalars: Vec<Option<Vec<u8>>>,
     matched_vars: Vec<Hit>,
     rule_id: u32,
     rule_phase: u8,
@@ -213,17 +213,14 @@ impl Data {
                     });
                 }
             }
-            v => {
-                if let Some(val) = self.scalars.get(&v) {
-                    out.push(Item2 {
-                        source: v,
-                        idx: 0,
-                        cacheable: !v.is_volatile(),
-                        key: "",
-                        value: Cow::Borrowed(val),
-                    });
-                }
-            }
+            // Like Coraza, a variable that was never set reads as one empty value.
+            v => out.push(Item2 {
+                source: v,
+                idx: 0,
+                cacheable: !v.is_volatile(),
+                key: "",
+                value: Cow::Borrowed(self.scalar(v).map_or(&b""[..], Vec::as_slice)),
+            }),
         }
     }
 
@@ -252,9 +249,43 @@ impl Data {
     }
 
     fn set_scalar(&mut self, var: Var, value: impl Into<Vec<u8>>) {
-        self.scalars.insert(var, value.into());
+        let i = var as usize;
+        if self.scalars.len() <= i {
+            self.scalars.resize(Var::ALL.len(), None);
+        }
+        self.scalars[i] = Some(value.into());
+    }
+
+    fn scalar(&self, var: Var) -> Option<&Vec<u8>> {
+        self.scalars.get(var as usize).and_then(Option::as_ref)
     }
 }
+
+/// A hasher for the cache's packed integer keys (source, index, transformation prefix).
+#[derive(Default)]
+struct PackedHasher(u64);
+
+impl std::hash::Hasher for PackedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
+/// Transformed values per (source, index, transformation prefix), for one transaction;
+/// `None` when the transformations left the value as it was.
+type Cache = HashMap<u64, Option<Arc<[u8]>>, std::hash::BuildHasherDefault<PackedHasher>>;
 
 /// Why evaluation of a phase stopped.
 enum Flow {
@@ -269,7 +300,7 @@ enum Flow {
 pub struct Transaction {
     engine: Arc<Compiled>,
     d: Data,
-    cache: HashMap<(Var, u32, u32), Arc<[u8]>>,
+    cache: Cache,
     mode: EngineMode,
     removed: Vec<bool>,
     removed_targets: Vec<(usize, Var, Selector)>,
@@ -363,7 +394,7 @@ impl Transaction {
         let mut tx = Transaction {
             mode: engine.mode,
             d,
-            cache: HashMap::new(),
+            cache: Cache::default(),
             removed: vec![false; rule_count],
             removed_targets: Vec::new(),
             matches: Vec::new(),
@@ -387,8 +418,7 @@ impl Transaction {
         let engine = self.engine.clone();
         let path = self
             .d
-            .scalars
-            .get(&Var::RequestFilename)
+            .scalar(Var::RequestFilename)
             .cloned()
             .unwrap_or_default();
         for ex in &engine.path_exclusions {
@@ -671,12 +701,16 @@ impl Transaction {
         self.d.matched_vars.clear();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
-        let mut hits: Vec<Vec<Hit>> = Vec::with_capacity(rule.links.len());
+        // Like ModSecurity and Coraza, each link's per-match actions run as soon as the link
+        // matches, before the next link is evaluated (CRS prepares `TX` values in chain
+        // starters and scores in the last link).
+        let mut first: Option<Hit> = None;
         for (n, link) in rule.links.iter().enumerate() {
             let h = if link.targets.is_empty() {
                 vec![Hit {
                     name: String::new(),
                     value: Vec::new(),
+                    captures: None,
                 }]
             } else {
                 self.eval_link(ri, n == 0, link)
@@ -684,27 +718,26 @@ impl Transaction {
             if h.is_empty() {
                 return false;
             }
-            if let Some(last) = h.last() {
-                self.set_matched(last);
-            }
-            self.d
-                .matched_vars
-                .extend(h.iter().filter(|x| !x.name.is_empty()).cloned());
-            hits.push(h);
-        }
-        for (link, h) in rule.links.iter().zip(&hits) {
-            if link.effects.is_empty() {
-                continue;
-            }
-            for hit in h {
+            for hit in &h {
                 self.set_matched(hit);
+                if let Some(c) = &hit.captures {
+                    for (i, v) in c.iter().enumerate() {
+                        self.d.tx.insert(i.to_string(), v.clone());
+                    }
+                }
                 for e in &link.effects {
                     self.effect(e);
                 }
             }
-        }
-        if let Some(last) = hits.last().and_then(|h| h.last()) {
-            self.set_matched(last);
+            if let Some(last) = h.last() {
+                self.set_matched(last);
+            }
+            if first.is_none() {
+                first = h.first().cloned();
+            }
+            self.d
+                .matched_vars
+                .extend(h.into_iter().filter(|x| !x.name.is_empty()));
         }
         if rule.log && rule.id != 0 {
             let expand = |m: &Option<crate::macros::Macro>| {
@@ -714,7 +747,6 @@ impl Transaction {
                     })
                     .unwrap_or_default()
             };
-            let first = hits.first().and_then(|h| h.first());
             self.matches.push(Match {
                 id: rule.id,
                 phase: rule.phase,
@@ -722,7 +754,7 @@ impl Transaction {
                 data: expand(&rule.logdata),
                 tags: rule.tags.clone(),
                 severity: rule.severity,
-                variable: first.map(|h| h.name.clone()).unwrap_or_default(),
+                variable: first.map(|h| h.name).unwrap_or_default(),
             });
         }
         true
@@ -734,12 +766,11 @@ impl Transaction {
     }
 
     fn eval_link(&mut self, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
-        let arg: Vec<u8> = match link.operator.argument() {
-            Some(m) => m.expand(|v, k| self.d.lookup(v, k)).into_owned(),
-            None => Vec::new(),
+        let arg: Cow<'_, [u8]> = match link.operator.argument() {
+            Some(m) => m.expand(|v, k| self.d.lookup(v, k)),
+            None => Cow::Borrowed(b""),
         };
         let mut hits = Vec::new();
-        let mut captures: Option<Vec<Vec<u8>>> = None;
         let mut caps = Vec::new();
         let want_caps = link.capture && !link.negated;
         let d = &self.d;
@@ -752,17 +783,22 @@ impl Transaction {
         let mut items = Vec::new();
         for t in &link.targets {
             items.clear();
-            let extra_t: Vec<&Selector> = removed_targets
-                .iter()
-                .filter(|(r, v, _)| {
-                    *r == ri
-                        && (*v == t.var
-                            || (*v == Var::Args && matches!(t.var, Var::ArgsGet | Var::ArgsPost))
-                            || (*v == Var::ArgsNames
-                                && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames)))
-                })
-                .map(|(_, _, s)| s)
-                .collect();
+            let extra_t: Vec<&Selector> = if removed_targets.is_empty() {
+                Vec::new()
+            } else {
+                removed_targets
+                    .iter()
+                    .filter(|(r, v, _)| {
+                        *r == ri
+                            && (*v == t.var
+                                || (*v == Var::Args
+                                    && matches!(t.var, Var::ArgsGet | Var::ArgsPost))
+                                || (*v == Var::ArgsNames
+                                    && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames)))
+                    })
+                    .map(|(_, _, s)| s)
+                    .collect()
+            };
             if extra_t.iter().any(|s| matches!(s, Selector::All)) {
                 continue;
             }
@@ -771,26 +807,30 @@ impl Transaction {
                 let value = items.len().to_string().into_bytes();
                 let name = count_name(t);
                 if link.operator.matches(&value, &arg, None) != link.negated {
-                    hits.push(Hit { name, value });
+                    hits.push(Hit {
+                        name,
+                        value,
+                        captures: None,
+                    });
                 }
                 continue;
             }
             for item in &items {
-                let name = if item.key.is_empty() && !t.var.is_collection() {
-                    t.var.name().to_string()
-                } else {
-                    format!("{}:{}", t.var.name(), item.key)
+                let name = || {
+                    if item.key.is_empty() && !t.var.is_collection() {
+                        t.var.name().to_string()
+                    } else {
+                        format!("{}:{}", t.var.name(), item.key)
+                    }
                 };
                 if link.multi_match {
                     for v in apply_chain_multi(&link.transforms, &item.value) {
                         let cap = if want_caps { Some(&mut caps) } else { None };
                         if link.operator.matches(&v, &arg, cap) != link.negated {
-                            if want_caps {
-                                captures = Some(caps.clone());
-                            }
                             hits.push(Hit {
-                                name: name.clone(),
+                                name: name(),
                                 value: v,
+                                captures: want_caps.then(|| caps.clone()),
                             });
                         }
                     }
@@ -799,19 +839,12 @@ impl Transaction {
                 let value = transformed(cache, item, &link.transforms, &link.prefix_ids);
                 let cap = if want_caps { Some(&mut caps) } else { None };
                 if link.operator.matches(&value, &arg, cap) != link.negated {
-                    if want_caps {
-                        captures = Some(caps.clone());
-                    }
                     hits.push(Hit {
-                        name,
+                        name: name(),
                         value: value.to_vec(),
+                        captures: want_caps.then(|| caps.clone()),
                     });
                 }
-            }
-        }
-        if let Some(c) = captures {
-            for (i, v) in c.into_iter().enumerate() {
-                self.d.tx.insert(i.to_string(), v);
             }
         }
         hits
@@ -868,25 +901,14 @@ impl Transaction {
     }
 
     fn ctl(&mut self, c: &Ctl) {
-        let engine = self.engine.clone();
-        let named = |r: &RuleRef| -> Vec<usize> {
-            engine
-                .rules
-                .rules
-                .iter()
-                .enumerate()
-                .filter(|(_, x)| x.is_named_by(r))
-                .map(|(i, _)| i)
-                .collect()
-        };
         match c {
-            Ctl::RemoveRules(r) => {
-                for i in named(r) {
+            Ctl::RemoveRules(_, rules) => {
+                for &i in rules {
                     self.removed[i] = true;
                 }
             }
-            Ctl::RemoveTarget(r, v, s) => {
-                for i in named(r) {
+            Ctl::RemoveTarget(_, rules, v, s) => {
+                for &i in rules {
                     self.removed_targets.push((i, *v, s.clone()));
                 }
             }
@@ -931,7 +953,7 @@ impl std::ops::Deref for Val<'_> {
 /// The transformed value of an item, from the cache when an earlier rule computed it (or a
 /// prefix of it).
 fn transformed<'a>(
-    cache: &mut HashMap<(Var, u32, u32), Arc<[u8]>>,
+    cache: &mut Cache,
     item: &'a Item2<'_>,
     transforms: &[Transform],
     prefix_ids: &[u32],
@@ -951,27 +973,28 @@ fn transformed<'a>(
             Cow::Owned(o) => Val::Owned(o),
         };
     }
-    let key = |p: u32| (item.source, item.idx, p);
+    let key = |p: u32| (item.source as u64) << 56 | u64::from(item.idx) << 24 | u64::from(p);
+    // Find the longest cached prefix; `None` in the cache means "unchanged so far".
     let mut start = 0;
     let mut cur: Option<Arc<[u8]>> = None;
     for n in (0..prefix_ids.len()).rev() {
         if let Some(v) = cache.get(&key(prefix_ids[n])) {
             if n + 1 == prefix_ids.len() {
-                return Val::Shared(v.clone());
+                return v.clone().map_or(Val::Borrowed(&item.value), Val::Shared);
             }
-            cur = Some(v.clone());
+            cur = v.clone();
             start = n + 1;
             break;
         }
     }
-    let mut cur: Arc<[u8]> = cur.unwrap_or_else(|| Arc::from(&*item.value));
     for n in start..transforms.len() {
-        if let Cow::Owned(v) = transforms[n].apply(&cur) {
-            cur = Arc::from(v);
+        let input: &[u8] = cur.as_deref().unwrap_or(&item.value);
+        if let Cow::Owned(v) = transforms[n].apply(input) {
+            cur = Some(Arc::from(v));
         }
         cache.insert(key(prefix_ids[n]), cur.clone());
     }
-    Val::Shared(cur)
+    cur.map_or(Val::Borrowed(&item.value), Val::Shared)
 }
 
 /// The body processor a `Content-Type` selects, as ModSecurity's recommended setup does.

@@ -118,7 +118,6 @@ impl Var {
                 | Var::ReqbodyProcessor
                 | Var::ReqbodyError
                 | Var::ReqbodyErrorMsg
-                | Var::RequestBody
                 | Var::RequestBodyLength
         )
     }
