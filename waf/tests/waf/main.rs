@@ -3,5 +3,6 @@
 
 mod api;
 mod conformance;
+mod jellyfin;
 mod load;
 mod util;
