@@ -185,7 +185,8 @@ impl Operator {
     pub fn matches(&self, value: &[u8], arg: &[u8], captures: Option<&mut Vec<Vec<u8>>>) -> bool {
         match self {
             Operator::Rx(re) => match captures {
-                Some(out) => match re.captures(value) {
+                // Captures cost an allocation: only for values that match.
+                Some(out) if re.is_match(value) => match re.captures(value) {
                     Some(c) => {
                         out.clear();
                         for i in 0..c.len().min(10) {
@@ -195,6 +196,7 @@ impl Operator {
                     }
                     None => false,
                 },
+                Some(_) => false,
                 None => re.is_match(value),
             },
             Operator::Pm(ac) => match ac.find(value) {

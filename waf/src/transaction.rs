@@ -234,6 +234,11 @@ impl Data {
 
     /// The first value of `var` (with `key`), for macros.
     fn lookup(&self, var: Var, key: Option<&str>) -> Option<Vec<u8>> {
+        match (var, key) {
+            (Var::Tx, Some(k)) => return self.tx.get(k).cloned(),
+            (v, None) if !v.is_collection() => return self.scalar(v).cloned(),
+            _ => {}
+        }
         let t = Target {
             var,
             selector: key.map_or(Selector::All, |k| Selector::Key(k.to_string())),
@@ -303,7 +308,8 @@ pub struct Transaction {
     cache: Cache,
     mode: EngineMode,
     removed: Vec<bool>,
-    removed_targets: Vec<(usize, Var, Selector)>,
+    /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
+    removed_targets: HashMap<usize, Vec<(Var, Selector)>>,
     matches: Vec<Match>,
     decision: Decision,
     body_processor: Option<BodyProcessor>,
@@ -396,7 +402,7 @@ impl Transaction {
             d,
             cache: Cache::default(),
             removed: vec![false; rule_count],
-            removed_targets: Vec::new(),
+            removed_targets: HashMap::new(),
             matches: Vec::new(),
             decision: Decision::Allow,
             body_processor,
@@ -430,7 +436,10 @@ impl Transaction {
                     self.removed[i] = true;
                 } else {
                     for (v, s) in &ex.targets {
-                        self.removed_targets.push((i, *v, s.clone()));
+                        self.removed_targets
+                            .entry(i)
+                            .or_default()
+                            .push((*v, s.clone()));
                     }
                 }
             }
@@ -775,10 +784,9 @@ impl Transaction {
         let want_caps = link.capture && !link.negated;
         let d = &self.d;
         let cache = &mut self.cache;
-        let removed_targets = if starter {
-            &self.removed_targets[..]
-        } else {
-            &[][..]
+        let removed_targets: &[(Var, Selector)] = match self.removed_targets.get(&ri) {
+            Some(r) if starter => r,
+            _ => &[],
         };
         let mut items = Vec::new();
         for t in &link.targets {
@@ -788,15 +796,13 @@ impl Transaction {
             } else {
                 removed_targets
                     .iter()
-                    .filter(|(r, v, _)| {
-                        *r == ri
-                            && (*v == t.var
-                                || (*v == Var::Args
-                                    && matches!(t.var, Var::ArgsGet | Var::ArgsPost))
-                                || (*v == Var::ArgsNames
-                                    && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames)))
+                    .filter(|(v, _)| {
+                        *v == t.var
+                            || (*v == Var::Args && matches!(t.var, Var::ArgsGet | Var::ArgsPost))
+                            || (*v == Var::ArgsNames
+                                && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames))
                     })
-                    .map(|(_, _, s)| s)
+                    .map(|(_, s)| s)
                     .collect()
             };
             if extra_t.iter().any(|s| matches!(s, Selector::All)) {
@@ -909,7 +915,10 @@ impl Transaction {
             }
             Ctl::RemoveTarget(_, rules, v, s) => {
                 for &i in rules {
-                    self.removed_targets.push((i, *v, s.clone()));
+                    self.removed_targets
+                        .entry(i)
+                        .or_default()
+                        .push((*v, s.clone()));
                 }
             }
             Ctl::RuleEngine(m) => self.mode = *m,
