@@ -64,20 +64,63 @@ pub enum Operator {
 const REGEX_SIZE_LIMIT: usize = 256 << 20;
 
 /// Compiles a regular expression the way `@rx` does. Like ModSecurity's PCRE (which runs
-/// without UTF mode) the expression matches bytes: `\b`, `\w`, `.` and `(?i)` are ASCII,
+/// without UTF mode) the expression matches bytes: `\b`, `\w`, `.` and `(?i)` are ASCII, a
+/// non-ASCII character stands for its UTF-8 bytes (so in a class each byte is a member),
 /// which also keeps every expression on the regex crate's fast lazy DFA. Expressions that
 /// need Unicode (`\x{2028}`, `\p{L}`) compile in Unicode mode.
 pub fn compile_regex(pattern: &str) -> Result<Regex, ErrorKind> {
-    let build = |unicode: bool| {
-        RegexBuilder::new(pattern)
+    let build = |p: &str, unicode: bool| {
+        RegexBuilder::new(p)
             .unicode(unicode)
             .size_limit(REGEX_SIZE_LIMIT)
             .dfa_size_limit(8 << 20)
             .build()
     };
-    build(false)
-        .or_else(|_| build(true))
+    build(&byte_pattern(pattern), false)
+        .or_else(|_| build(pattern, true))
         .map_err(|e| ErrorKind::Regex(e.to_string()))
+}
+
+/// Writes every non-ASCII character of a pattern as escapes of its UTF-8 bytes, and
+/// `\x{HH}` as `\xHH` (which the regex crate reads as a byte inside classes too).
+fn byte_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            let rest = &pattern[i + 1..];
+            if let Some(hex) = rest
+                .strip_prefix("x{")
+                .and_then(|r| r.split_once('}'))
+                .map(|(h, _)| h)
+                .filter(|h| (1..=2).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                out.push_str(&format!("\\x{hex:0>2}"));
+                for _ in 0..hex.len() + 3 {
+                    chars.next();
+                }
+                continue;
+            }
+            out.push('\\');
+            if let Some((_, n)) = chars.next() {
+                push_byte_char(&mut out, n);
+            }
+            continue;
+        }
+        push_byte_char(&mut out, c);
+    }
+    out
+}
+
+fn push_byte_char(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push(c);
+    } else {
+        let mut buf = [0u8; 4];
+        for b in c.encode_utf8(&mut buf).bytes() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
 }
 
 fn phrases_matcher(phrases: Vec<Vec<u8>>) -> Result<Operator, ErrorKind> {
@@ -350,6 +393,24 @@ mod tests {
         let mut caps = Vec::new();
         assert!(op("rx", "a(b+)c").matches(b"xabbc", b"", Some(&mut caps)));
         assert_eq!(caps, vec![b"abbc".to_vec(), b"bb".to_vec()]);
+    }
+
+    #[test]
+    fn rx_matches_bytes_like_pcre_without_utf() {
+        // Each UTF-8 byte of a non-ASCII class member is a member.
+        let re = compile_regex("^[’]{3}$").unwrap();
+        assert!(re.is_match("’".as_bytes()));
+        assert!(compile_regex("\\xbc").unwrap().is_match(b"\xbc"));
+        assert!(
+            compile_regex("(?i)\\bselect\\b")
+                .unwrap()
+                .is_match(b"x SELECT y")
+        );
+        assert!(compile_regex("\\p{L}").unwrap().is_match("é".as_bytes()));
+        let re = compile_regex("^\\x{bc}[^>\\x{be}]+$").unwrap();
+        assert!(re.is_match(b"\xbcab"));
+        assert!(!re.is_match(b"\xbca\xbe"));
+        assert_eq!(byte_pattern("\\\\x{41}é"), "\\\\x{41}\\xC3\\xA9");
     }
 
     #[test]

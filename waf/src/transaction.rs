@@ -137,11 +137,13 @@ fn map_items<'a>(
 
 impl Data {
     fn items<'a>(&'a self, t: &Target, extra: &[&Selector], out: &mut Vec<Item2<'a>>) {
-        let list = |v: &'a [Vec<u8>], source: Var, out: &mut Vec<Item2<'a>>| {
+        // XML attributes are cached apart from text nodes (the high index bit).
+        let list = |v: &'a [Vec<u8>], attrs: bool, out: &mut Vec<Item2<'a>>| {
             for (i, x) in v.iter().enumerate() {
                 out.push(Item2 {
-                    source,
-                    idx: u32::try_from(i).unwrap_or(u32::MAX),
+                    source: Var::Xml,
+                    idx: u32::try_from(i).unwrap_or(u32::MAX >> 1)
+                        | if attrs { 1 << 31 } else { 0 },
                     cacheable: true,
                     key: "",
                     value: Cow::Borrowed(x),
@@ -172,11 +174,11 @@ impl Data {
             Var::ResponseHeaders => keyed(&self.response_headers, t.var, false, t, extra, out),
             Var::ResponseHeadersNames => keyed(&self.response_headers, t.var, true, t, extra, out),
             Var::Xml => match &t.selector {
-                Selector::Key(k) if k == "//@*" => list(&self.xml_attrs, Var::Xml, out),
-                Selector::Key(k) if k == "/*" => list(&self.xml_text, Var::Xml, out),
+                Selector::Key(k) if k == "//@*" => list(&self.xml_attrs, true, out),
+                Selector::Key(k) if k == "/*" => list(&self.xml_text, false, out),
                 _ => {
-                    list(&self.xml_text, Var::Xml, out);
-                    list(&self.xml_attrs, Var::Xml, out);
+                    list(&self.xml_text, false, out);
+                    list(&self.xml_attrs, true, out);
                 }
             },
             Var::Tx => map_items(&self.tx, Var::Tx, t, extra, out),

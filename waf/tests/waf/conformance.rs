@@ -2,7 +2,8 @@
 //! through the engine with the settings CRS tests with (PL 4, detection only, thresholds
 //! 5/4, response inspection); `expect_ids` must be logged, `no_expect_ids` must not. The
 //! pass rate per rule file and overall is printed; the test fails when the overall rate
-//! drops below the figure committed in `conformance-baseline.txt`.
+//! drops below the figure committed in `conformance-baseline.txt`. Set
+//! `WAF_CONFORMANCE_SHOW=942420#3` to print one test's request and what was logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -131,23 +132,49 @@ fn parse_raw(raw: &[u8]) -> Wire {
     let method = first.next().unwrap_or_default().to_string();
     let uri = first.next().unwrap_or_default().to_string();
     let version = first.next().unwrap_or_default().trim().to_string();
-    let headers = lines
+    let headers: Vec<(String, Vec<u8>)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().as_bytes().to_vec()))
         .collect();
+    let mut body = raw[split.1..].to_vec();
+    let chunked = headers.iter().any(|(k, v): &(String, Vec<u8>)| {
+        k.eq_ignore_ascii_case("Transfer-Encoding") && v.eq_ignore_ascii_case(b"chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
     Wire {
         method,
         uri,
         version,
         headers,
-        body: raw[split.1..].to_vec(),
+        body,
     }
+}
+
+/// The body of a chunked message, as the web server hands it on.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size.filter(|s| *s > 0) else {
+            break;
+        };
+        let start = eol + 2;
+        let end = (start + size).min(b.len());
+        out.extend_from_slice(&b[start..end]);
+        b = b.get(end + 2..).unwrap_or_default();
+    }
+    out
 }
 
 fn wire(input: &Value) -> Wire {
     if let Some(enc) = input.get("encoded_request").and_then(Value::as_str) {
+        let compact: String = enc.chars().filter(|c| !c.is_whitespace()).collect();
         let raw = base64::engine::general_purpose::STANDARD
-            .decode(enc.trim())
+            .decode(compact)
             .unwrap_or_default();
         return parse_raw(&raw);
     }
@@ -301,16 +328,30 @@ fn ids(v: Option<&Value>) -> Vec<u64> {
 
 /// Whether one stage's logged rules satisfy its expectations; `None` when the stage
 /// checks only what happens on the wire (`expect_error`), which an in-process run cannot.
-fn stage_passes(engine: &WafEngine, stage: &Value) -> Option<bool> {
+fn stage_passes(engine: &WafEngine, stage: &Value, show: bool) -> Option<bool> {
     let input = stage.get("input")?;
     let output = stage.get("output")?;
     let log = output.get("log");
     if output.get("expect_error").and_then(Value::as_bool) == Some(true) && log.is_none() {
         return None;
     }
-    let verdict = run_stage(engine, &wire(input));
+    let w = wire(input);
+    let verdict = run_stage(engine, &w);
     let logged = verdict.rule_ids();
     let text = log_text(&verdict);
+    if show {
+        println!(
+            "{} {} {}\n{:?}\n{}\nlogged: {text}\nexpected: {log:?}",
+            w.method,
+            w.uri,
+            w.version,
+            w.headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v)))
+                .collect::<Vec<_>>(),
+            String::from_utf8_lossy(&w.body),
+        );
+    }
     let Some(log) = log else {
         return Some(true);
     };
@@ -401,6 +442,7 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
                 f.file_stem().unwrap_or_default().to_string_lossy(),
                 test.get("test_id").map(scalar).unwrap_or_default()
             );
+            let show = std::env::var("WAF_CONFORMANCE_SHOW").is_ok_and(|s| s == name);
             let mut result = Some(true);
             for stage in test
                 .get("stages")
@@ -408,7 +450,7 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
                 .into_iter()
                 .flatten()
             {
-                match stage_passes(&engine, stage) {
+                match stage_passes(&engine, stage, show) {
                     Some(true) => {}
                     Some(false) => result = Some(false),
                     None => result = result.and(None),
