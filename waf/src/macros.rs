@@ -1,0 +1,101 @@
+//! Macro expansion: `%{TX.score}`, `%{MATCHED_VAR}`, `%{request_headers.host}`.
+
+use std::borrow::Cow;
+
+use crate::error::ErrorKind;
+use crate::variables::Var;
+
+/// A text with `%{VAR}` or `%{COLLECTION.key}` references, parsed once at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Macro {
+    parts: Vec<Part>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Var(Var, Option<String>),
+}
+
+impl Macro {
+    /// Parses a text; an unknown variable inside `%{}` is an error.
+    pub fn parse(text: &str) -> Result<Macro, ErrorKind> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("%{") {
+            let Some(len) = rest[start..].find('}') else {
+                break;
+            };
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].to_string()));
+            }
+            let inner = &rest[start + 2..start + len];
+            let (name, key) = match inner.find(['.', ':']) {
+                Some(i) => (&inner[..i], Some(inner[i + 1..].to_ascii_lowercase())),
+                None => (inner, None),
+            };
+            let var = Var::from_name(&name.to_ascii_uppercase())
+                .ok_or_else(|| ErrorKind::UnsupportedVariable(name.to_string()))?;
+            parts.push(Part::Var(var, key));
+            rest = &rest[start + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(Macro { parts })
+    }
+
+    /// The text when it references no variable.
+    pub fn literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Expands the references with `lookup` (absent values expand to nothing).
+    pub fn expand<'a, F>(&'a self, lookup: F) -> Cow<'a, [u8]>
+    where
+        F: Fn(Var, Option<&str>) -> Option<Vec<u8>>,
+    {
+        if let Some(l) = self.literal() {
+            return Cow::Borrowed(l.as_bytes());
+        }
+        let mut out = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                Part::Var(v, k) => {
+                    if let Some(val) = lookup(*v, k.as_deref()) {
+                        out.extend_from_slice(&val);
+                    }
+                }
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_keys_and_plain_variables() {
+        let m = Macro::parse("score %{tx.anomaly_score} on %{MATCHED_VAR_NAME}!").unwrap();
+        assert_eq!(m.literal(), None);
+        let out = m.expand(|v, k| match (v, k) {
+            (Var::Tx, Some("anomaly_score")) => Some(b"5".to_vec()),
+            (Var::MatchedVarName, None) => Some(b"ARGS:a".to_vec()),
+            _ => None,
+        });
+        assert_eq!(&*out, b"score 5 on ARGS:a!");
+    }
+
+    #[test]
+    fn unknown_variable_is_an_error() {
+        assert!(Macro::parse("%{nope.x}").is_err());
+        assert_eq!(Macro::parse("plain").unwrap().literal(), Some("plain"));
+    }
+}

@@ -1,0 +1,457 @@
+//! Operators (`@rx`, `@pm`, ...), compiled once at load. Every matcher runs in linear time:
+//! `@rx` on the `regex` crate, `@pm` on Aho-Corasick, libinjection for SQLi/XSS.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use ipnet::IpNet;
+use regex::bytes::{Regex, RegexBuilder};
+
+use crate::error::ErrorKind;
+use crate::macros::Macro;
+
+/// A compiled operator.
+#[derive(Clone, Debug)]
+pub enum Operator {
+    /// `@rx`: a regular expression.
+    Rx(Regex),
+    /// `@pm`, `@pmFromFile`: any of the phrases, without case.
+    Pm(AhoCorasick),
+    /// `@streq`.
+    Streq(Macro),
+    /// `@contains`.
+    Contains(Macro),
+    /// `@containsWord`.
+    ContainsWord(Macro),
+    /// `@beginsWith`.
+    BeginsWith(Macro),
+    /// `@endsWith`.
+    EndsWith(Macro),
+    /// `@within`: the value is a substring of the argument.
+    Within(Macro),
+    /// `@strmatch`: the argument is a substring of the value.
+    StrMatch(Macro),
+    /// `@eq`.
+    Eq(Macro),
+    /// `@ge`.
+    Ge(Macro),
+    /// `@gt`.
+    Gt(Macro),
+    /// `@le`.
+    Le(Macro),
+    /// `@lt`.
+    Lt(Macro),
+    /// `@validateByteRange`: matches when a byte is outside the ranges.
+    ValidateByteRange(Box<[bool; 256]>),
+    /// `@validateUrlEncoding`: matches invalid percent-encoding.
+    ValidateUrlEncoding,
+    /// `@validateUtf8Encoding`: matches invalid UTF-8.
+    ValidateUtf8Encoding,
+    /// `@unconditionalMatch`.
+    Unconditional,
+    /// `@noMatch`.
+    NoMatch,
+    /// `@ipMatch`: the value is an address in one of the networks.
+    IpMatch(Vec<IpNet>),
+    /// `@detectSQLi`: libinjection's SQL injection detector.
+    DetectSqli,
+    /// `@detectXSS`: libinjection's XSS detector.
+    DetectXss,
+}
+
+/// The regex size limit: CRS's assembled expressions are large.
+const REGEX_SIZE_LIMIT: usize = 256 << 20;
+
+/// Compiles a regular expression the way `@rx` does. Like ModSecurity's PCRE (which runs
+/// without UTF mode) the expression matches bytes: `\b`, `\w`, `.` and `(?i)` are ASCII, a
+/// non-ASCII character stands for its UTF-8 bytes (so in a class each byte is a member),
+/// which also keeps every expression on the regex crate's fast lazy DFA. Expressions that
+/// need Unicode (`\x{2028}`, `\p{L}`) compile in Unicode mode.
+pub fn compile_regex(pattern: &str) -> Result<Regex, ErrorKind> {
+    let build = |p: &str, unicode: bool| {
+        RegexBuilder::new(p)
+            .unicode(unicode)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(8 << 20)
+            .build()
+    };
+    build(&byte_pattern(pattern), false)
+        .or_else(|_| build(pattern, true))
+        .map_err(|e| ErrorKind::Regex(e.to_string()))
+}
+
+/// Writes every non-ASCII character of a pattern as escapes of its UTF-8 bytes, and
+/// `\x{HH}` as `\xHH` (which the regex crate reads as a byte inside classes too).
+fn byte_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            let rest = &pattern[i + 1..];
+            if let Some(hex) = rest
+                .strip_prefix("x{")
+                .and_then(|r| r.split_once('}'))
+                .map(|(h, _)| h)
+                .filter(|h| (1..=2).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                out.push_str(&format!("\\x{hex:0>2}"));
+                for _ in 0..hex.len() + 3 {
+                    chars.next();
+                }
+                continue;
+            }
+            out.push('\\');
+            if let Some((_, n)) = chars.next() {
+                push_byte_char(&mut out, n);
+            }
+            continue;
+        }
+        push_byte_char(&mut out, c);
+    }
+    out
+}
+
+fn push_byte_char(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push(c);
+    } else {
+        let mut buf = [0u8; 4];
+        for b in c.encode_utf8(&mut buf).bytes() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+}
+
+fn phrases_matcher(phrases: Vec<Vec<u8>>) -> Result<Operator, ErrorKind> {
+    let matcher = AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(&phrases)
+        .map_err(|e| ErrorKind::Invalid {
+            what: "phrase list",
+            detail: e.to_string(),
+        })?;
+    Ok(Operator::Pm(matcher))
+}
+
+fn macro_arg(arg: &str) -> Result<Macro, ErrorKind> {
+    Macro::parse(arg)
+}
+
+impl Operator {
+    /// Compiles `@name argument`; `data_dir` resolves `@pmFromFile` files.
+    pub fn compile(name: &str, arg: &str, data_dir: &Path) -> Result<Operator, ErrorKind> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "rx" => Operator::Rx(compile_regex(arg)?),
+            "pm" => {
+                let words: Vec<Vec<u8>> = arg
+                    .split_whitespace()
+                    .map(|w| w.as_bytes().to_vec())
+                    .collect();
+                if words.is_empty() {
+                    return Err(ErrorKind::Invalid {
+                        what: "@pm argument",
+                        detail: "no phrases".into(),
+                    });
+                }
+                phrases_matcher(words)?
+            }
+            "pmfromfile" | "pmf" => {
+                let mut words = Vec::new();
+                for file in arg.split_whitespace() {
+                    let path = data_dir.join(file);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        ErrorKind::DataFile(path.display().to_string(), e.to_string())
+                    })?;
+                    words.extend(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(|l| l.as_bytes().to_vec()),
+                    );
+                }
+                if words.is_empty() {
+                    return Err(ErrorKind::Invalid {
+                        what: "@pmFromFile data",
+                        detail: format!("no phrases in {arg}"),
+                    });
+                }
+                phrases_matcher(words)?
+            }
+            "streq" => Operator::Streq(macro_arg(arg)?),
+            "contains" => Operator::Contains(macro_arg(arg)?),
+            "containsword" => Operator::ContainsWord(macro_arg(arg)?),
+            "beginswith" => Operator::BeginsWith(macro_arg(arg)?),
+            "endswith" => Operator::EndsWith(macro_arg(arg)?),
+            "within" => Operator::Within(macro_arg(arg)?),
+            "strmatch" => Operator::StrMatch(macro_arg(arg)?),
+            "eq" => Operator::Eq(macro_arg(arg)?),
+            "ge" => Operator::Ge(macro_arg(arg)?),
+            "gt" => Operator::Gt(macro_arg(arg)?),
+            "le" => Operator::Le(macro_arg(arg)?),
+            "lt" => Operator::Lt(macro_arg(arg)?),
+            "validatebyterange" => Operator::ValidateByteRange(byte_ranges(arg)?),
+            "validateurlencoding" => Operator::ValidateUrlEncoding,
+            "validateutf8encoding" => Operator::ValidateUtf8Encoding,
+            "unconditionalmatch" => Operator::Unconditional,
+            "nomatch" => Operator::NoMatch,
+            "ipmatch" => Operator::IpMatch(networks(arg)?),
+            "detectsqli" => Operator::DetectSqli,
+            "detectxss" => Operator::DetectXss,
+            _ => return Err(ErrorKind::UnsupportedOperator(name.to_string())),
+        })
+    }
+
+    /// The macro argument, for operators that expand one per evaluation.
+    pub fn argument(&self) -> Option<&Macro> {
+        match self {
+            Operator::Streq(m)
+            | Operator::Contains(m)
+            | Operator::ContainsWord(m)
+            | Operator::BeginsWith(m)
+            | Operator::EndsWith(m)
+            | Operator::Within(m)
+            | Operator::StrMatch(m)
+            | Operator::Eq(m)
+            | Operator::Ge(m)
+            | Operator::Gt(m)
+            | Operator::Le(m)
+            | Operator::Lt(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Runs the operator on `value`, with `arg` the expanded macro argument (empty for
+    /// operators without one). With `captures`, the capturing groups of `@rx` (and the
+    /// matched phrase or fingerprint of `@pm`/`@detectSQLi`) are stored there, group 0 first.
+    pub fn matches(&self, value: &[u8], arg: &[u8], captures: Option<&mut Vec<Vec<u8>>>) -> bool {
+        match self {
+            Operator::Rx(re) => match captures {
+                // Captures cost an allocation: only for values that match.
+                Some(out) if re.is_match(value) => match re.captures(value) {
+                    Some(c) => {
+                        out.clear();
+                        for i in 0..c.len().min(10) {
+                            out.push(c.get(i).map(|m| m.as_bytes().to_vec()).unwrap_or_default());
+                        }
+                        true
+                    }
+                    None => false,
+                },
+                Some(_) => false,
+                None => re.is_match(value),
+            },
+            Operator::Pm(ac) => match ac.find(value) {
+                Some(m) => {
+                    if let Some(out) = captures {
+                        out.clear();
+                        out.push(value[m.range()].to_vec());
+                    }
+                    true
+                }
+                None => false,
+            },
+            Operator::Streq(_) => value == arg,
+            Operator::Contains(_) => contains(value, arg),
+            Operator::ContainsWord(_) => contains_word(value, arg),
+            Operator::BeginsWith(_) => value.starts_with(arg),
+            Operator::EndsWith(_) => value.ends_with(arg),
+            Operator::Within(_) => contains(arg, value),
+            Operator::StrMatch(_) => contains(value, arg),
+            Operator::Eq(_) => atoi(value) == atoi(arg),
+            Operator::Ge(_) => atoi(value) >= atoi(arg),
+            Operator::Gt(_) => atoi(value) > atoi(arg),
+            Operator::Le(_) => atoi(value) <= atoi(arg),
+            Operator::Lt(_) => atoi(value) < atoi(arg),
+            Operator::ValidateByteRange(allowed) => value.iter().any(|&b| !allowed[usize::from(b)]),
+            Operator::ValidateUrlEncoding => !valid_url_encoding(value),
+            Operator::ValidateUtf8Encoding => std::str::from_utf8(value).is_err(),
+            Operator::Unconditional => true,
+            Operator::NoMatch => false,
+            Operator::IpMatch(nets) => std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+            Operator::DetectSqli => {
+                let r = libinjectionrs::detect_sqli(value);
+                if r.is_injection() {
+                    if let (Some(out), Some(fp)) = (captures, r.fingerprint.as_ref()) {
+                        out.clear();
+                        out.push(
+                            fp.as_bytes()
+                                .iter()
+                                .copied()
+                                .take_while(|&b| b != 0)
+                                .collect(),
+                        );
+                    }
+                    true
+                } else {
+                    false
+                }
+            }
+            Operator::DetectXss => libinjectionrs::detect_xss(value).is_injection(),
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn contains_word(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    hay.windows(needle.len()).enumerate().any(|(i, w)| {
+        w == needle
+            && !word(i.checked_sub(1).and_then(|j| hay.get(j)))
+            && !word(hay.get(i + needle.len()))
+    })
+}
+
+/// C's `atoi`: optional blanks and sign, then digits; anything else gives 0.
+pub fn atoi(s: &[u8]) -> i64 {
+    let s = s.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for &d in digits.iter().take_while(|d| d.is_ascii_digit()) {
+        v = v.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+    }
+    if neg { -v } else { v }
+}
+
+fn valid_url_encoding(v: &[u8]) -> bool {
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'%' {
+            match v.get(i + 1..i + 3) {
+                Some(h) if h.iter().all(u8::is_ascii_hexdigit) => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+fn byte_ranges(arg: &str) -> Result<Box<[bool; 256]>, ErrorKind> {
+    let mut allowed = Box::new([false; 256]);
+    let bad = |detail: String| ErrorKind::Invalid {
+        what: "@validateByteRange argument",
+        detail,
+    };
+    for part in arg.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: u8 = lo.parse().map_err(|_| bad(part.to_string()))?;
+        let hi: u8 = hi.parse().map_err(|_| bad(part.to_string()))?;
+        if lo > hi {
+            return Err(bad(part.to_string()));
+        }
+        for b in lo..=hi {
+            allowed[usize::from(b)] = true;
+        }
+    }
+    Ok(allowed)
+}
+
+fn networks(arg: &str) -> Result<Vec<IpNet>, ErrorKind> {
+    arg.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|e| ErrorKind::Invalid {
+                    what: "@ipMatch address",
+                    detail: format!("{p}: {e}"),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str, arg: &str) -> Operator {
+        Operator::compile(name, arg, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn rx_captures_groups() {
+        let mut caps = Vec::new();
+        assert!(op("rx", "a(b+)c").matches(b"xabbc", b"", Some(&mut caps)));
+        assert_eq!(caps, vec![b"abbc".to_vec(), b"bb".to_vec()]);
+    }
+
+    #[test]
+    fn rx_matches_bytes_like_pcre_without_utf() {
+        // Each UTF-8 byte of a non-ASCII class member is a member.
+        let re = compile_regex("^[’]{3}$").unwrap();
+        assert!(re.is_match("’".as_bytes()));
+        assert!(compile_regex("\\xbc").unwrap().is_match(b"\xbc"));
+        assert!(
+            compile_regex("(?i)\\bselect\\b")
+                .unwrap()
+                .is_match(b"x SELECT y")
+        );
+        assert!(compile_regex("\\p{L}").unwrap().is_match("é".as_bytes()));
+        let re = compile_regex("^\\x{bc}[^>\\x{be}]+$").unwrap();
+        assert!(re.is_match(b"\xbcab"));
+        assert!(!re.is_match(b"\xbca\xbe"));
+        assert_eq!(byte_pattern("\\\\x{41}é"), "\\\\x{41}\\xC3\\xA9");
+    }
+
+    #[test]
+    fn pm_is_case_insensitive() {
+        assert!(op("pm", "select union").matches(b"x UNION y", b"", None));
+        assert!(!op("pm", "select union").matches(b"nothing", b"", None));
+    }
+
+    #[test]
+    fn numeric_and_string_comparisons() {
+        assert!(op("lt", "5").matches(b"4", b"5", None));
+        assert!(!op("ge", "5").matches(b"4", b"5", None));
+        assert!(op("within", "x").matches(b"GET", b"GET HEAD POST", None));
+        assert!(!op("within", "x").matches(b"PUT", b"GET HEAD POST", None));
+        assert!(op("containsWord", "x").matches(b"a union b", b"union", None));
+        assert!(!op("containsWord", "x").matches(b"reunion", b"union", None));
+        assert_eq!(atoi(b" -12abc"), -12);
+    }
+
+    #[test]
+    fn validators() {
+        assert!(op("validateByteRange", "32-126").matches(b"a\x01", b"", None));
+        assert!(!op("validateByteRange", "32-126, 9").matches(b"a\tb", b"", None));
+        assert!(op("validateUrlEncoding", "").matches(b"%zz", b"", None));
+        assert!(!op("validateUrlEncoding", "").matches(b"%41", b"", None));
+        assert!(op("validateUtf8Encoding", "").matches(b"\xff", b"", None));
+        assert!(op("ipMatch", "10.0.0.0/8,::1").matches(b"10.1.2.3", b"", None));
+    }
+
+    #[test]
+    fn libinjection_detectors() {
+        assert!(op("detectSQLi", "").matches(b"1' OR '1'='1", b"", None));
+        assert!(!op("detectSQLi", "").matches(b"hello world", b"", None));
+        assert!(op("detectXSS", "").matches(b"<script>alert(1)</script>", b"", None));
+    }
+
+    #[test]
+    fn unknown_operator_is_reported() {
+        assert!(matches!(
+            Operator::compile("rbl", "x", Path::new(".")),
+            Err(ErrorKind::UnsupportedOperator(_))
+        ));
+    }
+}

@@ -1,0 +1,902 @@
+//! Transformations (`t:...`): pure functions from bytes to bytes that return the input
+//! borrowed when they change nothing.
+
+use std::borrow::Cow;
+
+use base64::Engine as _;
+use sha1::Digest as _;
+
+use crate::error::ErrorKind;
+
+/// One transformation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transform {
+    /// `t:lowercase` (ASCII).
+    Lowercase,
+    /// `t:uppercase` (ASCII).
+    Uppercase,
+    /// `t:urlDecode`: `%XX` and `+`.
+    UrlDecode,
+    /// `t:urlDecodeUni`: `%XX`, `%uXXXX` and `+`.
+    UrlDecodeUni,
+    /// `t:urlEncode`.
+    UrlEncode,
+    /// `t:htmlEntityDecode`.
+    HtmlEntityDecode,
+    /// `t:jsDecode`.
+    JsDecode,
+    /// `t:cssDecode`.
+    CssDecode,
+    /// `t:escapeSeqDecode`: ANSI C escapes.
+    EscapeSeqDecode,
+    /// `t:utf8toUnicode`: multi-byte UTF-8 to `%uXXXX`.
+    Utf8ToUnicode,
+    /// `t:removeNulls`.
+    RemoveNulls,
+    /// `t:replaceNulls`: NUL to space.
+    ReplaceNulls,
+    /// `t:removeWhitespace`.
+    RemoveWhitespace,
+    /// `t:compressWhitespace`.
+    CompressWhitespace,
+    /// `t:replaceComments`: C comments to one space.
+    ReplaceComments,
+    /// `t:removeComments`: C, SQL and shell comments removed.
+    RemoveComments,
+    /// `t:removeCommentsChar`: comment markers removed.
+    RemoveCommentsChar,
+    /// `t:cmdLine`: shell-evasion normalisation.
+    CmdLine,
+    /// `t:normalizePath` (alias `normalisePath`).
+    NormalizePath,
+    /// `t:normalizePathWin`: backslashes to slashes, then `normalizePath`.
+    NormalizePathWin,
+    /// `t:length`: the decimal length.
+    Length,
+    /// `t:base64Decode`.
+    Base64Decode,
+    /// `t:base64DecodeExt`: skips characters outside the alphabet.
+    Base64DecodeExt,
+    /// `t:base64Encode`.
+    Base64Encode,
+    /// `t:sha1`: the raw digest.
+    Sha1,
+    /// `t:hexEncode`.
+    HexEncode,
+    /// `t:hexDecode`.
+    HexDecode,
+    /// `t:trim`.
+    Trim,
+    /// `t:trimLeft`.
+    TrimLeft,
+    /// `t:trimRight`.
+    TrimRight,
+}
+
+impl Transform {
+    /// The transformation by name (case-insensitive). `None` for `t:none`, which is
+    /// handled by the caller.
+    pub fn from_name(name: &str) -> Result<Transform, ErrorKind> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "lowercase" => Transform::Lowercase,
+            "uppercase" => Transform::Uppercase,
+            "urldecode" => Transform::UrlDecode,
+            "urldecodeuni" => Transform::UrlDecodeUni,
+            "urlencode" => Transform::UrlEncode,
+            "htmlentitydecode" => Transform::HtmlEntityDecode,
+            "jsdecode" => Transform::JsDecode,
+            "cssdecode" => Transform::CssDecode,
+            "escapeseqdecode" => Transform::EscapeSeqDecode,
+            "utf8tounicode" => Transform::Utf8ToUnicode,
+            "removenulls" => Transform::RemoveNulls,
+            "replacenulls" => Transform::ReplaceNulls,
+            "removewhitespace" => Transform::RemoveWhitespace,
+            "compresswhitespace" => Transform::CompressWhitespace,
+            "replacecomments" => Transform::ReplaceComments,
+            "removecomments" => Transform::RemoveComments,
+            "removecommentschar" => Transform::RemoveCommentsChar,
+            "cmdline" => Transform::CmdLine,
+            "normalizepath" | "normalisepath" => Transform::NormalizePath,
+            "normalizepathwin" | "normalisepathwin" => Transform::NormalizePathWin,
+            "length" => Transform::Length,
+            "base64decode" => Transform::Base64Decode,
+            "base64decodeext" => Transform::Base64DecodeExt,
+            "base64encode" => Transform::Base64Encode,
+            "sha1" => Transform::Sha1,
+            "hexencode" => Transform::HexEncode,
+            "hexdecode" => Transform::HexDecode,
+            "trim" => Transform::Trim,
+            "trimleft" => Transform::TrimLeft,
+            "trimright" => Transform::TrimRight,
+            _ => return Err(ErrorKind::UnsupportedTransformation(name.to_string())),
+        })
+    }
+
+    /// Applies the transformation.
+    pub fn apply<'a>(self, input: &'a [u8]) -> Cow<'a, [u8]> {
+        match self {
+            Transform::Lowercase => {
+                if input.iter().any(u8::is_ascii_uppercase) {
+                    Cow::Owned(input.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::Uppercase => {
+                if input.iter().any(u8::is_ascii_lowercase) {
+                    Cow::Owned(input.to_ascii_uppercase())
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::UrlDecode => {
+                if input.iter().any(|&b| b == b'%' || b == b'+') {
+                    Cow::Owned(url_decode(input, false))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::UrlDecodeUni => {
+                if input.iter().any(|&b| b == b'%' || b == b'+') {
+                    Cow::Owned(url_decode(input, true))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::UrlEncode => Cow::Owned(url_encode(input)),
+            Transform::HtmlEntityDecode => {
+                if input.contains(&b'&') {
+                    Cow::Owned(html_entity_decode(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::JsDecode => {
+                if input.contains(&b'\\') {
+                    Cow::Owned(js_decode(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::CssDecode => {
+                if input.contains(&b'\\') {
+                    Cow::Owned(css_decode(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::EscapeSeqDecode => {
+                if input.contains(&b'\\') {
+                    Cow::Owned(escape_seq_decode(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::Utf8ToUnicode => {
+                if input.is_ascii() {
+                    Cow::Borrowed(input)
+                } else {
+                    Cow::Owned(utf8_to_unicode(input))
+                }
+            }
+            Transform::RemoveNulls => {
+                if input.contains(&0) {
+                    Cow::Owned(input.iter().copied().filter(|&b| b != 0).collect())
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::ReplaceNulls => {
+                if input.contains(&0) {
+                    Cow::Owned(
+                        input
+                            .iter()
+                            .map(|&b| if b == 0 { b' ' } else { b })
+                            .collect(),
+                    )
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::RemoveWhitespace => {
+                if input.iter().any(|&b| is_space(b)) {
+                    Cow::Owned(input.iter().copied().filter(|&b| !is_space(b)).collect())
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::CompressWhitespace => compress_whitespace(input),
+            Transform::ReplaceComments => {
+                if input.windows(2).any(|w| w == b"/*") {
+                    Cow::Owned(replace_comments(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::RemoveComments => Cow::Owned(remove_comments(input)),
+            Transform::RemoveCommentsChar => Cow::Owned(remove_comments_char(input)),
+            Transform::CmdLine => Cow::Owned(cmd_line(input)),
+            Transform::NormalizePath => {
+                if needs_path_normalisation(input) {
+                    Cow::Owned(normalize_path(input))
+                } else {
+                    Cow::Borrowed(input)
+                }
+            }
+            Transform::NormalizePathWin => {
+                let slashed: Vec<u8> = input
+                    .iter()
+                    .map(|&b| if b == b'\\' { b'/' } else { b })
+                    .collect();
+                Cow::Owned(normalize_path(&slashed))
+            }
+            Transform::Length => Cow::Owned(input.len().to_string().into_bytes()),
+            Transform::Base64Decode => Cow::Owned(base64_decode(input, false)),
+            Transform::Base64DecodeExt => Cow::Owned(base64_decode(input, true)),
+            Transform::Base64Encode => Cow::Owned(
+                base64::engine::general_purpose::STANDARD
+                    .encode(input)
+                    .into_bytes(),
+            ),
+            Transform::Sha1 => Cow::Owned(sha1::Sha1::digest(input).to_vec()),
+            Transform::HexEncode => Cow::Owned(hex_encode(input)),
+            Transform::HexDecode => Cow::Owned(hex_decode(input)),
+            Transform::Trim => Cow::Borrowed(trim_left(trim_right(input))),
+            Transform::TrimLeft => Cow::Borrowed(trim_left(input)),
+            Transform::TrimRight => Cow::Borrowed(trim_right(input)),
+        }
+    }
+}
+
+/// Applies a chain of transformations; `multi` collects every distinct intermediate value
+/// (for `multiMatch`), the input first.
+pub fn apply_chain(chain: &[Transform], input: &[u8]) -> Vec<u8> {
+    let mut value: Cow<'_, [u8]> = Cow::Borrowed(input);
+    for t in chain {
+        if let Cow::Owned(v) = t.apply(&value) {
+            value = Cow::Owned(v);
+        }
+    }
+    value.into_owned()
+}
+
+/// Every distinct value along a chain of transformations, the input first.
+pub fn apply_chain_multi(chain: &[Transform], input: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![input.to_vec()];
+    let mut value = input.to_vec();
+    for t in chain {
+        if let Cow::Owned(v) = t.apply(&value)
+            && v != value
+        {
+            value = v;
+            out.push(value.clone());
+        }
+    }
+    out
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0xa0)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex2(a: u8, b: u8) -> Option<u8> {
+    Some(hex_val(a)? << 4 | hex_val(b)?)
+}
+
+/// `%uXXXX` (and JS `\uXXXX`) to one byte, as ModSecurity does without a unicode map:
+/// the low byte, full-width ASCII (`U+FF01..U+FF5E`) mapped to ASCII.
+fn unicode_byte(d: &[u8]) -> Option<u8> {
+    if d.len() < 4 || !d[..4].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut c = hex2(d[2], d[3])?;
+    if c > 0 && c < 0x5f && matches!(d[0], b'f' | b'F') && matches!(d[1], b'f' | b'F') {
+        c += 0x20;
+    }
+    Some(c)
+}
+
+fn url_decode(input: &[u8], uni: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%' {
+            if uni
+                && matches!(input.get(i + 1), Some(b'u' | b'U'))
+                && let Some(c) = input.get(i + 2..i + 6).and_then(unicode_byte)
+            {
+                out.push(c);
+                i += 6;
+                continue;
+            }
+            if let (Some(&a), Some(&c)) = (input.get(i + 1), input.get(i + 2))
+                && let Some(v) = hex2(a, c)
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            out.push(b);
+        } else if b == b'+' {
+            out.push(b' ');
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn url_encode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    for &b in input {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*') {
+            out.push(b);
+        } else if b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(format!("%{b:02x}").as_bytes());
+        }
+    }
+    out
+}
+
+fn html_entity_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] != b'&' {
+            out.push(input[i]);
+            i += 1;
+            continue;
+        }
+        let rest = &input[i + 1..];
+        if rest.first() == Some(&b'#') {
+            let (hex, digits_at) = match rest.get(1) {
+                Some(b'x' | b'X') => (true, 2),
+                _ => (false, 1),
+            };
+            let digits = &rest[digits_at..];
+            let n = digits
+                .iter()
+                .take_while(|b| {
+                    if hex {
+                        b.is_ascii_hexdigit()
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+                .count();
+            if n > 0 {
+                let mut v: u32 = 0;
+                for &d in &digits[..n] {
+                    let dv = u32::from(hex_val(d).unwrap_or(0));
+                    v = v.wrapping_mul(if hex { 16 } else { 10 }).wrapping_add(dv);
+                }
+                out.push((v & 0xff) as u8);
+                i += 1 + digits_at + n;
+                if input.get(i) == Some(&b';') {
+                    i += 1;
+                }
+                continue;
+            }
+        } else {
+            let n = rest.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+            let name = rest[..n].to_ascii_lowercase();
+            let decoded = match name.as_slice() {
+                b"quot" => Some(b'"'),
+                b"amp" => Some(b'&'),
+                b"lt" => Some(b'<'),
+                b"gt" => Some(b'>'),
+                b"nbsp" => Some(0xa0),
+                _ => None,
+            };
+            if let Some(d) = decoded {
+                out.push(d);
+                i += 1 + n;
+                if input.get(i) == Some(&b';') {
+                    i += 1;
+                }
+                continue;
+            }
+        }
+        out.push(b'&');
+        i += 1;
+    }
+    out
+}
+
+fn js_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] != b'\\' || i + 1 >= input.len() {
+            out.push(input[i]);
+            i += 1;
+            continue;
+        }
+        let next = input[i + 1];
+        match next {
+            b'u' | b'U' => {
+                if let Some(c) = input.get(i + 2..i + 6).and_then(unicode_byte) {
+                    out.push(c);
+                    i += 6;
+                    continue;
+                }
+            }
+            b'x' | b'X' => {
+                if let (Some(&a), Some(&b)) = (input.get(i + 2), input.get(i + 3))
+                    && let Some(v) = hex2(a, b)
+                {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+            b'0'..=b'7' => {
+                let n = input[i + 1..]
+                    .iter()
+                    .take(3)
+                    .take_while(|b| (b'0'..=b'7').contains(*b))
+                    .count();
+                let mut v: u32 = 0;
+                for &d in &input[i + 1..i + 1 + n] {
+                    v = v * 8 + u32::from(d - b'0');
+                }
+                out.push((v & 0xff) as u8);
+                i += 1 + n;
+                continue;
+            }
+            _ => {}
+        }
+        let c = match next {
+            b'a' => 7,
+            b'b' => 8,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'v' => 0x0b,
+            other => other,
+        };
+        out.push(c);
+        i += 2;
+    }
+    out
+}
+
+fn css_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] != b'\\' {
+            out.push(input[i]);
+            i += 1;
+            continue;
+        }
+        if i + 1 >= input.len() {
+            // A lone trailing backslash is dropped.
+            i += 1;
+            continue;
+        }
+        let rest = &input[i + 1..];
+        let n = rest
+            .iter()
+            .take(6)
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        if n > 0 {
+            let digits = &rest[..n];
+            let mut c = if n == 1 {
+                hex_val(digits[0]).unwrap_or(0)
+            } else {
+                hex2(digits[n - 2], digits[n - 1]).unwrap_or(0)
+            };
+            // Full-width ASCII (U+FF01..U+FF5E) becomes ASCII.
+            if n >= 4 && c > 0 && c < 0x5f {
+                let hi = &digits[n - 4..n - 2];
+                if hi.eq_ignore_ascii_case(b"ff") && digits[..n - 4].iter().all(|&d| d == b'0') {
+                    c += 0x20;
+                }
+            }
+            out.push(c);
+            i += 1 + n;
+            if input.get(i).is_some_and(|&b| is_space(b)) {
+                i += 1;
+            }
+            continue;
+        }
+        if rest[0] == b'\n' {
+            i += 2;
+            continue;
+        }
+        out.push(rest[0]);
+        i += 2;
+    }
+    out
+}
+
+fn escape_seq_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] != b'\\' || i + 1 >= input.len() {
+            out.push(input[i]);
+            i += 1;
+            continue;
+        }
+        let next = input[i + 1];
+        let simple = match next {
+            b'a' => Some(7),
+            b'b' => Some(8),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'v' => Some(0x0b),
+            b'\\' => Some(b'\\'),
+            b'?' => Some(b'?'),
+            b'\'' => Some(b'\''),
+            b'"' => Some(b'"'),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        if (next == b'x' || next == b'X')
+            && let (Some(&a), Some(&b)) = (input.get(i + 2), input.get(i + 3))
+            && let Some(v) = hex2(a, b)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        if (b'0'..=b'7').contains(&next) {
+            let n = input[i + 1..]
+                .iter()
+                .take(3)
+                .take_while(|b| (b'0'..=b'7').contains(*b))
+                .count();
+            let mut v: u32 = 0;
+            for &d in &input[i + 1..i + 1 + n] {
+                v = v * 8 + u32::from(d - b'0');
+            }
+            out.push((v & 0xff) as u8);
+            i += 1 + n;
+            continue;
+        }
+        out.push(b'\\');
+        out.push(next);
+        i += 2;
+    }
+    out
+}
+
+fn utf8_to_unicode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() * 2);
+    let mut rest = input;
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                push_unicode(&mut out, s);
+                break;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                push_unicode(&mut out, std::str::from_utf8(good).unwrap_or_default());
+                let skip = e.error_len().unwrap_or(bad.len());
+                out.extend_from_slice(&bad[..skip]);
+                rest = &bad[skip..];
+            }
+        }
+    }
+    out
+}
+
+fn push_unicode(out: &mut Vec<u8>, s: &str) {
+    for c in s.chars() {
+        if c.is_ascii() {
+            out.push(c as u8);
+        } else {
+            out.extend_from_slice(format!("%u{:04x}", u32::from(c) & 0xffff).as_bytes());
+        }
+    }
+}
+
+fn compress_whitespace(input: &[u8]) -> Cow<'_, [u8]> {
+    let needs = input.windows(2).any(|w| is_space(w[0]) && is_space(w[1]))
+        || input.iter().any(|&b| is_space(b) && b != b' ');
+    if !needs {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut in_space = false;
+    for &b in input {
+        if is_space(b) {
+            if !in_space {
+                out.push(b' ');
+            }
+            in_space = true;
+        } else {
+            out.push(b);
+            in_space = false;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn replace_comments(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'/' && input.get(i + 1) == Some(&b'*') {
+            out.push(b' ');
+            match input[i + 2..].windows(2).position(|w| w == b"*/") {
+                Some(p) => i = i + 2 + p + 2,
+                None => break,
+            }
+        } else if input[i] == b'*' && input.get(i + 1) == Some(&b'/') {
+            out.push(b' ');
+            i += 2;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn remove_comments(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let rest = &input[i..];
+        if rest.starts_with(b"/*") {
+            match rest[2..].windows(2).position(|w| w == b"*/") {
+                Some(p) => i += 2 + p + 2,
+                None => break,
+            }
+        } else if rest.starts_with(b"<!--") {
+            match rest[4..].windows(3).position(|w| w == b"-->") {
+                Some(p) => i += 4 + p + 3,
+                None => break,
+            }
+        } else if rest.starts_with(b"--") || rest[0] == b'#' {
+            break;
+        } else {
+            out.push(rest[0]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn remove_comments_char(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let rest = &input[i..];
+        if rest.starts_with(b"/*") || rest.starts_with(b"*/") || rest.starts_with(b"--") {
+            i += 2;
+        } else if rest.starts_with(b"<!--") {
+            i += 4;
+        } else if rest.starts_with(b"-->") {
+            i += 3;
+        } else if rest[0] == b'#' {
+            i += 1;
+        } else {
+            out.push(rest[0]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn cmd_line(input: &[u8]) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::with_capacity(input.len());
+    let mut space = false;
+    for &b in input {
+        match b {
+            b'"' | b'\'' | b'\\' | b'^' => {}
+            b' ' | b',' | b';' | b'\t' | b'\r' | b'\n' => {
+                if !space {
+                    out.push(b' ');
+                    space = true;
+                }
+            }
+            b'/' | b'(' => {
+                if space {
+                    out.pop();
+                }
+                space = false;
+                out.push(b);
+            }
+            _ => {
+                space = false;
+                out.push(b.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
+fn needs_path_normalisation(input: &[u8]) -> bool {
+    input
+        .windows(2)
+        .any(|w| w == b"//" || w == b"/." || w == b"./")
+        || input == b"."
+        || input == b".."
+}
+
+fn normalize_path(input: &[u8]) -> Vec<u8> {
+    if input.is_empty() {
+        return Vec::new();
+    }
+    let absolute = input[0] == b'/';
+    let trailing = input.ends_with(b"/")
+        || input.ends_with(b"/.")
+        || input.ends_with(b"/..")
+        || input == b"."
+        || input == b"..";
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for seg in input.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                if parts.last().is_some_and(|p| *p != b"..") {
+                    parts.pop();
+                } else if !absolute {
+                    parts.push(seg);
+                }
+            }
+            _ => parts.push(seg),
+        }
+    }
+    let mut out = Vec::with_capacity(input.len());
+    if absolute {
+        out.push(b'/');
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b'/');
+        }
+        out.extend_from_slice(p);
+    }
+    if trailing && !parts.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+fn base64_decode(input: &[u8], skip_invalid: bool) -> Vec<u8> {
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    let clean: Vec<u8> = if skip_invalid {
+        input.iter().copied().filter(alphabet).collect()
+    } else {
+        input.iter().copied().take_while(alphabet).collect()
+    };
+    let usable = clean.len() - clean.len() % 4;
+    let mut out = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(&clean[..usable])
+        .unwrap_or_default();
+    let tail = &clean[usable..];
+    if tail.len() >= 2
+        && let Ok(t) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(tail)
+    {
+        out.extend_from_slice(&t);
+    }
+    out
+}
+
+fn hex_encode(input: &[u8]) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(input.len() * 2);
+    for &b in input {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
+    }
+    out
+}
+
+fn hex_decode(input: &[u8]) -> Vec<u8> {
+    input
+        .chunks_exact(2)
+        .map_while(|p| hex2(p[0], p[1]))
+        .collect()
+}
+
+fn trim_left(input: &[u8]) -> &[u8] {
+    let n = input.iter().take_while(|&&b| is_space(b)).count();
+    &input[n..]
+}
+
+fn trim_right(input: &[u8]) -> &[u8] {
+    let n = input.iter().rev().take_while(|&&b| is_space(b)).count();
+    &input[..input.len() - n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transform as T;
+    use super::*;
+
+    fn t(tr: T, s: &[u8]) -> Vec<u8> {
+        tr.apply(s).into_owned()
+    }
+
+    #[test]
+    fn url_decoding() {
+        assert_eq!(t(T::UrlDecode, b"a%20b+c%zz"), b"a b c%zz");
+        assert_eq!(t(T::UrlDecodeUni, b"%u0041%uff1c"), b"A<");
+    }
+
+    #[test]
+    fn entity_js_css_and_escape_decoding() {
+        assert_eq!(
+            t(T::HtmlEntityDecode, b"&lt;&#x41;&#66&amp;x&foo;"),
+            b"<AB&x&foo;"
+        );
+        assert_eq!(t(T::JsDecode, b"\\x41\\u0042\\n\\101"), b"AB\nA");
+        assert_eq!(t(T::CssDecode, b"\\61 \\62x\\\""), b"abx\"");
+        assert_eq!(t(T::EscapeSeqDecode, b"\\x41\\t\\q"), b"A\t\\q");
+    }
+
+    #[test]
+    fn whitespace_and_comments() {
+        assert_eq!(t(T::CompressWhitespace, b"a \t\n b"), b"a b");
+        assert_eq!(t(T::RemoveWhitespace, b" a b "), b"ab");
+        assert_eq!(t(T::ReplaceComments, b"a/*x*/b/*c"), b"a b ");
+        assert_eq!(t(T::RemoveCommentsChar, b"a/*b*/--c#"), b"abc");
+        assert_eq!(
+            t(T::CmdLine, b"C^md.exe /c \"dir\" , x"),
+            b"cmd.exe/c dir x"
+        );
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(t(T::NormalizePath, b"/a/./b/../../c//d/"), b"/c/d/");
+        assert_eq!(
+            t(T::NormalizePath, b"../../etc/passwd"),
+            b"../../etc/passwd"
+        );
+        assert_eq!(t(T::NormalizePathWin, b"C:\\a\\..\\b"), b"C:/b");
+    }
+
+    #[test]
+    fn codecs() {
+        assert_eq!(t(T::Base64Decode, b"SGVsbG8=!"), b"Hello");
+        assert_eq!(t(T::HexEncode, b"\x01\xff"), b"01ff");
+        assert_eq!(t(T::HexDecode, b"4142"), b"AB");
+        assert_eq!(t(T::Length, b"abc"), b"3");
+        assert_eq!(t(T::Utf8ToUnicode, "é".as_bytes()), b"%u00e9");
+        assert_eq!(t(T::Sha1, b"abc").len(), 20);
+    }
+
+    #[test]
+    fn unknown_names_are_reported() {
+        assert!(matches!(
+            T::from_name("md5"),
+            Err(ErrorKind::UnsupportedTransformation(_))
+        ));
+        assert_eq!(T::from_name("base64decode").unwrap(), T::Base64Decode);
+    }
+
+    #[test]
+    fn multi_match_keeps_each_step() {
+        let v = apply_chain_multi(&[T::UrlDecode, T::Lowercase], b"%41");
+        assert_eq!(v, vec![b"%41".to_vec(), b"A".to_vec(), b"a".to_vec()]);
+    }
+}

@@ -1,0 +1,300 @@
+//! The variables (collections) rules inspect, and how a target selects from them.
+
+use regex::bytes::Regex;
+
+use crate::error::ErrorKind;
+use crate::parser::RawVariable;
+
+macro_rules! variables {
+    ($($variant:ident = $name:literal, $collection:literal;)*) => {
+        /// A SecLang variable or collection.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Var {
+            $(#[doc = concat!("`", $name, "`")] $variant,)*
+        }
+
+        impl Var {
+            /// Every variable, in declaration order.
+            pub const ALL: &'static [Var] = &[$(Var::$variant,)*];
+
+            /// The variable by its SecLang name (upper case).
+            pub fn from_name(name: &str) -> Option<Var> {
+                match name {
+                    $($name => Some(Var::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The SecLang name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Var::$variant => $name,)*
+                }
+            }
+
+            /// Whether the variable is a keyed collection (`ARGS:name`) rather than one value.
+            pub fn is_collection(self) -> bool {
+                match self {
+                    $(Var::$variant => $collection,)*
+                }
+            }
+        }
+    };
+}
+
+variables! {
+    Args = "ARGS", true;
+    ArgsGet = "ARGS_GET", true;
+    ArgsPost = "ARGS_POST", true;
+    ArgsNames = "ARGS_NAMES", true;
+    ArgsGetNames = "ARGS_GET_NAMES", true;
+    ArgsPostNames = "ARGS_POST_NAMES", true;
+    ArgsCombinedSize = "ARGS_COMBINED_SIZE", false;
+    RequestHeaders = "REQUEST_HEADERS", true;
+    RequestHeadersNames = "REQUEST_HEADERS_NAMES", true;
+    RequestCookies = "REQUEST_COOKIES", true;
+    RequestCookiesNames = "REQUEST_COOKIES_NAMES", true;
+    RequestUri = "REQUEST_URI", false;
+    RequestUriRaw = "REQUEST_URI_RAW", false;
+    RequestFilename = "REQUEST_FILENAME", false;
+    RequestBasename = "REQUEST_BASENAME", false;
+    RequestLine = "REQUEST_LINE", false;
+    RequestMethod = "REQUEST_METHOD", false;
+    RequestProtocol = "REQUEST_PROTOCOL", false;
+    QueryString = "QUERY_STRING", false;
+    RequestBody = "REQUEST_BODY", false;
+    RequestBodyLength = "REQUEST_BODY_LENGTH", false;
+    ReqbodyProcessor = "REQBODY_PROCESSOR", false;
+    ReqbodyError = "REQBODY_ERROR", false;
+    ReqbodyErrorMsg = "REQBODY_ERROR_MSG", false;
+    Files = "FILES", true;
+    FilesNames = "FILES_NAMES", true;
+    FilesSizes = "FILES_SIZES", true;
+    FilesCombinedSize = "FILES_COMBINED_SIZE", false;
+    MultipartPartHeaders = "MULTIPART_PART_HEADERS", true;
+    MultipartFilename = "MULTIPART_FILENAME", false;
+    MultipartName = "MULTIPART_NAME", false;
+    MultipartStrictError = "MULTIPART_STRICT_ERROR", false;
+    MultipartUnmatchedBoundary = "MULTIPART_UNMATCHED_BOUNDARY", false;
+    Xml = "XML", true;
+    Tx = "TX", true;
+    Ip = "IP", true;
+    Global = "GLOBAL", true;
+    Env = "ENV", true;
+    Rule = "RULE", true;
+    MatchedVar = "MATCHED_VAR", false;
+    MatchedVarName = "MATCHED_VAR_NAME", false;
+    MatchedVars = "MATCHED_VARS", true;
+    MatchedVarsNames = "MATCHED_VARS_NAMES", true;
+    RemoteAddr = "REMOTE_ADDR", false;
+    RemotePort = "REMOTE_PORT", false;
+    ServerPort = "SERVER_PORT", false;
+    UniqueId = "UNIQUE_ID", false;
+    ResponseBody = "RESPONSE_BODY", false;
+    ResponseHeaders = "RESPONSE_HEADERS", true;
+    ResponseHeadersNames = "RESPONSE_HEADERS_NAMES", true;
+    ResponseStatus = "RESPONSE_STATUS", false;
+    ResponseProtocol = "RESPONSE_PROTOCOL", false;
+    ResponseContentType = "RESPONSE_CONTENT_TYPE", false;
+    ResponseContentLength = "RESPONSE_CONTENT_LENGTH", false;
+}
+
+impl Var {
+    /// Whether the values of this variable change while a phase runs, so that transformed
+    /// values must not be cached.
+    pub fn is_volatile(self) -> bool {
+        matches!(
+            self,
+            Var::Tx
+                | Var::Ip
+                | Var::Global
+                | Var::Env
+                | Var::Rule
+                | Var::MatchedVar
+                | Var::MatchedVarName
+                | Var::MatchedVars
+                | Var::MatchedVarsNames
+                | Var::ArgsCombinedSize
+                | Var::ReqbodyProcessor
+                | Var::ReqbodyError
+                | Var::ReqbodyErrorMsg
+                | Var::RequestBodyLength
+        )
+    }
+}
+
+/// Which entries of a collection a target selects.
+#[derive(Clone, Debug)]
+pub enum Selector {
+    /// All entries.
+    All,
+    /// Entries with this key, compared without case.
+    Key(String),
+    /// Entries whose key matches this case-insensitive regex.
+    Regex(Regex),
+}
+
+impl Selector {
+    /// Reads a target key: `/re/` is a regex, anything else a literal key.
+    pub fn parse(var: Var, key: Option<&str>) -> Result<Selector, ErrorKind> {
+        let Some(key) = key else {
+            return Ok(Selector::All);
+        };
+        if var != Var::Xml && key.len() > 2 && key.starts_with('/') && key.ends_with('/') {
+            let re = &key[1..key.len() - 1];
+            return Regex::new(&format!("(?i){re}"))
+                .map(Selector::Regex)
+                .map_err(|e| ErrorKind::Regex(e.to_string()));
+        }
+        Ok(Selector::Key(key.to_ascii_lowercase()))
+    }
+
+    /// Whether a key (as stored, any case) is selected.
+    pub fn matches(&self, key_lower: &str) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Key(k) => k == key_lower,
+            Selector::Regex(re) => re.is_match(key_lower.as_bytes()),
+        }
+    }
+
+    /// The same selection, compared by text (regexes by their source).
+    pub fn same_as(&self, other: &Selector) -> bool {
+        match (self, other) {
+            (Selector::All, Selector::All) => true,
+            (Selector::Key(a), Selector::Key(b)) => a == b,
+            (Selector::Regex(a), Selector::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// One compiled target of a rule: a variable, which of its entries, minus exclusions.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The variable.
+    pub var: Var,
+    /// Which entries.
+    pub selector: Selector,
+    /// `&`: count the entries instead.
+    pub count: bool,
+    /// Keys removed by `!VAR:key` targets, `SecRuleUpdateTargetById` or exclusions.
+    pub exclusions: Vec<Selector>,
+}
+
+/// A parsed target before exclusions are folded in.
+#[derive(Clone, Debug)]
+pub struct ParsedTarget {
+    /// `!`: an exclusion.
+    pub negated: bool,
+    /// The target.
+    pub target: Target,
+}
+
+impl ParsedTarget {
+    /// Compiles one raw target.
+    pub fn compile(raw: &RawVariable) -> Result<ParsedTarget, ErrorKind> {
+        let var = Var::from_name(&raw.name)
+            .ok_or_else(|| ErrorKind::UnsupportedVariable(raw.name.clone()))?;
+        if raw.key.is_some() && !var.is_collection() {
+            return Err(ErrorKind::Syntax(format!(
+                "`{}` is not a collection and takes no key",
+                raw.name
+            )));
+        }
+        if var == Var::Xml
+            && let Some(k) = raw.key.as_deref()
+            && k != "/*"
+            && k != "//@*"
+        {
+            return Err(ErrorKind::Invalid {
+                what: "XML target",
+                detail: format!("only XML:/* and XML://@* are supported, not XML:{k}"),
+            });
+        }
+        Ok(ParsedTarget {
+            negated: raw.negated,
+            target: Target {
+                var,
+                selector: Selector::parse(var, raw.key.as_deref())?,
+                count: raw.count,
+                exclusions: Vec::new(),
+            },
+        })
+    }
+}
+
+/// Folds `!VAR:key` exclusions into the positive targets of the same variable.
+pub fn fold_targets(parsed: Vec<ParsedTarget>) -> Result<Vec<Target>, ErrorKind> {
+    let mut targets: Vec<Target> = Vec::new();
+    let mut negations = Vec::new();
+    for p in parsed {
+        if p.negated {
+            negations.push(p.target);
+        } else {
+            targets.push(p.target);
+        }
+    }
+    for n in negations {
+        add_exclusion(&mut targets, n.var, n.selector);
+    }
+    Ok(targets)
+}
+
+/// Excludes `selector` of `var` from every target of that variable (and `ARGS`'s
+/// subsets). Excluding a whole variable removes its targets.
+pub fn add_exclusion(targets: &mut Vec<Target>, var: Var, selector: Selector) {
+    if matches!(selector, Selector::All) {
+        targets.retain(|t| t.var != var);
+        return;
+    }
+    for t in targets.iter_mut() {
+        if (t.var == var || (var == Var::Args && matches!(t.var, Var::ArgsGet | Var::ArgsPost)))
+            && !t.exclusions.iter().any(|e| e.same_as(&selector))
+        {
+            t.exclusions.push(selector.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for v in Var::ALL {
+            assert_eq!(Var::from_name(v.name()), Some(*v));
+        }
+    }
+
+    #[test]
+    fn negated_keys_become_exclusions() {
+        let raw = |n: bool, k: Option<&str>| RawVariable {
+            negated: n,
+            count: false,
+            name: "REQUEST_COOKIES".into(),
+            key: k.map(str::to_string),
+        };
+        let parsed = vec![
+            ParsedTarget::compile(&raw(false, None)).unwrap(),
+            ParsedTarget::compile(&raw(true, Some("/__utm/"))).unwrap(),
+        ];
+        let t = fold_targets(parsed).unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(t[0].exclusions[0].matches("__utmz"));
+        assert!(!t[0].exclusions[0].matches("session"));
+    }
+
+    #[test]
+    fn unknown_variable_is_reported_by_name() {
+        let raw = RawVariable {
+            negated: false,
+            count: false,
+            name: "GEO".into(),
+            key: None,
+        };
+        let err = ParsedTarget::compile(&raw).unwrap_err();
+        assert_eq!(err, ErrorKind::UnsupportedVariable("GEO".into()));
+    }
+}

@@ -1,0 +1,158 @@
+//! The public API on small requests: phases, block and detect modes, exclusions, custom
+//! rules and the verdict.
+
+use portcullis_waf::{Decision, Exclusion, Mode, RequestFacts, WafSettings};
+
+use crate::util::{engine, get};
+
+const ATTACK: &str =
+    "/search?q=1%27%20OR%20%271%27%3D%271%27%20UNION%20SELECT%20password%20FROM%20users--";
+
+#[test]
+fn benign_request_is_allowed_with_a_zero_score() {
+    let e = engine(&WafSettings::default());
+    let mut tx = e.transaction(get("/Items?SortBy=SortName&Limit=100"));
+    assert_eq!(tx.process_request_headers().decision, Decision::Allow);
+    let v = tx.process_request_body(b"");
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.inbound_score, 0);
+    assert!(v.matched.is_empty(), "{:?}", v.rule_ids());
+}
+
+#[test]
+fn sql_injection_is_blocked_by_the_anomaly_score_in_block_mode() {
+    let e = engine(&WafSettings::default());
+    let mut tx = e.transaction(get(ATTACK));
+    tx.process_request_headers();
+    let v = tx.process_request_body(b"");
+    assert_eq!(
+        v.decision,
+        Decision::Block {
+            status: 403,
+            rule_id: 949110
+        }
+    );
+    assert!(v.inbound_score >= 5, "{}", v.inbound_score);
+    let ids = v.rule_ids();
+    assert!(ids.contains(&942100), "{ids:?}");
+    let m = v.matched.iter().find(|m| m.id == 942100).unwrap();
+    assert!(m.msg.contains("SQL Injection"), "{}", m.msg);
+    assert!(m.tags.iter().any(|t| t == "attack-sqli"));
+}
+
+#[test]
+fn detect_mode_reports_what_it_would_block() {
+    let e = engine(&WafSettings {
+        mode: Mode::Detect,
+        ..WafSettings::default()
+    });
+    let mut tx = e.transaction(get(ATTACK));
+    tx.process_request_headers();
+    let v = tx.process_request_body(b"");
+    assert_eq!(
+        v.decision,
+        Decision::Detected {
+            status: 403,
+            rule_id: 949110
+        }
+    );
+    assert!(!v.is_blocked());
+}
+
+#[test]
+fn json_bodies_are_parsed_into_args() {
+    let e = engine(&WafSettings::default());
+    let facts = RequestFacts::new("POST", "/Items/Filters", "HTTP/1.1")
+        .header("Host", "media.example.org")
+        .header("Content-Type", "application/json");
+    let mut tx = e.transaction(facts);
+    tx.process_request_headers();
+    let v = tx.process_request_body(br#"{"Name":"<script>alert(document.cookie)</script>"}"#);
+    assert!(v.is_blocked(), "{:?}", v.rule_ids());
+    let m = v.matched.iter().find(|m| m.id == 941100).unwrap();
+    assert_eq!(m.variable, "ARGS:json.Name");
+}
+
+#[test]
+fn exclusions_remove_rules_or_targets_on_their_paths() {
+    let by_target = Exclusion {
+        tags: vec!["attack-sqli".into()],
+        paths: vec!["/search".into()],
+        targets: vec!["ARGS:q".into()],
+        ..Exclusion::default()
+    };
+    let e = engine(&WafSettings {
+        exclusions: vec![by_target],
+        ..WafSettings::default()
+    });
+    let mut tx = e.transaction(get(ATTACK));
+    tx.process_request_headers();
+    let v = tx.process_request_body(b"");
+    assert!(
+        !v.rule_ids().iter().any(|id| (942000..943000).contains(id)),
+        "{:?}",
+        v.rule_ids()
+    );
+    // Elsewhere the same argument is still inspected.
+    let mut tx = e.transaction(get(&ATTACK.replace("/search", "/other")));
+    tx.process_request_headers();
+    assert!(tx.process_request_body(b"").is_blocked());
+
+    let whole_rules = Exclusion {
+        rule_ids: vec![(942000, 942999), (949110, 949110)],
+        ..Exclusion::default()
+    };
+    let e = engine(&WafSettings {
+        exclusions: vec![whole_rules],
+        ..WafSettings::default()
+    });
+    let mut tx = e.transaction(get(ATTACK));
+    tx.process_request_headers();
+    let v = tx.process_request_body(b"");
+    assert!(!v.is_blocked());
+    assert!(!v.rule_ids().contains(&942100));
+}
+
+#[test]
+fn custom_rules_run_with_the_crs() {
+    let e = engine(&WafSettings {
+        custom_rules: Some(
+            "SecRule REQUEST_HEADERS:X-Forbidden \"@streq yes\" \
+             \"id:1000,phase:1,deny,status:451,msg:'forbidden header %{MATCHED_VAR}',log\""
+                .into(),
+        ),
+        ..WafSettings::default()
+    });
+    let mut tx = e.transaction(get("/").header("X-Forbidden", "yes"));
+    let v = tx.process_request_headers();
+    assert_eq!(
+        v.decision,
+        Decision::Block {
+            status: 451,
+            rule_id: 1000
+        }
+    );
+    assert_eq!(v.matched[0].msg, "forbidden header yes");
+}
+
+#[test]
+fn paranoia_level_selects_the_rules_that_run() {
+    // 920300 (missing Accept header) only runs from paranoia level 3.
+    let facts = || {
+        RequestFacts::new("GET", "/", "HTTP/1.1")
+            .header("Host", "media.example.org")
+            .header("User-Agent", "curl/8")
+    };
+    let pl1 = engine(&WafSettings::default());
+    let mut tx = pl1.transaction(facts());
+    tx.process_request_headers();
+    assert!(!tx.process_request_body(b"").rule_ids().contains(&920300));
+    let pl3 = engine(&WafSettings {
+        paranoia_level: 3,
+        executing_paranoia_level: 3,
+        ..WafSettings::default()
+    });
+    let mut tx = pl3.transaction(facts());
+    tx.process_request_headers();
+    assert!(tx.process_request_body(b"").rule_ids().contains(&920300));
+}

@@ -1,0 +1,510 @@
+//! CRS's own regression suite (go-ftw YAML), run in-process: each stage's request goes
+//! through the engine with the settings CRS tests with (PL 4, detection only, thresholds
+//! 5/4, response inspection); `expect_ids` must be logged, `no_expect_ids` must not. The
+//! pass rate per rule file and overall is printed; the test fails when the overall rate
+//! drops below the figure committed in `conformance-baseline.txt`. Set
+//! `WAF_CONFORMANCE_SHOW=942420#3` to print one test's request and what was logged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use portcullis_waf::{Mode, RequestFacts, Verdict, WafEngine, WafSettings};
+use regex::Regex;
+use serde_json::Value;
+
+use crate::util::{crs_dir, engine};
+
+/// The settings of CRS's test setup (see `shared/testdata/crs/SOURCE`).
+fn crs_test_settings() -> WafSettings {
+    WafSettings {
+        mode: Mode::Detect,
+        paranoia_level: 4,
+        executing_paranoia_level: 4,
+        inbound_anomaly_threshold: 5,
+        outbound_anomaly_threshold: 4,
+        request_body_limit: 13 << 20,
+        inspect_responses: true,
+        response_mime_types: ["text/plain", "text/html", "text/xml", "application/json"]
+            .map(String::from)
+            .to_vec(),
+        setup_vars: [
+            ("arg_length", "400"),
+            ("total_arg_length", "6400"),
+            ("max_file_size", "64100"),
+            ("combined_file_sizes", "65535"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+        ..WafSettings::default()
+    }
+}
+
+/// One HTTP request as go-ftw would put it on the wire.
+struct Wire {
+    method: String,
+    uri: String,
+    version: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn has_header(h: &[(String, Vec<u8>)], name: &str) -> bool {
+    h.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
+}
+
+/// Go's `url.QueryEscape`.
+fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Go's `url.QueryUnescape`, `None` on a bad escape.
+fn query_unescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// go-ftw's encoding of form data given unencoded.
+fn encode_form(data: &str) -> String {
+    if query_unescape(data).as_deref() != Some(data.as_bytes()) {
+        return data.to_string();
+    }
+    data.split('&')
+        .map(|token| match token.split_once('=') {
+            Some((k, v)) => format!("{}={}", query_escape(k), query_escape(v)),
+            None => query_escape(token),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn parse_raw(raw: &[u8]) -> Wire {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, p + 4))
+        .or_else(|| {
+            raw.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        })
+        .unwrap_or((raw.len(), raw.len()));
+    let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_string();
+    let uri = first.next().unwrap_or_default().to_string();
+    let version = first.next().unwrap_or_default().trim().to_string();
+    let headers: Vec<(String, Vec<u8>)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().as_bytes().to_vec()))
+        .collect();
+    let mut body = raw[split.1..].to_vec();
+    let chunked = headers.iter().any(|(k, v): &(String, Vec<u8>)| {
+        k.eq_ignore_ascii_case("Transfer-Encoding") && v.eq_ignore_ascii_case(b"chunked")
+    });
+    if chunked {
+        body = dechunk(&body);
+    }
+    Wire {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+    }
+}
+
+/// The body of a chunked message, as the web server hands it on.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size.filter(|s| *s > 0) else {
+            break;
+        };
+        let start = eol + 2;
+        let end = (start + size).min(b.len());
+        out.extend_from_slice(&b[start..end]);
+        b = b.get(end + 2..).unwrap_or_default();
+    }
+    out
+}
+
+fn wire(input: &Value) -> Wire {
+    if let Some(enc) = input.get("encoded_request").and_then(Value::as_str) {
+        let compact: String = enc.chars().filter(|c| !c.is_whitespace()).collect();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .unwrap_or_default();
+        return parse_raw(&raw);
+    }
+    let method = input.get("method").map_or("GET".into(), scalar);
+    let uri = input.get("uri").map_or("/".into(), scalar);
+    let version = input.get("version").map_or("HTTP/1.1".into(), scalar);
+    let mut headers: Vec<(String, Vec<u8>)> = input
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), scalar(v).into_bytes()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let autocomplete = input
+        .get("autocomplete_headers")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let mut data = input.get("data").map(scalar).unwrap_or_default();
+    if !data.is_empty() && autocomplete {
+        if !has_header(&headers, "Content-Type") {
+            headers.push((
+                "Content-Type".into(),
+                b"application/x-www-form-urlencoded".to_vec(),
+            ));
+        }
+        let ct = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        if ct == "application/x-www-form-urlencoded" {
+            data = encode_form(&data);
+        }
+    }
+    let ct = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    if ct.starts_with("multipart/form-data;") {
+        data = data.replace('\n', "\r\n");
+    }
+    if autocomplete {
+        if !has_header(&headers, "Connection") {
+            headers.push(("Connection".into(), b"close".to_vec()));
+        }
+        let body_method = ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .any(|m| method.contains(m));
+        if (!data.is_empty() || body_method) && !has_header(&headers, "Content-Length") {
+            headers.push(("Content-Length".into(), data.len().to_string().into_bytes()));
+        }
+    }
+    Wire {
+        method,
+        uri,
+        version,
+        headers,
+        body: data.into_bytes(),
+    }
+}
+
+/// A response: status, headers, body.
+type Reply = (u16, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+/// The response the test backend (albedo) sends: `/reflect` echoes the JSON it is given.
+fn response(w: &Wire) -> Reply {
+    let plain = || {
+        (
+            200,
+            vec![("Content-Type".to_string(), b"text/plain".to_vec())],
+            Vec::new(),
+        )
+    };
+    if !w.uri.starts_with("/reflect") {
+        return plain();
+    }
+    let Ok(spec) = serde_json::from_slice::<Value>(&w.body) else {
+        return plain();
+    };
+    let status = spec
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(200);
+    let mut headers: Vec<(String, Vec<u8>)> = spec
+        .get("headers")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), scalar(v).into_bytes()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !has_header(&headers, "Content-Type") {
+        headers.push(("Content-Type".into(), b"text/plain".to_vec()));
+    }
+    let body = match spec.get("encodedBody").and_then(Value::as_str) {
+        Some(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .unwrap_or_default(),
+        None => spec
+            .get("body")
+            .map(scalar)
+            .unwrap_or_default()
+            .into_bytes(),
+    };
+    (status, headers, body)
+}
+
+fn run_stage(engine: &WafEngine, w: &Wire) -> Verdict {
+    let mut facts = RequestFacts::new(&w.method, &w.uri, &w.version);
+    facts.headers = w.headers.clone();
+    let mut tx = engine.transaction(facts);
+    tx.process_request_headers();
+    tx.process_request_body(&w.body);
+    let (status, headers, body) = response(w);
+    tx.process_response_headers(status, "HTTP/1.1", &headers);
+    tx.process_response_body(&body);
+    tx.process_logging()
+}
+
+/// The log lines go-ftw would read for these matches.
+fn log_text(v: &Verdict) -> String {
+    v.matched
+        .iter()
+        .map(|m| {
+            format!(
+                "[id \"{}\"] [msg \"{}\"] [data \"{}\"] [severity \"{}\"]{}",
+                m.id,
+                m.msg,
+                m.data,
+                m.severity.map_or("", |s| s.name()),
+                m.tags
+                    .iter()
+                    .map(|t| format!(" [tag \"{t}\"]"))
+                    .collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ids(v: Option<&Value>) -> Vec<u64> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Whether one stage's logged rules satisfy its expectations; `None` when the stage
+/// checks only what happens on the wire (`expect_error`), which an in-process run cannot.
+fn stage_passes(engine: &WafEngine, stage: &Value, show: bool) -> Option<bool> {
+    let input = stage.get("input")?;
+    let output = stage.get("output")?;
+    let log = output.get("log");
+    if output.get("expect_error").and_then(Value::as_bool) == Some(true) && log.is_none() {
+        return None;
+    }
+    let w = wire(input);
+    let verdict = run_stage(engine, &w);
+    let logged = verdict.rule_ids();
+    let text = log_text(&verdict);
+    if show {
+        println!(
+            "{} {} {}\n{:?}\n{}\nlogged: {text}\nexpected: {log:?}",
+            w.method,
+            w.uri,
+            w.version,
+            w.headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v)))
+                .collect::<Vec<_>>(),
+            String::from_utf8_lossy(&w.body),
+        );
+    }
+    let Some(log) = log else {
+        return Some(true);
+    };
+    let expect_ok = ids(log.get("expect_ids"))
+        .iter()
+        .all(|id| logged.iter().any(|l| u64::from(*l) == *id));
+    let no_expect_ok = ids(log.get("no_expect_ids"))
+        .iter()
+        .all(|id| !logged.iter().any(|l| u64::from(*l) == *id));
+    let rx = |key: &str| {
+        log.get(key)
+            .and_then(Value::as_str)
+            .and_then(|r| Regex::new(r).ok())
+    };
+    let match_ok = rx("match_regex").is_none_or(|r| r.is_match(&text));
+    let no_match_ok = rx("no_match_regex").is_none_or(|r| !r.is_match(&text));
+    Some(expect_ok && no_expect_ok && match_ok && no_match_ok)
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            && !p.to_string_lossy().ends_with(".skeleton")
+        {
+            out.push(p);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    total: u64,
+    failed: Vec<String>,
+}
+
+fn baseline_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance-baseline.txt")
+}
+
+/// Reads `passed total` from the committed baseline.
+fn baseline() -> (u64, u64) {
+    let text = std::fs::read_to_string(baseline_path()).expect("conformance-baseline.txt");
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .expect("a `passed total` line");
+    let mut nums = line
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("a number"));
+    (nums.next().expect("passed"), nums.next().expect("total"))
+}
+
+#[test]
+fn crs_regression_suite_pass_rate_does_not_drop() {
+    let engine = engine(&crs_test_settings());
+    let root = crs_dir().join("tests/regression/tests");
+    let mut files = Vec::new();
+    yaml_files(&root, &mut files);
+    assert!(files.len() > 300, "only {} test files", files.len());
+    let mut per_file: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut skipped = 0u64;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let doc: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let group = f
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tally = per_file.entry(group).or_default();
+        for test in doc
+            .get("tests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = format!(
+                "{}#{}",
+                f.file_stem().unwrap_or_default().to_string_lossy(),
+                test.get("test_id").map(scalar).unwrap_or_default()
+            );
+            let show = std::env::var("WAF_CONFORMANCE_SHOW").is_ok_and(|s| s == name);
+            let mut result = Some(true);
+            for stage in test
+                .get("stages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match stage_passes(&engine, stage, show) {
+                    Some(true) => {}
+                    Some(false) => result = Some(false),
+                    None => result = result.and(None),
+                }
+            }
+            match result {
+                None => skipped += 1,
+                Some(ok) => {
+                    tally.total += 1;
+                    if ok {
+                        tally.passed += 1;
+                    } else {
+                        tally.failed.push(name);
+                    }
+                }
+            }
+        }
+    }
+    let passed: u64 = per_file.values().map(|t| t.passed).sum();
+    let total: u64 = per_file.values().map(|t| t.total).sum();
+    let mut rows: Vec<_> = per_file.iter().collect();
+    rows.sort_by(|a, b| {
+        let ra = a.1.passed as f64 / a.1.total.max(1) as f64;
+        let rb = b.1.passed as f64 / b.1.total.max(1) as f64;
+        ra.total_cmp(&rb)
+    });
+    println!("CRS regression suite, per rule file (worst first):");
+    for (name, t) in &rows {
+        println!(
+            "  {:<45} {:>4}/{:<4} {:>6.1}%",
+            name,
+            t.passed,
+            t.total,
+            100.0 * t.passed as f64 / t.total.max(1) as f64
+        );
+    }
+    for (name, t) in &rows {
+        if !t.failed.is_empty() {
+            println!("  failing in {name}: {}", t.failed.join(" "));
+        }
+    }
+    println!(
+        "overall: {passed}/{total} = {:.2}% ({skipped} tests check only the wire and are not run)",
+        100.0 * passed as f64 / total.max(1) as f64
+    );
+    let (base_passed, base_total) = baseline();
+    assert!(
+        passed * base_total >= base_passed * total,
+        "pass rate {passed}/{total} fell below the baseline {base_passed}/{base_total}"
+    );
+    if passed * base_total > base_passed * total {
+        println!(
+            "the pass rate rose: update {} to `{passed} {total}`",
+            baseline_path().display()
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Shared helpers: where the CRS is, and engines built once.
+
+use std::path::PathBuf;
+
+use portcullis_waf::{RequestFacts, WafEngine, WafSettings};
+
+/// The CRS v4 release the tests run (beside the checkout, in `shared/`).
+pub fn crs_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/crs");
+    assert!(
+        dir.join("rules").is_dir(),
+        "the CRS test data is missing at {}",
+        dir.display()
+    );
+    dir
+}
+
+/// An engine over the test CRS.
+pub fn engine(settings: &WafSettings) -> WafEngine {
+    WafEngine::new(settings, &crs_dir()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A browser-like request.
+pub fn get(uri: &str) -> RequestFacts {
+    RequestFacts::new("GET", uri, "HTTP/1.1")
+        .header("Host", "media.example.org")
+        .header(
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        )
+        .header("Accept", "application/json")
+}
