@@ -46,6 +46,7 @@ use crate::{
     tls,
     upstream::{self, CLIENT_FORWARDING_HEADERS, X_FORWARDED_FOR},
     verdict::{Body, Decision, DecisionKind, LayerId, Reason, Response, Verdict},
+    waf,
 };
 
 /// Which listener a proxy serves.
@@ -86,6 +87,10 @@ pub struct Ctx {
     set_cookie: Option<HeaderValue>,
     /// Rate limits that count this request only if its response matches: (rule, key).
     response_counts: Vec<(usize, String)>,
+    /// The WAF's inspection, while it waits for the body.
+    waf: Option<Box<portcullis_waf::Transaction>>,
+    /// The body inspected so far (up to the WAF's limit).
+    waf_body: Vec<u8>,
 }
 
 const CF_IPCOUNTRY: http::HeaderName = http::HeaderName::from_static("cf-ipcountry");
@@ -248,6 +253,97 @@ impl Edge {
 }
 
 impl Edge {
+    /// Counts the WAF's matches and reports what detect-only mode let through.
+    fn record_waf(&self, ctx: &Ctx, verdict: &portcullis_waf::Verdict) {
+        let metrics = &self.shared.metrics;
+        for matched in &verdict.matched {
+            metrics
+                .waf_matches
+                .with_label_values(&[matched.id.to_string().as_str()])
+                .inc();
+        }
+        if let portcullis_waf::Decision::Detected { rule_id, .. } = verdict.decision {
+            metrics.waf_detected.inc();
+            tracing::warn!(
+                request_id = ctx.request_id.as_str(),
+                detail = waf::summary(verdict, rule_id),
+                "the WAF would have blocked this request (detect-only)"
+            );
+        }
+    }
+
+    /// Layer 10 on the request head: phases 1 (and 2 when no body follows).
+    async fn waf_head(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+    ) -> Result<bool> {
+        let Some(waf) = &policy.waf else {
+            return Ok(false);
+        };
+        let request = session.req_header();
+        let target = request
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str());
+        let headers = request
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()));
+        let server_port = policy.listen.https.port();
+        let facts = waf::facts(
+            request.method.as_str(),
+            target,
+            session.is_http2(),
+            headers,
+            ctx.client_ip.map(|ip| (ip, 0)),
+            server_port,
+        );
+        let content_length = request
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let chunked = request.headers.contains_key(header::TRANSFER_ENCODING);
+        let mut tx = waf.transaction(facts);
+        let mut verdict = tx.process_request_headers();
+        if !verdict.is_blocked() {
+            if waf::expects_body(content_length, chunked) {
+                self.record_waf(ctx, &verdict);
+                ctx.waf = Some(Box::new(tx));
+                return Ok(false);
+            }
+            verdict = tx.process_request_body(b"");
+        }
+        self.record_waf(ctx, &verdict);
+        self.apply(session, ctx, LayerId::Waf, waf::outcome(&verdict))
+            .await
+    }
+
+    /// Layer 10 on the body: buffers it up to the inspection limit and runs phase 2 when
+    /// it is complete (or the limit is reached), before the last chunk goes upstream.
+    fn waf_body(
+        &self,
+        ctx: &mut Ctx,
+        chunk: Option<&Bytes>,
+        end_of_stream: bool,
+    ) -> Option<Verdict> {
+        let limit = ctx.policy.waf.as_ref()?.body_limit;
+        ctx.waf.as_ref()?;
+        if let Some(chunk) = chunk {
+            let room = limit.saturating_sub(ctx.waf_body.len());
+            ctx.waf_body
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        if !end_of_stream && ctx.waf_body.len() < limit {
+            return None;
+        }
+        let mut tx = ctx.waf.take()?;
+        let verdict = tx.process_request_body(&std::mem::take(&mut ctx.waf_body));
+        self.record_waf(ctx, &verdict);
+        Some(waf::outcome(&verdict))
+    }
+
     /// Layer 5: Jellyfin's setup wizard, metrics and logs. Also keeps what the edge knows of
     /// the setup wizard fresh (one request every 30 s asks Jellyfin, off the request path).
     async fn app_rules(
@@ -679,6 +775,8 @@ impl ProxyHttp for Edge {
             email: None,
             set_cookie: None,
             response_counts: Vec::new(),
+            waf: None,
+            waf_body: Vec::new(),
         }
     }
 
@@ -745,24 +843,28 @@ impl ProxyHttp for Edge {
         if self.geo(session, ctx, &policy).await? {
             return Ok(true);
         }
-        match &policy.access {
-            Some(access) => self.access(session, ctx, &policy, access).await,
-            None => Ok(false),
+        if let Some(access) = &policy.access
+            && self.access(session, ctx, &policy, access).await?
+        {
+            return Ok(true);
         }
+        self.waf_head(session, ctx, &policy).await
     }
 
     async fn request_body_filter(
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(chunk) = body else {
-            return Ok(());
-        };
-        ctx.body_received += chunk.len() as u64;
-        if let Some((layer, verdict)) = ctx.policy.check_body(ctx.body_received) {
+        ctx.body_received += body.as_ref().map_or(0, |chunk| chunk.len() as u64);
+        let limited = ctx.policy.check_body(ctx.body_received).or_else(|| {
+            self.waf_body(ctx, body.as_ref(), end_of_stream)
+                .filter(|verdict| *verdict != Verdict::Continue)
+                .map(|verdict| (LayerId::Waf, verdict))
+        });
+        if let Some((layer, verdict)) = limited {
             let status = match &verdict {
                 Verdict::Respond(response, _) => response.status,
                 _ => StatusCode::BAD_REQUEST,

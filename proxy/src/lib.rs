@@ -12,6 +12,7 @@
 //! | 7. bot guards (scanners, honeypots) | [`bots`] | `request_filter` |
 //! | 8. geo | [`geo`] | `request_filter` |
 //! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
+//! | 10. WAF (OWASP CRS v4) | [`waf`] | `request_filter`, `request_body_filter` |
 //! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
 //! | 12. response | [`edge`] | `response_filter` |
 //! | 13. logging and metrics | [`access_log`], [`metrics`], [`admin`] | `logging`, admin port |
@@ -43,3 +44,4 @@ pub mod state;
 pub mod tls;
 pub mod upstream;
 pub mod verdict;
+pub mod waf;

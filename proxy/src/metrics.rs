@@ -41,6 +41,10 @@ pub struct Metrics {
     /// `portcullis_ratelimit_backend_errors_total{limit}`: decisions taken with the
     /// replica's own memory because Redis could not answer.
     pub ratelimit_backend_errors: IntCounterVec,
+    /// `portcullis_waf_matches_total{rule}`: CRS rules that matched, by rule id.
+    pub waf_matches: IntCounterVec,
+    /// `portcullis_waf_detected_total`: requests detect-only mode would have blocked.
+    pub waf_detected: IntCounter,
     /// `portcullis_access_decisions_total{rule}`: every decision of the geo and access
     /// layers (granted by session or token, denied by country, code sent, code wrong,
     /// session expired or revoked, ...).
@@ -108,6 +112,14 @@ impl Metrics {
         registry
             .register(Box::new(config_reload_failures.clone()))
             .expect("each metric is registered once");
+        let waf_detected = IntCounter::new(
+            "portcullis_waf_detected_total",
+            "Requests the WAF would have blocked in detect-only mode.",
+        )
+        .expect("the metric is valid");
+        registry
+            .register(Box::new(waf_detected.clone()))
+            .expect("each metric is registered once");
         let gauge = |name: &str, help: &str| {
             let gauge = IntGauge::new(name, help).expect("the metric is valid");
             registry
@@ -168,6 +180,13 @@ impl Metrics {
                 "Rate-limit decisions taken locally because Redis could not answer.",
                 &["limit"],
             ),
+            waf_matches: counter_vec(
+                &registry,
+                "portcullis_waf_matches_total",
+                "WAF rules that matched, by rule id.",
+                &["rule"],
+            ),
+            waf_detected,
             access_decisions: counter_vec(
                 &registry,
                 "portcullis_access_decisions_total",

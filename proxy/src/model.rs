@@ -22,6 +22,7 @@ use crate::{
     tls::{self, TlsError},
     upstream::{Upstream, UpstreamTls},
     verdict::{LayerId, Verdict},
+    waf::{Waf, WafError},
 };
 
 /// Why a document could not be compiled.
@@ -45,6 +46,9 @@ pub enum CompileError {
     /// A rate limit.
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    /// The WAF.
+    #[error(transparent)]
+    Waf(#[from] WafError),
 }
 
 /// The compiled geo layer: the database and the lists.
@@ -149,6 +153,8 @@ pub struct Policy {
     pub geo: Geo,
     /// The zero-trust access layer, when the document has an access policy.
     pub access: Option<Access>,
+    /// The WAF, when the document turns the CRS on.
+    pub waf: Option<Waf>,
     /// Files the policy was built from besides the document; a change to any of them
     /// recompiles it (certificate renewals).
     pub files: Vec<PathBuf>,
@@ -169,6 +175,7 @@ impl std::fmt::Debug for Policy {
             .field("rate_limits", &self.rate_limits)
             .field("geo", &self.geo)
             .field("access", &self.access)
+            .field("waf", &self.waf)
             .field("files", &self.files)
             .finish_non_exhaustive()
     }
@@ -222,6 +229,13 @@ impl TryFrom<EdgeConfig> for Policy {
             doc.client_identity.behind_cloudflare,
         );
         let layers = vec![Layer::Hygiene(Hygiene::new(&host, &doc.limits))];
+        let waf = match &doc.waf {
+            Some(settings) => {
+                files.extend(Waf::files(settings));
+                Waf::new(settings, doc.app.kind)?
+            }
+            None => None,
+        };
         let mut rate_limits = vec![ratelimit::builtin_sign_in(&host)];
         for limit in &doc.rate_limits {
             rate_limits.push(Rule::new(limit, &host)?);
@@ -272,6 +286,7 @@ impl TryFrom<EdgeConfig> for Policy {
             rate_limits,
             geo,
             access,
+            waf,
             files,
         })
     }

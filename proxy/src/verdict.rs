@@ -132,13 +132,15 @@ pub enum LayerId {
     Geo,
     /// Zero-trust access (sessions, sign-in, app tokens).
     Access,
+    /// The web application firewall (the OWASP CRS).
+    Waf,
     /// The upstream (proxied requests and origin failures).
     Upstream,
 }
 
 impl LayerId {
     /// Every layer, in request order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Connection,
         Self::Tls,
         Self::Hygiene,
@@ -147,6 +149,7 @@ impl LayerId {
         Self::Bot,
         Self::Geo,
         Self::Access,
+        Self::Waf,
         Self::Upstream,
     ];
 
@@ -161,6 +164,7 @@ impl LayerId {
             Self::Bot => "bot",
             Self::Geo => "geo",
             Self::Access => "access",
+            Self::Waf => "waf",
             Self::Upstream => "upstream",
         }
     }

@@ -16,3 +16,4 @@ mod streaming;
 mod tls;
 mod upstream;
 mod util;
+mod waf;

@@ -41,6 +41,10 @@ fn example(cert: &Path, key: &Path) -> EdgeConfig {
     .replace("/etc/portcullis/tls/tls.crt", cert.to_str().unwrap())
     .replace("/etc/portcullis/tls/tls.key", key.to_str().unwrap())
     .replace(
+        "/etc/portcullis/crs",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/crs"),
+    )
+    .replace(
         "/etc/portcullis/geoip/country.mmdb",
         country_database().to_str().unwrap(),
     );
@@ -100,8 +104,21 @@ fn the_example_document_compiles_into_the_policy_it_describes() {
     assert!(!access.allows("mallory@example.org"));
     assert_eq!(access.otp().unwrap().ttl().as_secs(), 600);
     assert_eq!(access.app_token_ttl().unwrap().as_secs(), 60);
+    assert!(policy.waf.as_ref().unwrap().rule_count() > 100);
+    let crs_files = policy
+        .files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("testdata/crs"))
+        .count();
+    assert!(crs_files > 20, "the CRS rule files are watched");
+    let other_files: Vec<_> = policy
+        .files
+        .iter()
+        .filter(|f| !f.to_string_lossy().contains("testdata/crs"))
+        .cloned()
+        .collect();
     assert_eq!(
-        policy.files,
+        other_files,
         [
             pki.edge_cert.clone(),
             pki.edge_key.clone(),
