@@ -235,6 +235,17 @@ impl Validate for WafRuleSetSpec {
                 );
             }
         }
+        if let Some(rules) = self.custom_rules.as_deref() {
+            // The edge's own parser and compiler: what passes here loads there.
+            problems.check(
+                portcullis_waf::WafEngine::validate_rules(
+                    rules,
+                    std::path::Path::new("/nonexistent"),
+                )
+                .map_err(|error| error.to_string()),
+                "spec.customRules",
+            );
+        }
         problems.require(
             self.crs.enabled || self.custom_rules.as_deref().is_some_and(|r| !r.trim().is_empty()),
             "spec.crs.enabled",
