@@ -13,6 +13,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     coordination::v1::Lease,
     core::v1::Secret,
+    events::v1::Event,
     rbac::v1::{ClusterRole, PolicyRule, Role},
 };
 use kube::api::{Patch, PatchParams};
@@ -715,6 +716,32 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     })
     .await;
     kubectl_wait(&ns.name, "Ready", &["mediaserver/jellyfin"]);
+
+    // A broken reference: the Warning Event is published under this identity too.
+    ns.apply_value(json!({
+        "apiVersion": "portcullis.dev/v1alpha1", "kind": "MediaServer",
+        "metadata": {"name": "broken"},
+        "spec": {"host": "broken.example.org", "tls": {"secretName": "media-example-org-tls"},
+            "storage": {"media": {"existingClaim": "nas-media"}},
+            "accessPolicyRef": {"name": "missing"}},
+    }))
+    .await;
+    kubectl_wait(&ns.name, "Stalled", &["mediaserver/broken"]);
+    eventually("the operator's Warning Event", TIMEOUT, || async {
+        let events = kube::Api::<Event>::namespaced(ns.client.clone(), &ns.name)
+            .list(&Default::default())
+            .await
+            .ok()?;
+        events
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("MissingReference")
+                    && e.reporting_instance.as_deref() == Some(pod.as_str())
+            })
+            .then_some(())
+    })
+    .await;
     drop(release);
     ns.delete().await;
 }
