@@ -69,6 +69,38 @@ pub static CLUSTER: LazyLock<Cluster> = LazyLock::new(|| {
     }
 });
 
+/// A command running `tool` (kubectl, helm) from the cluster's bin directory as admin.
+pub fn tool(tool: &str) -> Command {
+    let mut command = Command::new(CLUSTER.bin.join(tool));
+    command
+        .env("KUBECONFIG", &CLUSTER.kubeconfig)
+        .current_dir(root());
+    command
+}
+
+/// Runs `command`, fails the test unless it succeeds, and returns its standard output.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("the command runs");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `account` of `namespace`
+/// (`e2e/cluster kubeconfig-for-sa`).
+pub fn kubeconfig_for_service_account(namespace: &str, account: &str) -> PathBuf {
+    let output = run_ok(Command::new(root().join("e2e/cluster")).args([
+        "kubeconfig-for-sa",
+        namespace,
+        account,
+    ]));
+    PathBuf::from(output.lines().last().unwrap_or_default().trim())
+}
+
 /// A client with the admin identity.
 pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(&CLUSTER.kubeconfig).expect("the kubeconfig reads");
@@ -345,17 +377,31 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator binary on this cluster, watching `namespace`, with `extra` flags.
     pub fn start(namespace: &str, metrics: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "run",
+            "--namespace",
+            namespace,
+            "--metrics-address",
+            metrics,
+        ];
+        args.extend(extra);
+        Self::start_as(&CLUSTER.kubeconfig, &args, [("RUST_LOG", "warn")], metrics)
+    }
+
+    /// Starts the operator binary with `args` and `env` under the identity of `kubeconfig`;
+    /// `metrics` is where those arguments make it serve /metrics.
+    pub fn start_as<'a>(
+        kubeconfig: &Path,
+        args: &[&str],
+        env: impl IntoIterator<Item = (&'a str, &'a str)>,
+        metrics: &str,
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis-operator"))
-            .args([
-                "run",
-                "--namespace",
-                namespace,
-                "--metrics-address",
-                metrics,
-            ])
-            .args(extra)
-            .env("KUBECONFIG", &CLUSTER.kubeconfig)
-            .env("RUST_LOG", "warn")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .envs(env)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("the operator starts");
