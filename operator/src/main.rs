@@ -40,6 +40,12 @@ enum Command {
         /// The transcoder's image (the binaries next to jellyfin-ffmpeg).
         #[arg(long, env = "PORTCULLIS_TRANSCODER_IMAGE")]
         transcoder_image: Option<String>,
+        /// The official OWASP CRS release image edge pods copy the WAF rules from.
+        #[arg(long, env = "PORTCULLIS_CRS_IMAGE")]
+        crs_image: Option<String>,
+        /// The CRS directory in that image.
+        #[arg(long, env = "PORTCULLIS_CRS_PATH")]
+        crs_path: Option<String>,
         /// Watch only this namespace (every namespace when unset).
         #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
         namespace: Option<String>,
@@ -84,6 +90,8 @@ async fn main() -> ExitCode {
             identity,
             image,
             transcoder_image,
+            crs_image,
+            crs_path,
             namespace,
             pod_networks,
         } => {
@@ -91,6 +99,8 @@ async fn main() -> ExitCode {
             let settings = Settings {
                 image: image.unwrap_or(defaults.image),
                 transcoder_image: transcoder_image.unwrap_or(defaults.transcoder_image),
+                crs_image: crs_image.unwrap_or(defaults.crs_image),
+                crs_path: crs_path.unwrap_or(defaults.crs_path),
                 pod_networks: if pod_networks.is_empty() {
                     defaults.pod_networks
                 } else {

@@ -200,6 +200,35 @@ fn admin_probe(path: &str, period: i32) -> Probe {
     }
 }
 
+/// The OWASP CRS rule files in the edge pod: an init container copies them, unmodified, out
+/// of the official CRS release image (`settings.crs_image`, pinned by the chart) into a
+/// volume the edge reads at `mounts::CRS_DIR`.
+fn crs_rules(settings: &Settings) -> (Volume, VolumeMount, Container) {
+    let volume = Volume {
+        name: "crs".to_owned(),
+        empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    };
+    let init = Container {
+        name: "crs".to_owned(),
+        image: Some(settings.crs_image.clone()),
+        command: Some(vec![
+            "cp".to_owned(),
+            "-R".to_owned(),
+            format!("{}/.", settings.crs_path.trim_end_matches('/')),
+            format!("{}/", mounts::CRS_DIR),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "crs".to_owned(),
+            mount_path: mounts::CRS_DIR.to_owned(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(security::container()),
+        ..Container::default()
+    };
+    (volume, read_only_mount("crs", mounts::CRS_DIR), init)
+}
+
 /// The edge's Deployment. Its pod template changes only when a running proxy cannot apply
 /// the change live: the document's restart hash, or the set of mounted volumes.
 pub fn deployment(
@@ -210,7 +239,19 @@ pub fn deployment(
 ) -> Deployment {
     let name = server.name_any();
     let spec = &server.spec.edge;
-    let (volumes, volume_mounts): (Vec<_>, Vec<_>) = volumes(server, resolved).into_iter().unzip();
+    let (mut volumes, mut volume_mounts): (Vec<_>, Vec<_>) =
+        volumes(server, resolved).into_iter().unzip();
+    let mut init_containers = Vec::new();
+    if document
+        .waf
+        .as_ref()
+        .is_some_and(|waf| waf.crs_dir.is_some())
+    {
+        let (volume, mount, init) = crs_rules(settings);
+        volumes.push(volume);
+        volume_mounts.push(mount);
+        init_containers.push(init);
+    }
     let container = Container {
         name: "edge".to_owned(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
@@ -267,6 +308,7 @@ pub fn deployment(
                     termination_grace_period_seconds: Some(spec.termination_grace_period_seconds),
                     security_context: Some(security::pod(security::PORTCULLIS_UID)),
                     affinity: Some(anti_affinity),
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
                     containers: vec![container],
                     volumes: Some(volumes),
                     ..PodSpec::default()
@@ -334,6 +376,51 @@ mod tests {
 
     fn pod(deployment: &Deployment) -> &PodSpec {
         deployment.spec.template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn a_crs_rule_set_copies_the_rules_from_the_crs_image_into_a_read_only_mount() {
+        let server = seed_server();
+        let waf: portcullis_crds::WafRuleSet = serde_saphyr::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../examples/seed/wafruleset.yaml"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let resolved = Resolved {
+            waf_rule_set: Some(crate::render::Named {
+                name: "crs-pl1".into(),
+                resource: waf,
+            }),
+            ..Resolved::default()
+        };
+        let settings = Settings::default();
+        let document = edge_config::render(&server, &resolved);
+        let deployment = deployment(&server, &resolved, &document, &settings);
+        let pod = pod(&deployment);
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some(settings.crs_image.as_str()));
+        assert_eq!(
+            init.command.as_ref().unwrap(),
+            &["cp", "-R", "/opt/owasp-crs/.", "/etc/portcullis/crs/"]
+        );
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "crs")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/etc/portcullis/crs");
+        assert_eq!(mount.read_only, Some(true));
+        // Without a rule set there is nothing to copy.
+        assert!(pod_of_plain(&server).init_containers.is_none());
+    }
+
+    fn pod_of_plain(server: &MediaServer) -> PodSpec {
+        rendered(server).spec.template.spec.unwrap()
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct Settings {
     /// The transcoder's image: the Portcullis binaries next to jellyfin-ffmpeg (the
     /// Dockerfile's `transcoder` target).
     pub transcoder_image: String,
+    /// The official OWASP CRS release image the rule files are copied from.
+    pub crs_image: String,
+    /// The CRS directory in that image (`rules/` and `crs-setup.conf.example`).
+    pub crs_path: String,
     /// The pod networks of the cluster, given to the app as its known proxies so it
     /// believes the edge's X-Forwarded-For (only edge pods can reach it).
     pub pod_networks: Vec<String>,
@@ -55,6 +59,8 @@ impl Default for Settings {
                 "ghcr.io/portcullis-dev/portcullis-transcoder:{}",
                 env!("CARGO_PKG_VERSION")
             ),
+            crs_image: "docker.io/owasp/modsecurity-crs:4.18.0-nginx-202509051009".to_owned(),
+            crs_path: "/opt/owasp-crs".to_owned(),
             pod_networks: vec![
                 "10.0.0.0/8".to_owned(),
                 "172.16.0.0/12".to_owned(),

@@ -280,8 +280,8 @@ fn the_chart_lints_and_renders_cleanly_with_restricted_pod_security() {
         .expect("two writers without a Lease are refused");
     assert!(racing.contains("leaderElection"), "{racing}");
     assert!(
-        refusal(&["crs.source=volume"]).is_some(),
-        "a volume source needs a volume"
+        refusal(&["crs.image.path=opt/owasp-crs"]).is_some(),
+        "the CRS path in the image is absolute"
     );
 }
 
