@@ -441,6 +441,9 @@ pub struct RateLimit {
     pub status: i32,
     /// Send Retry-After.
     pub retry_after: bool,
+    /// Browsers over the limit get a proof-of-work challenge instead of the status.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub challenge: bool,
     /// File holding the Redis URL; counters stay in memory when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url_file: Option<PathBuf>,

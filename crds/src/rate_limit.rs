@@ -173,11 +173,28 @@ pub struct LimitResponse {
     /// Send `Retry-After` with the seconds until the key may try again.
     #[serde(default = "default_true")]
     pub retry_after: bool,
+    /// What a browser over the limit gets: `Reject` (the status above) or `Challenge` (a
+    /// proof-of-work page its JavaScript solves in a second or two; once solved, the address
+    /// passes this limit for an hour). Clients that are not browsers are always rejected;
+    /// bans are never challenged.
+    #[serde(default)]
+    pub action: LimitAction,
+}
+
+/// What a browser over a limit gets.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LimitAction {
+    /// The rule's status.
+    #[default]
+    Reject,
+    /// A proof-of-work challenge page (a self-hosted answer to Cloudflare's bot challenge).
+    Challenge,
 }
 
 impl Default for LimitResponse {
     fn default() -> Self {
         Self {
+            action: LimitAction::Reject,
             status: default_status(),
             retry_after: true,
         }

@@ -33,7 +33,7 @@ use crate::{
     access::{self, Access, AccessRequest, Answer, Grant, Outcome, app_token::TokenStatus},
     access_log::{self, AccessRecord},
     app::HeaderWatch,
-    app_rules, bots, client_identity, error_page,
+    app_rules, bots, challenge, client_identity, error_page,
     geo::Country,
     hygiene::{self, ContentLength, RequestFacts},
     model::Policy,
@@ -253,6 +253,39 @@ impl Edge {
 }
 
 impl Edge {
+    /// A posted proof-of-work solution: a pass, or 403.
+    async fn challenge_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        policy: &Policy,
+    ) -> Result<bool> {
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > access::MAX_FORM_BYTES {
+                break;
+            }
+        }
+        let verdict = match ctx.client_ip {
+            Some(ip) if body.len() <= access::MAX_FORM_BYTES => {
+                policy.challenger.submit(&body, ip, unix_seconds(ctx.time))
+            }
+            _ => Verdict::Respond(
+                Response::error(StatusCode::BAD_REQUEST),
+                Reason::new("challenge-failed", "no client address or an oversized form"),
+            ),
+        };
+        if let Verdict::Respond(_, reason) = &verdict {
+            self.shared
+                .metrics
+                .ratelimit_decisions
+                .with_label_values(&["challenge", reason.rule])
+                .inc();
+        }
+        self.apply(session, ctx, LayerId::RateLimit, verdict).await
+    }
+
     /// Counts the WAF's matches and reports what detect-only mode let through.
     fn record_waf(&self, ctx: &Ctx, verdict: &portcullis_waf::Verdict) {
         let metrics = &self.shared.metrics;
@@ -491,8 +524,18 @@ impl Edge {
                 .access
                 .as_ref()
                 .and_then(|access| access::cookie(&request.headers, access.session_cookie_name()));
+            let now_seconds = now / 1000;
             for (index, rule) in policy.rate_limits.iter().enumerate() {
                 if rule.stage() != stage || !rule.matches(&request.method, path) {
+                    continue;
+                }
+                if rule.challenge
+                    && ctx.client_ip.is_some_and(|ip| {
+                        policy
+                            .challenger
+                            .has_pass(&request.headers, ip, now_seconds)
+                    })
+                {
                     continue;
                 }
                 let facts = KeyFacts {
@@ -519,13 +562,30 @@ impl Edge {
                         }
                     }
                     _ => {
-                        decided = Some((rule, key, outcome));
+                        let navigation =
+                            matches!(request.method, http::Method::GET | http::Method::HEAD)
+                                && request.headers.get(header::ACCEPT).is_some_and(|accept| {
+                                    accept.as_bytes().windows(9).any(|w| w == b"text/html")
+                                });
+                        let challenge = match (outcome, ctx.client_ip) {
+                            (LimitOutcome::Limited { .. }, Some(ip))
+                                if rule.challenge && navigation =>
+                            {
+                                let target = request
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/", |target| target.as_str());
+                                Some(policy.challenger.page(ip, now_seconds, target, &rule.name))
+                            }
+                            _ => None,
+                        };
+                        decided = Some((rule, key, outcome, challenge));
                         break;
                     }
                 }
             }
         }
-        let Some((rule, key, outcome)) = decided else {
+        let Some((rule, key, outcome, challenge)) = decided else {
             return Ok(false);
         };
         let metrics = &self.shared.metrics;
@@ -541,13 +601,14 @@ impl Edge {
                 "banned"
             }
             LimitOutcome::Banned { .. } => "banned",
+            _ if challenge.is_some() => "challenged",
             _ => "limited",
         };
         metrics
             .ratelimit_decisions
             .with_label_values(&[&*rule.name, label])
             .inc();
-        let verdict = rule.verdict(outcome, now);
+        let verdict = challenge.unwrap_or_else(|| rule.verdict(outcome, now));
         self.apply(session, ctx, LayerId::RateLimit, verdict).await
     }
 
@@ -827,6 +888,11 @@ impl ProxyHttp for Edge {
         }
         if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
             return self.apply(session, ctx, layer, verdict).await;
+        }
+        if session.req_header().method == http::Method::POST
+            && session.req_header().uri.path() == challenge::CHALLENGE_PATH
+        {
+            return self.challenge_answer(session, ctx, &policy).await;
         }
         if self.app_rules(session, ctx, &policy).await? {
             return Ok(true);

@@ -15,6 +15,7 @@ use portcullis_crds::edge::{self, EdgeConfig};
 
 use crate::{
     access::{Access, AccessError},
+    challenge::Challenger,
     client_identity::TrustedProxies,
     geo::{CountryFilter, GeoDb, GeoDbError},
     hygiene::{Hygiene, RequestFacts},
@@ -155,6 +156,8 @@ pub struct Policy {
     pub access: Option<Access>,
     /// The WAF, when the document turns the CRS on.
     pub waf: Option<Waf>,
+    /// The proof-of-work challenge of RateLimits that challenge browsers.
+    pub challenger: Challenger,
     /// Files the policy was built from besides the document; a change to any of them
     /// recompiles it (certificate renewals).
     pub files: Vec<PathBuf>,
@@ -258,6 +261,7 @@ impl TryFrom<EdgeConfig> for Policy {
             access = Some(Access::new(policy, &doc.app, &host)?);
             files.extend(Access::files(policy));
         }
+        let challenger = Challenger::new(access.as_ref().map(Access::signer));
         Ok(Self {
             source: format!(
                 "{}/{}@{}",
@@ -286,6 +290,7 @@ impl TryFrom<EdgeConfig> for Policy {
             rate_limits,
             geo,
             access,
+            challenger,
             waf,
             files,
         })

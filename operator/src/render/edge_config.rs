@@ -248,6 +248,7 @@ fn rate_limit(named: &Named<portcullis_crds::RateLimit>) -> RateLimit {
         ban_duration: spec.ban.as_ref().map(|b| b.duration),
         status: spec.response.status,
         retry_after: spec.response.retry_after,
+        challenge: spec.response.action == portcullis_crds::rate_limit::LimitAction::Challenge,
         redis_url_file: spec
             .backend
             .redis
@@ -341,6 +342,17 @@ mod tests {
             config.rate_limits[0].ban_duration.unwrap().to_string(),
             "1h"
         );
+        assert!(!config.rate_limits[0].challenge);
+    }
+
+    #[test]
+    fn a_challenging_limit_asks_the_edge_for_the_proof_of_work() {
+        let mut resolved = seed_resolved();
+        resolved.rate_limits[1].resource.spec.response.action =
+            portcullis_crds::rate_limit::LimitAction::Challenge;
+        let config = render(&seed_server(), &resolved);
+        assert!(config.rate_limits[1].challenge);
+        assert!(config.to_yaml().contains("challenge: true"));
     }
 
     #[test]

@@ -308,6 +308,11 @@ impl Access {
         files
     }
 
+    /// The session keys (other signed values of the edge use them too).
+    pub const fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
     /// The session cookie's name.
     pub fn session_cookie_name(&self) -> &str {
         &self.session.cookie_name

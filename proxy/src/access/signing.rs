@@ -31,6 +31,10 @@ pub enum Purpose {
     Code,
     /// The CSRF token of the sign-in forms.
     Csrf,
+    /// A proof-of-work challenge handed to a client.
+    Challenge,
+    /// The pass a solved challenge earns.
+    Pass,
 }
 
 impl Purpose {
@@ -40,6 +44,8 @@ impl Purpose {
             Self::Pending => b"portcullis/pending/v1\0",
             Self::Code => b"portcullis/code/v1\0",
             Self::Csrf => b"portcullis/csrf/v1\0",
+            Self::Challenge => b"portcullis/challenge/v1\0",
+            Self::Pass => b"portcullis/pass/v1\0",
         }
     }
 }

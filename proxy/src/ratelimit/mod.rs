@@ -112,6 +112,8 @@ pub struct Rule {
     pub params: Params,
     status: StatusCode,
     retry_after: bool,
+    /// Browsers over the limit get the proof-of-work challenge ([`crate::challenge`]).
+    pub challenge: bool,
     /// The shared backend, when counters live in Redis.
     pub redis: Option<Arc<RedisStore>>,
     redis_prefix: String,
@@ -196,6 +198,7 @@ impl Rule {
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
             retry_after: doc.retry_after,
+            challenge: doc.challenge,
             redis,
             redis_prefix: format!("portcullis:rl:{host}:{name}:"),
             manual: doc
@@ -361,6 +364,7 @@ pub fn builtin_sign_in(host: &str) -> Rule {
         ban_duration: Some(portcullis_crds::common::Duration::from_secs(15 * 60)),
         status: 429,
         retry_after: true,
+        challenge: false,
         redis_url_file: None,
         manual_bans: Vec::new(),
         lifted_bans: Vec::new(),

@@ -149,3 +149,81 @@ async fn jellyfins_setup_wizard_metrics_and_logs_are_closed() {
     }
     assert!(!origin_saw("/System/Logs"));
 }
+
+#[test]
+fn a_browser_over_a_challenge_limit_solves_the_proof_of_work_and_passes() {
+    let proxy = Proxy::start(Settings {
+        trusted: vec!["127.0.0.1/32".into()],
+        extra: "rateLimits:
+  - name: soft
+    pathPrefixes: [/web/]
+    key: Ip
+    ipv6PrefixLength: 64
+    limit: 1
+    period: 1h
+    burst: 0
+    status: 429
+    retryAfter: true
+    challenge: true
+"
+        .into(),
+        ..Settings::default()
+    });
+    let browser_dir =
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/browser"));
+    assert!(
+        browser_dir.join("node_modules").exists(),
+        "run `npm ci` in {}",
+        browser_dir.display()
+    );
+    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("challenge-screenshots");
+    let out = std::process::Command::new("node")
+        .arg(browser_dir.join("challenge.mjs"))
+        .env(
+            "EDGE_URL",
+            format!("https://{HOST}:{}/web/index.html", proxy.https().port()),
+        )
+        .env("EDGE_ADDRESS", proxy.https().to_string())
+        .env("CLIENT_IP", "198.51.100.50")
+        .env("SCREENSHOTS", &shots)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["first"], 200, "{seen}");
+    assert_eq!(
+        seen["second"], 429,
+        "the second visit is challenged: {seen}"
+    );
+    assert!(
+        seen["landedOn"]
+            .as_str()
+            .unwrap()
+            .ends_with("/web/index.html"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["third"], 200,
+        "the pass lets later visits through: {seen}"
+    );
+    assert!(
+        seen["cookies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "portcullis_pass")
+    );
+    let lines = proxy.access_log();
+    assert!(lines.iter().any(|l| l["rule"] == "challenge"));
+    assert!(lines.iter().any(|l| l["rule"] == "challenge-solved"));
+    println!(
+        "solved in {} ms; screenshot in {}",
+        seen["solvedMs"],
+        shots.display()
+    );
+}
