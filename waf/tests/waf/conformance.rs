@@ -28,7 +28,11 @@ fn crs_test_settings() -> WafSettings {
         response_mime_types: ["text/plain", "text/html", "text/xml", "application/json"]
             .map(String::from)
             .to_vec(),
+        // 920360 and 920380's tests say these two "need to be set in crs-setup"; CRS's
+        // test setup uses 100 and 255.
         setup_vars: [
+            ("arg_name_length", "100"),
+            ("max_num_args", "255"),
             ("arg_length", "400"),
             ("total_arg_length", "6400"),
             ("max_file_size", "64100"),
