@@ -573,7 +573,13 @@ impl Transaction {
         if let Some(p) = processor {
             self.d.set_scalar(Var::ReqbodyProcessor, p.name());
         }
-        if processor == Some(BodyProcessor::UrlEncoded) || self.force_body_variable {
+        // REQUEST_BODY holds urlencoded and JSON bodies (934210 looks for Django lookups in
+        // raw JSON), and others only when forced; the regression suite pins this down.
+        if matches!(
+            processor,
+            Some(BodyProcessor::UrlEncoded | BodyProcessor::Json)
+        ) || self.force_body_variable
+        {
             self.d.set_scalar(Var::RequestBody, body);
         }
         let Some(parsed) = parsed else { return };
