@@ -190,3 +190,25 @@ fn paranoia_level_selects_the_rules_that_run() {
     tx.process_request_headers();
     assert!(tx.process_request_body(b"").rule_ids().contains(&920300));
 }
+
+#[test]
+fn the_engine_is_shared_across_threads_and_transactions_move_between_them() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<portcullis_waf::WafEngine>();
+    send::<portcullis_waf::Transaction>();
+    let e = engine(&WafSettings::default());
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let mut tx = e.transaction(get(ATTACK));
+                tx.process_request_headers();
+                tx.process_request_body(b"").is_blocked()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap());
+    }
+}
