@@ -94,3 +94,23 @@ fn list(errors: &[RuleError]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_label_is_the_variant_name_only() {
+        let e = LoadError::Rules(vec![RuleError {
+            file: "x.conf".into(),
+            line: 3,
+            kind: ErrorKind::UnsupportedOperator("rbl".into()),
+        }]);
+        assert_eq!(e.metric_label(), "Rules");
+        assert_eq!(
+            e.to_string(),
+            "1 rule error(s):\n  x.conf:3: unsupported operator `@rbl`"
+        );
+        assert_eq!(LoadError::Settings("x".into()).metric_label(), "Settings");
+    }
+}

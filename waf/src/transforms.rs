@@ -248,19 +248,7 @@ impl Transform {
     }
 }
 
-/// Applies a chain of transformations; `multi` collects every distinct intermediate value
-/// (for `multiMatch`), the input first.
-pub fn apply_chain(chain: &[Transform], input: &[u8]) -> Vec<u8> {
-    let mut value: Cow<'_, [u8]> = Cow::Borrowed(input);
-    for t in chain {
-        if let Cow::Owned(v) = t.apply(&value) {
-            value = Cow::Owned(v);
-        }
-    }
-    value.into_owned()
-}
-
-/// Every distinct value along a chain of transformations, the input first.
+/// Every distinct value along a chain of transformations, the input first (`multiMatch`).
 pub fn apply_chain_multi(chain: &[Transform], input: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![input.to_vec()];
     let mut value = input.to_vec();

@@ -75,7 +75,6 @@ variables! {
     MultipartFilename = "MULTIPART_FILENAME", false;
     MultipartName = "MULTIPART_NAME", false;
     MultipartStrictError = "MULTIPART_STRICT_ERROR", false;
-    MultipartUnmatchedBoundary = "MULTIPART_UNMATCHED_BOUNDARY", false;
     Xml = "XML", true;
     Tx = "TX", true;
     Ip = "IP", true;

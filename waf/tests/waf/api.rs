@@ -17,6 +17,40 @@ fn benign_request_is_allowed_with_a_zero_score() {
     assert_eq!(v.decision, Decision::Allow);
     assert_eq!(v.inbound_score, 0);
     assert!(v.matched.is_empty(), "{:?}", v.rule_ids());
+    // The settings reach the CRS as its setup variables.
+    assert_eq!(tx.tx_var("blocking_paranoia_level").as_deref(), Some("1"));
+    assert_eq!(
+        tx.tx_var("inbound_anomaly_score_threshold").as_deref(),
+        Some("5")
+    );
+}
+
+#[test]
+fn responses_are_inspected_only_when_enabled() {
+    let leak = b"<html><body>You have an error in your SQL syntax; check the manual that \
+                 corresponds to your MySQL server version for the right syntax</body></html>";
+    let run = |inspect: bool| {
+        let e = engine(&WafSettings {
+            inspect_responses: inspect,
+            ..WafSettings::default()
+        });
+        let mut tx = e.transaction(get("/Items"));
+        tx.process_request_headers();
+        tx.process_request_body(b"");
+        tx.process_response_headers(
+            200,
+            "HTTP/1.1",
+            &[("Content-Type".into(), b"text/html".to_vec())],
+        );
+        tx.process_response_body(leak)
+    };
+    let v = run(true);
+    assert!(v.rule_ids().contains(&951230), "{:?}", v.rule_ids());
+    assert!(v.outbound_score >= 4, "{}", v.outbound_score);
+    assert!(v.is_blocked());
+    let v = run(false);
+    assert!(v.matched.is_empty(), "{:?}", v.rule_ids());
+    assert!(!v.is_blocked());
 }
 
 #[test]
@@ -155,4 +189,26 @@ fn paranoia_level_selects_the_rules_that_run() {
     let mut tx = pl3.transaction(facts());
     tx.process_request_headers();
     assert!(tx.process_request_body(b"").rule_ids().contains(&920300));
+}
+
+#[test]
+fn the_engine_is_shared_across_threads_and_transactions_move_between_them() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<portcullis_waf::WafEngine>();
+    send::<portcullis_waf::Transaction>();
+    let e = engine(&WafSettings::default());
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let mut tx = e.transaction(get(ATTACK));
+                tx.process_request_headers();
+                tx.process_request_body(b"").is_blocked()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap());
+    }
 }

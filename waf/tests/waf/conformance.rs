@@ -28,7 +28,11 @@ fn crs_test_settings() -> WafSettings {
         response_mime_types: ["text/plain", "text/html", "text/xml", "application/json"]
             .map(String::from)
             .to_vec(),
+        // 920360 and 920380's tests say these two "need to be set in crs-setup"; CRS's
+        // test setup uses 100 and 255.
         setup_vars: [
+            ("arg_name_length", "100"),
+            ("max_num_args", "255"),
             ("arg_length", "400"),
             ("total_arg_length", "6400"),
             ("max_file_size", "64100"),
@@ -326,15 +330,15 @@ fn ids(v: Option<&Value>) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// Whether one stage's logged rules satisfy its expectations; `None` when the stage
-/// checks only what happens on the wire (`expect_error`), which an in-process run cannot.
+/// Whether one stage's logged rules satisfy its expectations; `None` when the stage has
+/// no log expectations (only a status or a transport error), which an in-process run
+/// cannot judge.
 fn stage_passes(engine: &WafEngine, stage: &Value, show: bool) -> Option<bool> {
     let input = stage.get("input")?;
     let output = stage.get("output")?;
-    let log = output.get("log");
-    if output.get("expect_error").and_then(Value::as_bool) == Some(true) && log.is_none() {
-        return None;
-    }
+    // Stages that check only the status or a transport error (no `log` block) test the web
+    // server more than the WAF; they are counted apart, not as passes.
+    let log = output.get("log")?;
     let w = wire(input);
     let verdict = run_stage(engine, &w);
     let logged = verdict.rule_ids();
@@ -352,9 +356,6 @@ fn stage_passes(engine: &WafEngine, stage: &Value, show: bool) -> Option<bool> {
             String::from_utf8_lossy(&w.body),
         );
     }
-    let Some(log) = log else {
-        return Some(true);
-    };
     let expect_ok = ids(log.get("expect_ids"))
         .iter()
         .all(|id| logged.iter().any(|l| u64::from(*l) == *id));
@@ -443,28 +444,29 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
                 test.get("test_id").map(scalar).unwrap_or_default()
             );
             let show = std::env::var("WAF_CONFORMANCE_SHOW").is_ok_and(|s| s == name);
-            let mut result = Some(true);
+            // A test counts when at least one stage has log expectations, and passes when
+            // every such stage does.
+            let mut checked = false;
+            let mut ok = true;
             for stage in test
                 .get("stages")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                match stage_passes(&engine, stage, show) {
-                    Some(true) => {}
-                    Some(false) => result = Some(false),
-                    None => result = result.and(None),
+                if let Some(pass) = stage_passes(&engine, stage, show) {
+                    checked = true;
+                    ok &= pass;
                 }
             }
-            match result {
-                None => skipped += 1,
-                Some(ok) => {
-                    tally.total += 1;
-                    if ok {
-                        tally.passed += 1;
-                    } else {
-                        tally.failed.push(name);
-                    }
+            if !checked {
+                skipped += 1;
+            } else {
+                tally.total += 1;
+                if ok {
+                    tally.passed += 1;
+                } else {
+                    tally.failed.push(name);
                 }
             }
         }
@@ -493,7 +495,7 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
         }
     }
     println!(
-        "overall: {passed}/{total} = {:.2}% ({skipped} tests check only the wire and are not run)",
+        "overall: {passed}/{total} = {:.2}% ({skipped} tests without log expectations not counted)",
         100.0 * passed as f64 / total.max(1) as f64
     );
     let (base_passed, base_total) = baseline();
