@@ -101,6 +101,31 @@ fn bans(shared: &Shared) -> Bytes {
     Bytes::from(serde_json::Value::Array(list).to_string())
 }
 
+/// How often the open connections are counted while draining.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
+
+/// Ends the process as soon as no client connection is open any more. Pingora sleeps the
+/// whole grace period after SIGTERM whatever is in flight (its listeners are already
+/// closed); an edge with nothing left to finish need not keep a rollout waiting.
+async fn exit_when_drained(shared: Arc<Shared>) {
+    let mut idle_checks = 0;
+    loop {
+        tokio::time::sleep(DRAIN_CHECK).await;
+        if shared.connections.open() == 0 {
+            idle_checks += 1;
+        } else {
+            idle_checks = 0;
+        }
+        // Twice in a row, so a connection being handed over is not missed.
+        if idle_checks >= 2 {
+            tracing::info!(
+                "drained: no client connection is open; exiting before the grace period ends"
+            );
+            std::process::exit(0);
+        }
+    }
+}
+
 async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
     let mut session = ServerSession::new_http1(Box::new(L4Stream::from(tcp)));
     match tokio::time::timeout(READ_TIMEOUT, session.read_request()).await {
@@ -162,6 +187,7 @@ impl BackgroundService for Admin {
                     if changed.is_ok() && *shutdown.borrow() {
                         tracing::info!("shutting down: /readyz now answers 503");
                         self.shared.begin_shutdown();
+                        tokio::spawn(exit_when_drained(Arc::clone(&self.shared)));
                     }
                 }
             }

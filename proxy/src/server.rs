@@ -79,7 +79,8 @@ pub fn server_conf(
         threads: threads.max(1),
         work_stealing,
         upstream_keepalive_pool_size: pool_size,
-        // Pingora sleeps the whole grace period after SIGTERM, then gives runtimes this long.
+        // Pingora sleeps the whole grace period after SIGTERM (the admin service ends the
+        // process earlier once nothing is open), then gives runtimes this long.
         grace_period_seconds: Some(grace.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
