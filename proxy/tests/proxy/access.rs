@@ -387,6 +387,14 @@ impl Browser {
     }
 }
 
+/// An address of the allowed family domain that no other test uses, so tests running at once
+/// never read each other's codes from the shared sink.
+fn member(test: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{test}-{}-{n}@family.example", std::process::id())
+}
+
 fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -515,7 +523,7 @@ async fn scenario_3_an_unknown_email_sees_the_same_page_and_no_mail_is_sent() {
 async fn tampered_and_foreign_session_cookies_are_refused() {
     let proxy = access_proxy();
     let mut browser = Browser::new(&proxy, FR_CLIENT);
-    browser.sign_in(ALICE, "/").await;
+    browser.sign_in(&member("tampered"), "/").await;
     let good = browser.cookies["portcullis_session"].clone();
     let mut bytes = good.clone().into_bytes();
     bytes[2] = if bytes[2] == b'A' { b'B' } else { b'A' };
@@ -544,10 +552,11 @@ async fn tampered_and_foreign_session_cookies_are_refused() {
 #[tokio::test]
 async fn a_code_works_once_and_brute_force_stops_at_the_cap() {
     let proxy = access_proxy();
+    let email = member("brute-force");
     let mut browser = Browser::new(&proxy, FR_CLIENT);
-    let seen = mailpit().texts_to(ALICE).await.len();
-    browser.ask_code(ALICE, "/").await;
-    let code = mailpit().new_code(ALICE, seen).await;
+    let seen = mailpit().texts_to(&email).await.len();
+    browser.ask_code(&email, "/").await;
+    let code = mailpit().new_code(&email, seen).await;
     let pending = browser.cookies["portcullis_session_pending"].clone();
     let done = browser.submit_code(&code).await;
     assert_eq!(done.status, StatusCode::SEE_OTHER);
@@ -565,9 +574,9 @@ async fn a_code_works_once_and_brute_force_stops_at_the_cap() {
     // Three wrong codes end the attempt; then even the right code is refused.
     tokio::time::sleep(Duration::from_secs(2)).await; // the resend cooldown
     let mut attacker = Browser::new(&proxy, FR_CLIENT);
-    let seen = mailpit().texts_to(ALICE).await.len();
-    attacker.ask_code(ALICE, "/").await;
-    let right = mailpit().new_code(ALICE, seen).await;
+    let seen = mailpit().texts_to(&email).await.len();
+    attacker.ask_code(&email, "/").await;
+    let right = mailpit().new_code(&email, seen).await;
     let wrong = if right == "111111" {
         "222222"
     } else {
@@ -606,7 +615,7 @@ async fn the_return_path_is_local_only() {
         "/\\evil.example",
     ] {
         let mut browser = Browser::new(&proxy, FR_CLIENT);
-        let (_, done) = browser.sign_in(ALICE, evil).await;
+        let (_, done) = browser.sign_in(&member("return-path"), evil).await;
         assert_eq!(done.location.as_deref(), Some("/"), "{evil}");
         tokio::time::sleep(Duration::from_secs(2)).await; // the resend cooldown
     }
@@ -616,7 +625,7 @@ async fn the_return_path_is_local_only() {
 async fn revoked_before_signs_everyone_out_at_once() {
     let mut proxy = access_proxy();
     let mut browser = Browser::new(&proxy, FR_CLIENT);
-    browser.sign_in(ALICE, "/").await;
+    browser.sign_in(&member("revoked"), "/").await;
     assert_eq!(browser.get("/").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = utc_now();
