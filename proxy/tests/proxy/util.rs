@@ -614,7 +614,26 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy binary with `settings` and waits until it is ready.
-    pub fn start(settings: Settings) -> Self {
+    pub fn start(mut settings: Settings) -> Self {
+        // `free_port` hands out ports nobody holds *now*; a test starting at the same moment
+        // can take one first. The proxy then exits saying so, and gets fresh ports.
+        for _ in 0..5 {
+            match Self::try_start(settings.clone()) {
+                Ok(proxy) => return proxy,
+                Err(log) if log.contains("in use") => {
+                    settings.https = free_port();
+                    settings.http = free_port();
+                    settings.admin = free_port();
+                }
+                Err(log) => panic!("the proxy did not start: {log}"),
+            }
+        }
+        panic!("no free ports for the proxy after five tries")
+    }
+
+    /// Starts the proxy binary with `settings`: the proxy once ready, or its log if it
+    /// exited while starting.
+    fn try_start(settings: Settings) -> Result<Self, String> {
         origins();
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -655,8 +674,8 @@ impl Proxy {
             dir,
             generation: 1,
         };
-        proxy.wait_ready();
-        proxy
+        proxy.wait_ready()?;
+        Ok(proxy)
     }
 
     /// Replaces the document the way the kubelet updates a ConfigMap volume.
@@ -685,16 +704,16 @@ impl Proxy {
         self.child.id()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the proxy exited with {status}: {}", self.log());
+                return Err(format!("exited with {status}: {}", self.log()));
             }
             let ready = admin_get_blocking(self.admin(), "/readyz").map(|(status, _)| status);
             let https_up = std::net::TcpStream::connect(self.https()).is_ok();
             if ready == Some(200) && https_up {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
