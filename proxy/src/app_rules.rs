@@ -68,8 +68,12 @@ pub fn startup_completed(body: &[u8]) -> Option<bool> {
     info.get("StartupWizardCompleted")?.as_bool()
 }
 
-fn starts_with_ignore_case(path: &str, prefix: &str) -> bool {
-    path.len() >= prefix.len() && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+/// Whether `path` starts with `prefix`, ignoring ASCII case (Jellyfin routes paths
+/// case-insensitively, so its rules must match them that way).
+pub fn starts_with_ignore_case(path: &str, prefix: &str) -> bool {
+    path.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The verdict on a request for `path` to an application of `kind`, knowing whether its

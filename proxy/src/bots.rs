@@ -22,7 +22,10 @@ use std::{
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use http::StatusCode;
 
-use crate::verdict::{Reason, Response, Verdict};
+use crate::{
+    app_rules::starts_with_ignore_case,
+    verdict::{Reason, Response, Verdict},
+};
 
 /// The rule name honeypot bans are stored under.
 pub const HONEYPOT_RULE: &str = "honeypot";
@@ -159,17 +162,13 @@ pub struct BotVerdict {
     pub ban: bool,
 }
 
-fn lower_starts_with(path: &str, prefix: &str) -> bool {
-    path.len() >= prefix.len() && path[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
 impl BotGuard {
     /// The verdict on a request for `path` with this `User-Agent` (`None`: absent or empty).
     pub fn check(&self, path: &str, user_agent: Option<&[u8]>) -> BotVerdict {
         let forbidden = |reason| Verdict::Respond(Response::error(StatusCode::FORBIDDEN), reason);
         if HONEYPOTS
             .iter()
-            .any(|prefix| lower_starts_with(path, prefix))
+            .any(|prefix| starts_with_ignore_case(path, prefix))
         {
             return BotVerdict {
                 verdict: Verdict::Respond(
@@ -187,7 +186,10 @@ impl BotGuard {
                 )),
                 None => Verdict::Continue,
             },
-            None if SIGN_IN.iter().any(|prefix| lower_starts_with(path, prefix)) => {
+            None if SIGN_IN
+                .iter()
+                .any(|prefix| starts_with_ignore_case(path, prefix)) =>
+            {
                 forbidden(Reason::new("no-user-agent", "sign-in without a user agent"))
             }
             None => Verdict::Continue,

@@ -158,7 +158,7 @@ impl Challenger {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 headers: Vec::new(),
                 body: Body::Bytes {
-                    content_type: HeaderValue::from_static("text/html; charset=utf-8"),
+                    content_type: HeaderValue::from_static(crate::error_page::HTML),
                     bytes: Bytes::from(html),
                 },
                 close: false,

@@ -106,6 +106,19 @@ fn unix_millis(time: SystemTime) -> u64 {
     })
 }
 
+/// Reads a posted form of the edge's own pages: `None` once it is over
+/// [`access::MAX_FORM_BYTES`] (the rest is not read).
+async fn read_form(session: &mut Session) -> Result<Option<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > access::MAX_FORM_BYTES {
+            return Ok(None);
+        }
+    }
+    Ok(Some(body))
+}
+
 /// The facts the access layer decides on.
 fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
     AccessRequest {
@@ -260,17 +273,9 @@ impl Edge {
         ctx: &mut Ctx,
         policy: &Policy,
     ) -> Result<bool> {
-        let mut body = Vec::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() > access::MAX_FORM_BYTES {
-                break;
-            }
-        }
-        let verdict = match ctx.client_ip {
-            Some(ip) if body.len() <= access::MAX_FORM_BYTES => {
-                policy.challenger.submit(&body, ip, unix_seconds(ctx.time))
-            }
+        let body = read_form(session).await?;
+        let verdict = match (ctx.client_ip, body) {
+            (Some(ip), Some(body)) => policy.challenger.submit(&body, ip, unix_seconds(ctx.time)),
             _ => Verdict::Respond(
                 Response::error(StatusCode::BAD_REQUEST),
                 Reason::new("challenge-failed", "no client address or an oversized form"),
@@ -562,11 +567,7 @@ impl Edge {
                         }
                     }
                     _ => {
-                        let navigation =
-                            matches!(request.method, http::Method::GET | http::Method::HEAD)
-                                && request.headers.get(header::ACCEPT).is_some_and(|accept| {
-                                    accept.as_bytes().windows(9).any(|w| w == b"text/html")
-                                });
+                        let navigation = access::is_navigation(&request.method, &request.headers);
                         let challenge = match (outcome, ctx.client_ip) {
                             (LimitOutcome::Limited { .. }, Some(ip))
                                 if rule.challenge && navigation =>
@@ -676,17 +677,13 @@ impl Edge {
             }
             Outcome::Answered(answer) => self.answer(session, ctx, policy, access, answer).await,
             Outcome::ReadForm(kind) => {
-                let mut body = Vec::new();
-                while let Some(chunk) = session.read_request_body().await? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > access::MAX_FORM_BYTES {
-                        let verdict = Verdict::Respond(
-                            Response::error(StatusCode::PAYLOAD_TOO_LARGE).closing(),
-                            Reason::new("form-too-large", "the sign-in form is too large"),
-                        );
-                        return self.apply(session, ctx, LayerId::Access, verdict).await;
-                    }
-                }
+                let Some(body) = read_form(session).await? else {
+                    let verdict = Verdict::Respond(
+                        Response::error(StatusCode::PAYLOAD_TOO_LARGE).closing(),
+                        Reason::new("form-too-large", "the sign-in form is too large"),
+                    );
+                    return self.apply(session, ctx, LayerId::Access, verdict).await;
+                };
                 let answer = access.submit(
                     kind,
                     &access_request(session.req_header()),

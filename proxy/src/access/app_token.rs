@@ -36,7 +36,7 @@ pub const APP_SIGN_IN_PATHS: [&str; 7] = [
 pub fn is_app_sign_in(path: &str) -> bool {
     APP_SIGN_IN_PATHS.iter().any(|known| {
         if known.ends_with('/') {
-            path.len() >= known.len() && path[..known.len()].eq_ignore_ascii_case(known)
+            crate::app_rules::starts_with_ignore_case(path, known)
         } else {
             path.eq_ignore_ascii_case(known)
         }

@@ -193,6 +193,15 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
+/// Whether a request is a browser navigating (a page load, not an API call): `GET` or
+/// `HEAD` asking for HTML. Only such requests are sent to the edge's own pages.
+pub fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && headers
+            .get(header::ACCEPT)
+            .is_some_and(|accept| accept.as_bytes().windows(9).any(|w| w == b"text/html"))
+}
+
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     form_urlencoded::parse(query?.as_bytes())
         .find(|(key, _)| key == name)
@@ -209,7 +218,7 @@ fn html(status: StatusCode, page: String, cookies: Vec<String>, reason: Reason) 
         status,
         headers: Vec::with_capacity(cookies.len()),
         body: Body::Bytes {
-            content_type: HeaderValue::from_static("text/html; charset=utf-8"),
+            content_type: HeaderValue::from_static(crate::error_page::HTML),
             bytes: Bytes::from(page),
         },
         close: false,
@@ -509,11 +518,7 @@ impl Access {
             .map(|_| self.session.clear_cookie())
             .into_iter()
             .collect();
-        let navigation = matches!(*request.method, Method::GET | Method::HEAD)
-            && request
-                .headers
-                .get(header::ACCEPT)
-                .is_some_and(|accept| accept.as_bytes().windows(9).any(|w| w == b"text/html"));
+        let navigation = is_navigation(request.method, request.headers);
         let verdict = if self.otp.is_some() && navigation {
             let location = format!(
                 "{LOGIN_PATH}?rd={}",
