@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 
 use crate::util::{
-    HOST, Proxy, Settings, VALID_APP_TOKEN, empty, fetch_from, free_port, origin_saw, scratch,
-    trusted_proxy_ip,
+    HOST, Proxy, Settings, VALID_APP_TOKEN, browser_dir, browser_script, empty, fetch_from,
+    free_port, origin_saw, scratch, trusted_proxy_ip, watchdog,
 };
 
 /// An address the test database places in France.
@@ -85,18 +85,7 @@ fn mailpit() -> &'static Mailpit {
             .spawn()
             .unwrap();
         // Mailpit dies with this test process.
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
-                me = std::process::id(),
-                child = child.id()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let watchdog = watchdog(&child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(api).is_err() {
             assert!(Instant::now() < deadline, "mailpit did not start");
@@ -748,17 +737,6 @@ async fn forms_without_the_csrf_token_are_refused() {
 // ---------------------------------------------------------------------------------------
 // Real browser, real country database.
 
-/// `e2e/browser/`, where `npm ci` installed playwright-core and the country database.
-fn browser_dir() -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/browser"));
-    assert!(
-        dir.join("node_modules").exists(),
-        "run `npm ci` in {} first (e2e/install-deps does)",
-        dir.display()
-    );
-    dir
-}
-
 #[test]
 fn the_sign_in_pages_work_in_headless_chromium() {
     // The browser connects from 127.0.0.1 and stands behind a trusted proxy hop that says
@@ -769,27 +747,20 @@ fn the_sign_in_pages_work_in_headless_chromium() {
         ..Settings::default()
     });
     let target = unique("web/index.html");
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sign-in-screenshots");
-    let out = Command::new("node")
-        .arg(browser_dir().join("sign-in.mjs"))
-        .env(
-            "EDGE_URL",
-            format!("https://{HOST}:{}{target}", proxy.https().port()),
-        )
-        .env("EDGE_ADDRESS", proxy.https().to_string())
-        .env("CLIENT_IP", FR_CLIENT)
-        .env("EMAIL", "dana@family.example")
-        .env("MAILPIT_API", format!("http://{}", mailpit().api))
-        .env("SCREENSHOTS", &shots)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let seen = browser_script(
+        "sign-in.mjs",
+        &proxy,
+        "sign-in-screenshots",
+        &[
+            (
+                "EDGE_URL",
+                format!("https://{HOST}:{}{target}", proxy.https().port()),
+            ),
+            ("CLIENT_IP", FR_CLIENT.to_owned()),
+            ("EMAIL", "dana@family.example".to_owned()),
+            ("MAILPIT_API", format!("http://{}", mailpit().api)),
+        ],
     );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         seen["loginUrl"]
             .as_str()
@@ -823,6 +794,7 @@ fn the_sign_in_pages_work_in_headless_chromium() {
     assert_eq!(session["httpOnly"], true);
     assert_eq!(session["secure"], true);
     assert_eq!(session["sameSite"], "Lax");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sign-in-screenshots");
     for shot in ["1-email-form.png", "2-code-form.png", "3-app.png"] {
         assert!(shots.join(shot).exists(), "{shot}");
     }

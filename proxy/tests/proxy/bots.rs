@@ -10,7 +10,8 @@ use std::{
 use http::StatusCode;
 
 use crate::util::{
-    HOST, Proxy, STARTUP_DONE, Settings, admin_get, empty, fetch_from, origin_saw, trusted_proxy_ip,
+    HOST, Proxy, STARTUP_DONE, Settings, admin_get, browser_script, empty, fetch_from, origin_saw,
+    trusted_proxy_ip,
 };
 
 async fn get_as(
@@ -169,32 +170,18 @@ fn a_browser_over_a_challenge_limit_solves_the_proof_of_work_and_passes() {
         .into(),
         ..Settings::default()
     });
-    let browser_dir =
-        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/browser"));
-    assert!(
-        browser_dir.join("node_modules").exists(),
-        "run `npm ci` in {}",
-        browser_dir.display()
+    let seen = browser_script(
+        "challenge.mjs",
+        &proxy,
+        "challenge-screenshots",
+        &[
+            (
+                "EDGE_URL",
+                format!("https://{HOST}:{}/web/index.html", proxy.https().port()),
+            ),
+            ("CLIENT_IP", "198.51.100.50".to_owned()),
+        ],
     );
-    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("challenge-screenshots");
-    let out = std::process::Command::new("node")
-        .arg(browser_dir.join("challenge.mjs"))
-        .env(
-            "EDGE_URL",
-            format!("https://{HOST}:{}/web/index.html", proxy.https().port()),
-        )
-        .env("EDGE_ADDRESS", proxy.https().to_string())
-        .env("CLIENT_IP", "198.51.100.50")
-        .env("SCREENSHOTS", &shots)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen["first"], 200, "{seen}");
     assert_eq!(
         seen["second"], 429,
@@ -224,6 +211,8 @@ fn a_browser_over_a_challenge_limit_solves_the_proof_of_work_and_passes() {
     println!(
         "solved in {} ms; screenshot in {}",
         seen["solvedMs"],
-        shots.display()
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("challenge-screenshots")
+            .display()
     );
 }

@@ -582,6 +582,62 @@ upstream:
     }
 }
 
+/// A process that kills `child` once this test process is gone, however it ends; keep it
+/// beside the child.
+pub fn watchdog(child: &Child) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
+            me = std::process::id(),
+            child = child.id()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `e2e/browser/`, where `npm ci` installed playwright-core and the real country database.
+pub fn browser_dir() -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/browser"));
+    assert!(
+        dir.join("node_modules").exists(),
+        "run `npm ci` in {} first (e2e/install-deps does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs a script of `e2e/browser` (playwright-core driving Debian's Chromium) against
+/// `proxy` with `env`; the one JSON line it prints. Screenshots go to `shots` under the
+/// target's temporary directory.
+pub fn browser_script(
+    script: &str,
+    proxy: &Proxy,
+    shots: &str,
+    env: &[(&str, String)],
+) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg(browser_dir().join(script))
+        .env("EDGE_ADDRESS", proxy.https().to_string())
+        .env(
+            "SCREENSHOTS",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(shots),
+        )
+        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Writes the document the way the kubelet lays out a ConfigMap volume: a new timestamped
 /// directory, then an atomic swap of the `..data` symlink that `edge.yaml` points through.
 pub fn write_document(dir: &Path, generation: u32, text: &str) {
@@ -654,19 +710,7 @@ impl Proxy {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        // Kill the proxy when this test process is gone, however it ends.
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -9 {child} 2>/dev/null",
-                me = std::process::id(),
-                child = child.id()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let watchdog = watchdog(&child);
         let mut proxy = Self {
             child,
             watchdog,
