@@ -73,9 +73,7 @@ pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) 
 /// The bans this replica holds, as JSON: `[{"limit", "key", "start", "end"}]` with times in
 /// seconds since the epoch (Redis-backed bans live in Redis and are not listed here).
 fn bans(shared: &Shared) -> Bytes {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let now = crate::edge::unix_millis(std::time::SystemTime::now());
     let mut list: Vec<serde_json::Value> = shared
         .limiter
         .bans(now)

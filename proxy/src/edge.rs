@@ -100,7 +100,8 @@ fn unix_seconds(time: SystemTime) -> u64 {
         .map_or(0, |since| since.as_secs())
 }
 
-fn unix_millis(time: SystemTime) -> u64 {
+/// Milliseconds since the epoch, the time unit of the rate limiter and its bans.
+pub fn unix_millis(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     })
