@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
+use crate::util::{Conn, HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
 
 fn crs_dir() -> PathBuf {
     PathBuf::from(concat!(
@@ -150,6 +150,32 @@ async fn jellyfins_normal_traffic_passes() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Browsers speak HTTP/2, where the host travels as `:authority` and no `Host` header exists:
+/// the CRS must still see the host (rule 920280 would block every request otherwise).
+#[tokio::test]
+async fn http2_requests_pass_and_attacks_over_http2_are_blocked() {
+    let proxy = waf_proxy("Block");
+    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
+    for (target, expected) in [
+        ("/web/index.html", StatusCode::OK),
+        (
+            "/Items/h2-probe?searchTerm=1%27%20OR%20%271%27%3D%271%27%20--",
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let request = Request::get(format!("https://{HOST}{target}"))
+            .header("user-agent", BROWSER)
+            .header("accept", "text/html")
+            .body(empty())
+            .unwrap();
+        assert!(request.headers().get("host").is_none());
+        let response = conn.send(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), expected, "{target}");
+    }
+    assert!(!origin_saw("/Items/h2-probe"));
 }
 
 #[tokio::test]
