@@ -275,7 +275,11 @@ mod tests {
                 None,
                 8443,
             ));
-            tx.process_request_headers()
+            let head = tx.process_request_headers();
+            if head.is_blocked() {
+                return head;
+            }
+            tx.process_request_body(b"")
         };
         assert!(!h2(Some("media.example.org")).is_blocked());
         // Without any host at all, CRS still says so (920280 and the anomaly threshold).
