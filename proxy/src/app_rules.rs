@@ -11,6 +11,10 @@
 //! | --- | --- |
 //! | `startup-closed` | 403 |
 //! | `internal-path` (`/metrics`, `/System/Logs*`) | 403 |
+//!
+//! Jellyfin also tells anyone who asks `/System/Info/Public` where it is (`LocalAddress`, the
+//! pod's own address and port); the edge answers with the public URL in its place
+//! ([`reveals_local_address`], [`hide_local_address`]), so the origin stays hidden.
 
 use std::{
     sync::atomic::{AtomicU8, AtomicU64, Ordering},
@@ -66,6 +70,28 @@ impl StartupState {
 pub fn startup_completed(body: &[u8]) -> Option<bool> {
     let info: serde_json::Value = serde_json::from_slice(body).ok()?;
     info.get("StartupWizardCompleted")?.as_bool()
+}
+
+/// Whether Jellyfin's answer to `path` names its own address (`LocalAddress` in
+/// `/System/Info/Public`, which anyone may read, and in `/System/Info`).
+pub fn reveals_local_address(kind: AppKind, path: &str) -> bool {
+    kind == AppKind::Jellyfin
+        && (path.eq_ignore_ascii_case("/System/Info/Public")
+            || path.eq_ignore_ascii_case("/System/Info"))
+}
+
+/// The largest server-info answer the edge rewrites; a larger one is not Jellyfin's and
+/// passes as it is.
+pub const SERVER_INFO_LIMIT: usize = 64 * 1024;
+
+/// Jellyfin's server-info JSON with `LocalAddress` replaced by `public_url`; `None` when the
+/// body is not a JSON object.
+pub fn hide_local_address(body: &[u8], public_url: &str) -> Option<Vec<u8>> {
+    let mut info: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    if let Some(address) = info.get_mut("LocalAddress") {
+        *address = serde_json::Value::String(public_url.to_owned());
+    }
+    serde_json::to_vec(&info).ok()
 }
 
 /// Whether `path` starts with `prefix`, ignoring ASCII case (Jellyfin routes paths
@@ -182,5 +208,26 @@ mod tests {
         assert_eq!(state.completed(), None);
         state.set_completed(true);
         assert_eq!(state.completed(), Some(true));
+    }
+
+    #[test]
+    fn jellyfins_own_address_is_replaced_by_the_public_url() {
+        assert!(reveals_local_address(
+            AppKind::Jellyfin,
+            "/system/info/public"
+        ));
+        assert!(reveals_local_address(AppKind::Jellyfin, "/System/Info"));
+        assert!(!reveals_local_address(
+            AppKind::Jellyfin,
+            "/System/Info/Other"
+        ));
+        let body = br#"{"LocalAddress":"http://10.244.1.7:8096","ServerName":"home","Version":"10.11.0","StartupWizardCompleted":true}"#;
+        let hidden = hide_local_address(body, "https://media.example.org").unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&hidden).unwrap();
+        assert_eq!(info["LocalAddress"], "https://media.example.org");
+        assert_eq!(info["ServerName"], "home");
+        assert_eq!(info["StartupWizardCompleted"], true);
+        assert!(!String::from_utf8(hidden).unwrap().contains("10.244.1.7"));
+        assert_eq!(hide_local_address(b"not json", "https://x"), None);
     }
 }

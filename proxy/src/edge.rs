@@ -16,7 +16,7 @@ use std::{
     borrow::Cow,
     net::IpAddr,
     sync::{Arc, atomic::Ordering},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -91,6 +91,9 @@ pub struct Ctx {
     waf: Option<Box<portcullis_waf::Transaction>>,
     /// The body inspected so far (up to the WAF's limit).
     waf_body: Vec<u8>,
+    /// Jellyfin's server info, gathered to hide its own address (see
+    /// [`app_rules::hide_local_address`]); `None` for every other response.
+    server_info: Option<Vec<u8>>,
 }
 
 const CF_IPCOUNTRY: http::HeaderName = http::HeaderName::from_static("cf-ipcountry");
@@ -421,11 +424,11 @@ impl Edge {
                 }
             });
         }
-        let verdict = app_rules::check(
-            policy.app_kind,
-            session.req_header().uri.path(),
-            self.shared.startup.completed(),
-        );
+        let path = session.req_header().uri.path();
+        if app_rules::reveals_local_address(policy.app_kind, path) {
+            ctx.server_info = Some(Vec::new());
+        }
+        let verdict = app_rules::check(policy.app_kind, path, self.shared.startup.completed());
         self.apply(session, ctx, LayerId::App, verdict).await
     }
 
@@ -837,6 +840,7 @@ impl ProxyHttp for Edge {
             response_counts: Vec::new(),
             waf: None,
             waf_body: Vec::new(),
+            server_info: None,
         }
     }
 
@@ -973,6 +977,10 @@ impl ProxyHttp for Edge {
         for name in &CLIENT_FORWARDING_HEADERS {
             upstream_request.remove_header(name);
         }
+        if ctx.server_info.is_some() {
+            // A plain body, so that the edge can rewrite it.
+            upstream_request.remove_header(&header::ACCEPT_ENCODING);
+        }
         let client = ctx
             .client_ip
             .map_or(HeaderValue::from_static("unknown"), header_value_of_ip);
@@ -1003,12 +1011,29 @@ impl ProxyHttp for Edge {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         upstream_response.remove_header(&header::SERVER);
         upstream_response.remove_header(&X_POWERED_BY);
+        if ctx.server_info.is_some() {
+            if upstream_response
+                .headers
+                .contains_key(header::CONTENT_ENCODING)
+            {
+                // Not the plain body asked for: refuse rather than pass the address on.
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "the app's server info came encoded",
+                );
+            }
+            // The length changes with the rewrite.
+            upstream_response.remove_header(&header::CONTENT_LENGTH);
+            if !session.is_http2() {
+                upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+        }
         upstream_response.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header(header::SET_COOKIE, cookie)?;
@@ -1060,6 +1085,32 @@ impl ProxyHttp for Edge {
             error_code: status.as_u16(),
             can_reuse_downstream: false,
         }
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(info) = ctx.server_info.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            info.extend_from_slice(&chunk);
+        }
+        if info.len() > app_rules::SERVER_INFO_LIMIT {
+            *body = Some(Bytes::from(std::mem::take(info)));
+            ctx.server_info = None;
+        } else if end_of_stream {
+            let original = std::mem::take(info);
+            let public_url = format!("https://{}", ctx.policy.host);
+            let hidden = app_rules::hide_local_address(&original, &public_url);
+            *body = Some(Bytes::from(hidden.unwrap_or(original)));
+            ctx.server_info = None;
+        }
+        Ok(None)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {

@@ -10,8 +10,8 @@ use std::{
 use http::StatusCode;
 
 use crate::util::{
-    HOST, Proxy, STARTUP_DONE, Settings, admin_get, browser_script, empty, fetch_from, origin_saw,
-    trusted_proxy_ip,
+    Conn, HOST, ORIGIN_POD_URL, Proxy, STARTUP_DONE, Settings, admin_get, browser_script,
+    client_ip, empty, fetch_from, origin_saw, trusted_proxy_ip,
 };
 
 async fn get_as(
@@ -109,6 +109,32 @@ async fn scanners_and_agentless_sign_ins_are_refused() {
             .iter()
             .any(|l| l["layer"] == "bot" && l["rule"] == "no-user-agent")
     );
+}
+
+/// Jellyfin's public server info names the pod's own address; through the edge it names the
+/// public URL instead, over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test]
+async fn jellyfins_own_address_is_hidden_from_its_server_info() {
+    let proxy = Proxy::start(Settings::default());
+    for h2 in [false, true] {
+        let mut conn = Conn::open(proxy.https(), client_ip(), h2).await;
+        let request = http::Request::get(format!("https://{HOST}/System/Info/Public"))
+            .header("host", HOST)
+            .header("accept-encoding", "gzip, br")
+            .body(empty())
+            .unwrap();
+        let response = conn.send(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(info["LocalAddress"], format!("https://{HOST}"), "h2: {h2}");
+        assert_eq!(info["ServerName"], "test");
+        let origin_host = ORIGIN_POD_URL.trim_start_matches("http://");
+        assert!(!String::from_utf8_lossy(&body).contains(origin_host));
+    }
 }
 
 #[tokio::test]

@@ -201,6 +201,9 @@ pub fn origin_saw(needle: &str) -> bool {
         .any(|target| target.contains(needle))
 }
 
+/// The address the origin says it has in its server info, as a Jellyfin pod would.
+pub const ORIGIN_POD_URL: &str = "http://10.244.1.7:8096";
+
 /// Whether the origin says its setup wizard is complete (`/System/Info/Public`).
 pub static STARTUP_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
@@ -294,7 +297,7 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, 
             Response::builder()
                 .header("content-type", "application/json")
                 .body(full(format!(
-                    r#"{{"ServerName":"test","Version":"10.10.7","StartupWizardCompleted":{done}}}"#
+                    r#"{{"LocalAddress":"{ORIGIN_POD_URL}","ServerName":"test","Version":"10.10.7","StartupWizardCompleted":{done}}}"#
                 )))
                 .unwrap()
         }
