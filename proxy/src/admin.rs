@@ -5,6 +5,9 @@
 //! accepting as soon as SIGTERM arrives, but during the shutdown grace period the kubelet
 //! must still get an answer, `/healthz` 200 (alive) and `/readyz` 503 (take me out of the
 //! endpoints).
+//!
+//! `/readyz` says ready only once the HTTPS listener accepts connections: Pingora binds it
+//! in its own service, which may start after this one.
 
 use std::{
     net::TcpListener as StdTcpListener,
@@ -54,6 +57,11 @@ pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) 
             StatusCode::SERVICE_UNAVAILABLE,
             TEXT,
             Bytes::from_static(b"shutting down\n"),
+        ),
+        "/readyz" if !shared.is_accepting() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            Bytes::from_static(b"the HTTPS listener is not accepting yet\n"),
         ),
         "/readyz" => (StatusCode::OK, TEXT, Bytes::from_static(b"ready\n")),
         "/metrics" => (
@@ -124,13 +132,36 @@ async fn exit_when_drained(shared: Arc<Shared>) {
     }
 }
 
+/// How long the readiness check waits for the HTTPS listener to accept.
+const ACCEPT_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether a connection to the HTTPS listener (on loopback when it listens on every address)
+/// is accepted.
+async fn https_accepts(shared: &Shared) -> bool {
+    let mut address = shared.bound.https;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    matches!(
+        tokio::time::timeout(ACCEPT_CHECK, tokio::net::TcpStream::connect(address)).await,
+        Ok(Ok(_))
+    )
+}
+
 async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
     let mut session = ServerSession::new_http1(Box::new(L4Stream::from(tcp)));
     match tokio::time::timeout(READ_TIMEOUT, session.read_request()).await {
         Ok(Ok(true)) => {}
         _ => return,
     }
-    let (status, content_type, body) = answer(&shared, session.req_header().uri.path());
+    let path = session.req_header().uri.path();
+    if path == "/readyz" && !shared.is_accepting() && https_accepts(&shared).await {
+        shared.set_accepting();
+    }
+    let (status, content_type, body) = answer(&shared, path);
     session.set_keepalive(None);
     let Ok(mut head) = ResponseHeader::build(status, Some(3)) else {
         return;

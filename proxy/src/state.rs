@@ -53,6 +53,7 @@ pub struct Shared {
     /// The edge's client to the application, for token checks.
     pub app_client: AppClient,
     shutting_down: AtomicBool,
+    accepting: AtomicBool,
 }
 
 impl Shared {
@@ -73,6 +74,7 @@ impl Shared {
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),
             shutting_down: AtomicBool::new(false),
+            accepting: AtomicBool::new(false),
         }
     }
 
@@ -84,5 +86,16 @@ impl Shared {
     /// Whether the edge is stopping.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Whether the HTTPS listener has been seen accepting connections (it is bound by its
+    /// own service, after the admin listener is up).
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Records that the HTTPS listener accepts connections.
+    pub fn set_accepting(&self) {
+        self.accepting.store(true, Ordering::Release);
     }
 }
