@@ -276,14 +276,23 @@ func (c *Cluster) KubeconfigForUser(t testing.TB, user string, groups ...string)
 
 func (c *Cluster) scriptPath(t testing.TB, sub string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(c.Script, append([]string{sub}, args...)...)
+	out, err := c.RunScript(append([]string{sub}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// RunScript runs e2e/cluster with args and returns its trimmed standard output.
+func (c *Cluster) RunScript(args ...string) (string, error) {
+	cmd := exec.Command(c.Script, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("e2e/cluster %s %v: %v\n%s", sub, args, err, stderr.String())
+		return "", fmt.Errorf("e2e/cluster %v: %w\n%s", args, err, stderr.String())
 	}
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(string(out)), nil
 }
 
 // ClientFor returns a clientset using the given kubeconfig file.
