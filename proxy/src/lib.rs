@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy_protocol;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod reload;
 pub mod request_id;
 pub mod server;
