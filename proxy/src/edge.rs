@@ -30,7 +30,10 @@ use pingora::{
 };
 
 use crate::{
-    access::{self, Access, AccessRequest, Answer, Grant, Outcome, app_token::TokenStatus},
+    access::{
+        self, Access, AccessRequest, Answer, CodeTry, Grant, Outcome, Submitted,
+        app_token::TokenStatus, login::Attempt,
+    },
     access_log::{self, AccessRecord},
     app::HeaderWatch,
     app_rules, bots, challenge, client_identity, error_page,
@@ -685,13 +688,25 @@ impl Edge {
                     );
                     return self.apply(session, ctx, LayerId::Access, verdict).await;
                 };
-                let answer = access.submit(
+                let submitted = access.submit(
                     kind,
                     &access_request(session.req_header()),
                     &body,
                     &self.shared.logins,
                     now,
                 );
+                let answer = match submitted {
+                    Submitted::Answered(answer) => answer,
+                    Submitted::TryCode(tried) => {
+                        let attempt = self.code_attempt(access, &tried, now).await;
+                        access.code_tried(
+                            &access_request(session.req_header()),
+                            &tried,
+                            attempt,
+                            now,
+                        )
+                    }
+                };
                 self.answer(session, ctx, policy, access, answer).await
             }
             Outcome::VerifyToken(token) => {
@@ -746,6 +761,38 @@ impl Edge {
                 self.apply(session, ctx, LayerId::Access, verdict).await
             }
         }
+    }
+
+    /// Judges a typed code: in the Redis the replicas share when there is one, in this
+    /// replica's memory otherwise or while Redis cannot answer (said in logs and metrics).
+    async fn code_attempt(&self, access: &Access, tried: &CodeTry, now: u64) -> Attempt {
+        if let Some(shared) = access.otp().and_then(|otp| otp.shared.as_ref()) {
+            match shared
+                .attempt(&tried.pending, tried.correct, tried.max_wrong, now)
+                .await
+            {
+                Ok(attempt) => return attempt,
+                Err(error) => {
+                    self.shared.metrics.otp_backend_errors.inc();
+                    let last = self.shared.otp_redis_warned_at.load(Ordering::Relaxed);
+                    if now >= last + 10
+                        && self
+                            .shared
+                            .otp_redis_warned_at
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(
+                            %error,
+                            "Redis cannot answer; one-time-code attempts are counted by this replica alone"
+                        );
+                    }
+                }
+            }
+        }
+        self.shared
+            .logins
+            .attempt(&tried.pending, tried.correct, tried.max_wrong, now)
     }
 
     fn grant(&self, ctx: &mut Ctx, grant: Grant) {

@@ -48,6 +48,9 @@ pub struct Shared {
     pub startup: StartupState,
     /// Sign-ins in progress (attempts, cooldowns); kept across policy reloads.
     pub logins: LoginState,
+    /// When the last "Redis unreachable" warning about one-time codes was logged (seconds
+    /// since the epoch), so an outage is said every 10 s, not per code.
+    pub otp_redis_warned_at: std::sync::atomic::AtomicU64,
     /// The application's recent answers about its tokens.
     pub app_tokens: TokenCache,
     /// The edge's client to the application, for token checks.
@@ -70,6 +73,7 @@ impl Shared {
             bot_guard: BotGuard::default(),
             startup: StartupState::default(),
             logins: LoginState::default(),
+            otp_redis_warned_at: std::sync::atomic::AtomicU64::new(0),
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),
             shutting_down: AtomicBool::new(false),

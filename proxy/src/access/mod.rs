@@ -24,6 +24,7 @@
 //! | `signed-out` | 303 to the sign-in page, session cookie cleared |
 
 pub mod app_token;
+pub mod attempts;
 pub mod login;
 pub mod mail;
 pub mod pages;
@@ -39,7 +40,8 @@ use portcullis_crds::{edge, media_server::AppKind};
 use crate::verdict::{Body, Reason, Response, Verdict};
 
 use self::{
-    login::{AttemptCheck, LoginState, Pending},
+    attempts::SharedAttempts,
+    login::{Attempt, LoginState, Pending},
     mail::{MailError, Mailer},
     pages::{Form, Notice},
     session::{Refusal, Session},
@@ -67,6 +69,27 @@ pub enum AccessError {
     /// The mail settings.
     #[error(transparent)]
     Mail(#[from] MailError),
+    /// The file with the Redis URL of the shared attempts.
+    #[error("access.otp.redisUrlFile {path}: {source}")]
+    RedisUrlFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Redis URL of the shared attempts.
+    #[error("access.otp.redisUrlFile: the Redis URL is not valid: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+}
+
+/// The shared attempts of the Redis whose URL is in `file`.
+fn shared_attempts(file: &std::path::Path, host: &str) -> Result<SharedAttempts, AccessError> {
+    let url = std::fs::read_to_string(file).map_err(|source| AccessError::RedisUrlFile {
+        path: file.display().to_string(),
+        source,
+    })?;
+    SharedAttempts::new(url.trim(), host).map_err(AccessError::RedisUrl)
 }
 
 /// One-time code settings.
@@ -78,6 +101,8 @@ pub struct Otp {
     cooldown: Duration,
     /// The mail sender.
     pub mailer: Mailer,
+    /// The Redis the replicas share attempts in; the replica's memory when absent.
+    pub shared: Option<SharedAttempts>,
 }
 
 impl Otp {
@@ -85,6 +110,27 @@ impl Otp {
     pub const fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// A code typed in, checked against its pending sign-in: what the attempt state judges
+/// ([`LoginState::attempt`], [`SharedAttempts::attempt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeTry {
+    /// The pending sign-in the code is for.
+    pub pending: Pending,
+    /// Whether the code matches its commitment.
+    pub correct: bool,
+    /// Wrong codes allowed.
+    pub max_wrong: u32,
+}
+
+/// What a posted sign-in form asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Answer it now.
+    Answered(Answer),
+    /// Judge this try with the attempt state, then answer with [`Access::code_tried`].
+    TryCode(CodeTry),
 }
 
 /// The compiled access layer.
@@ -283,6 +329,11 @@ impl Access {
                 max_attempts: u32::try_from(otp.max_attempts).unwrap_or(5),
                 cooldown: otp.resend_cooldown.get(),
                 mailer: Mailer::new(&otp.smtp, &app.display_name)?,
+                shared: otp
+                    .redis_url_file
+                    .as_deref()
+                    .map(|file| shared_attempts(file, &host.to_ascii_lowercase()))
+                    .transpose()?,
             }),
             None => None,
         };
@@ -313,6 +364,7 @@ impl Access {
         let mut files = doc.session.key_files.clone();
         if let Some(otp) = &doc.otp {
             files.extend(Mailer::files(&otp.smtp).map(ToOwned::to_owned));
+            files.extend(otp.redis_url_file.clone());
         }
         files
     }
@@ -614,8 +666,9 @@ impl Access {
         }
     }
 
-    /// The answer to a posted sign-in form, at `now`. `state` is the replica's memory of
-    /// attempts and cooldowns.
+    /// What a posted sign-in form asks, at `now`: an answer, or (for a code) a try the
+    /// attempt state must judge before [`Access::code_tried`] answers. `state` is the
+    /// replica's memory of cooldowns.
     pub fn submit(
         &self,
         kind: FormKind,
@@ -623,12 +676,12 @@ impl Access {
         body: &[u8],
         state: &LoginState,
         now: u64,
-    ) -> Answer {
+    ) -> Submitted {
         let Some(otp) = &self.otp else {
-            return answer(Verdict::Respond(
+            return Submitted::Answered(answer(Verdict::Respond(
                 Response::error(StatusCode::NOT_FOUND),
                 Reason::new("edge-page-unknown", "sign-in by e-mail is off"),
-            ));
+            )));
         };
         let mut email = None;
         let mut csrf = None;
@@ -654,20 +707,25 @@ impl Access {
                     .is_some_and(|token| login::csrf_matches(&self.signer, cookie, token))
             });
         if !csrf_ok {
-            return answer(self.email_page(
+            return Submitted::Answered(answer(self.email_page(
                 request.headers,
                 StatusCode::FORBIDDEN,
                 &return_to,
                 Notice::FormExpired,
                 Vec::new(),
                 Reason::new("csrf", "the form's CSRF token or origin did not match"),
-            ));
+            )));
         }
         match kind {
-            FormKind::Email => {
-                self.submit_email(otp, request, email.as_deref(), return_to, state, now)
-            }
-            FormKind::Code => self.submit_code(otp, request, code.as_deref(), state, now),
+            FormKind::Email => Submitted::Answered(self.submit_email(
+                otp,
+                request,
+                email.as_deref(),
+                return_to,
+                state,
+                now,
+            )),
+            FormKind::Code => self.submit_code(otp, request, code.as_deref(), now),
         }
     }
 
@@ -756,99 +814,111 @@ impl Access {
         otp: &Otp,
         request: &AccessRequest<'_>,
         code: Option<&str>,
-        state: &LoginState,
         now: u64,
-    ) -> Answer {
+    ) -> Submitted {
         let Some(pending) = cookie(request.headers, &self.pending_cookie_name())
             .and_then(|value| Pending::open(&self.signer, value))
         else {
-            return answer(see_other(
+            return Submitted::Answered(answer(see_other(
                 LOGIN_PATH,
                 Vec::new(),
                 Reason::new("pending-missing", "no pending sign-in"),
-            ));
+            )));
         };
-        let email = Some(pending.email.clone());
-        let restart = |status, notice, reason| Answer {
-            verdict: self.email_page(
+        if pending.expires <= now {
+            return Submitted::Answered(self.restart(
                 request.headers,
+                &pending,
+                StatusCode::UNAUTHORIZED,
+                Notice::CodeExpired,
+                Reason::new("code-expired", "the code expired"),
+            ));
+        }
+        let code = code.unwrap_or("").trim();
+        let well_formed =
+            code.len() == otp.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
+        Submitted::TryCode(CodeTry {
+            correct: well_formed && login::code_matches(&self.signer, &pending, code),
+            pending,
+            max_wrong: otp.max_attempts,
+        })
+    }
+
+    /// Back to the e-mail form, the pending sign-in cleared.
+    fn restart(
+        &self,
+        headers: &HeaderMap,
+        pending: &Pending,
+        status: StatusCode,
+        notice: Notice,
+        reason: Reason,
+    ) -> Answer {
+        Answer {
+            verdict: self.email_page(
+                headers,
                 status,
                 &pending.return_to,
                 notice,
                 vec![self.clear_pending_cookie()],
                 reason,
             ),
-            email: email.clone(),
+            email: Some(pending.email.clone()),
             mail: None,
-        };
-        if pending.expires <= now {
-            return restart(
+        }
+    }
+
+    /// The answer to a code form once the attempt state said what the try did (`attempt`,
+    /// from [`LoginState::attempt`] or [`attempts::SharedAttempts::attempt`]), at `now`.
+    pub fn code_tried(
+        &self,
+        request: &AccessRequest<'_>,
+        tried: &CodeTry,
+        attempt: Attempt,
+        now: u64,
+    ) -> Answer {
+        let pending = &tried.pending;
+        match attempt {
+            Attempt::SignedIn => {
+                let value = self.session.issue(&self.signer, &pending.email, now);
+                Answer {
+                    verdict: see_other(
+                        &pending.return_to,
+                        vec![
+                            self.session.set_cookie(&value, now, now),
+                            self.clear_pending_cookie(),
+                        ],
+                        Reason::new("signed-in", "the code was right"),
+                    ),
+                    email: Some(pending.email.clone()),
+                    mail: None,
+                }
+            }
+            Attempt::Used => self.restart(
+                request.headers,
+                pending,
                 StatusCode::UNAUTHORIZED,
-                Notice::CodeExpired,
-                Reason::new("code-expired", "the code expired"),
-            );
-        }
-        match state.check(&pending, otp.max_attempts) {
-            AttemptCheck::Allowed => {}
-            AttemptCheck::Used => {
-                return restart(
-                    StatusCode::UNAUTHORIZED,
-                    Notice::CodeUsed,
-                    Reason::new("code-replayed", "the sign-in was already completed"),
-                );
-            }
-            AttemptCheck::Exhausted => {
-                return restart(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Notice::TooManyAttempts,
-                    Reason::new("attempts-exceeded", "too many wrong codes"),
-                );
-            }
-        }
-        let code = code.unwrap_or("").trim();
-        let well_formed =
-            code.len() == otp.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
-        if well_formed && login::code_matches(&self.signer, &pending, code) {
-            if !state.spend(&pending, now) {
-                return restart(
-                    StatusCode::UNAUTHORIZED,
-                    Notice::CodeUsed,
-                    Reason::new("code-replayed", "the sign-in was already completed"),
-                );
-            }
-            let value = self.session.issue(&self.signer, &pending.email, now);
-            return Answer {
-                verdict: see_other(
-                    &pending.return_to,
-                    vec![
-                        self.session.set_cookie(&value, now, now),
-                        self.clear_pending_cookie(),
-                    ],
-                    Reason::new("signed-in", "the code was right"),
-                ),
-                email,
-                mail: None,
-            };
-        }
-        let left = state.wrong(&pending, otp.max_attempts, now);
-        if left == 0 {
-            return restart(
+                Notice::CodeUsed,
+                Reason::new("code-replayed", "the sign-in was already completed"),
+            ),
+            Attempt::Exhausted | Attempt::Wrong { left: 0 } => self.restart(
+                request.headers,
+                pending,
                 StatusCode::TOO_MANY_REQUESTS,
                 Notice::TooManyAttempts,
                 Reason::new("attempts-exceeded", "too many wrong codes"),
-            );
-        }
-        Answer {
-            verdict: self.code_page(
-                request.headers,
-                StatusCode::UNAUTHORIZED,
-                &pending,
-                otp.digits,
-                Notice::WrongCode(left),
-                Reason::new("code-wrong", "the code was wrong"),
             ),
-            email,
-            mail: None,
+            Attempt::Wrong { left } => Answer {
+                verdict: self.code_page(
+                    request.headers,
+                    StatusCode::UNAUTHORIZED,
+                    pending,
+                    self.otp.as_ref().map_or(6, |otp| otp.digits),
+                    Notice::WrongCode(left),
+                    Reason::new("code-wrong", "the code was wrong"),
+                ),
+                email: Some(pending.email.clone()),
+                mail: None,
+            },
         }
     }
 
@@ -886,6 +956,7 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
+    const ALICE: &str = "alice@example.org";
 
     fn access() -> Access {
         let key: PathBuf =
@@ -1016,13 +1087,16 @@ mod tests {
         );
         let post = |email: &str| {
             let body = format!("email={email}&csrf={token}&rd=%2Fweb");
-            access.submit(
+            match access.submit(
                 FormKind::Email,
                 &request(&Method::POST, LOGIN_PATH, &headers),
                 body.as_bytes(),
                 &state,
                 NOW,
-            )
+            ) {
+                Submitted::Answered(answer) => answer,
+                other => panic!("{other:?}"),
+            }
         };
         let allowed = post("Bob@Family.Example");
         let refused = post("mallory@example.net");
@@ -1038,6 +1112,96 @@ mod tests {
         assert_eq!(status(&allowed), status(&refused));
         // Within the cooldown no second mail goes out.
         assert!(post("bob@family.example").mail.is_none());
+    }
+
+    #[test]
+    fn a_code_form_is_judged_by_the_attempt_state_then_answered() {
+        let access = access();
+        let state = LoginState::default();
+        let nonce = [9u8; 16];
+        let pending = Pending {
+            nonce,
+            expires: NOW + 300,
+            commitment: login::commit(&access.signer, &nonce, ALICE, "123456"),
+            return_to: "/web".into(),
+            email: ALICE.into(),
+        };
+        let csrf_cookie = "AAAAAAAAAAAAAAAAAAAAAA";
+        let token = login::csrf_token(&access.signer, csrf_cookie);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!(
+                "sid_csrf={csrf_cookie}; sid_pending={}",
+                pending.seal(&access.signer)
+            ))
+            .unwrap(),
+        );
+        let post = |code: &str| {
+            let body = format!("code={code}&csrf={token}");
+            access.submit(
+                FormKind::Code,
+                &request(&Method::POST, CODE_PATH, &headers),
+                body.as_bytes(),
+                &state,
+                NOW,
+            )
+        };
+        let tried = |code: &str| match post(code) {
+            Submitted::TryCode(tried) => tried,
+            other => panic!("{other:?}"),
+        };
+        assert!(tried("123456").correct);
+        assert!(!tried("654321").correct);
+        assert!(!tried("12345").correct);
+        let wrong = tried("654321");
+        let req = request(&Method::POST, CODE_PATH, &headers);
+        let status_rule = |answer: Answer| match answer.verdict {
+            Verdict::Respond(response, reason) => (response.status, reason.rule),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Wrong { left: 1 }, NOW)),
+            (StatusCode::UNAUTHORIZED, "code-wrong")
+        );
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Wrong { left: 0 }, NOW)),
+            (StatusCode::TOO_MANY_REQUESTS, "attempts-exceeded")
+        );
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Used, NOW)),
+            (StatusCode::UNAUTHORIZED, "code-replayed")
+        );
+        let right = tried("123456");
+        let signed_in = access.code_tried(&req, &right, Attempt::SignedIn, NOW);
+        let Verdict::Respond(response, reason) = &signed_in.verdict else {
+            panic!();
+        };
+        assert_eq!(
+            (response.status, reason.rule),
+            (StatusCode::SEE_OTHER, "signed-in")
+        );
+        assert!(
+            response
+                .headers
+                .iter()
+                .any(|(name, value)| name == header::SET_COOKIE
+                    && value.to_str().unwrap().starts_with("sid="))
+        );
+        // An expired pending sign-in is answered at once, without trying the code.
+        match access.submit(
+            FormKind::Code,
+            &req,
+            format!("code=123456&csrf={token}").as_bytes(),
+            &state,
+            NOW + 301,
+        ) {
+            Submitted::Answered(answer) => assert_eq!(
+                status_rule(answer),
+                (StatusCode::UNAUTHORIZED, "code-expired")
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
