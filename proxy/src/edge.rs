@@ -32,7 +32,9 @@ use pingora::{
 use crate::{
     access::{
         self, Access, AccessRequest, Answer, CodeTry, Grant, Outcome, Submitted,
-        app_token::TokenStatus, login::Attempt,
+        app_token::TokenStatus,
+        cloudflare::{self, FetchCause},
+        login::Attempt,
     },
     access_log::{self, AccessRecord},
     app::HeaderWatch,
@@ -87,6 +89,8 @@ pub struct Ctx {
     body_received: u64,
     country: Option<Country>,
     email: Option<String>,
+    /// The e-mail was vouched for by a Cloudflare Access token (forwarded to the app).
+    cloudflare_identity: bool,
     set_cookie: Option<HeaderValue>,
     /// Rate limits that count this request only if its response matches: (rule, key).
     response_counts: Vec<(usize, String)>,
@@ -672,7 +676,24 @@ impl Edge {
         access: &Access,
     ) -> Result<bool> {
         let now = unix_seconds(ctx.time);
-        let outcome = access.check(&access_request(session.req_header()), now);
+        let mut keys = access
+            .cloudflare()
+            .map(|cf| (cf, self.shared.cloudflare_keys.keys(cf.jwks_url())));
+        if let Some((cf, known)) = &mut keys
+            && let Some(kid) =
+                access.keys_to_fetch(&access_request(session.req_header()), known, now)
+        {
+            *known = self
+                .shared
+                .cloudflare_keys
+                .fetch(cf, FetchCause::UnknownKey(&kid))
+                .await;
+        }
+        let outcome = access.check(
+            &access_request(session.req_header()),
+            now,
+            keys.as_ref().map(|(_, known)| &**known),
+        );
         match outcome {
             Outcome::Granted(grant) => {
                 self.grant(ctx, grant);
@@ -801,6 +822,7 @@ impl Edge {
             .access_decisions
             .with_label_values(&[grant.rule])
             .inc();
+        ctx.cloudflare_identity = grant.rule == cloudflare::GRANT_RULE;
         ctx.email = grant.email;
         ctx.set_cookie = grant.set_cookie;
         ctx.decision = Decision {
@@ -879,6 +901,7 @@ impl ProxyHttp for Edge {
             body_received: 0,
             country: None,
             email: None,
+            cloudflare_identity: false,
             set_cookie: None,
             response_counts: Vec::new(),
             waf: None,
@@ -1027,6 +1050,21 @@ impl ProxyHttp for Edge {
             upstream::forwarding_headers(&client, &ctx.policy.host_header, &request_id)
         {
             upstream_request.insert_header(name, value)?;
+        }
+        if ctx
+            .policy
+            .access
+            .as_ref()
+            .is_some_and(|access| access.cloudflare().is_some())
+        {
+            // Only what the edge verified: the e-mail of the token it let the request in on.
+            upstream_request.remove_header(&cloudflare::EMAIL_HEADER);
+            if ctx.cloudflare_identity
+                && let Some(email) = ctx.email.as_deref()
+                && let Ok(value) = HeaderValue::from_str(email)
+            {
+                upstream_request.insert_header(cloudflare::EMAIL_HEADER, value)?;
+            }
         }
         if let Some(access) = &ctx.policy.access
             && upstream_request.headers.contains_key(header::COOKIE)

@@ -29,6 +29,7 @@ pub mod app_rules;
 pub mod bots;
 pub mod challenge;
 pub mod client_identity;
+pub mod cloudflare_keys;
 pub mod connection_guard;
 pub mod edge;
 pub mod error_page;

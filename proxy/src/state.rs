@@ -13,6 +13,7 @@ use crate::{
     access::{app_token::TokenCache, login::LoginState},
     app_rules::StartupState,
     bots::{BotGuard, HoneypotBans},
+    cloudflare_keys::KeyCache,
     connection_guard::ConnectionGuard,
     metrics::Metrics,
     model::Policy,
@@ -55,6 +56,8 @@ pub struct Shared {
     pub app_tokens: TokenCache,
     /// The edge's client to the application, for token checks.
     pub app_client: AppClient,
+    /// The Cloudflare Access keys, behind Cloudflare Access; kept across policy reloads.
+    pub cloudflare_keys: KeyCache,
     shutting_down: AtomicBool,
 }
 
@@ -76,6 +79,7 @@ impl Shared {
             otp_redis_warned_at: std::sync::atomic::AtomicU64::new(0),
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),
+            cloudflare_keys: KeyCache::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -1,16 +1,22 @@
 //! Layer 9, zero-trust access: a request reaches the application only with a valid session
 //! (from the edge's own e-mail + one-time-code sign-in), a Jellyfin token Jellyfin accepts
-//! (native apps), or on a path the policy lets through.
+//! (native apps), or on a path the policy lets through. Behind Cloudflare Access, every
+//! other request must also carry a valid Cloudflare Access token ([`cloudflare`]), and an
+//! allowed e-mail in it is identity enough.
 //!
 //! [`Access::check`] is the pure decision on a request head; it returns an [`Outcome`]: let
 //! through ([`Grant`]), answer now (the sign-in pages, redirects, refusals: [`Answer`]),
-//! read the posted form and call [`Access::submit`], or ask the application about a token
-//! ([`app_token`], the only step that needs I/O, done by the proxy). The modules:
+//! read the posted form and call [`Access::submit`] (a code is then judged by the attempt
+//! state, [`attempts`]), ask the application about a token ([`app_token`]), or fetch the
+//! Cloudflare Access keys for an unknown key id; the I/O is done by the proxy. The modules:
 //! [`signing`] (HMAC with key rotation), [`session`] (the cookie), [`login`] (codes, pending
-//! sign-ins, CSRF, return paths), [`pages`] (HTML), [`mail`] (SMTP), [`app_token`].
+//! sign-ins, CSRF, return paths), [`pages`] (HTML), [`mail`] (SMTP), [`app_token`],
+//! [`attempts`] (shared by replicas in Redis), [`cloudflare`] (Cloudflare Access tokens).
 //!
 //! | rule | answer |
 //! | --- | --- |
+//! | `cf-access-*` (behind Cloudflare Access: no token, or an invalid one; see [`cloudflare`]) | 403 |
+//! | `cloudflare-access` (a valid token naming an allowed, unrevoked e-mail) | let through |
 //! | `session` / `bypass` / `app-sign-in` / `app-token` | let through |
 //! | `login-required` (browser navigation, no session) | 303 to the sign-in page |
 //! | `no-credentials` (API call, no session or token) | 401 |
@@ -25,6 +31,7 @@
 
 pub mod app_token;
 pub mod attempts;
+pub mod cloudflare;
 pub mod login;
 pub mod mail;
 pub mod pages;
@@ -41,6 +48,7 @@ use crate::verdict::{Body, Reason, Response, Verdict};
 
 use self::{
     attempts::SharedAttempts,
+    cloudflare::{CloudflareAccess, FetchCause, KeySet},
     login::{Attempt, LoginState, Pending},
     mail::{MailError, Mailer},
     pages::{Form, Notice},
@@ -81,6 +89,9 @@ pub enum AccessError {
     /// The Redis URL of the shared attempts.
     #[error("access.otp.redisUrlFile: the Redis URL is not valid: {0}")]
     RedisUrl(#[source] redis::RedisError),
+    /// The Cloudflare Access settings.
+    #[error("access.cloudflareAccess: {0}")]
+    Cloudflare(String),
 }
 
 /// The shared attempts of the Redis whose URL is in `file`.
@@ -146,6 +157,7 @@ pub struct Access {
     domains: Vec<String>,
     bypass: Vec<String>,
     app_tokens: Option<Duration>,
+    cloudflare: Option<CloudflareAccess>,
 }
 
 /// The request facts the access layer decides on.
@@ -166,7 +178,7 @@ pub struct AccessRequest<'a> {
 /// A request let through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Why: `session`, `bypass`, `app-sign-in`, `app-token`.
+    /// Why: `cloudflare-access`, `session`, `bypass`, `app-sign-in`, `app-token`.
     pub rule: &'static str,
     /// Who, when known.
     pub email: Option<String>,
@@ -220,7 +232,7 @@ pub enum Outcome {
     Answered(Answer),
     /// Read the posted form (at most [`MAX_FORM_BYTES`]) and call [`Access::submit`].
     ReadForm(FormKind),
-    /// Let it through if the application accepts this token ([`Access::token_verdict`]).
+    /// Let it through if the application accepts this token ([`Access::token_accepted`]).
     VerifyToken(String),
 }
 
@@ -356,6 +368,12 @@ impl Access {
                 .collect(),
             bypass: doc.bypass.clone(),
             app_tokens: doc.app_token_cache_ttl.map(|ttl| ttl.get()),
+            cloudflare: doc
+                .cloudflare_access
+                .as_ref()
+                .map(CloudflareAccess::new)
+                .transpose()
+                .map_err(AccessError::Cloudflare)?,
         })
     }
 
@@ -382,6 +400,11 @@ impl Access {
     /// The one-time code settings, when sign-in by e-mail is on.
     pub const fn otp(&self) -> Option<&Otp> {
         self.otp.as_ref()
+    }
+
+    /// The Cloudflare Access settings, behind Cloudflare Access.
+    pub const fn cloudflare(&self) -> Option<&CloudflareAccess> {
+        self.cloudflare.as_ref()
     }
 
     /// How long the application's answer about a token is remembered, when tokens are on.
@@ -518,8 +541,89 @@ impl Access {
         )
     }
 
-    /// The decision on a request head at `now` (seconds since the epoch).
-    pub fn check(&self, request: &AccessRequest<'_>, now: u64) -> Outcome {
+    /// Whether `path` skips sign-in.
+    fn bypassed(&self, path: &str) -> bool {
+        self.bypass
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+    }
+
+    /// Whether an e-mail Cloudflare Access vouched for, in a token issued at `issued`, is
+    /// identity enough: allowed by the lists (or no list is set, Cloudflare's policy
+    /// deciding alone), and not revoked.
+    fn cloudflare_identity_counts(&self, email: &str, issued: u64) -> bool {
+        (self.allows(email) || (self.emails.is_empty() && self.domains.is_empty()))
+            && !self.session.revokes(email, issued)
+    }
+
+    /// Behind Cloudflare Access: the key id the request's token names when the team's keys
+    /// should be fetched before [`Access::check`] (the id is not among `keys`, and no fetch
+    /// for an unknown id happened in the last [`cloudflare::REFETCH_EVERY`] seconds).
+    pub fn keys_to_fetch(
+        &self,
+        request: &AccessRequest<'_>,
+        keys: &KeySet,
+        now: u64,
+    ) -> Option<String> {
+        let cloudflare = self.cloudflare.as_ref()?;
+        if self.bypassed(request.path) {
+            return None;
+        }
+        let kid = cloudflare::key_id(cloudflare::token(request.headers)?)?;
+        keys.fetch_due(FetchCause::UnknownKey(&kid), cloudflare.refresh_secs(), now)
+            .then_some(kid)
+    }
+
+    /// Behind Cloudflare Access: the outcome when the request's token settles it (refused,
+    /// or granted on its e-mail), `None` to go on with the edge's own checks.
+    fn cloudflare_check(
+        &self,
+        cloudflare: &CloudflareAccess,
+        request: &AccessRequest<'_>,
+        keys: Option<&KeySet>,
+        now: u64,
+    ) -> Option<Outcome> {
+        let none;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => {
+                none = KeySet::empty(cloudflare.jwks_url());
+                &none
+            }
+        };
+        let verified = cloudflare::token(request.headers)
+            .ok_or(cloudflare::Failure::Missing)
+            .and_then(|token| cloudflare.verify(token, keys, now));
+        match verified {
+            Ok(verified) => verified
+                .email
+                .filter(|email| {
+                    self.cloudflare_identity_counts(email, verified.issued.unwrap_or(0))
+                })
+                .map(|email| {
+                    Outcome::Granted(Grant {
+                        rule: cloudflare::GRANT_RULE,
+                        email: Some(email),
+                        set_cookie: None,
+                    })
+                }),
+            Err(failure) => Some(Outcome::Answered(answer(Verdict::Respond(
+                Response::error(StatusCode::FORBIDDEN),
+                Reason::owned(failure.rule(), failure.detail(keys, now)),
+            )))),
+        }
+    }
+
+    /// The decision on a request head at `now` (seconds since the epoch). Behind Cloudflare
+    /// Access, `keys` are the team's keys known now (fetched first when
+    /// [`Access::keys_to_fetch`] says so).
+    pub fn check(&self, request: &AccessRequest<'_>, now: u64, keys: Option<&KeySet>) -> Outcome {
+        if let Some(cloudflare) = &self.cloudflare
+            && !self.bypassed(request.path)
+            && let Some(outcome) = self.cloudflare_check(cloudflare, request, keys, now)
+        {
+            return outcome;
+        }
         if request.path.starts_with(PREFIX) {
             return self.own_page(request, now);
         }
@@ -539,11 +643,7 @@ impl Access {
                 Err(refusal) => refused = Some(refusal),
             }
         }
-        if self
-            .bypass
-            .iter()
-            .any(|prefix| request.path.starts_with(prefix.as_str()))
-        {
+        if self.bypassed(request.path) {
             return Outcome::Granted(Grant {
                 rule: "bypass",
                 email: None,
@@ -958,10 +1058,23 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
     const ALICE: &str = "alice@example.org";
 
+    /// A session key file; written beside and renamed, so tests running at once never read
+    /// half of it.
+    fn key_file() -> PathBuf {
+        let dir = std::env::temp_dir();
+        let key = dir.join(format!("portcullis-access-{}", std::process::id()));
+        let partial = dir.join(format!(
+            "portcullis-access-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&partial, [7u8; 32]).unwrap();
+        std::fs::rename(&partial, &key).unwrap();
+        key
+    }
+
     fn access() -> Access {
-        let key: PathBuf =
-            std::env::temp_dir().join(format!("portcullis-access-{}", std::process::id()));
-        std::fs::write(&key, [7u8; 32]).unwrap();
+        let key = key_file();
         let doc: edge::Access = serde_json::from_value(serde_json::json!({
             "emails": ["alice@example.org"],
             "emailDomains": ["family.example"],
@@ -1017,7 +1130,7 @@ mod tests {
         let access = access();
         let mut html = HeaderMap::new();
         html.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
-        let outcome = access.check(&request(&Method::GET, "/web/?a=1", &html), NOW);
+        let outcome = access.check(&request(&Method::GET, "/web/?a=1", &html), NOW, None);
         let Outcome::Answered(Answer {
             verdict: Verdict::Respond(response, reason),
             ..
@@ -1031,7 +1144,11 @@ mod tests {
             response.headers[0].1,
             "/.portcullis/login?rd=%2Fweb%2F%3Fa%3D1"
         );
-        let api = access.check(&request(&Method::GET, "/Items", &HeaderMap::new()), NOW);
+        let api = access.check(
+            &request(&Method::GET, "/Items", &HeaderMap::new()),
+            NOW,
+            None,
+        );
         assert_eq!(rule(&api), "no-credentials");
     }
 
@@ -1040,18 +1157,23 @@ mod tests {
         let access = access();
         let none = HeaderMap::new();
         assert_eq!(
-            rule(&access.check(&request(&Method::GET, "/health", &none), NOW)),
+            rule(&access.check(&request(&Method::GET, "/health", &none), NOW, None)),
             "bypass"
         );
         assert_eq!(
             rule(&access.check(
                 &request(&Method::POST, "/Users/AuthenticateByName", &none),
-                NOW
+                NOW,
+                None
             )),
             "app-sign-in"
         );
         assert_eq!(
-            access.check(&request(&Method::GET, "/Items?api_key=abc", &none), NOW),
+            access.check(
+                &request(&Method::GET, "/Items?api_key=abc", &none),
+                NOW,
+                None,
+            ),
             Outcome::VerifyToken("abc".into())
         );
     }
@@ -1067,7 +1189,8 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("x=1; sid={value}")).unwrap(),
         );
-        let Outcome::Granted(grant) = access.check(&request(&Method::GET, "/", &headers), NOW + 10)
+        let Outcome::Granted(grant) =
+            access.check(&request(&Method::GET, "/", &headers), NOW + 10, None)
         else {
             panic!("not granted");
         };
@@ -1202,6 +1325,90 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn behind_cloudflare(revoked: &[&str]) -> Access {
+        let key = key_file();
+        let doc: edge::Access = serde_json::from_value(serde_json::json!({
+            "emails": [ALICE],
+            "session": {"ttl": "24h", "idleTtl": "2h", "cookieName": "sid", "keyFiles": [key]},
+            "bypass": ["/health"],
+            "revokedEmails": revoked,
+            "cloudflareAccess": {
+                "teamDomain": "myteam.cloudflareaccess.com",
+                "audiences": ["aud-2"],
+                "jwksUrl": "http://127.0.0.1:1/certs"
+            }
+        }))
+        .unwrap();
+        let app = edge::App {
+            kind: AppKind::Jellyfin,
+            display_name: "Media".into(),
+        };
+        Access::new(&doc, &app, "media.example.org").unwrap()
+    }
+
+    #[test]
+    fn behind_cloudflare_access_an_allowed_email_in_a_valid_token_is_identity_enough() {
+        use cloudflare::testing::{KEYS, claims, signed, team_keys};
+        let access = behind_cloudflare(&[]);
+        let keys = team_keys();
+        let with_token = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                cloudflare::TOKEN_HEADER,
+                HeaderValue::from_str(token).unwrap(),
+            );
+            headers
+        };
+        let check = |headers: &HeaderMap, path: &'static str| {
+            access.check(&request(&Method::GET, path, headers), NOW, Some(&keys))
+        };
+        let alice = with_token(&signed(&KEYS[0], "k0", &claims()));
+        let Outcome::Granted(grant) = check(&alice, "/web/") else {
+            panic!("not granted");
+        };
+        assert_eq!(
+            (grant.rule, grant.email.as_deref()),
+            ("cloudflare-access", Some(ALICE))
+        );
+        // A valid token for someone the policy does not list is no identity here: the
+        // edge's own checks go on (no session: 401).
+        let mut other = claims();
+        other["email"] = "bob@elsewhere.example".into();
+        let bob = with_token(&signed(&KEYS[0], "k0", &other));
+        assert_eq!(rule(&check(&bob, "/web/")), "no-credentials");
+        // No token at all, even for the edge's own pages: 403 with the reason.
+        let none = HeaderMap::new();
+        assert_eq!(rule(&check(&none, "/web/")), "cf-access-missing");
+        assert_eq!(
+            rule(&check(&none, "/.portcullis/login")),
+            "cf-access-missing"
+        );
+        // Bypassed paths need none.
+        assert_eq!(rule(&check(&none, "/health")), "bypass");
+        // A key id not yet known asks for the keys (not again within ten seconds), and is
+        // refused if they do not have it.
+        let unknown = with_token(&signed(&KEYS[1], "k1", &claims()));
+        let req = request(&Method::GET, "/", &unknown);
+        assert_eq!(access.keys_to_fetch(&req, &keys, NOW), Some("k1".into()));
+        let refetched = keys.after_fetch(FetchCause::UnknownKey("k1"), NOW, Err("down".into()));
+        assert_eq!(access.keys_to_fetch(&req, &refetched, NOW + 9), None);
+        assert_eq!(rule(&check(&unknown, "/")), "cf-access-unknown-key");
+        assert_eq!(
+            access.keys_to_fetch(&request(&Method::GET, "/", &alice), &keys, NOW),
+            None
+        );
+        assert_eq!(
+            access.keys_to_fetch(&request(&Method::GET, "/health", &unknown), &keys, NOW),
+            None
+        );
+        // A revoked e-mail is no identity either.
+        let revoked = behind_cloudflare(&[ALICE]);
+        assert_eq!(
+            rule(&revoked.check(&request(&Method::GET, "/", &alice), NOW, Some(&keys))),
+            "no-credentials"
+        );
     }
 
     #[test]
