@@ -574,15 +574,15 @@ impl Access {
             .then_some(kid)
     }
 
-    /// Behind Cloudflare Access: the outcome when the request's token settles it (refused,
-    /// or granted on its e-mail), `None` to go on with the edge's own checks.
+    /// Behind Cloudflare Access: the request's token checked. `Err`: why it is refused; `Ok`:
+    /// the e-mail that is identity enough ([`Access::cloudflare_identity_counts`]), if any.
     fn cloudflare_check(
         &self,
         cloudflare: &CloudflareAccess,
         request: &AccessRequest<'_>,
         keys: Option<&KeySet>,
         now: u64,
-    ) -> Option<Outcome> {
+    ) -> Result<Option<String>, Reason> {
         let none;
         let keys = match keys {
             Some(keys) => keys,
@@ -593,39 +593,40 @@ impl Access {
         };
         let verified = cloudflare::token(request.headers)
             .ok_or(cloudflare::Failure::Missing)
-            .and_then(|token| cloudflare.verify(token, keys, now));
-        match verified {
-            Ok(verified) => verified
-                .email
-                .filter(|email| {
-                    self.cloudflare_identity_counts(email, verified.issued.unwrap_or(0))
-                })
-                .map(|email| {
-                    Outcome::Granted(Grant {
-                        rule: cloudflare::GRANT_RULE,
-                        email: Some(email),
-                        set_cookie: None,
-                    })
-                }),
-            Err(failure) => Some(Outcome::Answered(answer(Verdict::Respond(
-                Response::error(StatusCode::FORBIDDEN),
-                Reason::owned(failure.rule(), failure.detail(keys, now)),
-            )))),
-        }
+            .and_then(|token| cloudflare.verify(token, keys, now))
+            .map_err(|failure| Reason::owned(failure.rule(), failure.detail(keys, now)))?;
+        Ok(verified
+            .email
+            .filter(|email| self.cloudflare_identity_counts(email, verified.issued.unwrap_or(0))))
     }
 
     /// The decision on a request head at `now` (seconds since the epoch). Behind Cloudflare
     /// Access, `keys` are the team's keys known now (fetched first when
     /// [`Access::keys_to_fetch`] says so).
     pub fn check(&self, request: &AccessRequest<'_>, now: u64, keys: Option<&KeySet>) -> Outcome {
+        let mut vouched = None;
         if let Some(cloudflare) = &self.cloudflare
             && !self.bypassed(request.path)
-            && let Some(outcome) = self.cloudflare_check(cloudflare, request, keys, now)
         {
-            return outcome;
+            match self.cloudflare_check(cloudflare, request, keys, now) {
+                Ok(email) => vouched = email,
+                Err(reason) => {
+                    return Outcome::Answered(answer(Verdict::Respond(
+                        Response::error(StatusCode::FORBIDDEN),
+                        reason,
+                    )));
+                }
+            }
         }
         if request.path.starts_with(PREFIX) {
             return self.own_page(request, now);
+        }
+        if let Some(email) = vouched {
+            return Outcome::Granted(Grant {
+                rule: cloudflare::GRANT_RULE,
+                email: Some(email),
+                set_cookie: None,
+            });
         }
         let mut refused = None;
         if let Some(value) = cookie(request.headers, &self.session.cookie_name) {
@@ -1378,6 +1379,11 @@ mod tests {
         other["email"] = "bob@elsewhere.example".into();
         let bob = with_token(&signed(&KEYS[0], "k0", &other));
         assert_eq!(rule(&check(&bob, "/web/")), "no-credentials");
+        // The edge's own pages stay the edge's: never granted through to the app.
+        assert_eq!(
+            rule(&check(&alice, "/.portcullis/login")),
+            "edge-page-unknown"
+        );
         // No token at all, even for the edge's own pages: 403 with the reason.
         let none = HeaderMap::new();
         assert_eq!(rule(&check(&none, "/web/")), "cf-access-missing");
