@@ -75,6 +75,33 @@ pub struct AccessPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub revoked_emails: Vec<EmailAddress>,
+    /// The edge sits behind Cloudflare Access (Zero Trust): every request must carry the
+    /// token Cloudflare Access signs for this application (the `Cf-Access-Jwt-Assertion`
+    /// header or the `CF_Authorization` cookie), or it is refused with 403. The e-mail the
+    /// token names is the request's identity: when it is allowed by `emails` or
+    /// `emailDomains` (or both are empty), the edge's own sign-in is skipped. Paths in
+    /// `bypass` need no token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare_access: Option<CloudflareAccessSpec>,
+}
+
+/// The Cloudflare Access application in front of the edge.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudflareAccessSpec {
+    /// The Zero Trust team domain, e.g. `myteam.cloudflareaccess.com`: tokens must be issued
+    /// by `https://<teamDomain>`, and the edge fetches the team's signing keys from
+    /// `https://<teamDomain>/cdn-cgi/access/certs`.
+    #[schemars(
+        regex(pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+cloudflareaccess\.com$"),
+        length(max = 253)
+    )]
+    pub team_domain: String,
+    /// The Application Audience (AUD) tags a token may be for (64 hex digits each, on the
+    /// Access application's overview page); usually one.
+    #[schemars(length(min = 1, max = 16), inner(regex(pattern = r"^[0-9a-f]{64}$")))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub audiences: Vec<String>,
 }
 
 /// Country allow and deny lists (ISO 3166-1 alpha-2 codes, upper case).

@@ -281,6 +281,133 @@ pub struct Access {
     /// Sessions of these addresses are invalid.
     #[serde(default)]
     pub revoked_emails: Vec<EmailAddress>,
+    /// Cloudflare Access in front of the edge: every request outside `bypass` must carry a
+    /// valid token of the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudflare_access: Option<CloudflareAccess>,
+}
+
+/// The Cloudflare Access application in front of the edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudflareAccess {
+    /// The team domain, `myteam.cloudflareaccess.com`; tokens must be issued by
+    /// `https://<teamDomain>`.
+    pub team_domain: DomainName,
+    /// Application audience tags; a token must be for one of them.
+    pub audiences: Vec<String>,
+    /// Where the team's signing keys (a JWKS) are fetched;
+    /// `https://<teamDomain>/cdn-cgi/access/certs` when absent. `http://` only to a loopback
+    /// address (tests, local demos).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How often the keys are fetched again; a token signed by a key not yet known also
+    /// fetches them (at most once every 10 s).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Duration,
+}
+
+/// How often the Cloudflare Access keys are fetched again unless the document says otherwise.
+pub const JWKS_REFRESH: Duration = Duration::from_secs(3600);
+
+const fn default_jwks_refresh() -> Duration {
+    JWKS_REFRESH
+}
+
+impl CloudflareAccess {
+    /// The issuer tokens must name: `https://<teamDomain>`.
+    pub fn issuer(&self) -> String {
+        format!("https://{}", self.team_domain)
+    }
+
+    /// Where the keys are fetched: `jwksUrl`, or the team's certificate endpoint.
+    pub fn jwks_url(&self) -> String {
+        self.jwks_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}/cdn-cgi/access/certs", self.team_domain))
+    }
+}
+
+/// An `http://` or `https://` URL split into what a client needs to connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// `https://`.
+    pub https: bool,
+    /// The host name or address (IPv6 without brackets).
+    pub host: String,
+    /// The port (443 or 80 when not written).
+    pub port: u16,
+    /// The path and query, `/` at least.
+    pub path: String,
+}
+
+impl HttpUrl {
+    /// Parses `http[s]://host[:port][/path]`; no user information, no fragment.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!("{url:?} is not an http:// or https:// URL"));
+        };
+        if url.bytes().any(|b| !b.is_ascii_graphic()) || url.contains(['#', '@', '\\']) {
+            return Err(format!(
+                "{url:?} has spaces, user information, a fragment or a backslash"
+            ));
+        }
+        let (authority, path) = rest
+            .find(['/', '?'])
+            .map_or((rest, "/"), |at| rest.split_at(at));
+        let default_port = if https { 443 } else { 80 };
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?} has an unclosed [ in its host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None if after.is_empty() => None,
+                None => return Err(format!("{url:?} has text after its host")),
+            };
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let port = match port {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("{url:?} has no valid port"))?,
+            None => default_port,
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(Self {
+            https,
+            host: host.to_ascii_lowercase(),
+            port,
+            path,
+        })
+    }
+
+    /// Whether the host is a loopback address or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// Country allow and deny lists.
@@ -309,6 +436,11 @@ pub struct Otp {
     pub resend_cooldown: Duration,
     /// The mail server.
     pub smtp: Smtp,
+    /// File holding the URL of a Redis the replicas share wrong-code counts and spent codes
+    /// in, so the attempt cap holds across replicas and a code works once on all of them;
+    /// each replica's own memory when absent (or while Redis cannot answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url_file: Option<PathBuf>,
 }
 
 /// The mail server that sends codes.
@@ -673,6 +805,7 @@ fn validate_access(problems: &mut Problems, access: &Access) {
         for (field, path) in [
             ("access.otp.smtp.usernameFile", &otp.smtp.username_file),
             ("access.otp.smtp.passwordFile", &otp.smtp.password_file),
+            ("access.otp.redisUrlFile", &otp.redis_url_file),
         ] {
             if let Some(path) = path {
                 require_absolute(problems, field, path);
@@ -700,6 +833,49 @@ fn validate_access(problems: &mut Problems, access: &Access) {
             "must start with /",
         );
     }
+    if let Some(cloudflare) = &access.cloudflare_access {
+        validate_cloudflare_access(problems, cloudflare);
+    }
+}
+
+fn validate_cloudflare_access(problems: &mut Problems, cloudflare: &CloudflareAccess) {
+    problems.require(
+        !cloudflare.team_domain.as_str().is_empty()
+            && cloudflare.team_domain.as_str().contains('.'),
+        "access.cloudflareAccess.teamDomain",
+        "must be a domain name such as myteam.cloudflareaccess.com",
+    );
+    problems.require(
+        !cloudflare.audiences.is_empty(),
+        "access.cloudflareAccess.audiences",
+        "give at least one application audience tag",
+    );
+    for (i, audience) in cloudflare.audiences.iter().enumerate() {
+        problems.require(
+            !audience.is_empty() && audience.bytes().all(|b| b.is_ascii_graphic()),
+            format!("access.cloudflareAccess.audiences[{i}]"),
+            "must be a non-empty tag without spaces",
+        );
+    }
+    if let Some(url) = &cloudflare.jwks_url {
+        problems.check(
+            HttpUrl::parse(url).and_then(|parsed| {
+                if parsed.https || parsed.is_loopback() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{url:?}: keys are fetched over https:// (http:// only from a loopback address)"
+                    ))
+                }
+            }),
+            "access.cloudflareAccess.jwksUrl",
+        );
+    }
+    problems.require(
+        cloudflare.jwks_refresh.get() >= std::time::Duration::from_secs(1),
+        "access.cloudflareAccess.jwksRefresh",
+        "must be at least 1s",
+    );
 }
 
 fn validate_waf(problems: &mut Problems, waf: &Waf) {
@@ -805,5 +981,48 @@ fn validate_rate_limit(problems: &mut Problems, field: &str, limit: &RateLimit) 
     );
     if let Some(path) = &limit.redis_url_file {
         require_absolute(problems, &format!("{field}.redisUrlFile"), path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_scheme_host_port_and_path() {
+        let url =
+            HttpUrl::parse("https://MyTeam.cloudflareaccess.com/cdn-cgi/access/certs").unwrap();
+        assert_eq!(
+            url,
+            HttpUrl {
+                https: true,
+                host: "myteam.cloudflareaccess.com".into(),
+                port: 443,
+                path: "/cdn-cgi/access/certs".into(),
+            }
+        );
+        let url = HttpUrl::parse("http://127.0.0.1:8080?x=1").unwrap();
+        assert_eq!((url.port, url.path.as_str()), (8080, "/?x=1"));
+        assert!(url.is_loopback());
+        let url = HttpUrl::parse("http://[::1]:9000/certs").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
+        assert!(url.is_loopback());
+        assert!(
+            !HttpUrl::parse("http://keys.example.org/")
+                .unwrap()
+                .is_loopback()
+        );
+        for bad in [
+            "ftp://example.org/",
+            "https://",
+            "https://example.org:0/",
+            "https://example.org:x/",
+            "https://user@example.org/",
+            "https://example.org/#frag",
+            "https://exa mple.org/",
+            "https://[::1/",
+        ] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -30,7 +30,12 @@ use pingora::{
 };
 
 use crate::{
-    access::{self, Access, AccessRequest, Answer, Grant, Outcome, app_token::TokenStatus},
+    access::{
+        self, Access, AccessRequest, Answer, CodeTry, Grant, Outcome, Submitted,
+        app_token::TokenStatus,
+        cloudflare::{self, FetchCause},
+        login::Attempt,
+    },
     access_log::{self, AccessRecord},
     app::HeaderWatch,
     app_rules, bots, challenge, client_identity, error_page,
@@ -84,6 +89,8 @@ pub struct Ctx {
     body_received: u64,
     country: Option<Country>,
     email: Option<String>,
+    /// The e-mail was vouched for by a Cloudflare Access token (forwarded to the app).
+    cloudflare_identity: bool,
     set_cookie: Option<HeaderValue>,
     /// Rate limits that count this request only if its response matches: (rule, key).
     response_counts: Vec<(usize, String)>,
@@ -673,7 +680,24 @@ impl Edge {
         access: &Access,
     ) -> Result<bool> {
         let now = unix_seconds(ctx.time);
-        let outcome = access.check(&access_request(session.req_header()), now);
+        let mut keys = access
+            .cloudflare()
+            .map(|cf| (cf, self.shared.cloudflare_keys.keys(cf.jwks_url())));
+        if let Some((cf, known)) = &mut keys
+            && let Some(kid) =
+                access.keys_to_fetch(&access_request(session.req_header()), known, now)
+        {
+            *known = self
+                .shared
+                .cloudflare_keys
+                .fetch(cf, FetchCause::UnknownKey(&kid))
+                .await;
+        }
+        let outcome = access.check(
+            &access_request(session.req_header()),
+            now,
+            keys.as_ref().map(|(_, known)| &**known),
+        );
         match outcome {
             Outcome::Granted(grant) => {
                 self.grant(ctx, grant);
@@ -689,13 +713,25 @@ impl Edge {
                     );
                     return self.apply(session, ctx, LayerId::Access, verdict).await;
                 };
-                let answer = access.submit(
+                let submitted = access.submit(
                     kind,
                     &access_request(session.req_header()),
                     &body,
                     &self.shared.logins,
                     now,
                 );
+                let answer = match submitted {
+                    Submitted::Answered(answer) => answer,
+                    Submitted::TryCode(tried) => {
+                        let attempt = self.code_attempt(access, &tried, now).await;
+                        access.code_tried(
+                            &access_request(session.req_header()),
+                            &tried,
+                            attempt,
+                            now,
+                        )
+                    }
+                };
                 self.answer(session, ctx, policy, access, answer).await
             }
             Outcome::VerifyToken(token) => {
@@ -752,12 +788,45 @@ impl Edge {
         }
     }
 
+    /// Judges a typed code: in the Redis the replicas share when there is one, in this
+    /// replica's memory otherwise or while Redis cannot answer (said in logs and metrics).
+    async fn code_attempt(&self, access: &Access, tried: &CodeTry, now: u64) -> Attempt {
+        if let Some(shared) = access.otp().and_then(|otp| otp.shared.as_ref()) {
+            match shared
+                .attempt(&tried.pending, tried.correct, tried.max_wrong, now)
+                .await
+            {
+                Ok(attempt) => return attempt,
+                Err(error) => {
+                    self.shared.metrics.otp_backend_errors.inc();
+                    let last = self.shared.otp_redis_warned_at.load(Ordering::Relaxed);
+                    if now >= last + 10
+                        && self
+                            .shared
+                            .otp_redis_warned_at
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(
+                            %error,
+                            "Redis cannot answer; one-time-code attempts are counted by this replica alone"
+                        );
+                    }
+                }
+            }
+        }
+        self.shared
+            .logins
+            .attempt(&tried.pending, tried.correct, tried.max_wrong, now)
+    }
+
     fn grant(&self, ctx: &mut Ctx, grant: Grant) {
         self.shared
             .metrics
             .access_decisions
             .with_label_values(&[grant.rule])
             .inc();
+        ctx.cloudflare_identity = grant.rule == cloudflare::GRANT_RULE;
         ctx.email = grant.email;
         ctx.set_cookie = grant.set_cookie;
         ctx.decision = Decision {
@@ -836,6 +905,7 @@ impl ProxyHttp for Edge {
             body_received: 0,
             country: None,
             email: None,
+            cloudflare_identity: false,
             set_cookie: None,
             response_counts: Vec::new(),
             waf: None,
@@ -989,6 +1059,21 @@ impl ProxyHttp for Edge {
             upstream::forwarding_headers(&client, &ctx.policy.host_header, &request_id)
         {
             upstream_request.insert_header(name, value)?;
+        }
+        if ctx
+            .policy
+            .access
+            .as_ref()
+            .is_some_and(|access| access.cloudflare().is_some())
+        {
+            // Only what the edge verified: the e-mail of the token it let the request in on.
+            upstream_request.remove_header(&cloudflare::EMAIL_HEADER);
+            if ctx.cloudflare_identity
+                && let Some(email) = ctx.email.as_deref()
+                && let Ok(value) = HeaderValue::from_str(email)
+            {
+                upstream_request.insert_header(cloudflare::EMAIL_HEADER, value)?;
+            }
         }
         if let Some(access) = &ctx.policy.access
             && upstream_request.headers.contains_key(header::COOKIE)

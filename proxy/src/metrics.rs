@@ -57,6 +57,9 @@ pub struct Metrics {
     /// `portcullis_app_token_checks_total{result}`: tokens asked of the application
     /// (`valid`, `invalid`, `error`) or answered from memory (`cached`).
     pub app_token_checks: IntCounterVec,
+    /// `portcullis_otp_backend_errors_total`: one-time codes judged with the replica's own
+    /// memory because the shared Redis could not answer.
+    pub otp_backend_errors: IntCounter,
 }
 
 impl Default for Metrics {
@@ -132,6 +135,14 @@ impl Metrics {
             "1 while the document asks for a change only a restart applies.",
         );
         let connections_open = gauge("portcullis_connections_open", "Open client connections.");
+        let otp_backend_errors = IntCounter::new(
+            "portcullis_otp_backend_errors_total",
+            "One-time codes judged locally because the shared Redis could not answer.",
+        )
+        .expect("the metric is valid");
+        registry
+            .register(Box::new(otp_backend_errors.clone()))
+            .expect("each metric is registered once");
         Self {
             requests,
             request_duration,
@@ -211,6 +222,7 @@ impl Metrics {
                 "Application tokens checked, by result.",
                 &["result"],
             ),
+            otp_backend_errors,
             registry,
         }
     }

@@ -1,7 +1,8 @@
 //! Start-up: the command line, the Pingora server and its services.
 //!
 //! One listening service per public listener (HTTPS; plain HTTP when configured, one
-//! thread), the admin endpoint and the config watcher as background services. Tuning, after
+//! thread), the admin endpoint, the config watcher and the Cloudflare Access key refresher
+//! as background services. Tuning, after
 //! the measurements in DESIGN.md: worker threads default to the cores available, work
 //! stealing is off (measured 29% faster on one thread here), the upstream keep-alive pool
 //! is sized by the document, and Pingora's grace period after SIGTERM (300 s by default) is
@@ -21,6 +22,7 @@ use pingora::{
 use crate::{
     admin::Admin,
     app::EdgeApp,
+    cloudflare_keys::KeyRefresher,
     edge::{Edge, Role},
     reload::{self, ConfigWatcher, LoadError},
     state::Shared,
@@ -166,5 +168,11 @@ pub fn run(args: Args) -> Result<(), StartError> {
     );
     watcher.threads = Some(1);
     server.add_service(watcher);
+    let mut keys = background_service(
+        "portcullis cloudflare access keys",
+        KeyRefresher::new(Arc::clone(&shared)),
+    );
+    keys.threads = Some(1);
+    server.add_service(keys);
     server.run_forever()
 }

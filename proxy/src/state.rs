@@ -13,6 +13,7 @@ use crate::{
     access::{app_token::TokenCache, login::LoginState},
     app_rules::StartupState,
     bots::{BotGuard, HoneypotBans},
+    cloudflare_keys::KeyCache,
     connection_guard::ConnectionGuard,
     metrics::Metrics,
     model::Policy,
@@ -48,10 +49,15 @@ pub struct Shared {
     pub startup: StartupState,
     /// Sign-ins in progress (attempts, cooldowns); kept across policy reloads.
     pub logins: LoginState,
+    /// When the last "Redis unreachable" warning about one-time codes was logged (seconds
+    /// since the epoch), so an outage is said every 10 s, not per code.
+    pub otp_redis_warned_at: std::sync::atomic::AtomicU64,
     /// The application's recent answers about its tokens.
     pub app_tokens: TokenCache,
     /// The edge's client to the application, for token checks.
     pub app_client: AppClient,
+    /// The Cloudflare Access keys, behind Cloudflare Access; kept across policy reloads.
+    pub cloudflare_keys: KeyCache,
     shutting_down: AtomicBool,
     accepting: AtomicBool,
 }
@@ -71,8 +77,10 @@ impl Shared {
             bot_guard: BotGuard::default(),
             startup: StartupState::default(),
             logins: LoginState::default(),
+            otp_redis_warned_at: std::sync::atomic::AtomicU64::new(0),
             app_tokens: TokenCache::default(),
             app_client: AppClient::default(),
+            cloudflare_keys: KeyCache::default(),
             shutting_down: AtomicBool::new(false),
             accepting: AtomicBool::new(false),
         }

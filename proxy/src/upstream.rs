@@ -145,9 +145,53 @@ impl Default for AppClient {
     }
 }
 
+/// `GET path` on `peer` through `connector` with `headers` (`Host` among them): the status
+/// and the body (at most 64 KiB are kept). The connection goes back to the pool for `idle`.
+/// For the edge's own questions (the app's tokens and setup, Cloudflare's keys), never for
+/// client requests.
+pub async fn get(
+    connector: &Connector,
+    peer: &HttpPeer,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    idle: Duration,
+) -> Result<(StatusCode, Vec<u8>), String> {
+    let (mut http, _) = connector
+        .get_http_session(peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut request = RequestHeader::build("GET", path.as_bytes(), Some(1 + headers.len()))
+        .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        request
+            .insert_header(name.clone(), value.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    http.write_request_header(Box::new(request))
+        .await
+        .map_err(|e| e.to_string())?;
+    http.finish_request_body()
+        .await
+        .map_err(|e| e.to_string())?;
+    http.read_response_header()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = http
+        .response_header()
+        .map(|head| head.status)
+        .ok_or("no response")?;
+    let mut body = Vec::new();
+    while let Some(chunk) = http.read_response_body().await.map_err(|e| e.to_string())? {
+        if body.len() < 64 * 1024 {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    connector.release_http_session(http, peer, Some(idle)).await;
+    Ok((status, body))
+}
+
 impl AppClient {
-    /// `GET path` on the application with `headers`: the status and the body (at most
-    /// 64 KiB are kept). For the edge's own questions, never for client requests.
+    /// `GET path` on the application with `headers` ([`get`]).
     pub async fn get(
         &self,
         upstream: &Upstream,
@@ -161,44 +205,14 @@ impl AppClient {
         let mut peer = upstream.peer(address);
         peer.options.read_timeout = Some(APP_QUESTION_TIMEOUT);
         peer.options.write_timeout = Some(APP_QUESTION_TIMEOUT);
-        let (mut http, _) = self
-            .0
-            .get_http_session(&*peer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut request = RequestHeader::build("GET", path.as_bytes(), Some(2 + headers.len()))
-            .map_err(|e| e.to_string())?;
-        request
-            .insert_header(http::header::HOST, host.clone())
-            .map_err(|e| e.to_string())?;
-        for (name, value) in headers {
-            request
-                .insert_header(*name, value.clone())
-                .map_err(|e| e.to_string())?;
-        }
-        http.write_request_header(Box::new(request))
-            .await
-            .map_err(|e| e.to_string())?;
-        http.finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        http.read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = http
-            .response_header()
-            .map(|head| head.status)
-            .ok_or("no response")?;
-        let mut body = Vec::new();
-        while let Some(chunk) = http.read_response_body().await.map_err(|e| e.to_string())? {
-            if body.len() < 64 * 1024 {
-                body.extend_from_slice(&chunk);
-            }
-        }
-        self.0
-            .release_http_session(http, &*peer, Some(upstream.idle_timeout))
-            .await;
-        Ok((status, body))
+        let mut all = Vec::with_capacity(1 + headers.len());
+        all.push((http::header::HOST, host.clone()));
+        all.extend(
+            headers
+                .iter()
+                .map(|(name, value)| (HeaderName::from_static(name), value.clone())),
+        );
+        get(&self.0, &peer, path, &all, upstream.idle_timeout).await
     }
 
     /// Asks Jellyfin whether it accepts `token`: `GET /Users/Me` with `X-Emby-Token`. 200 is

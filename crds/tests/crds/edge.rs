@@ -125,3 +125,40 @@ fn a_negative_duration_does_not_parse() {
         Err(EdgeConfigError::Parse(_))
     ));
 }
+
+#[test]
+fn cloudflare_access_needs_an_audience_and_keys_over_https() {
+    let with = |section: &str| {
+        example_text().replace(
+            "  appTokenCacheTtl: 1m\n",
+            &format!("  appTokenCacheTtl: 1m\n  cloudflareAccess:\n{section}"),
+        )
+    };
+    let good = EdgeConfig::from_yaml(&with(
+        "    teamDomain: myteam.cloudflareaccess.com\n    audiences: [aud1]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cloudflare = good.access.unwrap().cloudflare_access.unwrap();
+    assert_eq!(cloudflare.issuer(), "https://myteam.cloudflareaccess.com");
+    assert_eq!(
+        cloudflare.jwks_url(),
+        "https://myteam.cloudflareaccess.com/cdn-cgi/access/certs"
+    );
+    assert_eq!(cloudflare.jwks_refresh.to_string(), "1h");
+    let fields = invalid_fields(&with(
+        "    teamDomain: myteam.cloudflareaccess.com\n    audiences: []\n    jwksUrl: http://keys.example.org/certs\n    jwksRefresh: 0s\n",
+    ));
+    assert_eq!(
+        fields,
+        [
+            "access.cloudflareAccess.audiences",
+            "access.cloudflareAccess.jwksUrl",
+            "access.cloudflareAccess.jwksRefresh",
+        ]
+    );
+    // Plain HTTP is for a key server on this machine only.
+    EdgeConfig::from_yaml(&with(
+        "    teamDomain: myteam.cloudflareaccess.com\n    audiences: [aud1]\n    jwksUrl: http://127.0.0.1:8080/certs\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+}

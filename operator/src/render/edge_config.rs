@@ -10,10 +10,11 @@ use kube::ResourceExt;
 use portcullis_crds::{
     MediaServer,
     access_policy::{AccessPolicySpec, GeoIpSource},
+    common::DomainName,
     edge::{
-        Access, App, ClientIdentity, Countries, EDGE_API_VERSION, EDGE_KIND, EdgeBan, EdgeConfig,
-        Limits, Listen, Otp, RateLimit, Session, Smtp, Source, Timeouts, Tls, Upstream, Waf,
-        WafExclusion,
+        Access, App, ClientIdentity, CloudflareAccess, Countries, EDGE_API_VERSION, EDGE_KIND,
+        EdgeBan, EdgeConfig, JWKS_REFRESH, Limits, Listen, Otp, RateLimit, Session, Smtp, Source,
+        Timeouts, Tls, Upstream, Waf, WafExclusion,
     },
     media_server::AppKind,
     rate_limit::{BackendType, RateLimitSpec},
@@ -116,7 +117,7 @@ pub fn render(server: &MediaServer, resolved: &Resolved) -> EdgeConfig {
         access: resolved
             .access_policy
             .as_ref()
-            .map(|policy| access(&policy.resource.spec)),
+            .map(|policy| access(&policy.resource.spec, &resolved.rate_limits)),
         waf: resolved
             .waf_rule_set
             .as_ref()
@@ -125,7 +126,12 @@ pub fn render(server: &MediaServer, resolved: &Resolved) -> EdgeConfig {
     }
 }
 
-fn access(policy: &AccessPolicySpec) -> Access {
+/// The access section. The one-time-code state (wrong-code counts, spent codes) is shared
+/// through the Redis of the first RateLimit that keeps its counters in Redis: an AccessPolicy
+/// names no Redis of its own, a MediaServer's edge replicas need one store they all reach,
+/// and that Secret is already mounted in the edge pod. Without one, each replica keeps its
+/// own.
+fn access(policy: &AccessPolicySpec, rate_limits: &[Named<portcullis_crds::RateLimit>]) -> Access {
     let countries = policy
         .countries
         .as_ref()
@@ -164,6 +170,7 @@ fn access(policy: &AccessPolicySpec) -> Access {
                     .map(|_| format!("{}/password", mounts::SMTP_DIR).into()),
                 from: otp.smtp.from.clone(),
             },
+            redis_url_file: rate_limits.iter().find_map(redis_url_file),
         }),
         session: Session {
             ttl: policy.session.ttl,
@@ -182,6 +189,15 @@ fn access(policy: &AccessPolicySpec) -> Access {
             .then_some(policy.app_tokens.cache_ttl),
         revoked_before: policy.revoked_before.clone(),
         revoked_emails: policy.revoked_emails.clone(),
+        cloudflare_access: policy
+            .cloudflare_access
+            .as_ref()
+            .map(|cloudflare| CloudflareAccess {
+                team_domain: DomainName::from(cloudflare.team_domain.as_str()),
+                audiences: cloudflare.audiences.clone(),
+                jwks_url: None,
+                jwks_refresh: JWKS_REFRESH,
+            }),
     }
 }
 
@@ -226,6 +242,16 @@ pub fn redis_dir(rate_limit: &str) -> String {
     format!("{}/{rate_limit}", mounts::REDIS_DIR)
 }
 
+/// Where the edge reads a RateLimit's Redis URL, when its counters live in Redis.
+fn redis_url_file(named: &Named<portcullis_crds::RateLimit>) -> Option<std::path::PathBuf> {
+    let backend = &named.resource.spec.backend;
+    backend
+        .redis
+        .as_ref()
+        .filter(|_| backend.type_ == BackendType::Redis)
+        .map(|redis| format!("{}/{}", redis_dir(&named.name), redis.url_secret_ref.key).into())
+}
+
 fn rate_limit(named: &Named<portcullis_crds::RateLimit>) -> RateLimit {
     let spec: &RateLimitSpec = &named.resource.spec;
     let ban = |at: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time, key: &str| EdgeBan {
@@ -249,12 +275,7 @@ fn rate_limit(named: &Named<portcullis_crds::RateLimit>) -> RateLimit {
         status: spec.response.status,
         retry_after: spec.response.retry_after,
         challenge: spec.response.action == portcullis_crds::rate_limit::LimitAction::Challenge,
-        redis_url_file: spec
-            .backend
-            .redis
-            .as_ref()
-            .filter(|_| spec.backend.type_ == BackendType::Redis)
-            .map(|redis| format!("{}/{}", redis_dir(&named.name), redis.url_secret_ref.key).into()),
+        redis_url_file: redis_url_file(named),
         manual_bans: spec
             .manual_bans
             .add
@@ -364,6 +385,70 @@ mod tests {
                 "the document names Secret {secret_name}"
             );
         }
+    }
+
+    #[test]
+    fn cloudflare_access_renders_the_team_and_audiences_with_the_team_key_url() {
+        let mut resolved = seed_resolved();
+        assert!(
+            render(&seed_server(), &resolved)
+                .access
+                .unwrap()
+                .cloudflare_access
+                .is_none()
+        );
+        let spec = &mut resolved.access_policy.as_mut().unwrap().resource.spec;
+        let aud = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2";
+        spec.cloudflare_access = Some(portcullis_crds::access_policy::CloudflareAccessSpec {
+            team_domain: "myteam.cloudflareaccess.com".into(),
+            audiences: vec![aud.into()],
+        });
+        let config = render(&seed_server(), &resolved);
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        let cloudflare = config.access.unwrap().cloudflare_access.unwrap();
+        assert_eq!(
+            cloudflare.team_domain.as_str(),
+            "myteam.cloudflareaccess.com"
+        );
+        assert_eq!(cloudflare.audiences, [aud]);
+        assert_eq!(cloudflare.issuer(), "https://myteam.cloudflareaccess.com");
+        assert_eq!(
+            cloudflare.jwks_url(),
+            "https://myteam.cloudflareaccess.com/cdn-cgi/access/certs"
+        );
+        assert_eq!(cloudflare.jwks_refresh, JWKS_REFRESH);
+    }
+
+    #[test]
+    fn one_time_codes_share_the_redis_of_the_first_limit_that_has_one() {
+        let mut resolved = seed_resolved();
+        let otp_redis = |resolved: &Resolved| {
+            render(&seed_server(), resolved)
+                .access
+                .unwrap()
+                .otp
+                .unwrap()
+                .redis_url_file
+        };
+        // The seed's limits count in memory: so do the codes.
+        assert_eq!(otp_redis(&resolved), None);
+        let backend = &mut resolved.rate_limits[1].resource.spec.backend;
+        backend.type_ = BackendType::Redis;
+        backend.redis = Some(portcullis_crds::rate_limit::RedisBackend {
+            url_secret_ref: portcullis_crds::common::SecretKeyReference {
+                name: "redis".into(),
+                key: "url".into(),
+            },
+        });
+        let config = render(&seed_server(), &resolved);
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        let shared = otp_redis(&resolved).unwrap();
+        assert_eq!(
+            shared,
+            std::path::Path::new("/etc/portcullis/redis/api/url")
+        );
+        // The very file the limit itself reads, which the edge pod mounts.
+        assert_eq!(config.rate_limits[1].redis_url_file.as_ref(), Some(&shared));
     }
 
     #[test]

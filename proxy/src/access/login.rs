@@ -6,8 +6,9 @@
 //! commitment to the code, `HMAC(key, nonce, e-mail, code)`. The code itself is never
 //! stored. For an address that may not sign in the commitment is random, so no code can
 //! match, and the browser sees exactly what it would have seen for an allowed address.
-//! Wrong codes are counted per nonce and a used nonce is spent ([`LoginState`]); both
-//! entries live until the code expires.
+//! Wrong codes are counted per nonce and a used nonce is spent ([`attempt_step`]), in the
+//! replica's memory ([`LoginState`]) or in a Redis every replica shares
+//! ([`super::attempts`]); both entries live until the code expires.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -149,15 +150,47 @@ pub struct Sent {
     pub pending: Pending,
 }
 
-/// What an attempt at a code may do.
+/// What one try of a code did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttemptCheck {
-    /// Try the code.
-    Allowed,
-    /// The sign-in already succeeded once.
+pub enum Attempt {
+    /// The code was right: the sign-in is spent now.
+    SignedIn,
+    /// The code was wrong; this many tries are left (0: the attempt is over).
+    Wrong {
+        /// Tries left.
+        left: u32,
+    },
+    /// The sign-in already succeeded once (a replay, or two submissions racing).
     Used,
-    /// The cap of wrong codes is reached.
+    /// The cap of wrong codes was already reached.
     Exhausted,
+}
+
+/// The attempt rule on what is remembered of one pending sign-in (wrong codes so far,
+/// spent or not) and whether the code just typed is right: the new memory and the outcome.
+/// The Redis store runs the same rule in Lua ([`super::attempts`]).
+pub const fn attempt_step(
+    wrong: u32,
+    used: bool,
+    correct: bool,
+    max_wrong: u32,
+) -> (u32, bool, Attempt) {
+    if used {
+        (wrong, used, Attempt::Used)
+    } else if wrong >= max_wrong {
+        (wrong, used, Attempt::Exhausted)
+    } else if correct {
+        (wrong, true, Attempt::SignedIn)
+    } else {
+        let wrong = wrong + 1;
+        (
+            wrong,
+            false,
+            Attempt::Wrong {
+                left: max_wrong - wrong,
+            },
+        )
+    }
 }
 
 /// Most entries per map; past it, expired entries are dropped and new sign-ins refused.
@@ -204,17 +237,9 @@ impl LoginState {
         true
     }
 
-    /// Whether a code may be tried for this pending sign-in.
-    pub fn check(&self, pending: &Pending, max_wrong: u32) -> AttemptCheck {
-        match lock(&self.attempts).get(&pending.nonce) {
-            Some(a) if a.used => AttemptCheck::Used,
-            Some(a) if a.wrong >= max_wrong => AttemptCheck::Exhausted,
-            _ => AttemptCheck::Allowed,
-        }
-    }
-
-    /// Counts a wrong code; returns how many tries are left.
-    pub fn wrong(&self, pending: &Pending, max_wrong: u32, now: u64) -> u32 {
+    /// Tries a code for `pending` in this replica's memory: [`attempt_step`] on what the
+    /// replica remembers of it.
+    pub fn attempt(&self, pending: &Pending, correct: bool, max_wrong: u32, now: u64) -> Attempt {
         let mut attempts = lock(&self.attempts);
         if attempts.len() >= CAPACITY {
             attempts.retain(|_, a| a.until > now);
@@ -224,23 +249,10 @@ impl LoginState {
             used: false,
             until: pending.expires,
         });
-        entry.wrong += 1;
-        max_wrong.saturating_sub(entry.wrong)
-    }
-
-    /// Spends a pending sign-in after its code was right; `false` if it was already spent
-    /// (two submissions racing).
-    pub fn spend(&self, pending: &Pending, now: u64) -> bool {
-        let mut attempts = lock(&self.attempts);
-        if attempts.len() >= CAPACITY {
-            attempts.retain(|_, a| a.until > now);
-        }
-        let entry = attempts.entry(pending.nonce).or_insert(Attempts {
-            wrong: 0,
-            used: false,
-            until: pending.expires,
-        });
-        !std::mem::replace(&mut entry.used, true)
+        let (wrong, used, outcome) = attempt_step(entry.wrong, entry.used, correct, max_wrong);
+        entry.wrong = wrong;
+        entry.used = used;
+        outcome
     }
 }
 
@@ -344,16 +356,45 @@ mod tests {
     fn wrong_codes_are_capped_and_a_used_sign_in_is_spent() {
         let state = LoginState::default();
         let p = pending("123456");
-        assert_eq!(state.check(&p, 3), AttemptCheck::Allowed);
-        assert_eq!(state.wrong(&p, 3, 1000), 2);
-        assert_eq!(state.wrong(&p, 3, 1000), 1);
-        assert_eq!(state.check(&p, 3), AttemptCheck::Allowed);
-        assert_eq!(state.wrong(&p, 3, 1000), 0);
-        assert_eq!(state.check(&p, 3), AttemptCheck::Exhausted);
+        assert_eq!(
+            state.attempt(&p, false, 3, 1000),
+            Attempt::Wrong { left: 2 }
+        );
+        assert_eq!(
+            state.attempt(&p, false, 3, 1000),
+            Attempt::Wrong { left: 1 }
+        );
+        assert_eq!(
+            state.attempt(&p, false, 3, 1000),
+            Attempt::Wrong { left: 0 }
+        );
+        // Past the cap even the right code is refused.
+        assert_eq!(state.attempt(&p, true, 3, 1000), Attempt::Exhausted);
         let q = pending("654321");
-        assert!(state.spend(&q, 1000));
-        assert!(!state.spend(&q, 1000));
-        assert_eq!(state.check(&q, 3), AttemptCheck::Used);
+        assert_eq!(
+            state.attempt(&q, false, 3, 1000),
+            Attempt::Wrong { left: 2 }
+        );
+        assert_eq!(state.attempt(&q, true, 3, 1000), Attempt::SignedIn);
+        assert_eq!(state.attempt(&q, true, 3, 1000), Attempt::Used);
+        assert_eq!(state.attempt(&q, false, 3, 1000), Attempt::Used);
+    }
+
+    #[test]
+    fn the_attempt_rule_spends_once_and_counts_only_wrong_codes() {
+        assert_eq!(
+            attempt_step(0, false, true, 3),
+            (0, true, Attempt::SignedIn)
+        );
+        assert_eq!(
+            attempt_step(2, false, false, 3),
+            (3, false, Attempt::Wrong { left: 0 })
+        );
+        assert_eq!(
+            attempt_step(3, false, true, 3),
+            (3, false, Attempt::Exhausted)
+        );
+        assert_eq!(attempt_step(1, true, true, 3), (1, true, Attempt::Used));
     }
 
     #[test]

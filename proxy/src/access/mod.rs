@@ -1,16 +1,22 @@
 //! Layer 9, zero-trust access: a request reaches the application only with a valid session
 //! (from the edge's own e-mail + one-time-code sign-in), a Jellyfin token Jellyfin accepts
-//! (native apps), or on a path the policy lets through.
+//! (native apps), or on a path the policy lets through. Behind Cloudflare Access, every
+//! other request must also carry a valid Cloudflare Access token ([`cloudflare`]), and an
+//! allowed e-mail in it is identity enough.
 //!
 //! [`Access::check`] is the pure decision on a request head; it returns an [`Outcome`]: let
 //! through ([`Grant`]), answer now (the sign-in pages, redirects, refusals: [`Answer`]),
-//! read the posted form and call [`Access::submit`], or ask the application about a token
-//! ([`app_token`], the only step that needs I/O, done by the proxy). The modules:
+//! read the posted form and call [`Access::submit`] (a code is then judged by the attempt
+//! state, [`attempts`]), ask the application about a token ([`app_token`]), or fetch the
+//! Cloudflare Access keys for an unknown key id; the I/O is done by the proxy. The modules:
 //! [`signing`] (HMAC with key rotation), [`session`] (the cookie), [`login`] (codes, pending
-//! sign-ins, CSRF, return paths), [`pages`] (HTML), [`mail`] (SMTP), [`app_token`].
+//! sign-ins, CSRF, return paths), [`pages`] (HTML), [`mail`] (SMTP), [`app_token`],
+//! [`attempts`] (shared by replicas in Redis), [`cloudflare`] (Cloudflare Access tokens).
 //!
 //! | rule | answer |
 //! | --- | --- |
+//! | `cf-access-*` (behind Cloudflare Access: no token, or an invalid one; see [`cloudflare`]) | 403 |
+//! | `cloudflare-access` (a valid token naming an allowed, unrevoked e-mail) | let through |
 //! | `session` / `bypass` / `app-sign-in` / `app-token` | let through |
 //! | `login-required` (browser navigation, no session) | 303 to the sign-in page |
 //! | `no-credentials` (API call, no session or token) | 401 |
@@ -24,6 +30,8 @@
 //! | `signed-out` | 303 to the sign-in page, session cookie cleared |
 
 pub mod app_token;
+pub mod attempts;
+pub mod cloudflare;
 pub mod login;
 pub mod mail;
 pub mod pages;
@@ -39,7 +47,9 @@ use portcullis_crds::{edge, media_server::AppKind};
 use crate::verdict::{Body, Reason, Response, Verdict};
 
 use self::{
-    login::{AttemptCheck, LoginState, Pending},
+    attempts::SharedAttempts,
+    cloudflare::{CloudflareAccess, FetchCause, KeySet},
+    login::{Attempt, LoginState, Pending},
     mail::{MailError, Mailer},
     pages::{Form, Notice},
     session::{Refusal, Session},
@@ -67,6 +77,30 @@ pub enum AccessError {
     /// The mail settings.
     #[error(transparent)]
     Mail(#[from] MailError),
+    /// The file with the Redis URL of the shared attempts.
+    #[error("access.otp.redisUrlFile {path}: {source}")]
+    RedisUrlFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Redis URL of the shared attempts.
+    #[error("access.otp.redisUrlFile: the Redis URL is not valid: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+    /// The Cloudflare Access settings.
+    #[error("access.cloudflareAccess: {0}")]
+    Cloudflare(String),
+}
+
+/// The shared attempts of the Redis whose URL is in `file`.
+fn shared_attempts(file: &std::path::Path, host: &str) -> Result<SharedAttempts, AccessError> {
+    let url = std::fs::read_to_string(file).map_err(|source| AccessError::RedisUrlFile {
+        path: file.display().to_string(),
+        source,
+    })?;
+    SharedAttempts::new(url.trim(), host).map_err(AccessError::RedisUrl)
 }
 
 /// One-time code settings.
@@ -78,6 +112,8 @@ pub struct Otp {
     cooldown: Duration,
     /// The mail sender.
     pub mailer: Mailer,
+    /// The Redis the replicas share attempts in; the replica's memory when absent.
+    pub shared: Option<SharedAttempts>,
 }
 
 impl Otp {
@@ -85,6 +121,27 @@ impl Otp {
     pub const fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// A code typed in, checked against its pending sign-in: what the attempt state judges
+/// ([`LoginState::attempt`], [`SharedAttempts::attempt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeTry {
+    /// The pending sign-in the code is for.
+    pub pending: Pending,
+    /// Whether the code matches its commitment.
+    pub correct: bool,
+    /// Wrong codes allowed.
+    pub max_wrong: u32,
+}
+
+/// What a posted sign-in form asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Answer it now.
+    Answered(Answer),
+    /// Judge this try with the attempt state, then answer with [`Access::code_tried`].
+    TryCode(CodeTry),
 }
 
 /// The compiled access layer.
@@ -100,6 +157,7 @@ pub struct Access {
     domains: Vec<String>,
     bypass: Vec<String>,
     app_tokens: Option<Duration>,
+    cloudflare: Option<CloudflareAccess>,
 }
 
 /// The request facts the access layer decides on.
@@ -120,7 +178,7 @@ pub struct AccessRequest<'a> {
 /// A request let through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Why: `session`, `bypass`, `app-sign-in`, `app-token`.
+    /// Why: `cloudflare-access`, `session`, `bypass`, `app-sign-in`, `app-token`.
     pub rule: &'static str,
     /// Who, when known.
     pub email: Option<String>,
@@ -174,7 +232,7 @@ pub enum Outcome {
     Answered(Answer),
     /// Read the posted form (at most [`MAX_FORM_BYTES`]) and call [`Access::submit`].
     ReadForm(FormKind),
-    /// Let it through if the application accepts this token ([`Access::token_verdict`]).
+    /// Let it through if the application accepts this token ([`Access::token_accepted`]).
     VerifyToken(String),
 }
 
@@ -283,6 +341,11 @@ impl Access {
                 max_attempts: u32::try_from(otp.max_attempts).unwrap_or(5),
                 cooldown: otp.resend_cooldown.get(),
                 mailer: Mailer::new(&otp.smtp, &app.display_name)?,
+                shared: otp
+                    .redis_url_file
+                    .as_deref()
+                    .map(|file| shared_attempts(file, &host.to_ascii_lowercase()))
+                    .transpose()?,
             }),
             None => None,
         };
@@ -305,6 +368,12 @@ impl Access {
                 .collect(),
             bypass: doc.bypass.clone(),
             app_tokens: doc.app_token_cache_ttl.map(|ttl| ttl.get()),
+            cloudflare: doc
+                .cloudflare_access
+                .as_ref()
+                .map(CloudflareAccess::new)
+                .transpose()
+                .map_err(AccessError::Cloudflare)?,
         })
     }
 
@@ -313,6 +382,7 @@ impl Access {
         let mut files = doc.session.key_files.clone();
         if let Some(otp) = &doc.otp {
             files.extend(Mailer::files(&otp.smtp).map(ToOwned::to_owned));
+            files.extend(otp.redis_url_file.clone());
         }
         files
     }
@@ -330,6 +400,11 @@ impl Access {
     /// The one-time code settings, when sign-in by e-mail is on.
     pub const fn otp(&self) -> Option<&Otp> {
         self.otp.as_ref()
+    }
+
+    /// The Cloudflare Access settings, behind Cloudflare Access.
+    pub const fn cloudflare(&self) -> Option<&CloudflareAccess> {
+        self.cloudflare.as_ref()
     }
 
     /// How long the application's answer about a token is remembered, when tokens are on.
@@ -466,10 +541,92 @@ impl Access {
         )
     }
 
-    /// The decision on a request head at `now` (seconds since the epoch).
-    pub fn check(&self, request: &AccessRequest<'_>, now: u64) -> Outcome {
+    /// Whether `path` skips sign-in.
+    fn bypassed(&self, path: &str) -> bool {
+        self.bypass
+            .iter()
+            .any(|prefix| path.starts_with(prefix.as_str()))
+    }
+
+    /// Whether an e-mail Cloudflare Access vouched for, in a token issued at `issued`, is
+    /// identity enough: allowed by the lists (or no list is set, Cloudflare's policy
+    /// deciding alone), and not revoked.
+    fn cloudflare_identity_counts(&self, email: &str, issued: u64) -> bool {
+        (self.allows(email) || (self.emails.is_empty() && self.domains.is_empty()))
+            && !self.session.revokes(email, issued)
+    }
+
+    /// Behind Cloudflare Access: the key id the request's token names when the team's keys
+    /// should be fetched before [`Access::check`] (the id is not among `keys`, and no fetch
+    /// for an unknown id happened in the last [`cloudflare::REFETCH_EVERY`] seconds).
+    pub fn keys_to_fetch(
+        &self,
+        request: &AccessRequest<'_>,
+        keys: &KeySet,
+        now: u64,
+    ) -> Option<String> {
+        let cloudflare = self.cloudflare.as_ref()?;
+        if self.bypassed(request.path) {
+            return None;
+        }
+        let kid = cloudflare::key_id(cloudflare::token(request.headers)?)?;
+        keys.fetch_due(FetchCause::UnknownKey(&kid), cloudflare.refresh_secs(), now)
+            .then_some(kid)
+    }
+
+    /// Behind Cloudflare Access: the request's token checked. `Err`: why it is refused; `Ok`:
+    /// the e-mail that is identity enough ([`Access::cloudflare_identity_counts`]), if any.
+    fn cloudflare_check(
+        &self,
+        cloudflare: &CloudflareAccess,
+        request: &AccessRequest<'_>,
+        keys: Option<&KeySet>,
+        now: u64,
+    ) -> Result<Option<String>, Reason> {
+        let none;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => {
+                none = KeySet::empty(cloudflare.jwks_url());
+                &none
+            }
+        };
+        let verified = cloudflare::token(request.headers)
+            .ok_or(cloudflare::Failure::Missing)
+            .and_then(|token| cloudflare.verify(token, keys, now))
+            .map_err(|failure| Reason::owned(failure.rule(), failure.detail(keys, now)))?;
+        Ok(verified
+            .email
+            .filter(|email| self.cloudflare_identity_counts(email, verified.issued.unwrap_or(0))))
+    }
+
+    /// The decision on a request head at `now` (seconds since the epoch). Behind Cloudflare
+    /// Access, `keys` are the team's keys known now (fetched first when
+    /// [`Access::keys_to_fetch`] says so).
+    pub fn check(&self, request: &AccessRequest<'_>, now: u64, keys: Option<&KeySet>) -> Outcome {
+        let mut vouched = None;
+        if let Some(cloudflare) = &self.cloudflare
+            && !self.bypassed(request.path)
+        {
+            match self.cloudflare_check(cloudflare, request, keys, now) {
+                Ok(email) => vouched = email,
+                Err(reason) => {
+                    return Outcome::Answered(answer(Verdict::Respond(
+                        Response::error(StatusCode::FORBIDDEN),
+                        reason,
+                    )));
+                }
+            }
+        }
         if request.path.starts_with(PREFIX) {
             return self.own_page(request, now);
+        }
+        if let Some(email) = vouched {
+            return Outcome::Granted(Grant {
+                rule: cloudflare::GRANT_RULE,
+                email: Some(email),
+                set_cookie: None,
+            });
         }
         let mut refused = None;
         if let Some(value) = cookie(request.headers, &self.session.cookie_name) {
@@ -487,11 +644,7 @@ impl Access {
                 Err(refusal) => refused = Some(refusal),
             }
         }
-        if self
-            .bypass
-            .iter()
-            .any(|prefix| request.path.starts_with(prefix.as_str()))
-        {
+        if self.bypassed(request.path) {
             return Outcome::Granted(Grant {
                 rule: "bypass",
                 email: None,
@@ -614,8 +767,9 @@ impl Access {
         }
     }
 
-    /// The answer to a posted sign-in form, at `now`. `state` is the replica's memory of
-    /// attempts and cooldowns.
+    /// What a posted sign-in form asks, at `now`: an answer, or (for a code) a try the
+    /// attempt state must judge before [`Access::code_tried`] answers. `state` is the
+    /// replica's memory of cooldowns.
     pub fn submit(
         &self,
         kind: FormKind,
@@ -623,12 +777,12 @@ impl Access {
         body: &[u8],
         state: &LoginState,
         now: u64,
-    ) -> Answer {
+    ) -> Submitted {
         let Some(otp) = &self.otp else {
-            return answer(Verdict::Respond(
+            return Submitted::Answered(answer(Verdict::Respond(
                 Response::error(StatusCode::NOT_FOUND),
                 Reason::new("edge-page-unknown", "sign-in by e-mail is off"),
-            ));
+            )));
         };
         let mut email = None;
         let mut csrf = None;
@@ -654,20 +808,25 @@ impl Access {
                     .is_some_and(|token| login::csrf_matches(&self.signer, cookie, token))
             });
         if !csrf_ok {
-            return answer(self.email_page(
+            return Submitted::Answered(answer(self.email_page(
                 request.headers,
                 StatusCode::FORBIDDEN,
                 &return_to,
                 Notice::FormExpired,
                 Vec::new(),
                 Reason::new("csrf", "the form's CSRF token or origin did not match"),
-            ));
+            )));
         }
         match kind {
-            FormKind::Email => {
-                self.submit_email(otp, request, email.as_deref(), return_to, state, now)
-            }
-            FormKind::Code => self.submit_code(otp, request, code.as_deref(), state, now),
+            FormKind::Email => Submitted::Answered(self.submit_email(
+                otp,
+                request,
+                email.as_deref(),
+                return_to,
+                state,
+                now,
+            )),
+            FormKind::Code => self.submit_code(otp, request, code.as_deref(), now),
         }
     }
 
@@ -756,99 +915,111 @@ impl Access {
         otp: &Otp,
         request: &AccessRequest<'_>,
         code: Option<&str>,
-        state: &LoginState,
         now: u64,
-    ) -> Answer {
+    ) -> Submitted {
         let Some(pending) = cookie(request.headers, &self.pending_cookie_name())
             .and_then(|value| Pending::open(&self.signer, value))
         else {
-            return answer(see_other(
+            return Submitted::Answered(answer(see_other(
                 LOGIN_PATH,
                 Vec::new(),
                 Reason::new("pending-missing", "no pending sign-in"),
-            ));
+            )));
         };
-        let email = Some(pending.email.clone());
-        let restart = |status, notice, reason| Answer {
-            verdict: self.email_page(
+        if pending.expires <= now {
+            return Submitted::Answered(self.restart(
                 request.headers,
+                &pending,
+                StatusCode::UNAUTHORIZED,
+                Notice::CodeExpired,
+                Reason::new("code-expired", "the code expired"),
+            ));
+        }
+        let code = code.unwrap_or("").trim();
+        let well_formed =
+            code.len() == otp.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
+        Submitted::TryCode(CodeTry {
+            correct: well_formed && login::code_matches(&self.signer, &pending, code),
+            pending,
+            max_wrong: otp.max_attempts,
+        })
+    }
+
+    /// Back to the e-mail form, the pending sign-in cleared.
+    fn restart(
+        &self,
+        headers: &HeaderMap,
+        pending: &Pending,
+        status: StatusCode,
+        notice: Notice,
+        reason: Reason,
+    ) -> Answer {
+        Answer {
+            verdict: self.email_page(
+                headers,
                 status,
                 &pending.return_to,
                 notice,
                 vec![self.clear_pending_cookie()],
                 reason,
             ),
-            email: email.clone(),
+            email: Some(pending.email.clone()),
             mail: None,
-        };
-        if pending.expires <= now {
-            return restart(
+        }
+    }
+
+    /// The answer to a code form once the attempt state said what the try did (`attempt`,
+    /// from [`LoginState::attempt`] or [`attempts::SharedAttempts::attempt`]), at `now`.
+    pub fn code_tried(
+        &self,
+        request: &AccessRequest<'_>,
+        tried: &CodeTry,
+        attempt: Attempt,
+        now: u64,
+    ) -> Answer {
+        let pending = &tried.pending;
+        match attempt {
+            Attempt::SignedIn => {
+                let value = self.session.issue(&self.signer, &pending.email, now);
+                Answer {
+                    verdict: see_other(
+                        &pending.return_to,
+                        vec![
+                            self.session.set_cookie(&value, now, now),
+                            self.clear_pending_cookie(),
+                        ],
+                        Reason::new("signed-in", "the code was right"),
+                    ),
+                    email: Some(pending.email.clone()),
+                    mail: None,
+                }
+            }
+            Attempt::Used => self.restart(
+                request.headers,
+                pending,
                 StatusCode::UNAUTHORIZED,
-                Notice::CodeExpired,
-                Reason::new("code-expired", "the code expired"),
-            );
-        }
-        match state.check(&pending, otp.max_attempts) {
-            AttemptCheck::Allowed => {}
-            AttemptCheck::Used => {
-                return restart(
-                    StatusCode::UNAUTHORIZED,
-                    Notice::CodeUsed,
-                    Reason::new("code-replayed", "the sign-in was already completed"),
-                );
-            }
-            AttemptCheck::Exhausted => {
-                return restart(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Notice::TooManyAttempts,
-                    Reason::new("attempts-exceeded", "too many wrong codes"),
-                );
-            }
-        }
-        let code = code.unwrap_or("").trim();
-        let well_formed =
-            code.len() == otp.digits as usize && code.bytes().all(|b| b.is_ascii_digit());
-        if well_formed && login::code_matches(&self.signer, &pending, code) {
-            if !state.spend(&pending, now) {
-                return restart(
-                    StatusCode::UNAUTHORIZED,
-                    Notice::CodeUsed,
-                    Reason::new("code-replayed", "the sign-in was already completed"),
-                );
-            }
-            let value = self.session.issue(&self.signer, &pending.email, now);
-            return Answer {
-                verdict: see_other(
-                    &pending.return_to,
-                    vec![
-                        self.session.set_cookie(&value, now, now),
-                        self.clear_pending_cookie(),
-                    ],
-                    Reason::new("signed-in", "the code was right"),
-                ),
-                email,
-                mail: None,
-            };
-        }
-        let left = state.wrong(&pending, otp.max_attempts, now);
-        if left == 0 {
-            return restart(
+                Notice::CodeUsed,
+                Reason::new("code-replayed", "the sign-in was already completed"),
+            ),
+            Attempt::Exhausted | Attempt::Wrong { left: 0 } => self.restart(
+                request.headers,
+                pending,
                 StatusCode::TOO_MANY_REQUESTS,
                 Notice::TooManyAttempts,
                 Reason::new("attempts-exceeded", "too many wrong codes"),
-            );
-        }
-        Answer {
-            verdict: self.code_page(
-                request.headers,
-                StatusCode::UNAUTHORIZED,
-                &pending,
-                otp.digits,
-                Notice::WrongCode(left),
-                Reason::new("code-wrong", "the code was wrong"),
             ),
-            email,
-            mail: None,
+            Attempt::Wrong { left } => Answer {
+                verdict: self.code_page(
+                    request.headers,
+                    StatusCode::UNAUTHORIZED,
+                    pending,
+                    self.otp.as_ref().map_or(6, |otp| otp.digits),
+                    Notice::WrongCode(left),
+                    Reason::new("code-wrong", "the code was wrong"),
+                ),
+                email: Some(pending.email.clone()),
+                mail: None,
+            },
         }
     }
 
@@ -886,11 +1057,25 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
+    const ALICE: &str = "alice@example.org";
+
+    /// A session key file; written beside and renamed, so tests running at once never read
+    /// half of it.
+    fn key_file() -> PathBuf {
+        let dir = std::env::temp_dir();
+        let key = dir.join(format!("portcullis-access-{}", std::process::id()));
+        let partial = dir.join(format!(
+            "portcullis-access-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&partial, [7u8; 32]).unwrap();
+        std::fs::rename(&partial, &key).unwrap();
+        key
+    }
 
     fn access() -> Access {
-        let key: PathBuf =
-            std::env::temp_dir().join(format!("portcullis-access-{}", std::process::id()));
-        std::fs::write(&key, [7u8; 32]).unwrap();
+        let key = key_file();
         let doc: edge::Access = serde_json::from_value(serde_json::json!({
             "emails": ["alice@example.org"],
             "emailDomains": ["family.example"],
@@ -946,7 +1131,7 @@ mod tests {
         let access = access();
         let mut html = HeaderMap::new();
         html.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
-        let outcome = access.check(&request(&Method::GET, "/web/?a=1", &html), NOW);
+        let outcome = access.check(&request(&Method::GET, "/web/?a=1", &html), NOW, None);
         let Outcome::Answered(Answer {
             verdict: Verdict::Respond(response, reason),
             ..
@@ -960,7 +1145,11 @@ mod tests {
             response.headers[0].1,
             "/.portcullis/login?rd=%2Fweb%2F%3Fa%3D1"
         );
-        let api = access.check(&request(&Method::GET, "/Items", &HeaderMap::new()), NOW);
+        let api = access.check(
+            &request(&Method::GET, "/Items", &HeaderMap::new()),
+            NOW,
+            None,
+        );
         assert_eq!(rule(&api), "no-credentials");
     }
 
@@ -969,18 +1158,23 @@ mod tests {
         let access = access();
         let none = HeaderMap::new();
         assert_eq!(
-            rule(&access.check(&request(&Method::GET, "/health", &none), NOW)),
+            rule(&access.check(&request(&Method::GET, "/health", &none), NOW, None)),
             "bypass"
         );
         assert_eq!(
             rule(&access.check(
                 &request(&Method::POST, "/Users/AuthenticateByName", &none),
-                NOW
+                NOW,
+                None
             )),
             "app-sign-in"
         );
         assert_eq!(
-            access.check(&request(&Method::GET, "/Items?api_key=abc", &none), NOW),
+            access.check(
+                &request(&Method::GET, "/Items?api_key=abc", &none),
+                NOW,
+                None,
+            ),
             Outcome::VerifyToken("abc".into())
         );
     }
@@ -996,7 +1190,8 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_str(&format!("x=1; sid={value}")).unwrap(),
         );
-        let Outcome::Granted(grant) = access.check(&request(&Method::GET, "/", &headers), NOW + 10)
+        let Outcome::Granted(grant) =
+            access.check(&request(&Method::GET, "/", &headers), NOW + 10, None)
         else {
             panic!("not granted");
         };
@@ -1016,13 +1211,16 @@ mod tests {
         );
         let post = |email: &str| {
             let body = format!("email={email}&csrf={token}&rd=%2Fweb");
-            access.submit(
+            match access.submit(
                 FormKind::Email,
                 &request(&Method::POST, LOGIN_PATH, &headers),
                 body.as_bytes(),
                 &state,
                 NOW,
-            )
+            ) {
+                Submitted::Answered(answer) => answer,
+                other => panic!("{other:?}"),
+            }
         };
         let allowed = post("Bob@Family.Example");
         let refused = post("mallory@example.net");
@@ -1038,6 +1236,185 @@ mod tests {
         assert_eq!(status(&allowed), status(&refused));
         // Within the cooldown no second mail goes out.
         assert!(post("bob@family.example").mail.is_none());
+    }
+
+    #[test]
+    fn a_code_form_is_judged_by_the_attempt_state_then_answered() {
+        let access = access();
+        let state = LoginState::default();
+        let nonce = [9u8; 16];
+        let pending = Pending {
+            nonce,
+            expires: NOW + 300,
+            commitment: login::commit(&access.signer, &nonce, ALICE, "123456"),
+            return_to: "/web".into(),
+            email: ALICE.into(),
+        };
+        let csrf_cookie = "AAAAAAAAAAAAAAAAAAAAAA";
+        let token = login::csrf_token(&access.signer, csrf_cookie);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!(
+                "sid_csrf={csrf_cookie}; sid_pending={}",
+                pending.seal(&access.signer)
+            ))
+            .unwrap(),
+        );
+        let post = |code: &str| {
+            let body = format!("code={code}&csrf={token}");
+            access.submit(
+                FormKind::Code,
+                &request(&Method::POST, CODE_PATH, &headers),
+                body.as_bytes(),
+                &state,
+                NOW,
+            )
+        };
+        let tried = |code: &str| match post(code) {
+            Submitted::TryCode(tried) => tried,
+            other => panic!("{other:?}"),
+        };
+        assert!(tried("123456").correct);
+        assert!(!tried("654321").correct);
+        assert!(!tried("12345").correct);
+        let wrong = tried("654321");
+        let req = request(&Method::POST, CODE_PATH, &headers);
+        let status_rule = |answer: Answer| match answer.verdict {
+            Verdict::Respond(response, reason) => (response.status, reason.rule),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Wrong { left: 1 }, NOW)),
+            (StatusCode::UNAUTHORIZED, "code-wrong")
+        );
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Wrong { left: 0 }, NOW)),
+            (StatusCode::TOO_MANY_REQUESTS, "attempts-exceeded")
+        );
+        assert_eq!(
+            status_rule(access.code_tried(&req, &wrong, Attempt::Used, NOW)),
+            (StatusCode::UNAUTHORIZED, "code-replayed")
+        );
+        let right = tried("123456");
+        let signed_in = access.code_tried(&req, &right, Attempt::SignedIn, NOW);
+        let Verdict::Respond(response, reason) = &signed_in.verdict else {
+            panic!();
+        };
+        assert_eq!(
+            (response.status, reason.rule),
+            (StatusCode::SEE_OTHER, "signed-in")
+        );
+        assert!(
+            response
+                .headers
+                .iter()
+                .any(|(name, value)| name == header::SET_COOKIE
+                    && value.to_str().unwrap().starts_with("sid="))
+        );
+        // An expired pending sign-in is answered at once, without trying the code.
+        match access.submit(
+            FormKind::Code,
+            &req,
+            format!("code=123456&csrf={token}").as_bytes(),
+            &state,
+            NOW + 301,
+        ) {
+            Submitted::Answered(answer) => assert_eq!(
+                status_rule(answer),
+                (StatusCode::UNAUTHORIZED, "code-expired")
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn behind_cloudflare(revoked: &[&str]) -> Access {
+        let key = key_file();
+        let doc: edge::Access = serde_json::from_value(serde_json::json!({
+            "emails": [ALICE],
+            "session": {"ttl": "24h", "idleTtl": "2h", "cookieName": "sid", "keyFiles": [key]},
+            "bypass": ["/health"],
+            "revokedEmails": revoked,
+            "cloudflareAccess": {
+                "teamDomain": "myteam.cloudflareaccess.com",
+                "audiences": ["aud-2"],
+                "jwksUrl": "http://127.0.0.1:1/certs"
+            }
+        }))
+        .unwrap();
+        let app = edge::App {
+            kind: AppKind::Jellyfin,
+            display_name: "Media".into(),
+        };
+        Access::new(&doc, &app, "media.example.org").unwrap()
+    }
+
+    #[test]
+    fn behind_cloudflare_access_an_allowed_email_in_a_valid_token_is_identity_enough() {
+        use cloudflare::testing::{KEYS, claims, signed, team_keys};
+        let access = behind_cloudflare(&[]);
+        let keys = team_keys();
+        let with_token = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                cloudflare::TOKEN_HEADER,
+                HeaderValue::from_str(token).unwrap(),
+            );
+            headers
+        };
+        let check = |headers: &HeaderMap, path: &'static str| {
+            access.check(&request(&Method::GET, path, headers), NOW, Some(&keys))
+        };
+        let alice = with_token(&signed(&KEYS[0], "k0", &claims()));
+        let Outcome::Granted(grant) = check(&alice, "/web/") else {
+            panic!("not granted");
+        };
+        assert_eq!(
+            (grant.rule, grant.email.as_deref()),
+            ("cloudflare-access", Some(ALICE))
+        );
+        // A valid token for someone the policy does not list is no identity here: the
+        // edge's own checks go on (no session: 401).
+        let mut other = claims();
+        other["email"] = "bob@elsewhere.example".into();
+        let bob = with_token(&signed(&KEYS[0], "k0", &other));
+        assert_eq!(rule(&check(&bob, "/web/")), "no-credentials");
+        // The edge's own pages stay the edge's: never granted through to the app.
+        assert_eq!(
+            rule(&check(&alice, "/.portcullis/login")),
+            "edge-page-unknown"
+        );
+        // No token at all, even for the edge's own pages: 403 with the reason.
+        let none = HeaderMap::new();
+        assert_eq!(rule(&check(&none, "/web/")), "cf-access-missing");
+        assert_eq!(
+            rule(&check(&none, "/.portcullis/login")),
+            "cf-access-missing"
+        );
+        // Bypassed paths need none.
+        assert_eq!(rule(&check(&none, "/health")), "bypass");
+        // A key id not yet known asks for the keys (not again within ten seconds), and is
+        // refused if they do not have it.
+        let unknown = with_token(&signed(&KEYS[1], "k1", &claims()));
+        let req = request(&Method::GET, "/", &unknown);
+        assert_eq!(access.keys_to_fetch(&req, &keys, NOW), Some("k1".into()));
+        let refetched = keys.after_fetch(FetchCause::UnknownKey("k1"), NOW, Err("down".into()));
+        assert_eq!(access.keys_to_fetch(&req, &refetched, NOW + 9), None);
+        assert_eq!(rule(&check(&unknown, "/")), "cf-access-unknown-key");
+        assert_eq!(
+            access.keys_to_fetch(&request(&Method::GET, "/", &alice), &keys, NOW),
+            None
+        );
+        assert_eq!(
+            access.keys_to_fetch(&request(&Method::GET, "/health", &unknown), &keys, NOW),
+            None
+        );
+        // A revoked e-mail is no identity either.
+        let revoked = behind_cloudflare(&[ALICE]);
+        assert_eq!(
+            rule(&revoked.check(&request(&Method::GET, "/", &alice), NOW, Some(&keys))),
+            "no-credentials"
+        );
     }
 
     #[test]

@@ -138,11 +138,7 @@ impl Session {
         if claims.issued > now.saturating_add(60) || claims.seen < claims.issued {
             return Err(Refusal::Invalid);
         }
-        if claims.issued < self.revoked_before
-            || self
-                .revoked_emails
-                .contains(&claims.email.to_ascii_lowercase())
-        {
+        if self.revokes(&claims.email, claims.issued) {
             return Err(Refusal::Revoked);
         }
         if now.saturating_sub(claims.issued) >= self.ttl {
@@ -160,6 +156,12 @@ impl Session {
             signer.seal(Purpose::Session, moved.payload().as_bytes())
         });
         Ok(Accepted { claims, refreshed })
+    }
+
+    /// Whether the policy revokes what `email` was granted at `issued` (seconds since the
+    /// epoch): issued before `revokedBefore`, or the e-mail is revoked.
+    pub fn revokes(&self, email: &str, issued: u64) -> bool {
+        issued < self.revoked_before || self.revoked_emails.contains(&email.to_ascii_lowercase())
     }
 
     /// The `Set-Cookie` value carrying `value`, for a session that began at `issued`.

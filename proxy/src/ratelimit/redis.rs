@@ -1,27 +1,12 @@
 //! Counters and bans in Redis, shared by every edge replica: the same steps as
-//! [`super::gcra`], run atomically by a Lua script on the server (one round trip).
-//!
-//! A store that cannot reach Redis (not started yet, killed, too slow) answers an error at
-//! once; the caller then decides with the replica's own memory and says so in the logs and
-//! metrics, so the edge never fails open silently. Reconnecting is attempted at most once a
-//! second; each call is bounded by [`CALL_TIMEOUT`].
+//! [`super::gcra`], run atomically by a Lua script on the server (one round trip), over a
+//! [`RedisLink`] (250 ms per call; the caller falls back to the replica's memory on an
+//! error).
 
-use std::{
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
-};
-
-use redis::{
-    Client, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::Script;
 
 use super::gcra::{Op, Outcome, Params};
-
-/// Longest wait for one answer from Redis before the replica decides alone.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
-/// Wait between two attempts to connect.
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+use crate::redis_link::RedisLink;
 
 /// The GCRA step of [`super::gcra::step`], in Lua. KEYS[1]: the key's hash. ARGV: now,
 /// interval, tolerance, ban_after (0: no bans), ban_duration, op, lifted_before. Returns
@@ -89,23 +74,11 @@ save()
 return {0}
 ";
 
-/// A Redis server shared by the replicas.
+/// The limiter's counters in a Redis server shared by the replicas.
+#[derive(Debug)]
 pub struct RedisStore {
-    client: Client,
+    link: RedisLink,
     script: Script,
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
-    next_attempt: Mutex<Instant>,
-}
-
-impl std::fmt::Debug for RedisStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field(
-                "server",
-                &self.client.get_connection_info().addr().to_string(),
-            )
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisStore {
@@ -113,41 +86,9 @@ impl RedisStore {
     /// connects until the first request.
     pub fn new(url: &str) -> redis::RedisResult<Self> {
         Ok(Self {
-            client: Client::open(url)?,
+            link: RedisLink::new(url)?,
             script: Script::new(STEP),
-            connection: tokio::sync::Mutex::new(None),
-            next_attempt: Mutex::new(Instant::now()),
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        let mut slot = self.connection.lock().await;
-        if let Some(connection) = slot.as_ref() {
-            return Ok(connection.clone());
-        }
-        {
-            let mut next = self
-                .next_attempt
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if Instant::now() < *next {
-                return Err("not connected (retrying)".to_owned());
-            }
-            *next = Instant::now() + RECONNECT_EVERY;
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = tokio::time::timeout(
-            CALL_TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-        *slot = Some(connection.clone());
-        Ok(connection)
     }
 
     /// Runs one step of the limiter for `key` (already namespaced) in Redis.
@@ -159,7 +100,6 @@ impl RedisStore {
         now: u64,
         lifted_before: u64,
     ) -> Result<Outcome, String> {
-        let mut connection = self.connection().await?;
         let op = match op {
             Op::Take => "take",
             Op::Peek => "peek",
@@ -174,11 +114,7 @@ impl RedisStore {
             .arg(params.ban_duration)
             .arg(op)
             .arg(lifted_before);
-        let answer: Vec<u64> =
-            tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut connection))
-                .await
-                .map_err(|_| "no answer in time".to_owned())?
-                .map_err(|e| e.to_string())?;
+        let answer: Vec<u64> = self.link.invoke(&invocation).await?;
         match answer.as_slice() {
             [0, ..] => Ok(Outcome::Allowed),
             [1, retry_after, ..] => Ok(Outcome::Limited {

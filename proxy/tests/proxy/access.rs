@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 
 use crate::util::{
-    HOST, Proxy, Settings, VALID_APP_TOKEN, browser_dir, browser_script, empty, fetch_from,
-    free_port, origin_saw, scratch, trusted_proxy_ip, watchdog,
+    HOST, Proxy, RedisServer, Settings, VALID_APP_TOKEN, browser_dir, browser_script, empty,
+    fetch_from, free_port, origin_saw, scratch, trusted_proxy_ip, watchdog,
 };
 
 /// An address the test database places in France.
@@ -190,6 +190,11 @@ fn key_file(name: &str, byte: u8) -> PathBuf {
 
 /// The access section: France only, Alice and the family domain, codes by Mailpit.
 fn access_section(extra: &str) -> String {
+    access_section_with("", extra)
+}
+
+/// [`access_section`] with more of the `otp` block (`otp_extra`, indented four spaces).
+fn access_section_with(otp_extra: &str, extra: &str) -> String {
     format!(
         "access:
   countries:
@@ -207,7 +212,7 @@ fn access_section(extra: &str) -> String {
       port: {smtp}
       tls: None
       from: \"Jellyfin <no-reply@example.org>\"
-  session:
+{otp_extra}  session:
     ttl: 24h
     idleTtl: 2h
     cookieName: portcullis_session
@@ -593,6 +598,123 @@ async fn a_code_works_once_and_brute_force_stops_at_the_cap() {
     assert!(!attacker.cookies.contains_key("portcullis_session"));
     let line = proxy.access_log_line(&late.request_id).await;
     assert_eq!(line["rule"], "attempts-exceeded");
+}
+
+/// A proxy whose one-time-code attempts live in `redis`, as two replicas of one edge have.
+fn replica_sharing(redis: &RedisServer) -> Proxy {
+    Proxy::start(Settings {
+        extra: access_section_with(
+            &format!("    redisUrlFile: {}\n", redis.url_file().display()),
+            "",
+        ),
+        ..Settings::default()
+    })
+}
+
+/// A wrong code for the right one.
+fn wrong_for(right: &str) -> &'static str {
+    if right == "111111" {
+        "222222"
+    } else {
+        "111111"
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_hold_one_attempt_cap_and_spend_a_code_once() {
+    let redis = RedisServer::start();
+    let (a, b) = (replica_sharing(&redis), replica_sharing(&redis));
+
+    // The cap of three wrong codes holds across both replicas, not three on each.
+    let email = member("replicas-cap");
+    let mut on_a = Browser::new(&a, FR_CLIENT);
+    let seen = mailpit().texts_to(&email).await.len();
+    on_a.ask_code(&email, "/").await;
+    let right = mailpit().new_code(&email, seen).await;
+    let mut on_b = Browser::new(&b, FR_CLIENT);
+    on_b.cookies = on_a.cookies.clone();
+    let first = on_a.submit_code(wrong_for(&right)).await;
+    assert_eq!(first.status, StatusCode::UNAUTHORIZED);
+    assert!(first.body.contains("2 tries left"), "{}", first.body);
+    let second = on_b.submit_code(wrong_for(&right)).await;
+    assert_eq!(second.status, StatusCode::UNAUTHORIZED);
+    assert!(second.body.contains("1 try left"), "{}", second.body);
+    let third = on_a.submit_code(wrong_for(&right)).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    // The right code is refused on the other replica too, which saw one wrong code only.
+    let late = on_b.submit_code(&right).await;
+    assert_eq!(late.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!on_b.cookies.contains_key("portcullis_session"));
+    assert_eq!(
+        b.access_log_line(&late.request_id).await["rule"],
+        "attempts-exceeded"
+    );
+
+    // A code used on one replica is refused on the other.
+    let email = member("replicas-spent");
+    let mut on_a = Browser::new(&a, FR_CLIENT);
+    let seen = mailpit().texts_to(&email).await.len();
+    on_a.ask_code(&email, "/").await;
+    let code = mailpit().new_code(&email, seen).await;
+    let mut replay = Browser::new(&b, FR_CLIENT);
+    replay.cookies = on_a.cookies.clone();
+    let done = on_a.submit_code(&code).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    assert!(on_a.cookies.contains_key("portcullis_session"));
+    let again = replay.submit_code(&code).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert!(!replay.cookies.contains_key("portcullis_session"));
+    assert_eq!(
+        b.access_log_line(&again.request_id).await["rule"],
+        "code-replayed"
+    );
+    for proxy in [&a, &b] {
+        assert_eq!(
+            proxy.metric("portcullis_otp_backend_errors_total").await,
+            Some(0.0),
+            "Redis answered every time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_the_shared_redis_gone_a_replica_still_caps_attempts_alone_and_says_so() {
+    let mut redis = RedisServer::start();
+    let proxy = replica_sharing(&redis);
+    let email = member("redis-gone");
+    let mut browser = Browser::new(&proxy, FR_CLIENT);
+    let seen = mailpit().texts_to(&email).await.len();
+    browser.ask_code(&email, "/").await;
+    let right = mailpit().new_code(&email, seen).await;
+    // One wrong code counted in Redis, then Redis dies.
+    assert_eq!(
+        browser.submit_code(wrong_for(&right)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    redis.kill();
+    assert_eq!(
+        browser.submit_code(wrong_for(&right)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        browser.submit_code(wrong_for(&right)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The replica's own count (three since Redis went) reaches the cap.
+    let capped = browser.submit_code(wrong_for(&right)).await;
+    assert_eq!(capped.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        proxy.metric("portcullis_otp_backend_errors_total").await >= Some(3.0),
+        "{:?}",
+        proxy.metric("portcullis_otp_backend_errors_total").await
+    );
+    assert!(
+        proxy
+            .log()
+            .contains("one-time-code attempts are counted by this replica alone"),
+        "{}",
+        proxy.log()
+    );
 }
 
 #[tokio::test]

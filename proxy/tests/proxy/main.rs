@@ -5,6 +5,7 @@
 mod access;
 mod admin;
 mod bots;
+mod cloudflare;
 mod connections;
 mod hygiene;
 mod identity;

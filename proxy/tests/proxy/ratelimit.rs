@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -13,53 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, Settings, fetch_from, free_port, scratch, trusted_proxy_ip};
-
-/// A `redis-server` of this test, on a port of its own; killed when dropped.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, child }
-    }
-
-    /// A file holding the server's URL, as the operator mounts it.
-    fn url_file(&self) -> PathBuf {
-        let path = scratch().join(format!("redis-url-{}", self.port));
-        std::fs::write(&path, format!("redis://127.0.0.1:{}/\n", self.port)).unwrap();
-        path
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::util::{HOST, Proxy, RedisServer, Settings, fetch_from, trusted_proxy_ip};
 
 /// A client address of its own for each use, so tests sharing a Redis never share a key.
 fn fresh_client() -> String {

@@ -68,6 +68,10 @@ pub struct Pki {
     pub origin_cert: PathBuf,
     /// The TLS origin's key.
     pub origin_key: PathBuf,
+    /// A certificate and key for `localhost` (test servers the proxy itself calls).
+    pub localhost_cert: PathBuf,
+    /// Its key.
+    pub localhost_key: PathBuf,
 }
 
 fn issue(
@@ -108,6 +112,7 @@ pub fn pki() -> &'static Pki {
         let (edge_cert, edge_key) = issue(&ca, HOST, 1, &dir, "edge");
         let (renewed_cert, renewed_key) = issue(&ca, HOST, 2, &dir, "renewed");
         let (origin_cert, origin_key) = issue(&ca, ORIGIN_NAME, 3, &dir, "origin");
+        let (localhost_cert, localhost_key) = issue(&ca, "localhost", 4, &dir, "localhost");
         Pki {
             ca_file,
             ca_der: ca.der().clone(),
@@ -117,6 +122,8 @@ pub fn pki() -> &'static Pki {
             renewed_key,
             origin_cert,
             origin_key,
+            localhost_cert,
+            localhost_key,
         }
     });
     &PKI
@@ -124,6 +131,19 @@ pub fn pki() -> &'static Pki {
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server presenting `cert` (a PEM chain) with `key`.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    let certs = vec![CertificateDer::from_pem_file(cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A TLS client trusting the test CA, offering `alpn`.
@@ -401,16 +421,7 @@ pub fn origins() -> &'static Origins {
             plain: plain.local_addr().unwrap(),
             tls: tls.local_addr().unwrap(),
         };
-        let pki = pki();
-        let certs = vec![CertificateDer::from_pem_file(&pki.origin_cert).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(&pki.origin_key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(&pki().origin_cert, &pki().origin_key);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -489,6 +500,8 @@ pub struct Settings {
     pub upstream_tls: Option<&'static str>,
     /// More of the document (top-level sections such as `access:`), appended as is.
     pub extra: String,
+    /// Environment variables of the proxy process.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Settings {
@@ -510,6 +523,7 @@ impl Default for Settings {
             upstream: origins().plain.to_string(),
             upstream_tls: None,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -582,6 +596,59 @@ upstream:
             upstream = self.upstream,
             extra = self.extra,
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Neighbours.
+
+/// A `redis-server` of this test, on a port of its own; killed when dropped.
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts one on `port` (again, after [`RedisServer::kill`]).
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    /// A file holding the server's URL, as the operator mounts it.
+    pub fn url_file(&self) -> PathBuf {
+        let path = scratch().join(format!("redis-url-{}", self.port));
+        std::fs::write(&path, format!("redis://127.0.0.1:{}/\n", self.port)).unwrap();
+        path
+    }
+
+    /// Kills the server.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -709,6 +776,7 @@ impl Proxy {
             .arg("--watch-interval")
             .arg("200ms")
             .env("RUST_LOG", "info")
+            .envs(settings.env.iter().map(|(name, value)| (*name, value)))
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
