@@ -15,7 +15,7 @@ use std::{
     any::Any,
     borrow::Cow,
     net::IpAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -458,14 +458,30 @@ impl Edge {
         if decided.ban
             && let Some(ip) = ctx.client_ip
         {
+            let path = request.uri.path().to_owned();
             let end = now + u64::try_from(bots::HONEYPOT_BAN.as_millis()).unwrap_or(u64::MAX);
-            self.shared.honeypot_bans.ban(ip, now, end);
+            let shared = match &ctx.policy.honeypots {
+                Some(honeypots) => match honeypots.publish(ip, now, end).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        self.shared.redis_failed(
+                            bots::HONEYPOT_RULE,
+                            &error,
+                            "the honeypot ban holds on this replica only",
+                        );
+                        false
+                    }
+                },
+                None => false,
+            };
+            self.shared.honeypot_bans.ban(ip, now, end, shared);
             metrics.bans.with_label_values(&[bots::HONEYPOT_RULE]).inc();
             tracing::warn!(
                 limit = bots::HONEYPOT_RULE,
                 key = %ip,
-                path = request.uri.path(),
+                path,
                 seconds = bots::HONEYPOT_BAN.as_secs(),
+                shared,
                 "banned"
             );
         }
@@ -483,28 +499,11 @@ impl Edge {
                 .await
             {
                 Ok(outcome) => return outcome,
-                Err(error) => {
-                    self.shared
-                        .metrics
-                        .ratelimit_backend_errors
-                        .with_label_values(&[&*rule.name])
-                        .inc();
-                    let seconds = now / 1000;
-                    let last = self.shared.redis_warned_at.load(Ordering::Relaxed);
-                    if seconds >= last + 10
-                        && self
-                            .shared
-                            .redis_warned_at
-                            .compare_exchange(last, seconds, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        tracing::warn!(
-                            limit = &*rule.name,
-                            %error,
-                            "Redis cannot answer; rate limits are decided by this replica alone"
-                        );
-                    }
-                }
+                Err(error) => self.shared.redis_failed(
+                    &rule.name,
+                    &error,
+                    "rate limits are decided by this replica alone",
+                ),
             }
         }
         self.shared

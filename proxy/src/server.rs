@@ -1,7 +1,8 @@
 //! Start-up: the command line, the Pingora server and its services.
 //!
 //! One listening service per public listener (HTTPS; plain HTTP when configured, one
-//! thread), the admin endpoint and the config watcher as background services. Tuning, after
+//! thread), the admin endpoint, the config watcher and the honeypot ban sync as background
+//! services. Tuning, after
 //! the measurements in DESIGN.md: worker threads default to the cores available, work
 //! stealing is off (measured 29% faster on one thread here), the upstream keep-alive pool
 //! is sized by the document, and Pingora's grace period after SIGTERM (300 s by default) is
@@ -21,6 +22,7 @@ use pingora::{
 use crate::{
     admin::Admin,
     app::EdgeApp,
+    ban_sync::BanSync,
     edge::{Edge, Role},
     reload::{self, ConfigWatcher, LoadError},
     state::Shared,
@@ -166,5 +168,11 @@ pub fn run(args: Args) -> Result<(), StartError> {
     );
     watcher.threads = Some(1);
     server.add_service(watcher);
+    let mut ban_sync = background_service(
+        "portcullis honeypot ban sync",
+        BanSync::new(Arc::clone(&shared)),
+    );
+    ban_sync.threads = Some(1);
+    server.add_service(ban_sync);
     server.run_forever()
 }

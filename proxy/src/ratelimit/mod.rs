@@ -8,7 +8,8 @@
 //! cookie, or the e-mail once the access layer knows it), the limit, burst and ban, and where
 //! counters live (the replica's [`memory`] or a shared [`redis`]). The arithmetic is
 //! [`gcra`]; the proxy runs the step against the backend and turns the outcome into a
-//! verdict with [`Rule::verdict`].
+//! verdict with [`Rule::verdict`]. The bans in force, in memory and in Redis, are listed on the admin port's `/bans`
+//! ([`crate::admin`]).
 //!
 //! | rule | answer |
 //! | --- | --- |
@@ -294,6 +295,12 @@ impl Rule {
     /// The key as stored in Redis.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.redis_prefix)
+    }
+
+    /// What every key of this rule starts with in Redis (`portcullis:rl:<host>:<name>:`), so
+    /// a listing reads only this edge's keys of this rule.
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
     }
 
     /// A manual ban of `key` in force at `now`: its end.

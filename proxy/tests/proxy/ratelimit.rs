@@ -4,7 +4,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -13,53 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, Settings, fetch_from, free_port, scratch, trusted_proxy_ip};
-
-/// A `redis-server` of this test, on a port of its own; killed when dropped.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, child }
-    }
-
-    /// A file holding the server's URL, as the operator mounts it.
-    fn url_file(&self) -> PathBuf {
-        let path = scratch().join(format!("redis-url-{}", self.port));
-        std::fs::write(&path, format!("redis://127.0.0.1:{}/\n", self.port)).unwrap();
-        path
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::util::{HOST, Proxy, RedisServer, Settings, admin_get, fetch_from, trusted_proxy_ip};
 
 /// A client address of its own for each use, so tests sharing a Redis never share a key.
 fn fresh_client() -> String {
@@ -183,6 +136,16 @@ async fn scenario_4_repeated_sign_ins_are_limited_then_banned_then_let_back_afte
         proxy.metric("portcullis_bans_total{limit=\"login\"}").await,
         Some(1.0)
     );
+    let listed = bans(&proxy).await;
+    let ban = listed
+        .iter()
+        .find(|ban| ban["limit"] == "login" && ban["key"] == client.as_str())
+        .unwrap_or_else(|| panic!("the ban is listed: {listed:?}"));
+    assert_eq!(ban["backend"], "memory");
+    assert_eq!(
+        ban["end"].as_u64().unwrap() - ban["start"].as_u64().unwrap(),
+        3
+    );
     // Another address is not affected.
     assert_eq!(
         sign_in(proxy.https(), &fresh_client(), false).await.status,
@@ -200,6 +163,13 @@ async fn scenario_4_repeated_sign_ins_are_limited_then_banned_then_let_back_afte
         sign_in(proxy.https(), &client, false).await.status,
         StatusCode::OK
     );
+}
+
+/// The admin `/bans` list of `proxy`.
+async fn bans(proxy: &Proxy) -> Vec<serde_json::Value> {
+    let (status, body) = admin_get(proxy.admin(), "/bans").await.unwrap();
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
@@ -255,6 +225,64 @@ async fn two_proxies_sharing_one_redis_enforce_one_limit_together() {
         a.metric("portcullis_ratelimit_backend_errors_total").await,
         None,
         "Redis answered every time"
+    );
+}
+
+#[tokio::test]
+async fn every_replica_lists_the_bans_redis_holds_for_its_edge() {
+    let redis = RedisServer::start();
+    let limit = login_limit(
+        "shared-ban",
+        1,
+        "1m",
+        Some((1, "10m")),
+        Some(redis.url_file()),
+        &[],
+    );
+    let a = proxy_with(std::slice::from_ref(&limit));
+    let b = proxy_with(&[limit]);
+    let client = fresh_client();
+    assert_eq!(
+        sign_in(a.https(), &client, false).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        sign_in(a.https(), &client, false).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Keys another edge, or a rule this edge does not have, keep in the same Redis.
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    for key in [
+        "portcullis:rl:other.test:shared-ban:198.51.100.1",
+        &format!("portcullis:rl:{HOST}:not-a-rule:198.51.100.2"),
+    ] {
+        redis.command(&["HSET", key, "bs", "1", "be", &far.to_string()]);
+    }
+    for proxy in [&a, &b] {
+        let listed = bans(proxy).await;
+        let shared: Vec<_> = listed
+            .iter()
+            .filter(|ban| ban["backend"] == "redis")
+            .collect();
+        assert_eq!(
+            shared.len(),
+            1,
+            "only this edge's ban of its rule: {listed:?}"
+        );
+        assert_eq!(shared[0]["limit"], "shared-ban");
+        assert_eq!(shared[0]["key"], client.as_str());
+        assert_eq!(
+            shared[0]["end"].as_u64().unwrap() - shared[0]["start"].as_u64().unwrap(),
+            600
+        );
+    }
+    assert_eq!(
+        b.metric("portcullis_ratelimit_backend_errors_total").await,
+        None
     );
 }
 
