@@ -120,6 +120,11 @@ async fn read_form(session: &mut Session) -> Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
+/// Whether the request posts a proof-of-work solution ([`challenge::CHALLENGE_PATH`]).
+fn is_challenge_answer(request: &RequestHeader) -> bool {
+    request.method == http::Method::POST && request.uri.path() == challenge::CHALLENGE_PATH
+}
+
 /// The facts the access layer decides on.
 fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
     AccessRequest {
@@ -512,7 +517,9 @@ impl Edge {
     }
 
     /// Layer 6: the rate limits of `stage` that match the request, in order; the first that
-    /// limits or bans answers.
+    /// limits or bans answers. Rules that challenge browsers do not count a posted solution
+    /// (it is how a challenged browser gets back in) nor requests with a pass; other rules
+    /// count them like any request.
     async fn rate_limit(
         &self,
         session: &mut Session,
@@ -530,16 +537,18 @@ impl Edge {
                 .as_ref()
                 .and_then(|access| access::cookie(&request.headers, access.session_cookie_name()));
             let now_seconds = now / 1000;
+            let solution = is_challenge_answer(request);
             for (index, rule) in policy.rate_limits.iter().enumerate() {
                 if rule.stage() != stage || !rule.matches(&request.method, path) {
                     continue;
                 }
                 if rule.challenge
-                    && ctx.client_ip.is_some_and(|ip| {
-                        policy
-                            .challenger
-                            .has_pass(&request.headers, ip, now_seconds)
-                    })
+                    && (solution
+                        || ctx.client_ip.is_some_and(|ip| {
+                            policy
+                                .challenger
+                                .has_pass(&request.headers, ip, now_seconds)
+                        }))
                 {
                     continue;
                 }
@@ -886,14 +895,11 @@ impl ProxyHttp for Edge {
         if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
             return self.apply(session, ctx, layer, verdict).await;
         }
-        if session.req_header().method == http::Method::POST
-            && session.req_header().uri.path() == challenge::CHALLENGE_PATH
-        {
-            return self.challenge_answer(session, ctx, &policy).await;
-        }
         if self.app_rules(session, ctx, &policy).await? {
             return Ok(true);
         }
+        // Limits per address, header or session come before anything that reads a body,
+        // hashes, asks the application or runs the WAF.
         if self
             .rate_limit(session, ctx, &policy, Stage::BeforeAccess)
             .await?
@@ -902,6 +908,9 @@ impl ProxyHttp for Edge {
         }
         if self.bots(session, ctx).await? {
             return Ok(true);
+        }
+        if is_challenge_answer(session.req_header()) {
+            return self.challenge_answer(session, ctx, &policy).await;
         }
         if self.geo(session, ctx, &policy).await? {
             return Ok(true);

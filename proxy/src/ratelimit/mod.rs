@@ -8,7 +8,9 @@
 //! cookie, or the e-mail once the access layer knows it), the limit, burst and ban, and where
 //! counters live (the replica's [`memory`] or a shared [`redis`]). The arithmetic is
 //! [`gcra`]; the proxy runs the step against the backend and turns the outcome into a
-//! verdict with [`Rule::verdict`]. The bans in force, in memory and in Redis, are listed on the admin port's `/bans`
+//! verdict with [`Rule::verdict`]. Rules keyed by address, header or session run before the
+//! bot guards, the challenge answer, geo, access and the WAF ([`Stage::BeforeAccess`]).
+//! The bans in force, in memory and in Redis, are listed on the admin port's `/bans`
 //! ([`crate::admin`]).
 //!
 //! | rule | answer |

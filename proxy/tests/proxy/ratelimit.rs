@@ -12,7 +12,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, RedisServer, Settings, admin_get, fetch_from, trusted_proxy_ip};
+use crate::util::{
+    HOST, Proxy, RedisServer, Settings, admin_get, empty, fetch_from, scratch, trusted_proxy_ip,
+};
 
 /// A client address of its own for each use, so tests sharing a Redis never share a key.
 fn fresh_client() -> String {
@@ -284,6 +286,95 @@ async fn every_replica_lists_the_bans_redis_holds_for_its_edge() {
         b.metric("portcullis_ratelimit_backend_errors_total").await,
         None
     );
+}
+
+#[tokio::test]
+async fn limits_per_address_answer_before_the_challenge_access_and_waf() {
+    let key = scratch().join("order-session-key");
+    std::fs::write(&key, [b'o'; 32]).unwrap();
+    let proxy = Proxy::start(Settings {
+        extra: format!(
+            "rateLimits:
+  - name: per-address
+    pathPrefixes: [/]
+    key: Ip
+    ipv6PrefixLength: 64
+    limit: 1
+    period: 1h
+    burst: 0
+    status: 429
+    retryAfter: true
+access:
+  session:
+    ttl: 24h
+    idleTtl: 2h
+    cookieName: portcullis_session
+    keyFiles: [{key}]
+  bypass: [/public/]
+{waf}",
+            key = key.display(),
+            waf = crate::waf::waf_section("Block", None)
+        ),
+        ..Settings::default()
+    });
+    let send = |client: String, post: bool, target: &'static str| {
+        let address = proxy.https();
+        async move {
+            let request = if post {
+                http::Request::post(format!("https://{HOST}{target}"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+            } else {
+                http::Request::get(format!("https://{HOST}{target}"))
+            }
+            .header("host", HOST)
+            .header("x-forwarded-for", client)
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+            )
+            .body(if post {
+                Full::new(Bytes::from_static(b"challenge=forged&answer=1"))
+                    .map_err(|never| match never {})
+                    .boxed()
+            } else {
+                empty()
+            })
+            .unwrap();
+            let (response, _) = fetch_from(address, trusted_proxy_ip(), request).await;
+            response
+                .headers()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let sqli = "/public/search?q=1%27%20OR%20%271%27%3D%271%27%20--";
+    for (post, target, first) in [
+        (false, sqli, ("waf", "anomaly-score")),
+        (false, "/", ("access", "no-credentials")),
+        (
+            true,
+            "/.portcullis/challenge",
+            ("ratelimit", "challenge-failed"),
+        ),
+    ] {
+        let client = fresh_client();
+        // The first request is within the limit: the later layer answers...
+        let id = send(client.clone(), post, target).await;
+        let line = proxy.access_log_line(&id).await;
+        assert_eq!(
+            (line["layer"].as_str(), line["rule"].as_str()),
+            (Some(first.0), Some(first.1)),
+            "{line}"
+        );
+        // ...the second is over it: the limit answers before that layer runs.
+        let id = send(client, post, target).await;
+        let line = proxy.access_log_line(&id).await;
+        assert_eq!(line["layer"], "ratelimit", "{target}: {line}");
+        assert_eq!(line["rule"], "limited", "{target}: {line}");
+    }
 }
 
 #[tokio::test]
