@@ -6,6 +6,7 @@ mod access;
 mod admin;
 mod bots;
 mod connections;
+mod flood;
 mod hygiene;
 mod identity;
 mod model;
