@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` and Prometheus `/metrics`, on their own port,
-//! never on the public ones.
+//! The admin listener: `/healthz`, `/readyz`, Prometheus `/metrics` and the bans in force
+//! (`/bans`, JSON), on their own port, never on the public ones.
 //!
 //! A Pingora background service rather than a listening one: listening services stop
 //! accepting as soon as SIGTERM arrives, but during the shutdown grace period the kubelet
@@ -49,7 +49,7 @@ impl Admin {
 }
 
 /// The answer to an admin request: status, content type, body.
-pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) {
+pub async fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/healthz" => (StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
@@ -69,7 +69,7 @@ pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) 
             "text/plain; version=0.0.4; charset=utf-8",
             Bytes::from(shared.metrics.render()),
         ),
-        "/bans" => (StatusCode::OK, "application/json", bans(shared)),
+        "/bans" => (StatusCode::OK, "application/json", bans(shared).await),
         _ => (
             StatusCode::NOT_FOUND,
             TEXT,
@@ -78,33 +78,112 @@ pub fn answer(shared: &Shared, path: &str) -> (StatusCode, &'static str, Bytes) 
     }
 }
 
-/// The bans this replica holds, as JSON: `[{"limit", "key", "start", "end"}]` with times in
-/// seconds since the epoch (Redis-backed bans live in Redis and are not listed here).
-fn bans(shared: &Shared) -> Bytes {
+/// Where a listed ban is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Backend {
+    /// This replica's memory.
+    Memory,
+    /// Redis, shared by every replica.
+    Redis,
+}
+
+impl Backend {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// One listed ban: limit, key, start and end (milliseconds since the epoch), backend.
+type Listed = (String, String, u64, u64, Backend);
+
+/// The bans as JSON: `[{"limit", "key", "start", "end", "backend"}]`, times in seconds
+/// since the epoch, sorted by limit, key and backend.
+fn bans_json(mut bans: Vec<Listed>) -> Bytes {
+    bans.sort_unstable_by(|a, b| (&a.0, &a.1, a.4).cmp(&(&b.0, &b.1, b.4)));
+    let list: Vec<serde_json::Value> = bans
+        .into_iter()
+        .map(|(limit, key, start, end, backend)| {
+            serde_json::json!({
+                "limit": limit,
+                "key": key,
+                "start": start / 1000,
+                "end": end / 1000,
+                "backend": backend.as_str(),
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::Value::Array(list).to_string())
+}
+
+/// The bans in force ([`bans_json`]). `backend` says where each is held: `memory` for this
+/// replica's own (memory rules, bans of Redis rules made while Redis could not answer,
+/// honeypot bans not shared), `redis` for those every replica shares: the bans of each
+/// Redis rule, read with a bounded `SCAN` of this edge's keys of that rule
+/// ([`crate::ratelimit::redis::RedisStore::bans`]), and honeypot bans shared through Redis
+/// (as this replica has read them). Bans the document lifted are left out. A Redis server
+/// that cannot answer is counted and logged, and its bans are missing from the list.
+async fn bans(shared: &Shared) -> Bytes {
     let now = crate::edge::unix_millis(std::time::SystemTime::now());
-    let mut list: Vec<serde_json::Value> = shared
+    let policy = shared.policy.load_full();
+    let lifted = |limit: &str, key: &str, start: u64| {
+        policy
+            .rate_limits
+            .iter()
+            .find(|rule| &*rule.name == limit)
+            .is_some_and(|rule| rule.lifted_before(key) > start)
+    };
+    let mut list: Vec<Listed> = shared
         .limiter
         .bans(now)
         .into_iter()
-        .map(|(limit, key, start, end)| {
-            serde_json::json!({"limit": limit, "key": key, "start": start / 1000, "end": end / 1000})
-        })
+        .filter(|(limit, key, start, _)| !lifted(limit, key, *start))
+        .map(|(limit, key, start, end)| (limit, key, start, end, Backend::Memory))
         .collect();
-    list.extend(
-        shared
-            .honeypot_bans
-            .list(now)
-            .into_iter()
-            .map(|(ip, start, end)| {
-                serde_json::json!({
-                    "limit": crate::bots::HONEYPOT_RULE,
-                    "key": ip.to_string(),
-                    "start": start / 1000,
-                    "end": end / 1000,
-                })
-            }),
-    );
-    Bytes::from(serde_json::Value::Array(list).to_string())
+    list.extend(shared.honeypot_bans.list(now).into_iter().map(|(ip, ban)| {
+        (
+            crate::bots::HONEYPOT_RULE.to_owned(),
+            ip.to_string(),
+            ban.start,
+            ban.end,
+            if ban.shared {
+                Backend::Redis
+            } else {
+                Backend::Memory
+            },
+        )
+    }));
+    for rule in &policy.rate_limits {
+        let Some(store) = &rule.redis else {
+            continue;
+        };
+        match store.bans(rule.redis_prefix(), now).await {
+            Ok(found) => {
+                if !found.complete {
+                    tracing::warn!(
+                        limit = &*rule.name,
+                        listed = found.bans.len(),
+                        "the Redis bans of this limit are listed in part: a bound was reached"
+                    );
+                }
+                list.extend(
+                    found
+                        .bans
+                        .into_iter()
+                        .filter(|(key, start, _)| rule.lifted_before(key) <= *start)
+                        .map(|(key, start, end)| {
+                            (rule.name.to_string(), key, start, end, Backend::Redis)
+                        }),
+                );
+            }
+            Err(error) => {
+                shared.redis_failed(&rule.name, &error, "its bans are missing from /bans");
+            }
+        }
+    }
+    bans_json(list)
 }
 
 /// How often the open connections are counted while draining.
@@ -161,7 +240,7 @@ async fn serve(shared: Arc<Shared>, tcp: tokio::net::TcpStream) {
     if path == "/readyz" && !shared.is_accepting() && https_accepts(&shared).await {
         shared.set_accepting();
     }
-    let (status, content_type, body) = answer(&shared, path);
+    let (status, content_type, body) = answer(&shared, path).await;
     session.set_keepalive(None);
     let Ok(mut head) = ResponseHeader::build(status, Some(3)) else {
         return;
@@ -221,5 +300,46 @@ impl BackgroundService for Admin {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bans_are_listed_in_seconds_with_their_backend() {
+        let json = bans_json(vec![
+            (
+                "login".into(),
+                "192.0.2.2".into(),
+                1_000_000,
+                1_600_999,
+                Backend::Redis,
+            ),
+            (
+                "honeypot".into(),
+                "192.0.2.9".into(),
+                2_000,
+                3_602_000,
+                Backend::Memory,
+            ),
+            (
+                "login".into(),
+                "192.0.2.2".into(),
+                1_000_000,
+                1_600_000,
+                Backend::Memory,
+            ),
+        ]);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!([
+                {"limit": "honeypot", "key": "192.0.2.9", "start": 2, "end": 3602, "backend": "memory"},
+                {"limit": "login", "key": "192.0.2.2", "start": 1000, "end": 1600, "backend": "memory"},
+                {"limit": "login", "key": "192.0.2.2", "start": 1000, "end": 1600, "backend": "redis"},
+            ])
+        );
     }
 }

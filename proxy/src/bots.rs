@@ -2,9 +2,15 @@
 //! clients without a user agent are refused on sign-in paths, and honeypot paths — files a
 //! media server never has, which only scanners ask for — ban the address on first touch.
 //!
-//! A honeypot ban lasts [`HONEYPOT_BAN`] and covers every path; the proxy records it in the
-//! rate limiter's store under the rule name [`HONEYPOT_RULE`], so it is logged, counted and
-//! listed like any other ban.
+//! A honeypot ban lasts [`HONEYPOT_BAN`] and covers every path; it is logged, counted and
+//! listed under the rule name [`HONEYPOT_RULE`] like any other ban. Each replica checks its
+//! own [`HoneypotBans`] (a map lookup per request). When the edge has a Redis server (the
+//! first RateLimit of the document that keeps its counters in Redis), a ban is also
+//! appended to a Redis stream of this edge ([`SharedHoneypots`]) and every replica reads
+//! that stream about twice a second ([`crate::ban_sync`]), so a scanner that touches a
+//! honeypot on one replica is banned on all of them. While Redis cannot answer, the ban
+//! holds on the replica that saw it and `portcullis_ratelimit_backend_errors_total{limit=
+//! "honeypot"}` counts the failure.
 //!
 //! | rule | status |
 //! | --- | --- |
@@ -15,7 +21,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -24,6 +30,7 @@ use http::StatusCode;
 
 use crate::{
     app_rules::starts_with_ignore_case,
+    ratelimit::redis::RedisStore,
     verdict::{Reason, Response, Verdict},
 };
 
@@ -87,51 +94,111 @@ const SIGN_IN: [&str; 5] = [
     "/.portcullis/code",
 ];
 
-/// Most addresses banned by honeypots at once; past it, expired bans are dropped, then the
-/// oldest.
-const CAPACITY: usize = 100_000;
+/// Most addresses banned by honeypots at once (on a replica, and in the shared stream);
+/// past it, expired bans are dropped, then the oldest.
+pub const CAPACITY: usize = 100_000;
 
-/// Addresses banned for touching a honeypot: (start, end) in milliseconds since the epoch.
-/// Kept across policy reloads.
+/// One honeypot ban: start and end in milliseconds since the epoch, and whether Redis holds
+/// it (written there, or read from there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoneypotBan {
+    /// When it began.
+    pub start: u64,
+    /// When it ends.
+    pub end: u64,
+    /// Whether it is shared through Redis.
+    pub shared: bool,
+}
+
+/// Addresses banned for touching a honeypot, as this replica knows them. Kept across policy
+/// reloads.
 #[derive(Debug, Default)]
 pub struct HoneypotBans {
-    bans: Mutex<HashMap<IpAddr, (u64, u64)>>,
+    bans: Mutex<HashMap<IpAddr, HoneypotBan>>,
 }
 
 impl HoneypotBans {
-    /// Bans `ip` from `start` to `end`.
-    pub fn ban(&self, ip: IpAddr, start: u64, end: u64) {
+    /// Bans `ip` from `start` to `end`; `shared`: Redis holds the ban. Of two bans of one
+    /// address the one that ends later is kept (shared when either copy of it is).
+    pub fn ban(&self, ip: IpAddr, start: u64, end: u64, shared: bool) {
         let mut bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
         if bans.len() >= CAPACITY && !bans.contains_key(&ip) {
-            bans.retain(|_, (_, until)| *until > start);
+            bans.retain(|_, ban| ban.end > start);
             if bans.len() >= CAPACITY
                 && let Some(oldest) = bans
                     .iter()
-                    .min_by_key(|(_, (_, until))| *until)
+                    .min_by_key(|(_, ban)| ban.end)
                     .map(|(ip, _)| *ip)
             {
                 bans.remove(&oldest);
             }
         }
-        bans.insert(ip, (start, end));
+        let new = HoneypotBan { start, end, shared };
+        bans.entry(ip)
+            .and_modify(|known| {
+                if end > known.end {
+                    *known = new;
+                } else if end == known.end {
+                    known.shared |= shared;
+                }
+            })
+            .or_insert(new);
     }
 
     /// When the ban of `ip` in force at `now` ends, if there is one.
     pub fn ban_end(&self, ip: IpAddr, now: u64) -> Option<u64> {
         let bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
-        bans.get(&ip).map(|(_, end)| *end).filter(|end| *end > now)
+        bans.get(&ip).map(|ban| ban.end).filter(|end| *end > now)
     }
 
-    /// The bans in force at `now`: address, start, end.
-    pub fn list(&self, now: u64) -> Vec<(IpAddr, u64, u64)> {
+    /// The bans in force at `now`, by address.
+    pub fn list(&self, now: u64) -> Vec<(IpAddr, HoneypotBan)> {
         let bans = self.bans.lock().unwrap_or_else(PoisonError::into_inner);
         let mut list: Vec<_> = bans
             .iter()
-            .filter(|(_, (_, end))| *end > now)
-            .map(|(ip, (start, end))| (*ip, *start, *end))
+            .filter(|(_, ban)| ban.end > now)
+            .map(|(ip, ban)| (*ip, *ban))
             .collect();
-        list.sort_unstable();
+        list.sort_unstable_by_key(|(ip, _)| *ip);
         list
+    }
+}
+
+/// Where an edge shares its honeypot bans: a Redis stream of its own.
+#[derive(Clone, Debug)]
+pub struct SharedHoneypots {
+    /// The server (the first Redis RateLimit's).
+    pub store: Arc<RedisStore>,
+    /// The stream: `portcullis:bots:<host>:honeypot`.
+    pub stream: String,
+}
+
+impl SharedHoneypots {
+    /// The stream of the edge for `host` on `store`.
+    pub fn new(store: Arc<RedisStore>, host: &str) -> Self {
+        Self {
+            store,
+            stream: format!("portcullis:bots:{host}:honeypot"),
+        }
+    }
+
+    /// Whether both name the same stream on the same server.
+    pub fn same_stream(&self, other: &Self) -> bool {
+        self.stream == other.stream && self.store.same_server(&other.store)
+    }
+
+    /// Appends the ban of `ip` to the stream.
+    pub async fn publish(&self, ip: IpAddr, start: u64, end: u64) -> Result<(), String> {
+        self.store
+            .publish_ban(
+                &self.stream,
+                &ip.to_string(),
+                start,
+                end,
+                CAPACITY,
+                HONEYPOT_BAN + Duration::from_secs(60),
+            )
+            .await
     }
 }
 
@@ -271,18 +338,38 @@ mod tests {
     fn honeypot_bans_cover_the_address_until_they_end() {
         let bans = HoneypotBans::default();
         let ip: IpAddr = "192.0.2.9".parse().unwrap();
-        bans.ban(ip, 1000, 2000);
+        bans.ban(ip, 1000, 2000, false);
         assert_eq!(bans.ban_end(ip, 1500), Some(2000));
         assert_eq!(bans.ban_end(ip, 2000), None);
         assert_eq!(bans.ban_end("192.0.2.10".parse().unwrap(), 1500), None);
-        assert_eq!(bans.list(1500), [(ip, 1000, 2000)]);
+        let ban = HoneypotBan {
+            start: 1000,
+            end: 2000,
+            shared: false,
+        };
+        assert_eq!(bans.list(1500), [(ip, ban)]);
+    }
+
+    #[test]
+    fn a_ban_known_twice_keeps_the_later_end() {
+        let bans = HoneypotBans::default();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let ban = |start, end, shared| HoneypotBan { start, end, shared };
+        bans.ban(ip, 1000, 3000, false);
+        bans.ban(ip, 500, 2500, true);
+        assert_eq!(bans.list(0), [(ip, ban(1000, 3000, false))]);
+        // The same ban read back from Redis.
+        bans.ban(ip, 1000, 3000, true);
+        assert_eq!(bans.list(0), [(ip, ban(1000, 3000, true))]);
+        bans.ban(ip, 2000, 4000, false);
+        assert_eq!(bans.list(0), [(ip, ban(2000, 4000, false))]);
     }
 
     #[test]
     fn honeypot_bans_stay_bounded() {
         let bans = HoneypotBans::default();
         for i in 0..(CAPACITY as u32 + 100) {
-            bans.ban(IpAddr::from(i.to_be_bytes()), 0, 10);
+            bans.ban(IpAddr::from(i.to_be_bytes()), 0, 10, false);
         }
         assert!(bans.list(0).len() <= CAPACITY);
     }

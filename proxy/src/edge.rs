@@ -130,6 +130,11 @@ async fn read_form(session: &mut Session) -> Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
+/// Whether the request posts a proof-of-work solution ([`challenge::CHALLENGE_PATH`]).
+fn is_challenge_answer(request: &RequestHeader) -> bool {
+    request.method == http::Method::POST && request.uri.path() == challenge::CHALLENGE_PATH
+}
+
 /// The facts the access layer decides on.
 fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
     AccessRequest {
@@ -469,14 +474,30 @@ impl Edge {
         if decided.ban
             && let Some(ip) = ctx.client_ip
         {
+            let path = request.uri.path().to_owned();
             let end = now + u64::try_from(bots::HONEYPOT_BAN.as_millis()).unwrap_or(u64::MAX);
-            self.shared.honeypot_bans.ban(ip, now, end);
+            let shared = match &ctx.policy.honeypots {
+                Some(honeypots) => match honeypots.publish(ip, now, end).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        self.shared.redis_failed(
+                            bots::HONEYPOT_RULE,
+                            &error,
+                            "the honeypot ban holds on this replica only",
+                        );
+                        false
+                    }
+                },
+                None => false,
+            };
+            self.shared.honeypot_bans.ban(ip, now, end, shared);
             metrics.bans.with_label_values(&[bots::HONEYPOT_RULE]).inc();
             tracing::warn!(
                 limit = bots::HONEYPOT_RULE,
                 key = %ip,
-                path = request.uri.path(),
+                path,
                 seconds = bots::HONEYPOT_BAN.as_secs(),
+                shared,
                 "banned"
             );
         }
@@ -494,28 +515,11 @@ impl Edge {
                 .await
             {
                 Ok(outcome) => return outcome,
-                Err(error) => {
-                    self.shared
-                        .metrics
-                        .ratelimit_backend_errors
-                        .with_label_values(&[&*rule.name])
-                        .inc();
-                    let seconds = now / 1000;
-                    let last = self.shared.redis_warned_at.load(Ordering::Relaxed);
-                    if seconds >= last + 10
-                        && self
-                            .shared
-                            .redis_warned_at
-                            .compare_exchange(last, seconds, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        tracing::warn!(
-                            limit = &*rule.name,
-                            %error,
-                            "Redis cannot answer; rate limits are decided by this replica alone"
-                        );
-                    }
-                }
+                Err(error) => self.shared.redis_failed(
+                    &rule.name,
+                    &error,
+                    "rate limits are decided by this replica alone",
+                ),
             }
         }
         self.shared
@@ -524,7 +528,9 @@ impl Edge {
     }
 
     /// Layer 6: the rate limits of `stage` that match the request, in order; the first that
-    /// limits or bans answers.
+    /// limits or bans answers. Rules that challenge browsers do not count a posted solution
+    /// (it is how a challenged browser gets back in) nor requests with a pass; other rules
+    /// count them like any request.
     async fn rate_limit(
         &self,
         session: &mut Session,
@@ -542,16 +548,18 @@ impl Edge {
                 .as_ref()
                 .and_then(|access| access::cookie(&request.headers, access.session_cookie_name()));
             let now_seconds = now / 1000;
+            let solution = is_challenge_answer(request);
             for (index, rule) in policy.rate_limits.iter().enumerate() {
                 if rule.stage() != stage || !rule.matches(&request.method, path) {
                     continue;
                 }
                 if rule.challenge
-                    && ctx.client_ip.is_some_and(|ip| {
-                        policy
-                            .challenger
-                            .has_pass(&request.headers, ip, now_seconds)
-                    })
+                    && (solution
+                        || ctx.client_ip.is_some_and(|ip| {
+                            policy
+                                .challenger
+                                .has_pass(&request.headers, ip, now_seconds)
+                        }))
                 {
                     continue;
                 }
@@ -962,14 +970,11 @@ impl ProxyHttp for Edge {
         if let Some((layer, verdict)) = policy.check_head(&request_facts(session)) {
             return self.apply(session, ctx, layer, verdict).await;
         }
-        if session.req_header().method == http::Method::POST
-            && session.req_header().uri.path() == challenge::CHALLENGE_PATH
-        {
-            return self.challenge_answer(session, ctx, &policy).await;
-        }
         if self.app_rules(session, ctx, &policy).await? {
             return Ok(true);
         }
+        // Limits per address, header or session come before anything that reads a body,
+        // hashes, asks the application or runs the WAF.
         if self
             .rate_limit(session, ctx, &policy, Stage::BeforeAccess)
             .await?
@@ -978,6 +983,9 @@ impl ProxyHttp for Edge {
         }
         if self.bots(session, ctx).await? {
             return Ok(true);
+        }
+        if is_challenge_answer(session.req_header()) {
+            return self.challenge_answer(session, ctx, &policy).await;
         }
         if self.geo(session, ctx, &policy).await? {
             return Ok(true);

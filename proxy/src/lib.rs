@@ -9,7 +9,7 @@
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
 //! | 5. app-aware rules (Jellyfin) | [`app_rules`] | `request_filter` |
 //! | 6. rate limits and bans | [`ratelimit`] | `request_filter`, `logging` |
-//! | 7. bot guards (scanners, honeypots, proof-of-work challenge) | [`bots`], [`challenge`] | `request_filter` |
+//! | 7. bot guards (scanners, honeypots, proof-of-work challenge) | [`bots`], [`ban_sync`], [`challenge`] | `request_filter`, background service |
 //! | 8. geo | [`geo`] | `request_filter` |
 //! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
 //! | 10. WAF (OWASP CRS v4) | [`waf`] | `request_filter`, `request_body_filter` |
@@ -26,6 +26,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod app_rules;
+pub mod ban_sync;
 pub mod bots;
 pub mod challenge;
 pub mod client_identity;

@@ -38,8 +38,9 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// `portcullis_bans_total{limit}`: bans started.
     pub bans: IntCounterVec,
-    /// `portcullis_ratelimit_backend_errors_total{limit}`: decisions taken with the
-    /// replica's own memory because Redis could not answer.
+    /// `portcullis_ratelimit_backend_errors_total{limit}`: Redis calls that failed, by
+    /// RateLimit (`honeypot` for shared honeypot bans): the replica then decides or bans
+    /// with its own memory, or lists `/bans` without that limit's Redis bans.
     pub ratelimit_backend_errors: IntCounterVec,
     /// `portcullis_waf_matches_total{rule}`: CRS rules that matched, by rule id.
     pub waf_matches: IntCounterVec,
@@ -188,7 +189,7 @@ impl Metrics {
             ratelimit_backend_errors: counter_vec(
                 &registry,
                 "portcullis_ratelimit_backend_errors_total",
-                "Rate-limit decisions taken locally because Redis could not answer.",
+                "Redis calls that failed; the replica decided, banned or listed with its own memory instead.",
                 &["limit"],
             ),
             waf_matches: counter_vec(

@@ -15,6 +15,7 @@ use portcullis_crds::edge::{self, EdgeConfig};
 
 use crate::{
     access::{Access, AccessError},
+    bots::SharedHoneypots,
     challenge::Challenger,
     client_identity::TrustedProxies,
     geo::{CountryFilter, GeoDb, GeoDbError},
@@ -150,6 +151,9 @@ pub struct Policy {
     pub layers: Vec<Layer>,
     /// The rate limits: the built-in sign-in limit, then the document's.
     pub rate_limits: Vec<Rule>,
+    /// Where honeypot bans are shared between replicas: the Redis server of the first
+    /// RateLimit that uses one (none: each replica keeps its own).
+    pub honeypots: Option<SharedHoneypots>,
     /// The geo layer (after the layers above).
     pub geo: Geo,
     /// The zero-trust access layer, when the document has an access policy.
@@ -176,6 +180,7 @@ impl std::fmt::Debug for Policy {
             .field("upstream", &self.upstream)
             .field("layers", &self.layers)
             .field("rate_limits", &self.rate_limits)
+            .field("honeypots", &self.honeypots)
             .field("geo", &self.geo)
             .field("access", &self.access)
             .field("waf", &self.waf)
@@ -244,6 +249,10 @@ impl TryFrom<EdgeConfig> for Policy {
             rate_limits.push(Rule::new(limit, &host)?);
             files.extend(Rule::files(limit));
         }
+        let honeypots = rate_limits
+            .iter()
+            .find_map(|rule| rule.redis.clone())
+            .map(|store| SharedHoneypots::new(store, &host));
         let mut geo = Geo {
             cloudflare_country: doc.client_identity.behind_cloudflare,
             ..Geo::default()
@@ -288,6 +297,7 @@ impl TryFrom<EdgeConfig> for Policy {
             upstream,
             layers,
             rate_limits,
+            honeypots,
             geo,
             access,
             challenger,

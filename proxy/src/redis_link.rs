@@ -51,7 +51,9 @@ impl RedisLink {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
+    /// The connection, made on first use (an error at once while Redis is unreachable and
+    /// the next attempt is not due).
+    pub async fn connection(&self) -> Result<ConnectionManager, String> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());

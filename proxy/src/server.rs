@@ -1,8 +1,8 @@
 //! Start-up: the command line, the Pingora server and its services.
 //!
 //! One listening service per public listener (HTTPS; plain HTTP when configured, one
-//! thread), the admin endpoint, the config watcher and the Cloudflare Access key refresher
-//! as background services. Tuning, after
+//! thread), the admin endpoint, the config watcher, the Cloudflare Access key refresher and
+//! the honeypot ban sync as background services. Tuning, after
 //! the measurements in DESIGN.md: worker threads default to the cores available, work
 //! stealing is off (measured 29% faster on one thread here), the upstream keep-alive pool
 //! is sized by the document, and Pingora's grace period after SIGTERM (300 s by default) is
@@ -22,6 +22,7 @@ use pingora::{
 use crate::{
     admin::Admin,
     app::EdgeApp,
+    ban_sync::BanSync,
     cloudflare_keys::KeyRefresher,
     edge::{Edge, Role},
     reload::{self, ConfigWatcher, LoadError},
@@ -174,5 +175,11 @@ pub fn run(args: Args) -> Result<(), StartError> {
     );
     keys.threads = Some(1);
     server.add_service(keys);
+    let mut ban_sync = background_service(
+        "portcullis honeypot ban sync",
+        BanSync::new(Arc::clone(&shared)),
+    );
+    ban_sync.threads = Some(1);
+    server.add_service(ban_sync);
     server.run_forever()
 }

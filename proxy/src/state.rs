@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use arc_swap::ArcSwap;
@@ -39,9 +39,10 @@ pub struct Shared {
     /// fallback for Redis rules while Redis is unreachable).
     pub limiter: MemoryStore,
     /// When the last "Redis unreachable" warning was logged (seconds since the epoch), so an
-    /// outage is said every 10 s, not per request.
-    pub redis_warned_at: std::sync::atomic::AtomicU64,
-    /// Addresses banned for touching a honeypot.
+    /// outage is said every 10 s, not per request ([`Shared::redis_failed`]).
+    redis_warned_at: AtomicU64,
+    /// Addresses banned for touching a honeypot: this replica's own, and those the other
+    /// replicas shared through Redis ([`crate::ban_sync`]).
     pub honeypot_bans: HoneypotBans,
     /// The bot guard's compiled patterns.
     pub bot_guard: BotGuard,
@@ -72,7 +73,7 @@ impl Shared {
             connections: Arc::default(),
             request_ids: RequestIds::default(),
             limiter: MemoryStore::default(),
-            redis_warned_at: std::sync::atomic::AtomicU64::new(0),
+            redis_warned_at: AtomicU64::new(0),
             honeypot_bans: HoneypotBans::default(),
             bot_guard: BotGuard::default(),
             startup: StartupState::default(),
@@ -83,6 +84,25 @@ impl Shared {
             cloudflare_keys: KeyCache::default(),
             shutting_down: AtomicBool::new(false),
             accepting: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a Redis call for `limit` that failed, and says so in the log at most every
+    /// 10 s: what failed and what the replica does instead (`fallback`).
+    pub fn redis_failed(&self, limit: &str, error: &str, fallback: &str) {
+        self.metrics
+            .ratelimit_backend_errors
+            .with_label_values(&[limit])
+            .inc();
+        let seconds = crate::edge::unix_millis(std::time::SystemTime::now()) / 1000;
+        let last = self.redis_warned_at.load(Ordering::Relaxed);
+        if seconds >= last + 10
+            && self
+                .redis_warned_at
+                .compare_exchange(last, seconds, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(limit, error, "Redis cannot answer; {fallback}");
         }
     }
 

@@ -8,7 +8,10 @@
 //! cookie, or the e-mail once the access layer knows it), the limit, burst and ban, and where
 //! counters live (the replica's [`memory`] or a shared [`redis`]). The arithmetic is
 //! [`gcra`]; the proxy runs the step against the backend and turns the outcome into a
-//! verdict with [`Rule::verdict`].
+//! verdict with [`Rule::verdict`]. Rules keyed by address, header or session run before the
+//! bot guards, the challenge answer, geo, access and the WAF ([`Stage::BeforeAccess`]).
+//! The bans in force, in memory and in Redis, are listed on the admin port's `/bans`
+//! ([`crate::admin`]).
 //!
 //! | rule | answer |
 //! | --- | --- |
@@ -294,6 +297,12 @@ impl Rule {
     /// The key as stored in Redis.
     pub fn redis_key(&self, key: &str) -> String {
         format!("{}{key}", self.redis_prefix)
+    }
+
+    /// What every key of this rule starts with in Redis (`portcullis:rl:<host>:<name>:`), so
+    /// a listing reads only this edge's keys of this rule.
+    pub fn redis_prefix(&self) -> &str {
+        &self.redis_prefix
     }
 
     /// A manual ban of `key` in force at `now`: its end.

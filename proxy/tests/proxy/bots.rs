@@ -10,8 +10,8 @@ use std::{
 use http::StatusCode;
 
 use crate::util::{
-    Conn, HOST, ORIGIN_POD_URL, Proxy, STARTUP_DONE, Settings, admin_get, browser_script,
-    client_ip, empty, fetch_from, origin_saw, trusted_proxy_ip,
+    Conn, HOST, ORIGIN_POD_URL, Proxy, RedisServer, STARTUP_DONE, Settings, admin_get,
+    browser_script, client_ip, empty, fetch_from, origin_saw, trusted_proxy_ip,
 };
 
 async fn get_as(
@@ -62,10 +62,10 @@ async fn a_honeypot_bans_the_address_on_first_touch() {
         StatusCode::OK
     );
     assert!(!origin_saw("/wp-login.php"));
-    let (_, bans) = admin_get(proxy.admin(), "/bans").await.unwrap();
-    let bans: serde_json::Value = serde_json::from_str(&bans).unwrap();
+    let bans = bans(&proxy).await;
     assert_eq!(bans[0]["limit"], "honeypot");
     assert_eq!(bans[0]["key"], scanner);
+    assert_eq!(bans[0]["backend"], "memory", "no Redis: this replica's own");
     assert_eq!(
         proxy
             .metric("portcullis_bans_total{limit=\"honeypot\"}")
@@ -73,6 +73,113 @@ async fn a_honeypot_bans_the_address_on_first_touch() {
         Some(1.0)
     );
     assert!(proxy.log().contains("banned"));
+}
+
+/// The admin `/bans` list of `proxy`.
+async fn bans(proxy: &Proxy) -> Vec<serde_json::Value> {
+    let (_, bans) = admin_get(proxy.admin(), "/bans").await.unwrap();
+    serde_json::from_str(&bans).unwrap()
+}
+
+/// An edge whose RateLimit keeps its counters in `redis`, so honeypot bans go there too.
+fn redis_edge(redis: &RedisServer) -> Proxy {
+    Proxy::start(Settings {
+        extra: format!(
+            "rateLimits:
+  - name: api
+    pathPrefixes: [/Items/]
+    key: Ip
+    ipv6PrefixLength: 64
+    limit: 100
+    period: 1m
+    burst: 0
+    status: 429
+    retryAfter: true
+    redisUrlFile: {}
+",
+            redis.url_file().display()
+        ),
+        ..Settings::default()
+    })
+}
+
+/// Asks `proxy` for `/` as `client` until the answer is `status` (5 s at most).
+async fn until_status(proxy: &Proxy, client: &str, status: StatusCode) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_as(proxy, client, "/", BROWSER).await.0 != status {
+        assert!(
+            Instant::now() < deadline,
+            "{client} never got {status} from the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_honeypot_touched_on_one_replica_bans_the_address_on_every_replica() {
+    let mut redis = RedisServer::start();
+    let a = redis_edge(&redis);
+    let b = redis_edge(&redis);
+    let scanner = "203.0.113.90";
+    assert_eq!(get_as(&b, scanner, "/", BROWSER).await.0, StatusCode::OK);
+    assert_eq!(
+        get_as(&a, scanner, "/.git/config", BROWSER).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get_as(&a, scanner, "/", BROWSER).await.0,
+        StatusCode::FORBIDDEN
+    );
+    until_status(&b, scanner, StatusCode::FORBIDDEN).await;
+    let listed = bans(&b).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["limit"], "honeypot");
+    assert_eq!(listed[0]["key"], scanner);
+    assert_eq!(listed[0]["backend"], "redis");
+    assert_eq!(
+        listed[0]["end"].as_u64().unwrap() - listed[0]["start"].as_u64().unwrap(),
+        3600
+    );
+    // A replica that starts later learns the bans already made.
+    let c = redis_edge(&redis);
+    until_status(&c, scanner, StatusCode::FORBIDDEN).await;
+    for proxy in [&a, &b, &c] {
+        assert_eq!(
+            proxy
+                .metric("portcullis_ratelimit_backend_errors_total")
+                .await,
+            None,
+            "Redis answered every time"
+        );
+    }
+    // Redis gone: a honeypot still bans on the replica that saw it, which says so.
+    redis.kill();
+    let second = "203.0.113.91";
+    assert_eq!(
+        get_as(&a, second, "/.env", BROWSER).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get_as(&a, second, "/", BROWSER).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert!(
+        a.metric("portcullis_ratelimit_backend_errors_total{limit=\"honeypot\"}")
+            .await
+            >= Some(1.0)
+    );
+    let listed = bans(&a).await;
+    let local = listed
+        .iter()
+        .find(|ban| ban["key"] == second)
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(local["backend"], "memory");
+    // The bans already shared still hold everywhere; the new one stays on its replica.
+    assert_eq!(
+        get_as(&b, scanner, "/", BROWSER).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(get_as(&b, second, "/", BROWSER).await.0, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod admin;
 mod bots;
 mod cloudflare;
 mod connections;
+mod flood;
 mod hygiene;
 mod identity;
 mod model;

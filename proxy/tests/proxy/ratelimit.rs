@@ -12,7 +12,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, RedisServer, Settings, fetch_from, trusted_proxy_ip};
+use crate::util::{
+    HOST, Proxy, RedisServer, Settings, admin_get, empty, fetch_from, scratch, trusted_proxy_ip,
+};
 
 /// A client address of its own for each use, so tests sharing a Redis never share a key.
 fn fresh_client() -> String {
@@ -136,6 +138,16 @@ async fn scenario_4_repeated_sign_ins_are_limited_then_banned_then_let_back_afte
         proxy.metric("portcullis_bans_total{limit=\"login\"}").await,
         Some(1.0)
     );
+    let listed = bans(&proxy).await;
+    let ban = listed
+        .iter()
+        .find(|ban| ban["limit"] == "login" && ban["key"] == client.as_str())
+        .unwrap_or_else(|| panic!("the ban is listed: {listed:?}"));
+    assert_eq!(ban["backend"], "memory");
+    assert_eq!(
+        ban["end"].as_u64().unwrap() - ban["start"].as_u64().unwrap(),
+        3
+    );
     // Another address is not affected.
     assert_eq!(
         sign_in(proxy.https(), &fresh_client(), false).await.status,
@@ -153,6 +165,13 @@ async fn scenario_4_repeated_sign_ins_are_limited_then_banned_then_let_back_afte
         sign_in(proxy.https(), &client, false).await.status,
         StatusCode::OK
     );
+}
+
+/// The admin `/bans` list of `proxy`.
+async fn bans(proxy: &Proxy) -> Vec<serde_json::Value> {
+    let (status, body) = admin_get(proxy.admin(), "/bans").await.unwrap();
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
 }
 
 #[tokio::test]
@@ -209,6 +228,153 @@ async fn two_proxies_sharing_one_redis_enforce_one_limit_together() {
         None,
         "Redis answered every time"
     );
+}
+
+#[tokio::test]
+async fn every_replica_lists_the_bans_redis_holds_for_its_edge() {
+    let redis = RedisServer::start();
+    let limit = login_limit(
+        "shared-ban",
+        1,
+        "1m",
+        Some((1, "10m")),
+        Some(redis.url_file()),
+        &[],
+    );
+    let a = proxy_with(std::slice::from_ref(&limit));
+    let b = proxy_with(&[limit]);
+    let client = fresh_client();
+    assert_eq!(
+        sign_in(a.https(), &client, false).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        sign_in(a.https(), &client, false).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Keys another edge, or a rule this edge does not have, keep in the same Redis.
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 600_000;
+    for key in [
+        "portcullis:rl:other.test:shared-ban:198.51.100.1",
+        &format!("portcullis:rl:{HOST}:not-a-rule:198.51.100.2"),
+    ] {
+        redis.command(&["HSET", key, "bs", "1", "be", &far.to_string()]);
+    }
+    for proxy in [&a, &b] {
+        let listed = bans(proxy).await;
+        let shared: Vec<_> = listed
+            .iter()
+            .filter(|ban| ban["backend"] == "redis")
+            .collect();
+        assert_eq!(
+            shared.len(),
+            1,
+            "only this edge's ban of its rule: {listed:?}"
+        );
+        assert_eq!(shared[0]["limit"], "shared-ban");
+        assert_eq!(shared[0]["key"], client.as_str());
+        assert_eq!(
+            shared[0]["end"].as_u64().unwrap() - shared[0]["start"].as_u64().unwrap(),
+            600
+        );
+    }
+    assert_eq!(
+        b.metric("portcullis_ratelimit_backend_errors_total").await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn limits_per_address_answer_before_the_challenge_access_and_waf() {
+    let key = scratch().join("order-session-key");
+    std::fs::write(&key, [b'o'; 32]).unwrap();
+    let proxy = Proxy::start(Settings {
+        extra: format!(
+            "rateLimits:
+  - name: per-address
+    pathPrefixes: [/]
+    key: Ip
+    ipv6PrefixLength: 64
+    limit: 1
+    period: 1h
+    burst: 0
+    status: 429
+    retryAfter: true
+access:
+  session:
+    ttl: 24h
+    idleTtl: 2h
+    cookieName: portcullis_session
+    keyFiles: [{key}]
+  bypass: [/public/]
+{waf}",
+            key = key.display(),
+            waf = crate::waf::waf_section("Block", None)
+        ),
+        ..Settings::default()
+    });
+    let send = |client: String, post: bool, target: &'static str| {
+        let address = proxy.https();
+        async move {
+            let request = if post {
+                http::Request::post(format!("https://{HOST}{target}"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+            } else {
+                http::Request::get(format!("https://{HOST}{target}"))
+            }
+            .header("host", HOST)
+            .header("x-forwarded-for", client)
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+            )
+            .body(if post {
+                Full::new(Bytes::from_static(b"challenge=forged&answer=1"))
+                    .map_err(|never| match never {})
+                    .boxed()
+            } else {
+                empty()
+            })
+            .unwrap();
+            let (response, _) = fetch_from(address, trusted_proxy_ip(), request).await;
+            response
+                .headers()
+                .get("x-request-id")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let sqli = "/public/search?q=1%27%20OR%20%271%27%3D%271%27%20--";
+    for (post, target, first) in [
+        (false, sqli, ("waf", "anomaly-score")),
+        (false, "/", ("access", "no-credentials")),
+        (
+            true,
+            "/.portcullis/challenge",
+            ("ratelimit", "challenge-failed"),
+        ),
+    ] {
+        let client = fresh_client();
+        // The first request is within the limit: the later layer answers...
+        let id = send(client.clone(), post, target).await;
+        let line = proxy.access_log_line(&id).await;
+        assert_eq!(
+            (line["layer"].as_str(), line["rule"].as_str()),
+            (Some(first.0), Some(first.1)),
+            "{line}"
+        );
+        // ...the second is over it: the limit answers before that layer runs.
+        let id = send(client, post, target).await;
+        let line = proxy.access_log_line(&id).await;
+        assert_eq!(line["layer"], "ratelimit", "{target}: {line}");
+        assert_eq!(line["rule"], "limited", "{target}: {line}");
+    }
 }
 
 #[tokio::test]

@@ -602,56 +602,6 @@ upstream:
 // ---------------------------------------------------------------------------------------
 // Neighbours.
 
-/// A `redis-server` of this test, on a port of its own; killed when dropped.
-pub struct RedisServer {
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    /// Starts one on a free port.
-    pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    /// Starts one on `port` (again, after [`RedisServer::kill`]).
-    pub fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, child }
-    }
-
-    /// A file holding the server's URL, as the operator mounts it.
-    pub fn url_file(&self) -> PathBuf {
-        let path = scratch().join(format!("redis-url-{}", self.port));
-        std::fs::write(&path, format!("redis://127.0.0.1:{}/\n", self.port)).unwrap();
-        path
-    }
-
-    /// Kills the server.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A process that kills `child` once this test process is gone, however it ends; keep it
 /// beside the child.
 pub fn watchdog(child: &Child) -> Child {
@@ -722,6 +672,67 @@ pub fn write_document(dir: &Path, generation: u32, text: &str) {
     let link = config.join("edge.yaml");
     if std::fs::symlink_metadata(&link).is_err() {
         std::os::unix::fs::symlink("..data/edge.yaml", &link).unwrap();
+    }
+}
+
+/// A `redis-server` of this test, on a port of its own; killed when dropped.
+pub struct RedisServer {
+    /// Its port on the loopback interface.
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    /// A server on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// A server on `port`.
+    pub fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { port, child }
+    }
+
+    /// A file holding the server's URL, as the operator mounts it.
+    pub fn url_file(&self) -> PathBuf {
+        let path = scratch().join(format!("redis-url-{}", self.port));
+        std::fs::write(&path, format!("redis://127.0.0.1:{}/\n", self.port)).unwrap();
+        path
+    }
+
+    /// Runs one command with `redis-cli`: its output.
+    pub fn command(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian package redis-tools, with redis-server) is installed");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops the server.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

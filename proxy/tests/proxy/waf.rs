@@ -21,7 +21,8 @@ fn crs_dir() -> PathBuf {
     ))
 }
 
-fn waf_section(mode: &str, custom_rules: Option<&str>) -> String {
+/// The document's `waf:` section: the test corpus's CRS in `mode`, with `custom_rules`.
+pub fn waf_section(mode: &str, custom_rules: Option<&str>) -> String {
     let mut text = format!(
         "waf:
   mode: {mode}
