@@ -319,7 +319,7 @@ async fn an_issuer_without_cert_manager_is_stalled_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_policy_forgets_a_media_server_that_stops_using_it() {
+async fn a_policy_forgets_a_media_server_that_stops_using_it_or_is_deleted() {
     let ns = minimal_namespace("used-by").await;
     ns.apply_value(policy(&["alice@example.org"])).await;
     ns.apply_value(minimal(Some("family"))).await;
@@ -338,5 +338,18 @@ async fn a_policy_forgets_a_media_server_that_stops_using_it() {
     );
     ns.apply_value(minimal(None)).await;
     eventually("usedBy emptied", Duration::from_secs(30), used_by(0)).await;
+    // Deleted while using it: the policy forgets it too.
+    ns.apply_value(minimal(Some("family"))).await;
+    eventually("usedBy jellyfin again", READY_TIMEOUT, used_by(1)).await;
+    ns.api::<MediaServer>()
+        .delete("jellyfin", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "usedBy emptied after the deletion",
+        Duration::from_secs(30),
+        used_by(0),
+    )
+    .await;
     ns.delete().await;
 }
