@@ -9,12 +9,16 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    coordination::v1::Lease,
-    core::v1::Secret,
-    events::v1::Event,
-    rbac::v1::{ClusterRole, PolicyRule, Role},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::Secret,
+        events::v1::Event,
+        networking::v1::NetworkPolicy,
+        rbac::v1::{ClusterRole, PolicyRule, Role},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::api::{Patch, PatchParams};
 use portcullis_crds::MediaServer;
@@ -694,6 +698,46 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     for (object, status) in kstatus_of(&ns.name) {
         assert_eq!(status, "Current", "{object}");
     }
+
+    // The NetworkPolicies as the chart's settings make them: the operator's own pods (its
+    // namespace, its pod labels) reach the edge's admin port for the bans, and scrapers
+    // (every namespace by default) the edge's and the transcoder's metrics.
+    let policies = kube::Api::<NetworkPolicy>::namespaced(ns.client.clone(), &ns.name);
+    let peers_on = |policy: &NetworkPolicy, port: i32| -> Vec<Value> {
+        policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .iter()
+            .flatten()
+            .filter(|rule| {
+                rule.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(port)))
+            })
+            .flat_map(|rule| rule.from.iter().flatten())
+            .map(|peer| serde_json::to_value(peer).unwrap())
+            .collect()
+    };
+    let pod_labels = &find(&manifest, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    let edge = policies.get("jellyfin-edge").await.unwrap();
+    assert_eq!(
+        peers_on(&edge, 9090),
+        [
+            json!({"namespaceSelector": {}}),
+            json!({
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+                "podSelector": {"matchLabels": pod_labels},
+            }),
+        ]
+    );
+    let transcoder = policies.get("jellyfin-transcoder").await.unwrap();
+    assert!(
+        peers_on(&transcoder, 8099).contains(&json!({"namespaceSelector": {}})),
+        "Prometheus may scrape the transcoder"
+    );
 
     // Turning the transcoder off deletes what it owned: the delete verbs are enough.
     let off = json!({"spec": {"transcoder": {"enabled": false}}});

@@ -131,6 +131,21 @@ async fn the_seed_becomes_ready_with_its_transcoder_on_the_gpu_node() {
         .await
         .unwrap();
     assert_eq!(policies.items.len(), 3, "app, edge and transcoder policies");
+    // Prometheus (any namespace by default) may scrape the transcoder's /metrics, which
+    // shares the port the app sends jobs to.
+    let transcoder = policies
+        .items
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("jellyfin-transcoder"))
+        .unwrap();
+    let scrape = serde_json::to_value(&transcoder.spec.as_ref().unwrap().ingress).unwrap();
+    assert!(
+        scrape.as_array().unwrap().iter().any(|rule| {
+            rule["from"] == json!([{"namespaceSelector": {}}])
+                && rule["ports"] == json!([{"port": 8099, "protocol": "TCP"}])
+        }),
+        "{scrape}"
+    );
 
     let policy = eventually("AccessPolicy status", READY_TIMEOUT, || async {
         let policy = ns.api::<AccessPolicy>().get("family").await.ok()?;
