@@ -78,6 +78,10 @@ struct RunArgs {
         requires = "operator_namespace"
     )]
     operator_pod_labels: Vec<(String, String)>,
+    /// How often each edge pod is asked for its bans, for RateLimit status.activeBans
+    /// (e.g. 30s, 1m); 0s turns it off.
+    #[arg(long, env = "PORTCULLIS_BAN_POLL_INTERVAL", default_value = "30s")]
+    ban_poll_interval: portcullis_crds::common::Duration,
 }
 
 #[derive(Subcommand)]
@@ -146,6 +150,7 @@ async fn main() -> ExitCode {
                 metrics_namespace_selector,
                 operator_namespace,
                 operator_pod_labels,
+                ban_poll_interval,
             } = *run;
             let defaults = Settings::default();
             let settings = Settings {
@@ -163,6 +168,7 @@ async fn main() -> ExitCode {
                     namespace,
                     labels: operator_pod_labels.into_iter().collect::<BTreeMap<_, _>>(),
                 }),
+                ban_poll_interval: ban_poll_interval.get(),
             };
             if lease_namespace.is_none() && !no_leader_election {
                 eprintln!(

@@ -28,7 +28,10 @@ use kube::{
 use portcullis_crds::{AccessPolicy, MediaServer, RateLimit, WafRuleSet};
 use tracing::{info, warn};
 
-use crate::context::{Context, DependencyKind};
+use crate::{
+    bans,
+    context::{Context, DependencyKind},
+};
 
 /// MediaServer events waiting for a controller that is busy; the watch waits beyond that.
 const TRIGGER_BUFFER: usize = 1024;
@@ -171,7 +174,7 @@ async fn watch_servers(
     }
 }
 
-/// Runs every controller until the process is asked to stop.
+/// Runs every controller, and the ban collector, until the process is asked to stop.
 pub async fn run(ctx: Arc<Context>) {
     let config = watcher::Config::default().any_semantic();
     let (servers, writer) = reflector::store::<MediaServer>();
@@ -258,9 +261,10 @@ pub async fn run(ctx: Arc<Context>) {
         });
     let policy_ctx = Arc::new(policy::PolicyContext {
         shared: ctx.clone(),
-        servers,
+        servers: servers.clone(),
     });
     let rate_limits = Controller::new(ctx.api::<RateLimit>(), config.clone());
+    let collecting = bans::collect(ctx.clone(), servers, rate_limits.store());
     info!("controllers started");
     let controllers = async {
         tokio::join!(
@@ -278,10 +282,11 @@ pub async fn run(ctx: Arc<Context>) {
             policy_controller(rate_limits, limit_triggers, policy_ctx),
         );
     };
-    // The watch runs for as long as the controllers do.
+    // The watch and the collector run for as long as the controllers do.
     tokio::select! {
         _ = controllers => {}
         () = watching => warn!("the MediaServer watch ended"),
+        () = collecting => {}
     }
 }
 

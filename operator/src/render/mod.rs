@@ -52,6 +52,9 @@ pub struct Settings {
     /// The operator's own pods, let in to the edge's admin port to read its bans; `None`
     /// when the operator does not run in the cluster (or is not told where).
     pub operator_pods: Option<OperatorPods>,
+    /// How often the edge pods are asked for their bans (RateLimit `status.activeBans`);
+    /// zero turns it off.
+    pub ban_poll_interval: std::time::Duration,
 }
 
 /// Where the operator's pods run, for the NetworkPolicies that must let them in.
@@ -83,6 +86,7 @@ impl Default for Settings {
             ],
             metrics_namespaces: LabelSelector::default(),
             operator_pods: None,
+            ban_poll_interval: std::time::Duration::from_secs(30),
         }
     }
 }

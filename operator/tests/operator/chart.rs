@@ -69,8 +69,9 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "networkpolicies",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // Watched (owned session keys and referenced TLS/SMTP/GeoIP/Redis Secrets), read by
-    // kept_keys and resolve.rs, applied, and the transcoder token deleted.
+    // Watched (owned session keys and referenced TLS/SMTP/GeoIP/Redis Secrets; only their
+    // metadata, which takes the same list and watch verbs), read by kept_keys and
+    // resolve.rs, applied, and the transcoder token deleted.
     (
         "",
         "secrets",
@@ -94,6 +95,8 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "certificates",
         &["get", "create", "patch"],
     ),
+    // bans.rs lists the edge pods to ask each ready one for its bans.
+    ("", "pods", &["list"]),
     // context.rs warn: kube-runtime's Recorder creates an Event, then patches its series.
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
@@ -626,6 +629,7 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
         ],
         &["create", "events.events.k8s.io"],
         &["get", "leases.coordination.k8s.io/portcullis-operator"],
+        &["list", "pods"],
     ] {
         assert!(
             can_i(&user, &[allowed, &here].concat()),
@@ -637,6 +641,8 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
         &["get", "secrets", "-n", "default"],
         &["list", "mediaservers.portcullis.dev", "-n", "default"],
         &["create", "pods", "-n", ns.name.as_str()],
+        &["get", "pods", "-n", ns.name.as_str()],
+        &["list", "pods", "-n", "default"],
         &["update", "deployments.apps", "-n", ns.name.as_str()],
         &["delete", "configmaps", "-n", ns.name.as_str()],
         &["delete", "persistentvolumeclaims", "-n", ns.name.as_str()],
