@@ -109,6 +109,20 @@ impl LoopbackNode {
         );
         ip
     }
+
+    /// Deletes the node once kwok has finished deleting the pods on it (it stops looking
+    /// after pods of a node that is gone; the pod garbage collector would take longer).
+    async fn delete(self, client: kube::Client) {
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={}", self.name));
+        eventually("no pod left on the loopback node", TIMEOUT, || async {
+            let pods = kube::Api::<Pod>::all(client.clone())
+                .list(&on_node)
+                .await
+                .ok()?;
+            pods.items.is_empty().then_some(())
+        })
+        .await;
+    }
 }
 
 impl Drop for LoopbackNode {
@@ -406,6 +420,7 @@ async fn the_bans_an_edge_enforces_show_on_their_rate_limit_until_they_end_or_ar
     wait_bans(&ns, "login", &[("127.0.0.3", "honeypot")]).await;
     assert_eq!(writes(), before);
 
+    let client = ns.client.clone();
     ns.delete().await;
-    drop(node);
+    node.delete(client).await;
 }
