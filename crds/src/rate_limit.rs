@@ -28,6 +28,7 @@ use crate::{
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Limit","type":"integer","jsonPath":".spec.limit"}"#,
     printcolumn = r#"{"name":"Period","type":"string","jsonPath":".spec.period"}"#,
+    printcolumn = r#"{"name":"Bans","type":"integer","jsonPath":".status.activeBanCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("duration(self.period) > duration('0s')").message("period must be longer than 0s").field_path(".period"))]
@@ -291,9 +292,15 @@ pub struct RateLimitStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// Bans in force, as the edge reported them.
+    /// Bans in force, as the edge pods of the MediaServers using this limit report them
+    /// (merged across replicas, the latest end kept), with the manual bans of the spec; the
+    /// operator refreshes it every `--ban-poll-interval`. At most 50 are listed, those that
+    /// end last first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_bans: Vec<ActiveBan>,
+    /// How many bans are in force, listed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_ban_count: Option<i32>,
     /// The MediaServers that use this limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub used_by: Vec<String>,

@@ -11,7 +11,8 @@ use kube::{
     Client,
     runtime::{
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{ObjectRef, Store},
+        watcher,
     },
 };
 use portcullis_crds::MediaServer;
@@ -57,6 +58,21 @@ impl Dependencies {
             .lock()
             .expect("dependency map lock")
             .remove(server);
+    }
+
+    /// Keeps the map in step with the MediaServer watch, once `servers` has taken `event`
+    /// in: a deleted server is forgotten, and after a relist every server that is no longer
+    /// there (deleted while the watch was down, so no deletion was seen) is forgotten too.
+    pub fn observe(&self, event: &watcher::Event<MediaServer>, servers: &Store<MediaServer>) {
+        match event {
+            watcher::Event::Delete(server) => self.forget(&ObjectRef::from_obj(server)),
+            watcher::Event::InitDone => self
+                .by_server
+                .lock()
+                .expect("dependency map lock")
+                .retain(|server, _| servers.get(server).is_some()),
+            watcher::Event::Apply(_) | watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
     }
 
     /// The MediaServers that depend on `name` of `kind` in `namespace`.
@@ -182,5 +198,133 @@ mod tests {
                 .dependents(DependencyKind::AccessPolicy, Some("media"), "family")
                 .is_empty()
         );
+    }
+
+    fn server(name: &str) -> MediaServer {
+        let spec = serde_json::from_value(serde_json::json!({
+            "host": "media.example.org",
+            "tls": {"secretName": "media-tls"},
+            "storage": {"media": {"existingClaim": "media"}},
+        }))
+        .unwrap();
+        let mut server = MediaServer::new(name, spec);
+        server.metadata.namespace = Some("media".to_owned());
+        server
+    }
+
+    fn uses(dependencies: &Dependencies, kind: DependencyKind, name: &str) -> Vec<String> {
+        let mut names: Vec<String> = dependencies
+            .dependents(kind, Some("media"), name)
+            .into_iter()
+            .map(|server| server.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Feeds `event` to the store first, then to the map, as the MediaServer watch does.
+    fn watch(
+        dependencies: &Dependencies,
+        writer: &mut kube::runtime::reflector::store::Writer<MediaServer>,
+        servers: &Store<MediaServer>,
+        event: watcher::Event<MediaServer>,
+    ) {
+        writer.apply_watcher_event(&event);
+        dependencies.observe(&event, servers);
+    }
+
+    #[test]
+    fn a_deleted_media_server_leaves_the_dependency_map() {
+        let dependencies = Dependencies::default();
+        let (servers, mut writer) = kube::runtime::reflector::store();
+        let (a, b) = (server("a"), server("b"));
+        for server in [&a, &b] {
+            watch(
+                &dependencies,
+                &mut writer,
+                &servers,
+                watcher::Event::Apply(server.clone()),
+            );
+            dependencies.record(
+                ObjectRef::from_obj(server),
+                [
+                    (DependencyKind::RateLimit, "login".to_owned()),
+                    (DependencyKind::Secret, "media-tls".to_owned()),
+                ]
+                .into(),
+            );
+        }
+        watch(
+            &dependencies,
+            &mut writer,
+            &servers,
+            watcher::Event::Delete(a),
+        );
+        assert_eq!(
+            uses(&dependencies, DependencyKind::RateLimit, "login"),
+            ["b"]
+        );
+        assert_eq!(
+            uses(&dependencies, DependencyKind::Secret, "media-tls"),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn a_relist_forgets_media_servers_deleted_while_the_watch_was_down() {
+        let dependencies = Dependencies::default();
+        let (servers, mut writer) = kube::runtime::reflector::store();
+        let (a, b) = (server("a"), server("b"));
+        for server in [&a, &b] {
+            watch(
+                &dependencies,
+                &mut writer,
+                &servers,
+                watcher::Event::Apply(server.clone()),
+            );
+            dependencies.record(
+                ObjectRef::from_obj(server),
+                [(DependencyKind::AccessPolicy, "family".to_owned())].into(),
+            );
+        }
+        // The watch restarts; `a` was deleted meanwhile, so only `b` is listed.
+        for event in [watcher::Event::Init, watcher::Event::InitApply(b.clone())] {
+            watch(&dependencies, &mut writer, &servers, event);
+        }
+        assert_eq!(
+            uses(&dependencies, DependencyKind::AccessPolicy, "family"),
+            ["a", "b"],
+            "nothing is forgotten before the list is complete"
+        );
+        watch(
+            &dependencies,
+            &mut writer,
+            &servers,
+            watcher::Event::InitDone,
+        );
+        assert_eq!(
+            uses(&dependencies, DependencyKind::AccessPolicy, "family"),
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn a_media_server_that_drops_a_reference_is_no_longer_its_dependent() {
+        let dependencies = Dependencies::default();
+        let a = ObjectRef::<MediaServer>::new("a").within("media");
+        dependencies.record(
+            a.clone(),
+            [
+                (DependencyKind::WafRuleSet, "crs".to_owned()),
+                (DependencyKind::Secret, "smtp".to_owned()),
+            ]
+            .into(),
+        );
+        dependencies.record(a, [(DependencyKind::WafRuleSet, "crs".to_owned())].into());
+        assert_eq!(
+            uses(&dependencies, DependencyKind::WafRuleSet, "crs"),
+            ["a"]
+        );
+        assert!(uses(&dependencies, DependencyKind::Secret, "smtp").is_empty());
     }
 }

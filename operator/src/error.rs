@@ -55,6 +55,18 @@ pub enum Error {
     /// The operating system could not provide random bytes for a new key.
     #[error("cannot generate key material: {0}")]
     Random(#[source] getrandom::Error),
+    /// An edge pod did not answer `GET /bans` with its list of bans (logged; the other
+    /// pods' answers still count).
+    #[error("edge pod {pod} at {address} did not list its bans: {cause}")]
+    EdgeBans {
+        /// The pod, as namespace/name.
+        pod: String,
+        /// Its admin address.
+        address: std::net::SocketAddr,
+        /// What went wrong.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The operator's result type.
@@ -79,6 +91,7 @@ impl Error {
             Self::MissingKey { .. } => "MissingKey",
             Self::CertManagerMissing => "CertManagerMissing",
             Self::Random(_) => "Random",
+            Self::EdgeBans { .. } => "EdgeBans",
         }
     }
 

@@ -5,6 +5,7 @@
 //! leader lease (so two replicas never both write) and runs the controllers.
 
 pub mod apply;
+pub mod bans;
 pub mod context;
 pub mod controller;
 pub mod error;

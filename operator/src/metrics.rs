@@ -15,6 +15,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Writes to the API by the kind of object written.
     pub writes: IntCounterVec,
+    /// Questions to edge pods about their bans, by result (`answered`, `failed`).
+    pub ban_queries: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -55,11 +57,20 @@ impl Default for Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let ban_queries = IntCounterVec::new(
+            Opts::new(
+                "portcullis_operator_ban_queries_total",
+                "Edge pods asked for the bans they enforce, by result (answered, failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(writes.clone()),
+            Box::new(ban_queries.clone()),
         ] {
             registry
                 .register(collector)
@@ -71,6 +82,7 @@ impl Default for Metrics {
             failures,
             duration,
             writes,
+            ban_queries,
         }
     }
 }

@@ -22,6 +22,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{/* The same labels as key=value,key=value (the operator's --operator-pod-labels). */}}
+{{- define "portcullis.selectorLabelList" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := include "portcullis.selectorLabels" . | fromYaml -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
 {{/* The ServiceAccount the operator runs as. */}}
 {{- define "portcullis.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}

@@ -269,7 +269,7 @@ async fn apply_server(
             None
         }
     };
-    for policy in render::network_policy::policies(server, transcoder_spec.is_some()) {
+    for policy in render::network_policy::policies(server, transcoder_spec.is_some(), settings) {
         apply(ctx, policy).await?;
     }
     let app = apply(ctx, render::app::deployment(server, settings)).await?;

@@ -32,7 +32,7 @@ pub const APPLIED_HASH_ANNOTATION: &str = "portcullis.dev/applied-hash";
 pub const RESTART_HASH_ANNOTATION: &str = "portcullis.dev/restart-hash";
 
 /// Operator-wide settings that are not part of any resource (from flags).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// The image holding `portcullis-proxy`, `portcullis-transcoder` and `portcullis-ffmpeg`.
     pub image: String,
@@ -46,6 +46,24 @@ pub struct Settings {
     /// The pod networks of the cluster, given to the app as its known proxies so it
     /// believes the edge's X-Forwarded-For (only edge pods can reach it).
     pub pod_networks: Vec<String>,
+    /// The namespaces whose pods may scrape the edge's admin port and the transcoder's
+    /// `/metrics` (the empty selector: every namespace).
+    pub metrics_namespaces: LabelSelector,
+    /// The operator's own pods, let in to the edge's admin port to read its bans; `None`
+    /// when the operator does not run in the cluster (or is not told where).
+    pub operator_pods: Option<OperatorPods>,
+    /// How often the edge pods are asked for their bans (RateLimit `status.activeBans`);
+    /// zero turns it off.
+    pub ban_poll_interval: std::time::Duration,
+}
+
+/// Where the operator's pods run, for the NetworkPolicies that must let them in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorPods {
+    /// Their namespace.
+    pub namespace: String,
+    /// Labels that select them in that namespace (none: every pod there).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
@@ -66,6 +84,9 @@ impl Default for Settings {
                 "172.16.0.0/12".to_owned(),
                 "192.168.0.0/16".to_owned(),
             ],
+            metrics_namespaces: LabelSelector::default(),
+            operator_pods: None,
+            ban_poll_interval: std::time::Duration::from_secs(30),
         }
     }
 }

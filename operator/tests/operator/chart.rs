@@ -9,12 +9,16 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    coordination::v1::Lease,
-    core::v1::Secret,
-    events::v1::Event,
-    rbac::v1::{ClusterRole, PolicyRule, Role},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        coordination::v1::Lease,
+        core::v1::Secret,
+        events::v1::Event,
+        networking::v1::NetworkPolicy,
+        rbac::v1::{ClusterRole, PolicyRule, Role},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::api::{Patch, PatchParams};
 use portcullis_crds::MediaServer;
@@ -65,8 +69,9 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "networkpolicies",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    // Watched (owned session keys and referenced TLS/SMTP/GeoIP/Redis Secrets), read by
-    // kept_keys and resolve.rs, applied, and the transcoder token deleted.
+    // Watched (owned session keys and referenced TLS/SMTP/GeoIP/Redis Secrets; only their
+    // metadata, which takes the same list and watch verbs), read by kept_keys and
+    // resolve.rs, applied, and the transcoder token deleted.
     (
         "",
         "secrets",
@@ -90,6 +95,8 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "certificates",
         &["get", "create", "patch"],
     ),
+    // bans.rs lists the edge pods to ask each ready one for its bans.
+    ("", "pods", &["list"]),
     // context.rs warn: kube-runtime's Recorder creates an Event, then patches its series.
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
@@ -622,6 +629,7 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
         ],
         &["create", "events.events.k8s.io"],
         &["get", "leases.coordination.k8s.io/portcullis-operator"],
+        &["list", "pods"],
     ] {
         assert!(
             can_i(&user, &[allowed, &here].concat()),
@@ -633,6 +641,8 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
         &["get", "secrets", "-n", "default"],
         &["list", "mediaservers.portcullis.dev", "-n", "default"],
         &["create", "pods", "-n", ns.name.as_str()],
+        &["get", "pods", "-n", ns.name.as_str()],
+        &["list", "pods", "-n", "default"],
         &["update", "deployments.apps", "-n", ns.name.as_str()],
         &["delete", "configmaps", "-n", ns.name.as_str()],
         &["delete", "persistentvolumeclaims", "-n", ns.name.as_str()],
@@ -694,6 +704,46 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     for (object, status) in kstatus_of(&ns.name) {
         assert_eq!(status, "Current", "{object}");
     }
+
+    // The NetworkPolicies as the chart's settings make them: the operator's own pods (its
+    // namespace, its pod labels) reach the edge's admin port for the bans, and scrapers
+    // (every namespace by default) the edge's and the transcoder's metrics.
+    let policies = kube::Api::<NetworkPolicy>::namespaced(ns.client.clone(), &ns.name);
+    let peers_on = |policy: &NetworkPolicy, port: i32| -> Vec<Value> {
+        policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .iter()
+            .flatten()
+            .filter(|rule| {
+                rule.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.port == Some(IntOrString::Int(port)))
+            })
+            .flat_map(|rule| rule.from.iter().flatten())
+            .map(|peer| serde_json::to_value(peer).unwrap())
+            .collect()
+    };
+    let pod_labels = &find(&manifest, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    let edge = policies.get("jellyfin-edge").await.unwrap();
+    assert_eq!(
+        peers_on(&edge, 9090),
+        [
+            json!({"namespaceSelector": {}}),
+            json!({
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+                "podSelector": {"matchLabels": pod_labels},
+            }),
+        ]
+    );
+    let transcoder = policies.get("jellyfin-transcoder").await.unwrap();
+    assert!(
+        peers_on(&transcoder, 8099).contains(&json!({"namespaceSelector": {}})),
+        "Prometheus may scrape the transcoder"
+    );
 
     // Turning the transcoder off deletes what it owned: the delete verbs are enough.
     let off = json!({"spec": {"transcoder": {"enabled": false}}});

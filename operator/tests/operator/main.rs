@@ -3,6 +3,7 @@
 //! as the apiserver itself serves and enforces it.
 
 mod api;
+mod bans;
 mod chart;
 mod leader;
 mod media_server;

@@ -131,6 +131,21 @@ async fn the_seed_becomes_ready_with_its_transcoder_on_the_gpu_node() {
         .await
         .unwrap();
     assert_eq!(policies.items.len(), 3, "app, edge and transcoder policies");
+    // Prometheus (any namespace by default) may scrape the transcoder's /metrics, which
+    // shares the port the app sends jobs to.
+    let transcoder = policies
+        .items
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("jellyfin-transcoder"))
+        .unwrap();
+    let scrape = serde_json::to_value(&transcoder.spec.as_ref().unwrap().ingress).unwrap();
+    assert!(
+        scrape.as_array().unwrap().iter().any(|rule| {
+            rule["from"] == json!([{"namespaceSelector": {}}])
+                && rule["ports"] == json!([{"port": 8099, "protocol": "TCP"}])
+        }),
+        "{scrape}"
+    );
 
     let policy = eventually("AccessPolicy status", READY_TIMEOUT, || async {
         let policy = ns.api::<AccessPolicy>().get("family").await.ok()?;
@@ -319,7 +334,7 @@ async fn an_issuer_without_cert_manager_is_stalled_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_policy_forgets_a_media_server_that_stops_using_it() {
+async fn a_policy_forgets_a_media_server_that_stops_using_it_or_is_deleted() {
     let ns = minimal_namespace("used-by").await;
     ns.apply_value(policy(&["alice@example.org"])).await;
     ns.apply_value(minimal(Some("family"))).await;
@@ -338,5 +353,18 @@ async fn a_policy_forgets_a_media_server_that_stops_using_it() {
     );
     ns.apply_value(minimal(None)).await;
     eventually("usedBy emptied", Duration::from_secs(30), used_by(0)).await;
+    // Deleted while using it: the policy forgets it too.
+    ns.apply_value(minimal(Some("family"))).await;
+    eventually("usedBy jellyfin again", READY_TIMEOUT, used_by(1)).await;
+    ns.api::<MediaServer>()
+        .delete("jellyfin", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "usedBy emptied after the deletion",
+        Duration::from_secs(30),
+        used_by(0),
+    )
+    .await;
     ns.delete().await;
 }

@@ -196,9 +196,14 @@ impl TestNamespace {
 
     /// Starts an operator that watches only this namespace.
     pub fn start_operator(&self) -> Arc<Context> {
+        self.start_operator_with(Settings::default())
+    }
+
+    /// Starts an operator with `settings` that watches only this namespace.
+    pub fn start_operator_with(&self, settings: Settings) -> Arc<Context> {
         let ctx = Context::new(
             self.client.clone(),
-            Settings::default(),
+            settings,
             Metrics::default(),
             format!("test-{}", self.name),
             Some(self.name.clone()),
@@ -365,6 +370,40 @@ pub fn metric(address: &str, name: &str, label: &str) -> u64 {
         .filter(|line| line.starts_with(name) && line.contains(label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The `portcullis-proxy` binary of this build (target dir and profile of the operator's
+/// test binary), built first: a no-op when it is up to date, so a test never runs a stale
+/// edge.
+pub fn proxy_binary() -> &'static Path {
+    static BINARY: LazyLock<PathBuf> = LazyLock::new(|| {
+        let operator = Path::new(env!("CARGO_BIN_EXE_portcullis-operator"));
+        let profile_dir = operator.parent().unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        build
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "portcullis-proxy",
+                "--bin",
+                "portcullis-proxy",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(root());
+        match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => {}
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+            None => panic!("no profile directory above {}", operator.display()),
+        }
+        run_ok(&mut build);
+        profile_dir.join("portcullis-proxy")
+    });
+    &BINARY
 }
 
 /// An operator process, stopped when dropped.
