@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/maxmind/mmdbwriter v1.2.0
+	github.com/yuin/gopher-lua v1.1.2
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2
