@@ -3,12 +3,13 @@
 //! shows the field documentation.
 
 use std::process::Command;
+use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use portcullis_crds::{AccessPolicy, MediaServer, RateLimit, WafRuleSet};
 use serde_json::Value;
 
-use crate::util::{CLUSTER, TestNamespace, root};
+use crate::util::{CLUSTER, TestNamespace, eventually, root};
 
 async fn server_side_dry_run(ns: &TestNamespace, object: &Value) -> Result<(), String> {
     let name = object["metadata"]["name"].as_str().unwrap();
@@ -102,17 +103,28 @@ async fn every_example_is_accepted_by_the_apiserver() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_explain_prints_the_field_documentation() {
     let ns = TestNamespace::new("explain").await;
-    let output = Command::new(CLUSTER.bin.join("kubectl"))
-        .args(["explain", "mediaserver.spec"])
-        .env("KUBECONFIG", &CLUSTER.kubeconfig)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // The apiserver publishes a CRD's OpenAPI schema a moment after it is established,
+    // and again after each change to it; `kubectl explain` reads that schema.
+    let text = eventually(
+        "kubectl explain mediaserver.spec",
+        Duration::from_secs(60),
+        || async {
+            let output = Command::new(CLUSTER.bin.join("kubectl"))
+                .args(["explain", "mediaserver.spec"])
+                .env("KUBECONFIG", &CLUSTER.kubeconfig)
+                .output()
+                .unwrap();
+            if !output.status.success() {
+                eprintln!(
+                    "kubectl explain: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                return None;
+            }
+            Some(String::from_utf8_lossy(&output.stdout).into_owned())
+        },
+    )
+    .await;
     assert!(
         text.contains("The public host name users type in their browser"),
         "{text}"
