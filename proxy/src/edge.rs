@@ -335,6 +335,7 @@ impl Edge {
             request.method.as_str(),
             target,
             session.is_http2(),
+            request.uri.authority().map(|a| a.as_str()),
             headers,
             ctx.client_ip.map(|ip| (ip, 0)),
             server_port,

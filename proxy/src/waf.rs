@@ -151,11 +151,15 @@ impl Waf {
     }
 }
 
-/// The request facts the engine reads: method, target, protocol, headers, addresses.
+/// The request facts the engine reads: method, target, protocol, headers, addresses. An
+/// HTTP/2 request names its host in `:authority` (`authority`) rather than a `Host` header;
+/// the engine then sees it as the first header `Host`, as nginx hands it to ModSecurity
+/// (the CRS scores a request without a `Host` header, 920280).
 pub fn facts<'a>(
     method: &str,
     target: &str,
     http2: bool,
+    authority: Option<&str>,
     headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     client: Option<(IpAddr, u16)>,
     server_port: u16,
@@ -164,6 +168,17 @@ pub fn facts<'a>(
     facts.headers = headers
         .map(|(name, value)| (name.to_owned(), value.to_vec()))
         .collect();
+    if http2
+        && let Some(authority) = authority
+        && !facts
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        facts
+            .headers
+            .insert(0, ("Host".to_owned(), authority.as_bytes().to_vec()));
+    }
     if let Some((ip, port)) = client {
         facts.client_addr = ip;
         facts.client_port = port;
@@ -235,6 +250,7 @@ mod tests {
             "GET",
             target,
             false,
+            None,
             headers.into_iter(),
             Some(("192.0.2.1".parse().unwrap(), 40000)),
             8443,
@@ -299,6 +315,48 @@ mod tests {
                 .any(|f| f.extension().is_some_and(|e| e == "data"))
         );
         assert!(files.len() > 20);
+    }
+
+    #[test]
+    fn an_http2_authority_is_the_host_header() {
+        let headers = [("user-agent", &b"x"[..])];
+        let h2 = facts(
+            "GET",
+            "/",
+            true,
+            Some("media.example.org"),
+            headers.into_iter(),
+            None,
+            443,
+        );
+        assert_eq!(h2.protocol, "HTTP/2.0");
+        assert_eq!(
+            h2.headers[0],
+            ("Host".into(), b"media.example.org".to_vec())
+        );
+        assert_eq!(h2.headers.len(), 2);
+        // A Host header sent anyway, or HTTP/1.1, is left as it is.
+        let with_host = [("host", &b"other"[..])];
+        let kept = facts(
+            "GET",
+            "/",
+            true,
+            Some("media.example.org"),
+            with_host.into_iter(),
+            None,
+            443,
+        );
+        assert_eq!(kept.headers, vec![("host".into(), b"other".to_vec())]);
+        let h1 = facts(
+            "GET",
+            "/",
+            false,
+            Some("media.example.org"),
+            headers.into_iter(),
+            None,
+            443,
+        );
+        assert_eq!(h1.headers.len(), 1);
     }
 
     #[test]

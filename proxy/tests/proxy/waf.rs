@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::util::{HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
+use crate::util::{Conn, HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
 
 fn crs_dir() -> PathBuf {
     PathBuf::from(concat!(
@@ -150,6 +150,30 @@ async fn jellyfins_normal_traffic_passes() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn over_http2_the_authority_counts_as_the_host_header() {
+    // HTTP/2 carries the host in `:authority`; without it as `Host`, every request would
+    // score 920280 (missing Host) and be refused at the default threshold.
+    let proxy = waf_proxy("Block");
+    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
+    for (target, expected) in [
+        ("/Items?searchTerm=the%20matrix&Limit=24", StatusCode::OK),
+        (
+            "/Items/h2-probe?searchTerm=1%27%20OR%20%271%27%3D%271%27%20--",
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let request = Request::get(format!("https://{HOST}{target}"))
+            .header("user-agent", BROWSER)
+            .header("accept", "application/json")
+            .body(empty())
+            .unwrap();
+        let response = conn.send(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), expected, "{target}");
+    }
 }
 
 #[tokio::test]
