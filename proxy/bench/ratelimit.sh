@@ -12,74 +12,23 @@
 set -euo pipefail
 
 DURATION="${1:-8}"
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BIN="${PORTCULLIS_PROXY_BIN:-$ROOT/target-proxy/release/portcullis-proxy}"
-WORK="$(mktemp -d /tmp/portcullis-rl-bench.XXXXXX)"
-HOST=media.bench
-PIDS=()
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+bench_init rl-bench wrk nginx openssl taskset redis-server
 
-for tool in wrk nginx openssl taskset redis-server; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "missing release build: $BIN" >&2; exit 1; }
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-CPUS=$(nproc)
-PROXY_CPU=$((CPUS > 1 ? 1 : 0))
-LOAD_CPUS="0"
-
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
-  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+bench_cert
 mkdir -p "$WORK/www"
 printf 'hello from the origin\n' >"$WORK/www/small"
-cat >"$WORK/origin.conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:18180; root $WORK/www; }
-}
-EOF
-taskset -c "$LOAD_CPUS" nginx -c "$WORK/origin.conf" -p "$WORK" &
-PIDS+=($!)
+bench_origin 18180
 taskset -c "$LOAD_CPUS" redis-server --port 16379 --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 PIDS+=($!)
 echo "redis://127.0.0.1:16379/" >"$WORK/redis-url"
 
 # document PORT_BASE [RATE LIMIT YAML]
 document() {
-  local base=$1 limits=${2:-}
-  cat <<EOF
-apiVersion: edge.portcullis.dev/v1
-kind: EdgeConfig
-source: { namespace: bench, name: bench, generation: 1 }
-app: { kind: Jellyfin, displayName: Bench }
-host: $HOST
-listen: { https: "127.0.0.1:$((base + 443))", admin: "127.0.0.1:$((base + 90))" }
-tls: { certFile: $WORK/tls.crt, keyFile: $WORK/tls.key }
-limits:
-  maxUriBytes: 8192
-  maxHeaderCount: 100
-  maxHeaderBytes: 64Ki
-  maxBody: 64Mi
-  allowedMethods: [GET, HEAD, POST]
-  maxConnections: 10000
-  maxConnectionsPerIp: 10000
-upstream: { address: "127.0.0.1:18180", poolSize: 128 }
-$limits
-EOF
+  edge_document $(($1 + 443)) $(($1 + 90)) 18180
+  [ -n "${2:-}" ] && echo "$2"
+  return 0
 }
 
 # A limit on the measured path that never refuses (a million a second per address).
@@ -104,18 +53,8 @@ document 21000 >"$WORK/off.yaml"
 document 22000 "$(limit)" >"$WORK/memory.yaml"
 document 23000 "$(limit "$WORK/redis-url")" >"$WORK/redis.yaml"
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  return 1
-}
-
 for name in off memory redis; do
-  taskset -c "$PROXY_CPU" "$BIN" --config "$WORK/$name.yaml" --threads 1 >/dev/null 2>"$WORK/$name.err" &
-  PIDS+=($!)
+  start_portcullis "$name" "$WORK/$name.yaml"
 done
 for port in 18180 16379 21443 22443 23443; do wait_port "$port"; done
 sleep 1

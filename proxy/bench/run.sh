@@ -15,56 +15,18 @@
 set -euo pipefail
 
 DURATION="${1:-8}"
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
-BIN="${PORTCULLIS_PROXY_BIN:-$ROOT/target-proxy/release/portcullis-proxy}"
-WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
-HOST=media.bench
-PIDS=()
-
-for tool in wrk nginx openssl taskset; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install -y wrk nginx)" >&2; exit 1; }
-done
-[ -x "$BIN" ] || { echo "missing release build: $BIN" >&2; exit 1; }
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-CPUS=$(nproc)
-PROXY_CPU=$((CPUS > 1 ? 1 : 0))
-LOAD_CPUS="0"
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+bench_init bench wrk nginx openssl taskset
 
 # --- test material -------------------------------------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" \
-  -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+bench_cert
 mkdir -p "$WORK/www"
 printf 'hello from the origin\n' >"$WORK/www/small"
 head -c $((256 * 1024 * 1024)) /dev/zero >"$WORK/www/large"
 
 # --- the origin: nginx serving files on CPU 0 ------------------------------------------------
-cat >"$WORK/origin.conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:18080;
-    root $WORK/www;
-  }
-}
-EOF
-taskset -c "$LOAD_CPUS" nginx -c "$WORK/origin.conf" -p "$WORK" &
-PIDS+=($!)
+bench_origin 18080
 
 # --- nginx as the reverse proxy, one worker on the proxy CPU -----------------------------------
 cat >"$WORK/nginx-proxy.conf" <<EOF
@@ -103,38 +65,7 @@ http {
 EOF
 
 # --- Portcullis ----------------------------------------------------------------------------
-cat >"$WORK/edge.yaml" <<EOF
-apiVersion: edge.portcullis.dev/v1
-kind: EdgeConfig
-source: { namespace: bench, name: bench, generation: 1 }
-app: { kind: Jellyfin, displayName: Bench }
-host: $HOST
-listen: { https: "127.0.0.1:19443", http: "127.0.0.1:19081", admin: "127.0.0.1:19090" }
-tls: { certFile: $WORK/tls.crt, keyFile: $WORK/tls.key }
-limits:
-  maxUriBytes: 8192
-  maxHeaderCount: 100
-  maxHeaderBytes: 64Ki
-  maxBody: 64Mi
-  allowedMethods: [GET, HEAD, POST]
-  maxConnections: 10000
-  maxConnectionsPerIp: 10000
-upstream: { address: "127.0.0.1:18080", poolSize: 128 }
-EOF
-
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  return 1
-}
-
-# CPU ticks (user+system) of a process and its children threads.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-CLK=$(getconf CLK_TCK)
+edge_document 19443 19090 18080 19081 >"$WORK/edge.yaml"
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -160,16 +91,6 @@ run() {
     printf "%.3f", v * f }' <<<"$out")
   cpu_ms_mib=$(awk -v t=$((after - before)) -v clk="$CLK" -v m="$read_mib" 'BEGIN { if (m > 0) printf "%.2f", t / clk * 1e3 / m; else print "-" }')
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$url" "$conns" "$rps" "$p50" "$p99" "$cpu_us" "$transfer" "$cpu_ms_mib" >>"$RESULTS"
-}
-
-# start_portcullis LABEL CONFIG [FLAGS...]: sets STARTED to its pid.
-start_portcullis() {
-  local label=$1 config=$2
-  shift 2
-  taskset -c "$PROXY_CPU" "$BIN" --config "$config" --threads 1 "$@" \
-    >/dev/null 2>"$WORK/$label.err" &
-  STARTED=$!
-  PIDS+=("$STARTED")
 }
 
 wait_port 18080

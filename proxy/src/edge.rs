@@ -96,7 +96,7 @@ pub struct Ctx {
     response_counts: Vec<(usize, String)>,
     /// The WAF's inspection, while it waits for the body.
     waf: Option<Box<portcullis_waf::Transaction>>,
-    /// The body inspected so far (up to the WAF's limit).
+    /// The body held back while the WAF has not decided (at most its limit and one chunk).
     waf_body: Vec<u8>,
     /// Jellyfin's server info, gathered to hide its own address (see
     /// [`app_rules::hide_local_address`]); `None` for every other response.
@@ -375,27 +375,33 @@ impl Edge {
             .await
     }
 
-    /// Layer 10 on the body: buffers it up to the inspection limit and runs phase 2 when
-    /// it is complete (or the limit is reached), before the last chunk goes upstream.
+    /// Layer 10 on the body: holds it back, up to the inspection limit, and runs phase 2
+    /// when it is complete (or the limit is reached); only then does what was held go
+    /// upstream. Nothing reaches the application before the decision: the end of a body
+    /// may come apart from its last bytes (an HTTP/2 END_STREAM in an empty frame), and an
+    /// application that has read all the bytes it was promised answers before it.
     fn waf_body(
         &self,
         ctx: &mut Ctx,
-        chunk: Option<&Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> Option<Verdict> {
         let limit = ctx.policy.waf.as_ref()?.body_limit;
         ctx.waf.as_ref()?;
-        if let Some(chunk) = chunk {
-            let room = limit.saturating_sub(ctx.waf_body.len());
-            ctx.waf_body
-                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        // Held back: an empty chunk (Pingora reads `None` as the end of the body).
+        if let Some(chunk) = body.as_mut().map(std::mem::take) {
+            ctx.waf_body.extend_from_slice(&chunk);
         }
         if !end_of_stream && ctx.waf_body.len() < limit {
             return None;
         }
         let mut tx = ctx.waf.take()?;
-        let verdict = tx.process_request_body(&std::mem::take(&mut ctx.waf_body));
+        let held = std::mem::take(&mut ctx.waf_body);
+        let verdict = tx.process_request_body(&held[..held.len().min(limit)]);
         self.record_waf(ctx, &verdict);
+        if !held.is_empty() {
+            *body = Some(Bytes::from(held));
+        }
         Some(waf::outcome(&verdict))
     }
 
@@ -1007,7 +1013,7 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         ctx.body_received += body.as_ref().map_or(0, |chunk| chunk.len() as u64);
         let limited = ctx.policy.check_body(ctx.body_received).or_else(|| {
-            self.waf_body(ctx, body.as_ref(), end_of_stream)
+            self.waf_body(ctx, body, end_of_stream)
                 .filter(|verdict| *verdict != Verdict::Continue)
                 .map(|verdict| (LayerId::Waf, verdict))
         });

@@ -1,7 +1,10 @@
 //! Layer 10, the web application firewall: the OWASP Core Rule Set v4 run natively by
 //! [`portcullis_waf`], on the request head before the upstream is contacted and on the body
-//! as it streams (buffered up to the inspection limit, decided before its last chunk is
-//! forwarded, so a blocked body never reaches the application whole).
+//! (held back up to the inspection limit and decided before any of it is forwarded, so a
+//! blocked body never reaches the application; the rest of a longer body then streams).
+//! An application that answers without reading the body (a 404 on an unknown path) may
+//! still have its answer reach the client before the body's refusal: the body itself never
+//! reaches it.
 //!
 //! [`Waf::new`] maps the document's `waf` section onto the engine's settings and compiles
 //! the rules once, off the request path; [`Waf::facts`] and [`outcome`] are the pure glue

@@ -1,6 +1,7 @@
 //! The engine's cost per request at paranoia level 1: benign Jellyfin-like requests
 //! (query strings, a JSON body) and attacks. Run with `cargo bench -p portcullis-waf`;
-//! `WAF_BENCH_ITERS` sets the iterations per case. Under `cargo test` it runs each case once.
+//! `WAF_BENCH_ITERS` sets the iterations per case, `WAF_BENCH_CASE` a text the names of the
+//! cases to run contain. Under `cargo test` it runs each case once.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -105,7 +106,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if measuring { 2000 } else { 1 });
-    for case in CASES {
+    let only = std::env::var("WAF_BENCH_CASE").unwrap_or_default();
+    for case in CASES.iter().filter(|c| c.name.contains(&only)) {
         let f = facts(case);
         // Warm up caches and the regex engines' lazy DFAs.
         for _ in 0..iters / 10 + 1 {

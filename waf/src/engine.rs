@@ -353,6 +353,7 @@ impl WafEngine {
             }
         };
         let path_exclusions = apply_exclusions(&mut rules, &settings.exclusions)?;
+        rules.plan_prefilter(settings.executing_paranoia_level);
         Ok(WafEngine {
             inner: Arc::new(Compiled {
                 rules,

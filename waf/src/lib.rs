@@ -24,6 +24,7 @@ pub mod error;
 pub mod macros;
 pub mod operators;
 pub mod parser;
+pub mod prefilter;
 pub mod rule;
 mod transaction;
 pub mod transforms;

@@ -55,9 +55,10 @@ impl Macro {
     }
 
     /// Expands the references with `lookup` (absent values expand to nothing).
-    pub fn expand<'a, F>(&'a self, lookup: F) -> Cow<'a, [u8]>
+    pub fn expand<'a, F, V>(&'a self, lookup: F) -> Cow<'a, [u8]>
     where
-        F: Fn(Var, Option<&str>) -> Option<Vec<u8>>,
+        F: Fn(Var, Option<&str>) -> Option<V>,
+        V: AsRef<[u8]>,
     {
         if let Some(l) = self.literal() {
             return Cow::Borrowed(l.as_bytes());
@@ -68,7 +69,7 @@ impl Macro {
                 Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
                 Part::Var(v, k) => {
                     if let Some(val) = lookup(*v, k.as_deref()) {
-                        out.extend_from_slice(&val);
+                        out.extend_from_slice(val.as_ref());
                     }
                 }
             }

@@ -10,14 +10,26 @@ use regex::bytes::{Regex, RegexBuilder};
 
 use crate::error::ErrorKind;
 use crate::macros::Macro;
+use crate::prefilter::required_literals;
 
 /// A compiled operator.
 #[derive(Clone, Debug)]
 pub enum Operator {
     /// `@rx`: a regular expression.
-    Rx(Regex),
+    Rx {
+        /// The expression.
+        regex: Regex,
+        /// Literal sets every match meets (a literal of each; lower-cased), most selective
+        /// first; empty when none is known.
+        literals: Vec<Vec<Vec<u8>>>,
+    },
     /// `@pm`, `@pmFromFile`: any of the phrases, without case.
-    Pm(AhoCorasick),
+    Pm {
+        /// The matcher.
+        matcher: AhoCorasick,
+        /// The phrases, lower-cased.
+        phrases: Vec<Vec<u8>>,
+    },
     /// `@streq`.
     Streq(Macro),
     /// `@contains`.
@@ -69,6 +81,11 @@ const REGEX_SIZE_LIMIT: usize = 256 << 20;
 /// which also keeps every expression on the regex crate's fast lazy DFA. Expressions that
 /// need Unicode (`\x{2028}`, `\p{L}`) compile in Unicode mode.
 pub fn compile_regex(pattern: &str) -> Result<Regex, ErrorKind> {
+    compile_rx(pattern).map(|(re, _)| re)
+}
+
+/// [`compile_regex`], also saying whether the expression was compiled in Unicode mode.
+fn compile_rx(pattern: &str) -> Result<(Regex, bool), ErrorKind> {
     let build = |p: &str, unicode: bool| {
         RegexBuilder::new(p)
             .unicode(unicode)
@@ -76,9 +93,12 @@ pub fn compile_regex(pattern: &str) -> Result<Regex, ErrorKind> {
             .dfa_size_limit(8 << 20)
             .build()
     };
-    build(&byte_pattern(pattern), false)
-        .or_else(|_| build(pattern, true))
-        .map_err(|e| ErrorKind::Regex(e.to_string()))
+    match build(&byte_pattern(pattern), false) {
+        Ok(re) => Ok((re, false)),
+        Err(_) => build(pattern, true)
+            .map(|re| (re, true))
+            .map_err(|e| ErrorKind::Regex(e.to_string())),
+    }
 }
 
 /// Writes every non-ASCII character of a pattern as escapes of its UTF-8 bytes, and
@@ -132,7 +152,10 @@ fn phrases_matcher(phrases: Vec<Vec<u8>>) -> Result<Operator, ErrorKind> {
             what: "phrase list",
             detail: e.to_string(),
         })?;
-    Ok(Operator::Pm(matcher))
+    let mut phrases: Vec<Vec<u8>> = phrases.iter().map(|p| p.to_ascii_lowercase()).collect();
+    phrases.sort();
+    phrases.dedup();
+    Ok(Operator::Pm { matcher, phrases })
 }
 
 fn macro_arg(arg: &str) -> Result<Macro, ErrorKind> {
@@ -143,7 +166,11 @@ impl Operator {
     /// Compiles `@name argument`; `data_dir` resolves `@pmFromFile` files.
     pub fn compile(name: &str, arg: &str, data_dir: &Path) -> Result<Operator, ErrorKind> {
         Ok(match name.to_ascii_lowercase().as_str() {
-            "rx" => Operator::Rx(compile_regex(arg)?),
+            "rx" => {
+                let (regex, unicode) = compile_rx(arg)?;
+                let literals = required_literals(regex.as_str(), unicode);
+                Operator::Rx { regex, literals }
+            }
             "pm" => {
                 let words: Vec<Vec<u8>> = arg
                     .split_whitespace()
@@ -203,6 +230,19 @@ impl Operator {
         })
     }
 
+    /// Literal sets every value the operator matches meets (it contains a literal of each;
+    /// lower-cased, for an ASCII case-insensitive search), when the operator has such sets:
+    /// `@rx` with required literals, `@pm` with its phrases (one set).
+    pub fn literals(&self) -> Option<Vec<&[Vec<u8>]>> {
+        match self {
+            Operator::Rx { literals, .. } if !literals.is_empty() => {
+                Some(literals.iter().map(Vec::as_slice).collect())
+            }
+            Operator::Pm { phrases, .. } => Some(vec![phrases]),
+            _ => None,
+        }
+    }
+
     /// The macro argument, for operators that expand one per evaluation.
     pub fn argument(&self) -> Option<&Macro> {
         match self {
@@ -227,7 +267,7 @@ impl Operator {
     /// matched phrase or fingerprint of `@pm`/`@detectSQLi`) are stored there, group 0 first.
     pub fn matches(&self, value: &[u8], arg: &[u8], captures: Option<&mut Vec<Vec<u8>>>) -> bool {
         match self {
-            Operator::Rx(re) => match captures {
+            Operator::Rx { regex: re, .. } => match captures {
                 // Captures cost an allocation: only for values that match.
                 Some(out) if re.is_match(value) => match re.captures(value) {
                     Some(c) => {
@@ -242,7 +282,7 @@ impl Operator {
                 Some(_) => false,
                 None => re.is_match(value),
             },
-            Operator::Pm(ac) => match ac.find(value) {
+            Operator::Pm { matcher: ac, .. } => match ac.find(value) {
                 Some(m) => {
                     if let Some(out) = captures {
                         out.clear();

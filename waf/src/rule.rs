@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+
 use crate::actions::{
     Actions, Ctl, Disruptive, Effect, RuleRef, Severity, parse_actions, parse_id_ranges,
 };
@@ -11,8 +13,8 @@ use crate::error::{ErrorKind, RuleError};
 use crate::macros::Macro;
 use crate::operators::Operator;
 use crate::parser::{Directive, Location, split_actions, split_operator, split_variables};
-use crate::transforms::Transform;
-use crate::variables::{ParsedTarget, Target, add_exclusion, fold_targets};
+use crate::transforms::{ByteSet, Transform};
+use crate::variables::{ParsedTarget, Selector, Target, add_exclusion, fold_targets};
 
 /// One link of a rule: the starter or a chained rule.
 #[derive(Debug)]
@@ -25,15 +27,131 @@ pub struct Link {
     pub negated: bool,
     /// The transformations, defaults included.
     pub transforms: Vec<Transform>,
-    /// For each prefix of `transforms`, an id shared by every rule with the same prefix
-    /// (the key of the per-transaction transformation cache).
-    pub prefix_ids: Vec<u32>,
+    /// The id of the transformation chain in [`RuleSet::chains`], shared by every link
+    /// with the same transformations (the key of the per-transaction transformation
+    /// cache).
+    pub chain: u32,
+    /// Where the link sits in its chain's literal prefilter, when it has one.
+    pub filter: Option<Filter>,
     /// `capture`.
     pub capture: bool,
     /// `multiMatch`.
     pub multi_match: bool,
     /// Per-match actions.
     pub effects: Vec<Effect>,
+}
+
+/// A link's place in the literal prefilter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// The first of its bits in the candidate sets: one per literal set the link requires,
+    /// consecutive (a value is a candidate when it has all of them).
+    pub bit: u32,
+    /// How many bits.
+    pub bits: u32,
+    /// The prefilter part it is in (0: expressions' literals, 1: `@pm` phrases).
+    pub part: u8,
+    /// The group of links with the same targets and chain, when every target is a value
+    /// that stays the same during a phase: one candidate set per group and phase then
+    /// decides for all of its values at once.
+    pub group: Option<u32>,
+}
+
+/// One step of the transformation trie: a chain is its parent chain plus one
+/// transformation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChainStep {
+    /// The chain this one extends.
+    pub parent: u32,
+    /// The transformation it adds.
+    pub transform: Transform,
+}
+
+/// The literals of every prefiltered link, in two parts (the expressions' literals and the
+/// `@pm` phrases, scanned apart so that values only phrase rules read are not scanned for
+/// the expressions' literals and the other way round): one scan of a value says which of
+/// the links' literal sets it meets (each link then reads its bits in the scan of the value
+/// transformed by its own chain).
+#[derive(Debug)]
+pub struct Prefilter {
+    /// The parts.
+    pub parts: [PrefilterPart; 2],
+}
+
+/// The bits one literal sets, as (word, mask) pairs of a candidate set.
+pub type Owners = Vec<(u32, u64)>;
+
+/// One part of the prefilter, with its own bits.
+#[derive(Debug)]
+pub struct PrefilterPart {
+    /// The literals of two bytes or more, ASCII case-insensitive, reporting overlapping
+    /// matches, with per literal the bits it sets as (word, mask) pairs.
+    pub matcher: Option<(AhoCorasick, Vec<Owners>)>,
+    /// Per byte value: the bits of the sets holding that one byte (either case of a
+    /// letter), `words` words each.
+    pub bytes: Vec<u64>,
+    /// The number of 64-bit words of a candidate set.
+    pub words: usize,
+}
+
+impl PrefilterPart {
+    /// Adds to `set` (a candidate set of `words` words) the bits of the literal sets
+    /// `value` meets; `present` is the set of its bytes.
+    pub fn scan(&self, value: &[u8], present: ByteSet, set: &mut [u64]) {
+        for (w, mut bits) in present.into_iter().enumerate() {
+            while bits != 0 {
+                let b = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let row = &self.bytes[b * self.words..(b + 1) * self.words];
+                for (s, r) in set.iter_mut().zip(row) {
+                    *s |= r;
+                }
+            }
+        }
+        if let Some((matcher, owners)) = &self.matcher {
+            for found in matcher.find_overlapping_iter(value) {
+                for &(w, mask) in &owners[found.pattern().as_usize()] {
+                    set[w as usize] |= mask;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a candidate set has all of a filter's bits.
+pub fn has_bits(set: &[u64], filter: Filter) -> bool {
+    (filter.bit..filter.bit + filter.bits).all(|b| set[(b / 64) as usize] >> (b % 64) & 1 == 1)
+}
+
+/// Builds one automaton of literals with their bits.
+fn automaton(mut literals: Vec<(Vec<u8>, u32)>) -> Option<(AhoCorasick, Vec<Owners>)> {
+    literals.sort();
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    let mut owners: Vec<Vec<(u32, u64)>> = Vec::new();
+    for (lit, bit) in literals {
+        if patterns.last() != Some(&lit) {
+            patterns.push(lit);
+            owners.push(Vec::new());
+        }
+        if let Some(o) = owners.last_mut() {
+            match o.iter_mut().find(|(w, _)| *w == bit / 64) {
+                Some((_, mask)) => *mask |= 1 << (bit % 64),
+                None => o.push((bit / 64, 1 << (bit % 64))),
+            }
+        }
+    }
+    if patterns.is_empty() {
+        return None;
+    }
+    // A contiguous NFA: a DFA of these thousands of case-insensitive literals takes tens of
+    // megabytes and measured no faster.
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::ContiguousNFA))
+        .build(&patterns)
+        .ok()
+        .map(|m| (m, owners))
 }
 
 /// A rule with its chain.
@@ -88,16 +206,166 @@ pub enum Item {
 }
 
 /// All rules, in load order per phase.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     /// Every rule.
     pub rules: Vec<Rule>,
+    /// The transformation trie: index 0 is the empty chain (`None`), every other chain is
+    /// its parent plus one step.
+    pub chains: Vec<Option<ChainStep>>,
+    /// Per chain: the bytes without which none of its steps changes a value (so a value
+    /// without any leaves the whole chain as it is), or `None` when a step may change any
+    /// value.
+    pub chain_triggers: Vec<Option<ByteSet>>,
+    /// The literal prefilter, when a link has literals.
+    pub prefilter: Option<Prefilter>,
+    /// The number of link groups (see [`Filter::group`]).
+    pub groups: usize,
+    /// Per link group: the range of words of the candidate sets its links' bits are in.
+    pub group_words: Vec<(u32, u32)>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// Per phase: marker name to its position.
     pub markers: [HashMap<String, usize>; 5],
     /// `SecComponentSignature` values.
     pub signatures: Vec<String>,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet {
+            rules: Vec::new(),
+            chains: vec![None],
+            chain_triggers: vec![Some([0; 4])],
+            prefilter: None,
+            groups: 0,
+            group_words: Vec::new(),
+            phases: Default::default(),
+            markers: Default::default(),
+            signatures: Vec::new(),
+        }
+    }
+}
+
+/// Whether the values a target yields stay the same while a phase runs (request and
+/// response data, not `TX`, counts or the values of the rule being evaluated).
+fn is_steady(t: &Target) -> bool {
+    !t.count && !t.var.is_volatile()
+}
+
+/// A text that is the same for two targets exactly when they select the same values.
+fn target_key(t: &Target) -> String {
+    let sel = |s: &Selector| match s {
+        Selector::All => String::new(),
+        Selector::Key(k) => format!("={k}"),
+        Selector::Regex(r) => format!("~{}", r.regex.as_str()),
+    };
+    let mut key = format!(
+        "{}{}{}",
+        if t.count { "&" } else { "" },
+        t.var.name(),
+        sel(&t.selector)
+    );
+    for e in &t.exclusions {
+        key.push('!');
+        key.push_str(&sel(e));
+    }
+    key
+}
+
+impl RuleSet {
+    /// Builds the literal prefilter, once every target is final (after updates and
+    /// exclusions): each link whose operator has literals (`@rx` with required literals,
+    /// `@pm`), is not negated and counts no collection gets a bit per literal set, and a
+    /// group when all its targets are steady (and it is not `multiMatch`, whose values are
+    /// each step of its chain). Rules tagged `paranoia-level/N` above `paranoia_level`
+    /// (which CRS skips at that level) are left out, which keeps the automata small; were
+    /// one to run, it would run unfiltered.
+    pub fn plan_prefilter(&mut self, paranoia_level: u8) {
+        // The prefiltered links with their part, group and sets; then per part one bit per
+        // set, consecutive per link and per group (so that a group's union touches few
+        // words).
+        let mut planned = Vec::new();
+        let mut groups: HashMap<(String, u32, u8), u32> = HashMap::new();
+        for (r, rule) in self.rules.iter_mut().enumerate() {
+            let above = rule.tags.iter().any(|t| {
+                t.strip_prefix("paranoia-level/")
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .is_some_and(|n| n > paranoia_level)
+            });
+            for (l, link) in rule.links.iter_mut().enumerate() {
+                link.filter = None;
+                if above {
+                    continue;
+                }
+                let Some(required) = link.operator.literals() else {
+                    continue;
+                };
+                if link.negated || link.targets.is_empty() || link.targets.iter().any(|t| t.count) {
+                    continue;
+                }
+                let part = u8::from(matches!(link.operator, Operator::Pm { .. }));
+                let group = (!link.multi_match && link.targets.iter().all(is_steady)).then(|| {
+                    let key: Vec<String> = link.targets.iter().map(target_key).collect();
+                    let next = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+                    *groups
+                        .entry((key.join("|"), link.chain, part))
+                        .or_insert(next)
+                });
+                let sets: Vec<Vec<Vec<u8>>> = required.iter().map(|s| s.to_vec()).collect();
+                planned.push((part, group, r, l, sets));
+            }
+        }
+        planned
+            .sort_by_key(|(part, group, r, l, _)| (*part, group.map_or(u32::MAX, |g| g), *r, *l));
+        self.groups = groups.len();
+        self.group_words = vec![(u32::MAX, 0); groups.len()];
+        let mut order: [Vec<Vec<Vec<u8>>>; 2] = [Vec::new(), Vec::new()];
+        for (part, group, r, l, sets) in planned {
+            let bits = &mut order[usize::from(part)];
+            let first = u32::try_from(bits.len()).unwrap_or(u32::MAX);
+            let count = u32::try_from(sets.len()).unwrap_or(u32::MAX);
+            bits.extend(sets);
+            if let Some(g) = group {
+                let words = &mut self.group_words[g as usize];
+                words.0 = words.0.min(first / 64);
+                words.1 = words.1.max((first + count).div_ceil(64));
+            }
+            self.rules[r].links[l].filter = Some(Filter {
+                bit: first,
+                bits: count,
+                part,
+                group,
+            });
+        }
+        let [rx, pm] = order;
+        self.prefilter = Some(Prefilter {
+            parts: [prefilter_part(rx), prefilter_part(pm)],
+        });
+    }
+}
+
+/// Builds one prefilter part from its literal sets (set `n` has bit `n`).
+fn prefilter_part(sets: Vec<Vec<Vec<u8>>>) -> PrefilterPart {
+    let words = sets.len().div_ceil(64);
+    let mut bytes = vec![0u64; 256 * words];
+    let mut long = Vec::new();
+    for (bit, set) in (0u32..).zip(sets) {
+        for lit in set {
+            if let [b] = lit[..] {
+                for c in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
+                    bytes[usize::from(c) * words + (bit / 64) as usize] |= 1 << (bit % 64);
+                }
+            } else {
+                long.push((lit, bit));
+            }
+        }
+    }
+    PrefilterPart {
+        matcher: automaton(long),
+        bytes,
+        words,
+    }
 }
 
 /// Fills in the rule indices of every `ctl` that names rules.
@@ -133,7 +401,7 @@ pub struct Builder<'a> {
     defaults: HashMap<u8, Actions>,
     pending: Option<(Actions, Vec<Link>, Location)>,
     deferred: Vec<Directive>,
-    prefixes: HashMap<Vec<Transform>, u32>,
+    steps: HashMap<ChainStep, u32>,
     /// Every error found.
     pub errors: Vec<RuleError>,
 }
@@ -147,7 +415,7 @@ impl<'a> Builder<'a> {
             defaults: HashMap::new(),
             pending: None,
             deferred: Vec::new(),
-            prefixes: HashMap::new(),
+            steps: HashMap::new(),
             errors: Vec::new(),
         }
     }
@@ -278,16 +546,29 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn prefix_ids(&mut self, transforms: &[Transform]) -> Vec<u32> {
-        (1..=transforms.len())
-            .map(|n| {
-                let next = u32::try_from(self.prefixes.len()).unwrap_or(u32::MAX);
-                *self
-                    .prefixes
-                    .entry(transforms[..n].to_vec())
-                    .or_insert(next)
-            })
-            .collect()
+    /// The id of a transformation chain in the trie, adding its steps as needed.
+    fn chain(&mut self, transforms: &[Transform]) -> u32 {
+        let mut id = 0;
+        for &transform in transforms {
+            let step = ChainStep {
+                parent: id,
+                transform,
+            };
+            id = match self.steps.get(&step) {
+                Some(&known) => known,
+                None => {
+                    let next = u32::try_from(self.set.chains.len()).unwrap_or(u32::MAX);
+                    let triggers = self.set.chain_triggers[id as usize]
+                        .zip(transform.triggers())
+                        .map(|(a, b)| [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]]);
+                    self.set.chains.push(Some(step));
+                    self.set.chain_triggers.push(triggers);
+                    self.steps.insert(step, next);
+                    next
+                }
+            };
+        }
+        id
     }
 
     fn push_link(
@@ -310,13 +591,14 @@ impl<'a> Builder<'a> {
             transforms.extend_from_slice(&d.transforms);
         }
         transforms.extend_from_slice(&actions.transforms);
-        let prefix_ids = self.prefix_ids(&transforms);
+        let chain = self.chain(&transforms);
         let link = Link {
             targets,
             operator,
             negated,
             transforms,
-            prefix_ids,
+            chain,
+            filter: None,
             capture: actions.capture,
             multi_match: actions.multi_match,
             effects: actions.effects.clone(),

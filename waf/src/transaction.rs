@@ -2,15 +2,16 @@
 //! the rules of each phase.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
-use crate::rule::{Item, Link, Rule};
-use crate::transforms::{Transform, apply_chain_multi};
+use crate::rule::{Filter, Item, Link, Rule, RuleSet, has_bits};
+use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{Selector, Target, Var};
 
 /// A keyed value of a collection.
@@ -19,28 +20,41 @@ struct Entry {
     key: String,
     key_lower: String,
     value: Vec<u8>,
+    /// The slots (see [`Item2::slot`]) of the value and of the key.
+    value_slot: u32,
+    key_slot: u32,
 }
 
 impl Entry {
-    fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Entry {
+    /// An entry, taking two slots from `slots`.
+    fn new(key: impl Into<String>, value: impl Into<Vec<u8>>, slots: &mut u32) -> Entry {
         let key = key.into();
+        *slots += 2;
         Entry {
             key_lower: key.to_ascii_lowercase(),
             key,
             value: value.into(),
+            value_slot: *slots - 2,
+            key_slot: *slots - 1,
         }
     }
 }
 
 /// One value a target yields.
 struct Item2<'a> {
-    /// The collection the value is stored in (the cache key), with its index there.
-    source: Var,
-    idx: u32,
-    /// Whether transformed values may be cached.
-    cacheable: bool,
+    /// The value's number in this transaction, the key of its transformations and
+    /// prefilter results: a value that stays the same while a phase runs has one for
+    /// good (a new value gets a new one); `NONE` for values that change (`TX`, the
+    /// matched variables), which are transformed afresh each time.
+    slot: u32,
     key: &'a str,
     value: Cow<'a, [u8]>,
+}
+
+impl Item2<'_> {
+    fn cacheable(&self) -> bool {
+        self.slot != NONE
+    }
 }
 
 /// A value that matched.
@@ -64,12 +78,19 @@ struct Data {
     part_headers: Vec<Entry>,
     xml_text: Vec<Vec<u8>>,
     xml_attrs: Vec<Vec<u8>>,
+    /// The first slots of the XML text nodes and attribute values.
+    xml_text_slot: u32,
+    xml_attrs_slot: u32,
     response_headers: Vec<Entry>,
-    tx: BTreeMap<String, Vec<u8>>,
-    ip: BTreeMap<String, Vec<u8>>,
-    global: BTreeMap<String, Vec<u8>>,
-    env: BTreeMap<String, Vec<u8>>,
+    tx: VarMap,
+    ip: VarMap,
+    global: VarMap,
+    env: VarMap,
     scalars: Vec<Option<Vec<u8>>>,
+    /// Per scalar: the slot of its value (slot 0, the empty value, when never set).
+    scalar_slots: Vec<u32>,
+    /// The next free slot.
+    next_slot: u32,
     matched_vars: Vec<Hit>,
     rule_id: u32,
     rule_phase: u8,
@@ -77,44 +98,37 @@ struct Data {
 
 fn keyed<'a>(
     entries: &'a [Entry],
-    source: Var,
     names: bool,
     t: &Target,
     extra: &[&Selector],
-    out: &mut Vec<Item2<'a>>,
+    out: &mut dyn FnMut(Item2<'a>),
 ) {
-    for (i, e) in entries.iter().enumerate() {
+    for e in entries {
         if !t.selector.matches(&e.key_lower)
             || t.exclusions.iter().any(|x| x.matches(&e.key_lower))
             || extra.iter().any(|x| x.matches(&e.key_lower))
         {
             continue;
         }
-        out.push(Item2 {
-            source,
-            idx: u32::try_from(i).unwrap_or(u32::MAX),
-            cacheable: true,
+        out(Item2 {
+            slot: if names { e.key_slot } else { e.value_slot },
             key: &e.key,
             value: Cow::Borrowed(if names { e.key.as_bytes() } else { &e.value }),
         });
     }
 }
 
-fn map_items<'a>(
-    map: &'a BTreeMap<String, Vec<u8>>,
-    source: Var,
-    t: &Target,
-    extra: &[&Selector],
-    out: &mut Vec<Item2<'a>>,
-) {
+/// A collection of named values (`TX`, `IP`, `GLOBAL`, `ENV`): hashed for the many lookups
+/// and updates; read in key order when a target selects more than one key.
+type VarMap = HashMap<String, Vec<u8>>;
+
+fn map_items<'a>(map: &'a VarMap, t: &Target, extra: &[&Selector], out: &mut dyn FnMut(Item2<'a>)) {
     let mut push = |k: &'a String, v: &'a Vec<u8>| {
         if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
             return;
         }
-        out.push(Item2 {
-            source,
-            idx: 0,
-            cacheable: false,
+        out(Item2 {
+            slot: NONE,
             key: k,
             value: Cow::Borrowed(v),
         });
@@ -126,25 +140,23 @@ fn map_items<'a>(
             }
         }
         sel => {
-            for (k, v) in map {
-                if sel.matches(k) {
-                    push(k, v);
-                }
+            let mut selected: Vec<(&'a String, &'a Vec<u8>)> =
+                map.iter().filter(|(k, _)| sel.matches(k)).collect();
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in selected {
+                push(k, v);
             }
         }
     }
 }
 
 impl Data {
-    fn items<'a>(&'a self, t: &Target, extra: &[&Selector], out: &mut Vec<Item2<'a>>) {
-        // XML attributes are cached apart from text nodes (the high index bit).
-        let list = |v: &'a [Vec<u8>], attrs: bool, out: &mut Vec<Item2<'a>>| {
-            for (i, x) in v.iter().enumerate() {
-                out.push(Item2 {
-                    source: Var::Xml,
-                    idx: u32::try_from(i).unwrap_or(u32::MAX >> 1)
-                        | if attrs { 1 << 31 } else { 0 },
-                    cacheable: true,
+    /// Calls `out` with each value a target selects, but those `extra` excludes.
+    fn items<'a>(&'a self, t: &Target, extra: &[&Selector], out: &mut dyn FnMut(Item2<'a>)) {
+        let list = |v: &'a [Vec<u8>], first: u32, out: &mut dyn FnMut(Item2<'a>)| {
+            for (i, x) in (first..).zip(v) {
+                out(Item2 {
+                    slot: i,
                     key: "",
                     value: Cow::Borrowed(x),
                 });
@@ -152,45 +164,43 @@ impl Data {
         };
         match t.var {
             Var::Args => {
-                keyed(&self.args_get, Var::ArgsGet, false, t, extra, out);
-                keyed(&self.args_post, Var::ArgsPost, false, t, extra, out);
+                keyed(&self.args_get, false, t, extra, out);
+                keyed(&self.args_post, false, t, extra, out);
             }
-            Var::ArgsGet => keyed(&self.args_get, Var::ArgsGet, false, t, extra, out),
-            Var::ArgsPost => keyed(&self.args_post, Var::ArgsPost, false, t, extra, out),
+            Var::ArgsGet => keyed(&self.args_get, false, t, extra, out),
+            Var::ArgsPost => keyed(&self.args_post, false, t, extra, out),
             Var::ArgsNames => {
-                keyed(&self.args_get, Var::ArgsGetNames, true, t, extra, out);
-                keyed(&self.args_post, Var::ArgsPostNames, true, t, extra, out);
+                keyed(&self.args_get, true, t, extra, out);
+                keyed(&self.args_post, true, t, extra, out);
             }
-            Var::ArgsGetNames => keyed(&self.args_get, Var::ArgsGetNames, true, t, extra, out),
-            Var::ArgsPostNames => keyed(&self.args_post, Var::ArgsPostNames, true, t, extra, out),
-            Var::RequestHeaders => keyed(&self.headers, t.var, false, t, extra, out),
-            Var::RequestHeadersNames => keyed(&self.headers, t.var, true, t, extra, out),
-            Var::RequestCookies => keyed(&self.cookies, t.var, false, t, extra, out),
-            Var::RequestCookiesNames => keyed(&self.cookies, t.var, true, t, extra, out),
-            Var::Files => keyed(&self.files, t.var, false, t, extra, out),
-            Var::FilesNames => keyed(&self.files, t.var, true, t, extra, out),
-            Var::FilesSizes => keyed(&self.files_sizes, t.var, false, t, extra, out),
-            Var::MultipartPartHeaders => keyed(&self.part_headers, t.var, false, t, extra, out),
-            Var::ResponseHeaders => keyed(&self.response_headers, t.var, false, t, extra, out),
-            Var::ResponseHeadersNames => keyed(&self.response_headers, t.var, true, t, extra, out),
+            Var::ArgsGetNames => keyed(&self.args_get, true, t, extra, out),
+            Var::ArgsPostNames => keyed(&self.args_post, true, t, extra, out),
+            Var::RequestHeaders => keyed(&self.headers, false, t, extra, out),
+            Var::RequestHeadersNames => keyed(&self.headers, true, t, extra, out),
+            Var::RequestCookies => keyed(&self.cookies, false, t, extra, out),
+            Var::RequestCookiesNames => keyed(&self.cookies, true, t, extra, out),
+            Var::Files => keyed(&self.files, false, t, extra, out),
+            Var::FilesNames => keyed(&self.files, true, t, extra, out),
+            Var::FilesSizes => keyed(&self.files_sizes, false, t, extra, out),
+            Var::MultipartPartHeaders => keyed(&self.part_headers, false, t, extra, out),
+            Var::ResponseHeaders => keyed(&self.response_headers, false, t, extra, out),
+            Var::ResponseHeadersNames => keyed(&self.response_headers, true, t, extra, out),
             Var::Xml => match &t.selector {
-                Selector::Key(k) if k == "//@*" => list(&self.xml_attrs, true, out),
-                Selector::Key(k) if k == "/*" => list(&self.xml_text, false, out),
+                Selector::Key(k) if k == "//@*" => list(&self.xml_attrs, self.xml_attrs_slot, out),
+                Selector::Key(k) if k == "/*" => list(&self.xml_text, self.xml_text_slot, out),
                 _ => {
-                    list(&self.xml_text, false, out);
-                    list(&self.xml_attrs, true, out);
+                    list(&self.xml_text, self.xml_text_slot, out);
+                    list(&self.xml_attrs, self.xml_attrs_slot, out);
                 }
             },
-            Var::Tx => map_items(&self.tx, Var::Tx, t, extra, out),
-            Var::Ip => map_items(&self.ip, Var::Ip, t, extra, out),
-            Var::Global => map_items(&self.global, Var::Global, t, extra, out),
-            Var::Env => map_items(&self.env, Var::Env, t, extra, out),
+            Var::Tx => map_items(&self.tx, t, extra, out),
+            Var::Ip => map_items(&self.ip, t, extra, out),
+            Var::Global => map_items(&self.global, t, extra, out),
+            Var::Env => map_items(&self.env, t, extra, out),
             Var::Rule => {
                 if let Some(v) = self.rule_value(&t.selector) {
-                    out.push(Item2 {
-                        source: Var::Rule,
-                        idx: 0,
-                        cacheable: false,
+                    out(Item2 {
+                        slot: NONE,
                         key: "",
                         value: Cow::Owned(v),
                     });
@@ -202,10 +212,8 @@ impl Data {
                     if !t.selector.matches(&key.to_ascii_lowercase()) {
                         continue;
                     }
-                    out.push(Item2 {
-                        source: t.var,
-                        idx: 0,
-                        cacheable: false,
+                    out(Item2 {
+                        slot: NONE,
                         key,
                         value: if t.var == Var::MatchedVars {
                             Cow::Borrowed(&h.value)
@@ -216,10 +224,12 @@ impl Data {
                 }
             }
             // Like Coraza, a variable that was never set reads as one empty value.
-            v => out.push(Item2 {
-                source: v,
-                idx: 0,
-                cacheable: !v.is_volatile(),
+            v => out(Item2 {
+                slot: if v.is_volatile() {
+                    NONE
+                } else {
+                    self.scalar_slots.get(v as usize).copied().unwrap_or(0)
+                },
                 key: "",
                 value: Cow::Borrowed(self.scalar(v).map_or(&b""[..], Vec::as_slice)),
             }),
@@ -235,10 +245,12 @@ impl Data {
     }
 
     /// The first value of `var` (with `key`), for macros.
-    fn lookup(&self, var: Var, key: Option<&str>) -> Option<Vec<u8>> {
+    fn lookup(&self, var: Var, key: Option<&str>) -> Option<Cow<'_, [u8]>> {
         match (var, key) {
-            (Var::Tx, Some(k)) => return self.tx.get(k).cloned(),
-            (v, None) if !v.is_collection() => return self.scalar(v).cloned(),
+            (Var::Tx, Some(k)) => return self.tx.get(k).map(|v| Cow::Borrowed(&v[..])),
+            (v, None) if !v.is_collection() => {
+                return self.scalar(v).map(|v| Cow::Borrowed(&v[..]));
+            }
             _ => {}
         }
         let t = Target {
@@ -248,19 +260,36 @@ impl Data {
             exclusions: Vec::new(),
         };
         if var == Var::Rule {
-            return self.rule_value(&t.selector);
+            return self.rule_value(&t.selector).map(Cow::Owned);
         }
-        let mut out = Vec::new();
-        self.items(&t, &[], &mut out);
-        out.into_iter().next().map(|i| i.value.into_owned())
+        let mut first = None;
+        self.items(&t, &[], &mut |i| {
+            if first.is_none() {
+                first = Some(i.value);
+            }
+        });
+        first
     }
 
     fn set_scalar(&mut self, var: Var, value: impl Into<Vec<u8>>) {
         let i = var as usize;
         if self.scalars.len() <= i {
             self.scalars.resize(Var::ALL.len(), None);
+            self.scalar_slots.resize(Var::ALL.len(), 0);
         }
         self.scalars[i] = Some(value.into());
+        if !var.is_volatile() {
+            self.scalar_slots[i] = self.take_slots(1);
+        }
+    }
+
+    /// Reserves `n` consecutive slots and returns the first.
+    fn take_slots(&mut self, n: usize) -> u32 {
+        let first = self.next_slot;
+        self.next_slot = self
+            .next_slot
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        first
     }
 
     fn scalar(&self, var: Var) -> Option<&Vec<u8>> {
@@ -268,18 +297,68 @@ impl Data {
     }
 }
 
-/// A hasher for the cache's packed integer keys (source, index, transformation prefix).
-#[derive(Default)]
-struct PackedHasher(u64);
+/// "None": the item's own value (for a transformed value), no prefilter (for a candidate
+/// set), no row yet (for a slot).
+const NONE: u32 = u32::MAX;
+/// Not computed yet.
+const UNSET: u32 = u32::MAX - 1;
 
-impl std::hash::Hasher for PackedHasher {
+/// What the memo knows of one distinct value (a slot's own or a transformed one).
+#[derive(Clone, Copy, Debug)]
+struct ValueInfo {
+    /// The bytes it holds.
+    present: ByteSet,
+    /// Per prefilter part: its scan (an offset into the pool), or `UNSET`.
+    scans: [u32; 2],
+    /// A value that differs from this one only in the case of letters (whose scans, which
+    /// ignore case, are the same): its buffer (`NONE` for the slot's own value), or
+    /// `UNSET`.
+    same_case: u32,
+}
+
+/// What a transaction computes once and reuses: each value's transformations (per chain,
+/// each step once, shared by every chain that reaches the same value and applies the same
+/// step, and skipped outright on values without the bytes the step acts on), the
+/// prefilter's scans of each distinct value, and per phase each link group's candidates
+/// over all its values.
+#[derive(Debug, Default)]
+struct Memo {
+    /// Per slot: the offset of its row in `table`, or `NONE`.
+    rows: Vec<u32>,
+    /// Rows of one cell per chain: cell 0 (the empty chain) holds the info of the value
+    /// itself (an index into `infos`), cell `c` the value under chain `c` (an index into
+    /// `bufs`, or `NONE` when the chain left it as it was); `UNSET` until computed.
+    table: Vec<u32>,
+    /// Transformed values, each distinct per slot.
+    bufs: Vec<Vec<u8>>,
+    /// Per transformed value: its info (an index into `infos`).
+    buf_info: Vec<u32>,
+    /// Per transformed value: the previous one of the same slot, or `NONE`.
+    buf_prev: Vec<u32>,
+    /// Per slot: its last transformed value, or `NONE`.
+    last_buf: Vec<u32>,
+    /// What is known of each distinct value.
+    infos: Vec<ValueInfo>,
+    /// (slot, input value, transformation) to the output value.
+    steps: HashMap<(u32, u32, Transform), u32, BuildHasherDefault<MixHasher>>,
+    /// Candidate sets, as runs of 64-bit words.
+    pool: Vec<u64>,
+    /// Per link group: its candidate set in the current phase, or `UNSET`.
+    groups: Vec<u32>,
+}
+
+/// A hasher for small integer keys.
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.write_u64(u64::from(b));
         }
     }
 
@@ -288,11 +367,291 @@ impl std::hash::Hasher for PackedHasher {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .rotate_left(29);
     }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
 }
 
-/// Transformed values per (source, index, transformation prefix), for one transaction;
-/// `None` when the transformations left the value as it was.
-type Cache = HashMap<u64, Option<Arc<[u8]>>, std::hash::BuildHasherDefault<PackedHasher>>;
+/// Whether two byte sets have no byte in common.
+fn disjoint(a: ByteSet, b: ByteSet) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & y == 0)
+}
+
+/// Whether a candidate set (an offset into the pool; `NONE` for "no prefilter") has a
+/// link's bits.
+fn candidate(pool: &[u64], set: u32, filter: Filter) -> bool {
+    set == NONE || has_bits(&pool[set as usize..], filter)
+}
+
+impl Memo {
+    /// The row of a slot, made on first use.
+    fn row(&mut self, rules: &RuleSet, slot: u32) -> usize {
+        let s = slot as usize;
+        if self.rows.len() <= s {
+            self.rows.resize(s + 1, NONE);
+        }
+        if self.rows[s] == NONE {
+            self.rows[s] = u32::try_from(self.table.len()).unwrap_or(NONE);
+            self.table
+                .resize(self.table.len() + rules.chains.len(), UNSET);
+        }
+        self.rows[s] as usize
+    }
+
+    /// The bytes of a value of an item.
+    fn bytes<'a>(&'a self, item: &'a Item2<'_>, buf: u32) -> &'a [u8] {
+        if buf == NONE {
+            &item.value
+        } else {
+            &self.bufs[buf as usize]
+        }
+    }
+
+    /// The info of a value of an item.
+    fn info(&mut self, rules: &RuleSet, item: &Item2<'_>, buf: u32) -> usize {
+        if buf != NONE {
+            return self.buf_info[buf as usize] as usize;
+        }
+        let row = self.row(rules, item.slot);
+        if self.table[row] == UNSET {
+            self.table[row] = self.new_info(&item.value, UNSET);
+        }
+        self.table[row] as usize
+    }
+
+    fn new_info(&mut self, value: &[u8], same_case: u32) -> u32 {
+        self.infos.push(ValueInfo {
+            present: bytes_present(value),
+            scans: [UNSET; 2],
+            same_case,
+        });
+        u32::try_from(self.infos.len() - 1).unwrap_or(NONE)
+    }
+
+    /// The transformed value of a cacheable item under a chain, computed at most once per
+    /// (item, chain), from its parent chain's.
+    fn buf(&mut self, rules: &RuleSet, item: &Item2<'_>, chain: u32) -> u32 {
+        let Some(step) = rules.chains[chain as usize] else {
+            return NONE;
+        };
+        let row = self.row(rules, item.slot);
+        let cell = row + chain as usize;
+        if self.table[cell] != UNSET {
+            return self.table[cell];
+        }
+        // A value without any byte the chain's steps act on goes through unchanged.
+        if let Some(triggers) = rules.chain_triggers[chain as usize] {
+            let info = self.info(rules, item, NONE);
+            if disjoint(self.infos[info].present, triggers) {
+                self.table[cell] = NONE;
+                return NONE;
+            }
+        }
+        let parent = self.buf(rules, item, step.parent);
+        if let Some(triggers) = step.transform.triggers() {
+            let info = self.info(rules, item, parent);
+            if disjoint(self.infos[info].present, triggers) {
+                self.table[cell] = parent;
+                return parent;
+            }
+        }
+        let key = (item.slot, parent, step.transform);
+        if let Some(&known) = self.steps.get(&key) {
+            self.table[cell] = known;
+            return known;
+        }
+        let input: &[u8] = if parent == NONE {
+            &item.value
+        } else {
+            &self.bufs[parent as usize]
+        };
+        let buf = match step.transform.changed(input) {
+            None => parent,
+            Some(v) if v == input => parent,
+            Some(v) if v == *item.value => NONE,
+            Some(v) => {
+                // Another chain may have made the same value already: one buffer (and one
+                // prefilter scan) per distinct value.
+                let slot = item.slot as usize;
+                if self.last_buf.len() <= slot {
+                    self.last_buf.resize(slot + 1, NONE);
+                }
+                let mut known = self.last_buf[slot];
+                while known != NONE && self.bufs[known as usize] != v {
+                    known = self.buf_prev[known as usize];
+                }
+                if known == NONE {
+                    let same_case =
+                        if matches!(step.transform, Transform::Lowercase | Transform::Uppercase) {
+                            parent
+                        } else {
+                            UNSET
+                        };
+                    let info = self.new_info(&v, same_case);
+                    self.bufs.push(v);
+                    self.buf_info.push(info);
+                    self.buf_prev.push(self.last_buf[slot]);
+                    known = u32::try_from(self.bufs.len() - 1).unwrap_or(NONE);
+                    self.last_buf[slot] = known;
+                }
+                known
+            }
+        };
+        self.steps.insert(key, buf);
+        self.table[cell] = buf;
+        buf
+    }
+
+    /// The prefilter's candidates (of one part) for a cacheable item under a chain.
+    #[inline]
+    fn cand(&mut self, rules: &RuleSet, item: &Item2<'_>, chain: u32, part: usize) -> u32 {
+        // Once known, three lookups.
+        if let Some(&row) = self.rows.get(item.slot as usize)
+            && row != NONE
+        {
+            let row = row as usize;
+            let buf = if chain == 0 {
+                NONE
+            } else {
+                self.table[row + chain as usize]
+            };
+            let info = match buf {
+                UNSET => UNSET,
+                NONE => self.table[row],
+                b => self.buf_info[b as usize],
+            };
+            if info != UNSET {
+                let scan = self.infos[info as usize].scans[part];
+                if scan != UNSET {
+                    return scan;
+                }
+            }
+        }
+        let buf = self.buf(rules, item, chain);
+        self.scan(rules, item, buf, part)
+    }
+
+    /// Empties the memo for another transaction, keeping its allocations.
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.table.clear();
+        self.bufs.clear();
+        self.buf_info.clear();
+        self.buf_prev.clear();
+        self.last_buf.clear();
+        self.infos.clear();
+        self.steps.clear();
+        self.pool.clear();
+        self.groups.clear();
+    }
+
+    /// Whether the memo's allocations are small enough to keep for another transaction.
+    fn reusable(&self) -> bool {
+        self.table.capacity() <= 1 << 16
+            && self.pool.capacity() <= 1 << 16
+            && self.bufs.capacity() <= 1 << 12
+            && self.steps.capacity() <= 1 << 12
+    }
+}
+
+thread_local! {
+    /// Memos of finished transactions, reused by the next ones on the thread (most
+    /// transactions need the same room, which is then allocated once).
+    static SPARE_MEMOS: std::cell::RefCell<Vec<Memo>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Memo {
+    /// A memo, reused when the thread has one to spare.
+    fn take() -> Memo {
+        SPARE_MEMOS
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_default()
+    }
+
+    /// Gives the memo back for reuse.
+    fn give_back(mut self) {
+        if !self.reusable() {
+            return;
+        }
+        self.clear();
+        SPARE_MEMOS.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < 4 {
+                spare.push(self);
+            }
+        });
+    }
+
+    /// A prefilter part's scan of a value of an item (once per distinct value).
+    fn scan(&mut self, rules: &RuleSet, item: &Item2<'_>, buf: u32, part: usize) -> u32 {
+        let Some(filter) = rules.prefilter.as_ref().map(|p| &p.parts[part]) else {
+            return NONE;
+        };
+        let info = self.info(rules, item, buf);
+        if self.infos[info].scans[part] != UNSET {
+            return self.infos[info].scans[part];
+        }
+        // The prefilter ignores case: a value's case variant shares its scan.
+        let same_case = self.infos[info].same_case;
+        if same_case != UNSET {
+            let set = self.scan(rules, item, same_case, part);
+            self.infos[info].scans[part] = set;
+            return set;
+        }
+        let off = self.pool.len();
+        self.pool.resize(off + filter.words, 0);
+        let value: &[u8] = if buf == NONE {
+            &item.value
+        } else {
+            &self.bufs[buf as usize]
+        };
+        filter.scan(value, self.infos[info].present, &mut self.pool[off..]);
+        let set = u32::try_from(off).unwrap_or(NONE);
+        self.infos[info].scans[part] = set;
+        set
+    }
+
+    /// The union of the candidates of every value a link group selects, computed once per
+    /// phase.
+    fn group(&mut self, rules: &RuleSet, d: &Data, group: u32, link: &Link, part: usize) -> u32 {
+        let Some(words) = rules.prefilter.as_ref().map(|p| p.parts[part].words) else {
+            return NONE;
+        };
+        let g = group as usize;
+        if self.groups.len() <= g {
+            self.groups.resize(rules.groups, UNSET);
+        }
+        if self.groups[g] != UNSET {
+            return self.groups[g];
+        }
+        let off = self.pool.len();
+        self.pool.resize(off + words, 0);
+        let (from, to) = rules.group_words[g];
+        let (from, to) = (from as usize, (to as usize).min(words));
+        for t in &link.targets {
+            d.items(t, &[], &mut |item| {
+                let c = self.cand(rules, &item, link.chain, part);
+                if c != NONE {
+                    for w in from..to {
+                        self.pool[off + w] |= self.pool[c as usize + w];
+                    }
+                }
+            });
+        }
+        let set = u32::try_from(off).unwrap_or(NONE);
+        self.groups[g] = set;
+        set
+    }
+}
 
 /// Why evaluation of a phase stopped.
 enum Flow {
@@ -301,13 +660,19 @@ enum Flow {
     Interrupt,
 }
 
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        std::mem::take(&mut self.memo).give_back();
+    }
+}
+
 /// The per-request WAF state. Create one with [`crate::WafEngine::transaction`], then call
 /// the `process_*` methods in request order; each returns the verdict so far.
 #[derive(Debug)]
 pub struct Transaction {
     engine: Arc<Compiled>,
     d: Data,
-    cache: Cache,
+    memo: Memo,
     mode: EngineMode,
     removed: Vec<bool>,
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
@@ -326,7 +691,11 @@ pub struct Transaction {
 
 impl Transaction {
     pub(crate) fn new(engine: Arc<Compiled>, facts: RequestFacts) -> Transaction {
-        let mut d = Data::default();
+        // Slot 0 is the empty value every unset scalar reads as.
+        let mut d = Data {
+            next_slot: 1,
+            ..Data::default()
+        };
         let RequestFacts {
             method,
             uri,
@@ -362,7 +731,7 @@ impl Transaction {
             .map(|q| body::parse_urlencoded(q.as_bytes()))
             .unwrap_or_default()
         {
-            d.args_get.push(Entry::new(k, v));
+            d.args_get.push(Entry::new(k, v, &mut d.next_slot));
         }
         let mut content_type = String::new();
         for (k, v) in &headers {
@@ -376,14 +745,18 @@ impl Transaction {
                         Some(i) => (&c[..i], &c[i + 1..]),
                         None => (c, &b""[..]),
                     };
-                    d.cookies
-                        .push(Entry::new(String::from_utf8_lossy(ck).into_owned(), cv));
+                    d.cookies.push(Entry::new(
+                        String::from_utf8_lossy(ck).into_owned(),
+                        cv,
+                        &mut d.next_slot,
+                    ));
                 }
             }
             if k.eq_ignore_ascii_case("content-type") && content_type.is_empty() {
                 content_type = String::from_utf8_lossy(v).into_owned();
             }
-            d.headers.push(Entry::new(k.clone(), v.clone()));
+            d.headers
+                .push(Entry::new(k.clone(), v.clone(), &mut d.next_slot));
         }
         d.set_scalar(Var::RequestMethod, method.clone());
         d.set_scalar(Var::RequestProtocol, protocol.clone());
@@ -407,7 +780,7 @@ impl Transaction {
         let mut tx = Transaction {
             mode: engine.mode,
             d,
-            cache: Cache::default(),
+            memo: Memo::take(),
             removed: vec![false; rule_count],
             removed_targets: HashMap::new(),
             matches: Vec::new(),
@@ -494,7 +867,7 @@ impl Transaction {
             }
             self.d
                 .response_headers
-                .push(Entry::new(k.clone(), v.clone()));
+                .push(Entry::new(k.clone(), v.clone(), &mut self.d.next_slot));
         }
         self.run_phase(3);
         self.verdict()
@@ -591,17 +964,23 @@ impl Transaction {
             self.d.set_scalar(Var::ReqbodyErrorMsg, e.as_str());
         }
         for (k, v) in parsed.args {
-            self.d.args_post.push(Entry::new(k, v));
+            self.d
+                .args_post
+                .push(Entry::new(k, v, &mut self.d.next_slot));
         }
         let mut combined = 0usize;
         for f in &parsed.files {
             combined += f.size;
-            self.d
-                .files
-                .push(Entry::new(f.field.clone(), f.filename.clone()));
-            self.d
-                .files_sizes
-                .push(Entry::new(f.field.clone(), f.size.to_string()));
+            self.d.files.push(Entry::new(
+                f.field.clone(),
+                f.filename.clone(),
+                &mut self.d.next_slot,
+            ));
+            self.d.files_sizes.push(Entry::new(
+                f.field.clone(),
+                f.size.to_string(),
+                &mut self.d.next_slot,
+            ));
             self.d
                 .set_scalar(Var::MultipartFilename, f.filename.clone());
             self.d.set_scalar(Var::MultipartName, f.field.clone());
@@ -615,8 +994,12 @@ impl Transaction {
             );
         }
         for (k, v) in parsed.part_headers {
-            self.d.part_headers.push(Entry::new(k, v));
+            self.d
+                .part_headers
+                .push(Entry::new(k, v, &mut self.d.next_slot));
         }
+        self.d.xml_text_slot = self.d.take_slots(parsed.xml_text.len());
+        self.d.xml_attrs_slot = self.d.take_slots(parsed.xml_attrs.len());
         self.d.xml_text = parsed.xml_text;
         self.d.xml_attrs = parsed.xml_attrs;
         let combined: usize = self
@@ -647,6 +1030,8 @@ impl Transaction {
             self.allow = None;
         }
         let engine = self.engine.clone();
+        // The request's collections grow between phases: group results are per phase.
+        self.memo.groups.fill(UNSET);
         let items = &engine.rules.phases[usize::from(phase - 1)];
         let markers = &engine.rules.markers[usize::from(phase - 1)];
         let mut i = 0;
@@ -665,7 +1050,7 @@ impl Transaction {
                 continue;
             }
             let rule = &engine.rules.rules[ri];
-            if !self.eval_rule(ri, rule) {
+            if !self.eval_rule(&engine.rules, ri, rule) {
                 continue;
             }
             if let Some(m) = &rule.skip_after {
@@ -719,24 +1104,32 @@ impl Transaction {
 
     /// Evaluates a rule and its chain; on a match runs the per-match actions and records
     /// the match. Returns whether it matched.
-    fn eval_rule(&mut self, ri: usize, rule: &Rule) -> bool {
+    fn eval_rule(&mut self, rules: &RuleSet, ri: usize, rule: &Rule) -> bool {
         self.d.matched_vars.clear();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
         // Like ModSecurity and Coraza, each link's per-match actions run as soon as the link
         // matches, before the next link is evaluated (CRS prepares `TX` values in chain
         // starters and scores in the last link).
-        let mut first: Option<Hit> = None;
+        let logs = rule.log && rule.id != 0;
+        let mut first: Option<String> = None;
         for (n, link) in rule.links.iter().enumerate() {
-            let h = if link.targets.is_empty() {
-                vec![Hit {
+            if link.targets.is_empty() {
+                // An action (`SecAction`): one match of nothing.
+                self.set_matched(&Hit {
                     name: String::new(),
                     value: Vec::new(),
                     captures: None,
-                }]
-            } else {
-                self.eval_link(ri, n == 0, link)
-            };
+                });
+                for e in &link.effects {
+                    self.effect(e);
+                }
+                if logs && first.is_none() {
+                    first = Some(String::new());
+                }
+                continue;
+            }
+            let h = self.eval_link(rules, ri, n == 0, link);
             if h.is_empty() {
                 return false;
             }
@@ -751,17 +1144,14 @@ impl Transaction {
                     self.effect(e);
                 }
             }
-            if let Some(last) = h.last() {
-                self.set_matched(last);
-            }
-            if first.is_none() {
-                first = h.first().cloned();
+            if logs && first.is_none() {
+                first = h.first().map(|x| x.name.clone());
             }
             self.d
                 .matched_vars
                 .extend(h.into_iter().filter(|x| !x.name.is_empty()));
         }
-        if rule.log && rule.id != 0 {
+        if logs {
             let expand = |m: &Option<crate::macros::Macro>| {
                 m.as_ref()
                     .map(|m| {
@@ -776,7 +1166,7 @@ impl Transaction {
                 data: expand(&rule.logdata),
                 tags: rule.tags.clone(),
                 severity: rule.severity,
-                variable: first.map(|h| h.name).unwrap_or_default(),
+                variable: first.unwrap_or_default(),
             });
         }
         true
@@ -787,7 +1177,22 @@ impl Transaction {
         self.d.set_scalar(Var::MatchedVarName, h.name.clone());
     }
 
-    fn eval_link(&mut self, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
+    fn eval_link(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
+        // A group whose values hold none of the link's literals cannot match: skip it
+        // without looking at its values.
+        if let Some(
+            filter @ Filter {
+                group: Some(group), ..
+            },
+        ) = link.filter
+        {
+            let set = self
+                .memo
+                .group(rules, &self.d, group, link, usize::from(filter.part));
+            if !candidate(&self.memo.pool, set, filter) {
+                return Vec::new();
+            }
+        }
         let arg: Cow<'_, [u8]> = match link.operator.argument() {
             Some(m) => m.expand(|v, k| self.d.lookup(v, k)),
             None => Cow::Borrowed(b""),
@@ -796,14 +1201,13 @@ impl Transaction {
         let mut caps = Vec::new();
         let want_caps = link.capture && !link.negated;
         let d = &self.d;
-        let cache = &mut self.cache;
-        let removed_targets: &[(Var, Selector)] = match self.removed_targets.get(&ri) {
-            Some(r) if starter => r,
-            _ => &[],
+        let memo = &mut self.memo;
+        let removed_targets: &[(Var, Selector)] = if starter && !self.removed_targets.is_empty() {
+            self.removed_targets.get(&ri).map_or(&[], Vec::as_slice)
+        } else {
+            &[]
         };
-        let mut items = Vec::new();
         for t in &link.targets {
-            items.clear();
             let extra_t: Vec<&Selector> = if removed_targets.is_empty() {
                 Vec::new()
             } else {
@@ -821,20 +1225,20 @@ impl Transaction {
             if extra_t.iter().any(|s| matches!(s, Selector::All)) {
                 continue;
             }
-            d.items(t, &extra_t, &mut items);
             if t.count {
-                let value = items.len().to_string().into_bytes();
-                let name = count_name(t);
+                let mut n = 0usize;
+                d.items(t, &extra_t, &mut |_| n += 1);
+                let value = n.to_string().into_bytes();
                 if link.operator.matches(&value, &arg, None) != link.negated {
                     hits.push(Hit {
-                        name,
+                        name: count_name(t),
                         value,
                         captures: None,
                     });
                 }
                 continue;
             }
-            for item in &items {
+            d.items(t, &extra_t, &mut |item| {
                 let name = || {
                     if item.key.is_empty() && !t.var.is_collection() {
                         t.var.name().to_string()
@@ -843,28 +1247,63 @@ impl Transaction {
                     }
                 };
                 if link.multi_match {
-                    for v in apply_chain_multi(&link.transforms, &item.value) {
+                    if !item.cacheable() {
+                        for v in apply_chain_multi(&link.transforms, &item.value) {
+                            let cap = if want_caps { Some(&mut caps) } else { None };
+                            if link.operator.matches(&v, &arg, cap) != link.negated {
+                                hits.push(Hit {
+                                    name: name(),
+                                    value: v,
+                                    captures: want_caps.then(|| caps.clone()),
+                                });
+                            }
+                        }
+                        return;
+                    }
+                    for buf in multi_values(rules, memo, &item, link) {
+                        if let Some(f) = link.filter {
+                            let set = memo.scan(rules, &item, buf, usize::from(f.part));
+                            if !candidate(&memo.pool, set, f) {
+                                continue;
+                            }
+                        }
+                        let v = memo.bytes(&item, buf);
                         let cap = if want_caps { Some(&mut caps) } else { None };
-                        if link.operator.matches(&v, &arg, cap) != link.negated {
+                        if link.operator.matches(v, &arg, cap) != link.negated {
                             hits.push(Hit {
                                 name: name(),
-                                value: v,
+                                value: v.to_vec(),
                                 captures: want_caps.then(|| caps.clone()),
                             });
                         }
                     }
-                    continue;
+                    return;
                 }
-                let value = transformed(cache, item, &link.transforms, &link.prefix_ids);
+                if let Some(f) = link.filter
+                    && item.cacheable()
+                {
+                    let set = memo.cand(rules, &item, link.chain, usize::from(f.part));
+                    if !candidate(&memo.pool, set, f) {
+                        return;
+                    }
+                }
+                let owned;
+                let value: &[u8] = if item.cacheable() {
+                    let buf = memo.buf(rules, &item, link.chain);
+                    memo.bytes(&item, buf)
+                } else {
+                    owned = apply_chain(&link.transforms, &item.value);
+                    &owned
+                };
                 let cap = if want_caps { Some(&mut caps) } else { None };
-                if link.operator.matches(&value, &arg, cap) != link.negated {
+                if link.operator.matches(value, &arg, cap) != link.negated {
                     hits.push(Hit {
                         name: name(),
                         value: value.to_vec(),
                         captures: want_caps.then(|| caps.clone()),
                     });
                 }
-            }
+            });
         }
         hits
     }
@@ -876,13 +1315,12 @@ impl Transaction {
                 key,
                 op,
             } => {
-                let key = String::from_utf8_lossy(&key.expand(|v, k| self.d.lookup(v, k)))
-                    .to_ascii_lowercase();
+                let key = lower_key(key.expand(|v, k| self.d.lookup(v, k)));
                 let value = match op {
                     SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
-                        Some(m.expand(|v, k| self.d.lookup(v, k)).into_owned())
+                        m.expand(|v, k| self.d.lookup(v, k))
                     }
-                    SetOp::Delete => None,
+                    SetOp::Delete => Cow::Borrowed(&b""[..]),
                 };
                 let map = match collection {
                     Var::Ip => &mut self.d.ip,
@@ -890,22 +1328,31 @@ impl Transaction {
                     Var::Env => &mut self.d.env,
                     _ => &mut self.d.tx,
                 };
-                match (op, value) {
-                    (SetOp::Delete, _) => {
-                        map.remove(&key);
+                let number = |cur: Option<&Vec<u8>>, sign: i64| {
+                    cur.map_or(0, |c| atoi(c))
+                        .saturating_add(sign.saturating_mul(atoi(&value)))
+                };
+                let new = match op {
+                    SetOp::Delete => {
+                        map.remove(&*key);
+                        return;
                     }
-                    (SetOp::Set(_), Some(v)) => {
-                        map.insert(key, v);
+                    SetOp::Set(_) => None,
+                    SetOp::Add(_) => Some(number(map.get(&*key), 1)),
+                    SetOp::Sub(_) => Some(number(map.get(&*key), -1)),
+                };
+                // Most setvars change a variable that exists: its buffer is reused.
+                let slot = match map.get_mut(&*key) {
+                    Some(slot) => slot,
+                    None => map.entry(key.into_owned()).or_default(),
+                };
+                slot.clear();
+                match new {
+                    None => slot.extend_from_slice(&value),
+                    Some(n) => {
+                        use std::io::Write as _;
+                        let _ = write!(slot, "{n}");
                     }
-                    (SetOp::Add(_), Some(v)) => {
-                        let cur = map.get(&key).map_or(0, |c| atoi(c));
-                        map.insert(key, (cur + atoi(&v)).to_string().into_bytes());
-                    }
-                    (SetOp::Sub(_), Some(v)) => {
-                        let cur = map.get(&key).map_or(0, |c| atoi(c));
-                        map.insert(key, (cur - atoi(&v)).to_string().into_bytes());
-                    }
-                    _ => {}
                 }
             }
             Effect::SetEnv(k, v) => {
@@ -947,6 +1394,17 @@ impl Transaction {
     }
 }
 
+/// A `setvar`/`setenv` key as stored: lower case, borrowed when it already is.
+fn lower_key(key: Cow<'_, [u8]>) -> Cow<'_, str> {
+    match key {
+        Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Ok(s) if !s.bytes().any(|c| c.is_ascii_uppercase()) => Cow::Borrowed(s),
+            _ => Cow::Owned(String::from_utf8_lossy(b).to_ascii_lowercase()),
+        },
+        Cow::Owned(o) => Cow::Owned(String::from_utf8_lossy(&o).to_ascii_lowercase()),
+    }
+}
+
 fn count_name(t: &Target) -> String {
     match &t.selector {
         Selector::Key(k) => format!("{}:{}", t.var.name(), k),
@@ -954,69 +1412,37 @@ fn count_name(t: &Target) -> String {
     }
 }
 
-/// A transformed value: the original, a fresh one, or one shared with the cache.
-enum Val<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-    Shared(Arc<[u8]>),
+/// The value of an item after a link's transformations, computed without the memo (for
+/// values that change while a phase runs).
+fn apply_chain<'a>(transforms: &[Transform], value: &'a [u8]) -> Cow<'a, [u8]> {
+    let mut v: Cow<'a, [u8]> = Cow::Borrowed(value);
+    for t in transforms {
+        if let Some(n) = t.changed(&v) {
+            v = Cow::Owned(n);
+        }
+    }
+    v
 }
 
-impl std::ops::Deref for Val<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Val::Borrowed(b) => b,
-            Val::Owned(v) => v,
-            Val::Shared(a) => a,
+/// `multiMatch`: the value of a cacheable item before the transformations and after each
+/// one that changed it (as memo buffers).
+fn multi_values(rules: &RuleSet, memo: &mut Memo, item: &Item2<'_>, link: &Link) -> Vec<u32> {
+    let mut path = Vec::with_capacity(link.transforms.len());
+    let mut chain = link.chain;
+    while let Some(step) = rules.chains[chain as usize] {
+        path.push(chain);
+        chain = step.parent;
+    }
+    let mut out = vec![NONE];
+    let mut last = NONE;
+    for &c in path.iter().rev() {
+        let buf = memo.buf(rules, item, c);
+        if memo.bytes(item, buf) != memo.bytes(item, last) {
+            out.push(buf);
         }
+        last = buf;
     }
-}
-
-/// The transformed value of an item, from the cache when an earlier rule computed it (or a
-/// prefix of it).
-fn transformed<'a>(
-    cache: &mut Cache,
-    item: &'a Item2<'_>,
-    transforms: &[Transform],
-    prefix_ids: &[u32],
-) -> Val<'a> {
-    if transforms.is_empty() {
-        return Val::Borrowed(&item.value);
-    }
-    if !item.cacheable {
-        let mut v: Cow<'_, [u8]> = Cow::Borrowed(&item.value);
-        for t in transforms {
-            if let Cow::Owned(n) = t.apply(&v) {
-                v = Cow::Owned(n);
-            }
-        }
-        return match v {
-            Cow::Borrowed(b) => Val::Borrowed(b),
-            Cow::Owned(o) => Val::Owned(o),
-        };
-    }
-    let key = |p: u32| (item.source as u64) << 56 | u64::from(item.idx) << 24 | u64::from(p);
-    // Find the longest cached prefix; `None` in the cache means "unchanged so far".
-    let mut start = 0;
-    let mut cur: Option<Arc<[u8]>> = None;
-    for n in (0..prefix_ids.len()).rev() {
-        if let Some(v) = cache.get(&key(prefix_ids[n])) {
-            if n + 1 == prefix_ids.len() {
-                return v.clone().map_or(Val::Borrowed(&item.value), Val::Shared);
-            }
-            cur = v.clone();
-            start = n + 1;
-            break;
-        }
-    }
-    for n in start..transforms.len() {
-        let input: &[u8] = cur.as_deref().unwrap_or(&item.value);
-        if let Cow::Owned(v) = transforms[n].apply(input) {
-            cur = Some(Arc::from(v));
-        }
-        cache.insert(key(prefix_ids[n]), cur.clone());
-    }
-    cur.map_or(Val::Borrowed(&item.value), Val::Shared)
+    out
 }
 
 /// Decodes `%XX` escapes (a bad escape stays as it is).

@@ -73,7 +73,85 @@ pub enum Transform {
     TrimRight,
 }
 
+/// A set of byte values, as four 64-bit words.
+pub type ByteSet = [u64; 4];
+
+/// The set of the bytes of `bytes` and of the range `lo..=hi`.
+const fn byte_set(bytes: &[u8], lo: u8, hi: u8) -> ByteSet {
+    let mut set = [0u64; 4];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[(bytes[i] >> 6) as usize] |= 1 << (bytes[i] & 63);
+        i += 1;
+    }
+    let mut b = lo as usize;
+    while b <= hi as usize && lo <= hi {
+        set[b >> 6] |= 1 << (b & 63);
+        b += 1;
+    }
+    set
+}
+
+/// The bytes `is_space` accepts.
+const SPACES: &[u8] = b" \t\n\r\x0b\x0c\xa0";
+const NO_RANGE: (u8, u8) = (1, 0);
+
+/// The bytes present in a value.
+pub fn bytes_present(value: &[u8]) -> ByteSet {
+    let mut set = [0u64; 4];
+    for &b in value {
+        set[usize::from(b >> 6)] |= 1 << (b & 63);
+    }
+    set
+}
+
 impl Transform {
+    /// The bytes without which the transformation leaves a value as it is, or `None` when
+    /// it may change any value. The engine skips a transformation on a value that holds
+    /// none of them.
+    pub fn triggers(self) -> Option<ByteSet> {
+        const UPPER: ByteSet = byte_set(b"", b'A', b'Z');
+        const LOWER: ByteSet = byte_set(b"", b'a', b'z');
+        const PERCENT_PLUS: ByteSet = byte_set(b"%+", NO_RANGE.0, NO_RANGE.1);
+        const AMP: ByteSet = byte_set(b"&", NO_RANGE.0, NO_RANGE.1);
+        const BACKSLASH: ByteSet = byte_set(b"\\", NO_RANGE.0, NO_RANGE.1);
+        const HIGH: ByteSet = byte_set(b"", 0x80, 0xff);
+        const NUL: ByteSet = byte_set(b"\0", NO_RANGE.0, NO_RANGE.1);
+        const SPACE: ByteSet = byte_set(SPACES, NO_RANGE.0, NO_RANGE.1);
+        const SLASH: ByteSet = byte_set(b"/", NO_RANGE.0, NO_RANGE.1);
+        const COMMENT: ByteSet = byte_set(b"#/*-", NO_RANGE.0, NO_RANGE.1);
+        const CMD: ByteSet = byte_set(b"\"'\\^ ,;\t\r\n", b'A', b'Z');
+        const PATH: ByteSet = byte_set(b"/.", NO_RANGE.0, NO_RANGE.1);
+        const PATH_WIN: ByteSet = byte_set(b"/.\\", NO_RANGE.0, NO_RANGE.1);
+        Some(match self {
+            Transform::Lowercase => UPPER,
+            Transform::Uppercase => LOWER,
+            Transform::UrlDecode | Transform::UrlDecodeUni => PERCENT_PLUS,
+            Transform::HtmlEntityDecode => AMP,
+            Transform::JsDecode | Transform::CssDecode | Transform::EscapeSeqDecode => BACKSLASH,
+            Transform::Utf8ToUnicode => HIGH,
+            Transform::RemoveNulls | Transform::ReplaceNulls => NUL,
+            Transform::RemoveWhitespace
+            | Transform::CompressWhitespace
+            | Transform::Trim
+            | Transform::TrimLeft
+            | Transform::TrimRight => SPACE,
+            Transform::ReplaceComments => SLASH,
+            Transform::RemoveComments | Transform::RemoveCommentsChar => COMMENT,
+            Transform::CmdLine => CMD,
+            Transform::NormalizePath => PATH,
+            Transform::NormalizePathWin => PATH_WIN,
+            Transform::UrlEncode
+            | Transform::Length
+            | Transform::Base64Decode
+            | Transform::Base64DecodeExt
+            | Transform::Base64Encode
+            | Transform::Sha1
+            | Transform::HexEncode
+            | Transform::HexDecode => return None,
+        })
+    }
+
     /// The transformation by name (case-insensitive). `None` for `t:none`, which is
     /// handled by the caller.
     pub fn from_name(name: &str) -> Result<Transform, ErrorKind> {
@@ -110,6 +188,15 @@ impl Transform {
             "trimright" => Transform::TrimRight,
             _ => return Err(ErrorKind::UnsupportedTransformation(name.to_string())),
         })
+    }
+
+    /// The transformed value, or `None` when the transformation left the input as it was
+    /// (a borrowed result is the input itself unless it is shorter, as `t:trim`'s is).
+    pub fn changed(self, input: &[u8]) -> Option<Vec<u8>> {
+        match self.apply(input) {
+            Cow::Borrowed(b) if b.len() == input.len() => None,
+            other => Some(other.into_owned()),
+        }
     }
 
     /// Applies the transformation.
@@ -213,8 +300,21 @@ impl Transform {
                     Cow::Borrowed(input)
                 }
             }
+            Transform::RemoveComments | Transform::RemoveCommentsChar
+                if !has_comment_marks(input) =>
+            {
+                Cow::Borrowed(input)
+            }
             Transform::RemoveComments => Cow::Owned(remove_comments(input)),
             Transform::RemoveCommentsChar => Cow::Owned(remove_comments_char(input)),
+            Transform::CmdLine
+                if !input
+                    .iter()
+                    .any(|b| b.is_ascii_uppercase() || b"\"'\\^ ,;\t\r\n".contains(b)) =>
+            {
+                // Nothing to remove, lower-case or space out.
+                Cow::Borrowed(input)
+            }
             Transform::CmdLine => Cow::Owned(cmd_line(input)),
             Transform::NormalizePath => {
                 if needs_path_normalisation(input) {
@@ -222,6 +322,11 @@ impl Transform {
                 } else {
                     Cow::Borrowed(input)
                 }
+            }
+            Transform::NormalizePathWin
+                if !input.contains(&b'\\') && !needs_path_normalisation(input) =>
+            {
+                Cow::Borrowed(input)
             }
             Transform::NormalizePathWin => {
                 let slashed: Vec<u8> = input
@@ -253,7 +358,7 @@ pub fn apply_chain_multi(chain: &[Transform], input: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![input.to_vec()];
     let mut value = input.to_vec();
     for t in chain {
-        if let Cow::Owned(v) = t.apply(&value)
+        if let Some(v) = t.changed(&value)
             && v != value
         {
             value = v;
@@ -671,6 +776,15 @@ fn remove_comments(input: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a value holds anything `removeComments` or `removeCommentsChar` removes (`/*`,
+/// `*/`, `--`, which `<!--` and `-->` contain, or `#`).
+fn has_comment_marks(input: &[u8]) -> bool {
+    input.contains(&b'#')
+        || input
+            .windows(2)
+            .any(|w| w == b"/*" || w == b"*/" || w == b"--")
+}
+
 fn remove_comments_char(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
@@ -886,5 +1000,98 @@ mod tests {
     fn multi_match_keeps_each_step() {
         let v = apply_chain_multi(&[T::UrlDecode, T::Lowercase], b"%41");
         assert_eq!(v, vec![b"%41".to_vec(), b"A".to_vec(), b"a".to_vec()]);
+        // A trimmed value is a new step (a shorter borrowed slice is a change).
+        let v = apply_chain_multi(&[T::Trim], b" a ");
+        assert_eq!(v, vec![b" a ".to_vec(), b"a".to_vec()]);
+        assert_eq!(T::Trim.changed(b" a "), Some(b"a".to_vec()));
+        assert_eq!(T::Trim.changed(b"a"), None);
+    }
+
+    const ALL: &[T] = &[
+        T::Lowercase,
+        T::Uppercase,
+        T::UrlDecode,
+        T::UrlDecodeUni,
+        T::UrlEncode,
+        T::HtmlEntityDecode,
+        T::JsDecode,
+        T::CssDecode,
+        T::EscapeSeqDecode,
+        T::Utf8ToUnicode,
+        T::RemoveNulls,
+        T::ReplaceNulls,
+        T::RemoveWhitespace,
+        T::CompressWhitespace,
+        T::ReplaceComments,
+        T::RemoveComments,
+        T::RemoveCommentsChar,
+        T::CmdLine,
+        T::NormalizePath,
+        T::NormalizePathWin,
+        T::Length,
+        T::Base64Decode,
+        T::Base64DecodeExt,
+        T::Base64Encode,
+        T::Sha1,
+        T::HexEncode,
+        T::HexDecode,
+        T::Trim,
+        T::TrimLeft,
+        T::TrimRight,
+    ];
+
+    #[test]
+    fn a_value_without_a_transformations_triggers_is_left_as_it_is() {
+        for &t in ALL {
+            let Some(triggers) = t.triggers() else {
+                continue;
+            };
+            let quiet: Vec<u8> = (0..=255u8)
+                .filter(|&b| triggers[usize::from(b >> 6)] >> (b & 63) & 1 == 0)
+                .collect();
+            let mut values = vec![quiet.clone(), quiet.iter().rev().copied().collect()];
+            values.extend(quiet.windows(3).map(<[u8]>::to_vec));
+            values.extend(quiet.iter().map(|&b| vec![b, b]));
+            for v in values {
+                assert_eq!(t.changed(&v), None, "{t:?} changed {v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn shortcuts_agree_with_the_full_transformations() {
+        for v in [
+            &b"plain"[..],
+            b"UPPER",
+            b"a b",
+            b"a/*b*/c",
+            b"a--b",
+            b"#x",
+            b"a\\b",
+            b"/a/./b",
+            b"a,b;c",
+            b"x'y",
+        ] {
+            assert_eq!(
+                T::RemoveComments.apply(v).into_owned(),
+                remove_comments(v),
+                "{v:?}"
+            );
+            assert_eq!(
+                T::RemoveCommentsChar.apply(v).into_owned(),
+                remove_comments_char(v),
+                "{v:?}"
+            );
+            assert_eq!(T::CmdLine.apply(v).into_owned(), cmd_line(v), "{v:?}");
+            let slashed: Vec<u8> = v
+                .iter()
+                .map(|&b| if b == b'\\' { b'/' } else { b })
+                .collect();
+            assert_eq!(
+                T::NormalizePathWin.apply(v).into_owned(),
+                normalize_path(&slashed),
+                "{v:?}"
+            );
+        }
     }
 }

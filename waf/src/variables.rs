@@ -130,7 +130,63 @@ pub enum Selector {
     /// Entries with this key, compared without case.
     Key(String),
     /// Entries whose key matches this case-insensitive regex.
-    Regex(Regex),
+    Regex(Box<KeyRegex>),
+}
+
+/// A case-insensitive regex on keys, with the literal text its matches start with (or,
+/// unanchored, contain), checked first.
+#[derive(Clone, Debug)]
+pub struct KeyRegex {
+    /// The expression.
+    pub regex: Regex,
+    /// The literal (lower case) every match starts with or contains; may be empty.
+    literal: String,
+    /// Whether matches start with the literal.
+    anchored: bool,
+}
+
+impl KeyRegex {
+    /// Compiles `(?i)source`.
+    pub fn new(source: &str) -> Result<KeyRegex, ErrorKind> {
+        let regex =
+            Regex::new(&format!("(?i){source}")).map_err(|e| ErrorKind::Regex(e.to_string()))?;
+        let anchored = source.starts_with('^');
+        let body = source.strip_prefix('^').unwrap_or(source);
+        let mut literal: String = body
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        // A quantifier after the run applies to its last character.
+        if body[literal.len()..].starts_with(['*', '?', '{', '+']) {
+            literal.pop();
+        }
+        // An alternation makes the run only one of the choices.
+        if source.contains('|') {
+            literal.clear();
+        }
+        Ok(KeyRegex {
+            regex,
+            literal: literal.to_ascii_lowercase(),
+            anchored,
+        })
+    }
+
+    /// Whether a lower-cased key matches.
+    pub fn is_match(&self, key_lower: &str) -> bool {
+        // For an ASCII key the literal decides without the expression (case folding can
+        // only differ on non-ASCII text).
+        if key_lower.is_ascii() && !self.literal.is_empty() {
+            let found = if self.anchored {
+                key_lower.starts_with(&self.literal)
+            } else {
+                key_lower.contains(&self.literal)
+            };
+            if !found {
+                return false;
+            }
+        }
+        self.regex.is_match(key_lower.as_bytes())
+    }
 }
 
 impl Selector {
@@ -140,10 +196,7 @@ impl Selector {
             return Ok(Selector::All);
         };
         if var != Var::Xml && key.len() > 2 && key.starts_with('/') && key.ends_with('/') {
-            let re = &key[1..key.len() - 1];
-            return Regex::new(&format!("(?i){re}"))
-                .map(Selector::Regex)
-                .map_err(|e| ErrorKind::Regex(e.to_string()));
+            return KeyRegex::new(&key[1..key.len() - 1]).map(|r| Selector::Regex(Box::new(r)));
         }
         Ok(Selector::Key(key.to_ascii_lowercase()))
     }
@@ -153,7 +206,7 @@ impl Selector {
         match self {
             Selector::All => true,
             Selector::Key(k) => k == key_lower,
-            Selector::Regex(re) => re.is_match(key_lower.as_bytes()),
+            Selector::Regex(re) => re.is_match(key_lower),
         }
     }
 
@@ -162,7 +215,7 @@ impl Selector {
         match (self, other) {
             (Selector::All, Selector::All) => true,
             (Selector::Key(a), Selector::Key(b)) => a == b,
-            (Selector::Regex(a), Selector::Regex(b)) => a.as_str() == b.as_str(),
+            (Selector::Regex(a), Selector::Regex(b)) => a.regex.as_str() == b.regex.as_str(),
             _ => false,
         }
     }
@@ -264,6 +317,38 @@ mod tests {
     fn names_round_trip() {
         for v in Var::ALL {
             assert_eq!(Var::from_name(v.name()), Some(*v));
+        }
+    }
+
+    #[test]
+    fn key_regexes_check_their_literal_first_and_agree_with_the_expression() {
+        for source in [
+            "^header_name_920450_",
+            "paramcounter_.*",
+            "^__utm",
+            "^abc*",
+            "^ab|cd",
+            "^x[0-9]+",
+        ] {
+            let r = KeyRegex::new(source).unwrap();
+            for key in [
+                "header_name_920450_host",
+                "x_header_name_920450_",
+                "paramcounter_1",
+                "__utmz",
+                "ab",
+                "abccc",
+                "cd",
+                "x12",
+                "",
+                "other",
+            ] {
+                assert_eq!(
+                    r.is_match(key),
+                    r.regex.is_match(key.as_bytes()),
+                    "{source} on {key}"
+                );
+            }
         }
     }
 

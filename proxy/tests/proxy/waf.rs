@@ -10,7 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
 
 use crate::util::{Conn, HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
 
@@ -177,6 +178,74 @@ async fn http2_requests_pass_and_attacks_over_http2_are_blocked() {
         assert_eq!(response.status(), expected, "{target}");
     }
     assert!(!origin_saw("/Items/h2-probe"));
+}
+
+/// A body sent as its bytes, then, a moment later, its end (as an HTTP/2 client may).
+fn late_ending_body(bytes: &'static [u8]) -> BoxBody<Bytes, std::io::Error> {
+    let stream = futures::stream::unfold(false, move |sent| async move {
+        if sent {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            None
+        } else {
+            Some((Ok(Frame::data(Bytes::from_static(bytes))), true))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+#[tokio::test]
+async fn an_attack_in_an_http2_body_is_refused_before_the_application_has_it() {
+    // Over HTTP/2 the end of a body may come after its last bytes. The body is held back
+    // until the WAF has decided, so the application (which answers as soon as it has read
+    // the length it was promised) never gets it, and the refusal is what the client sees.
+    const ATTACK: &[u8] = br#"{"Name":"<img src=x onerror=alert(document.cookie)>"}"#;
+    let proxy = waf_proxy("Block");
+    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
+    let request = Request::post(format!("https://{HOST}/upload"))
+        .header("user-agent", BROWSER)
+        .header("content-type", "application/json")
+        .header("content-length", ATTACK.len())
+        .body(late_ending_body(ATTACK))
+        .unwrap();
+    let response = conn.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A harmless body goes through whole once its end has come.
+    const HARMLESS: &[u8] = br#"{"Name":"Movie night"}"#;
+    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
+    let request = Request::post(format!("https://{HOST}/upload"))
+        .header("user-agent", BROWSER)
+        .header("content-type", "application/json")
+        .header("content-length", HARMLESS.len())
+        .body(late_ending_body(HARMLESS))
+        .unwrap();
+    let mut response = conn.send(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.body_mut().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["bytes"], HARMLESS.len());
+    // A body longer than the inspection limit (128 KiB here) goes through whole.
+    let mut long = br#"{"Overview":""#.to_vec();
+    long.extend((0..300 * 1024).map(|i| b'a' + (i % 26) as u8));
+    long.extend_from_slice(br#""}"#);
+    let length = long.len();
+    let request = Request::post(format!("https://{HOST}/upload"))
+        .header("user-agent", BROWSER)
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from(long))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap();
+    let mut response = Conn::open(proxy.https(), client_ip(), true)
+        .await
+        .send(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.body_mut().collect().await.unwrap().to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["bytes"], length);
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! 5/4, response inspection); `expect_ids` must be logged, `no_expect_ids` must not. The
 //! pass rate per rule file and overall is printed; the test fails when the overall rate
 //! drops below the figure committed in `conformance-baseline.txt`. Set
-//! `WAF_CONFORMANCE_SHOW=942420#3` to print one test's request and what was logged.
+//! `WAF_CONFORMANCE_SHOW=942420#3` to print one test's request and what was logged, and
+//! `WAF_CONFORMANCE_DUMP=<file>` to write every stage's full verdict (decision, scores,
+//! the log lines) to a file, to compare two versions of the engine line by line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -333,16 +335,34 @@ fn ids(v: Option<&Value>) -> Vec<u64> {
 /// Whether one stage's logged rules satisfy its expectations; `None` when the stage has
 /// no log expectations (only a status or a transport error), which an in-process run
 /// cannot judge.
-fn stage_passes(engine: &WafEngine, stage: &Value, show: bool) -> Option<bool> {
+fn stage_passes(
+    engine: &WafEngine,
+    stage: &Value,
+    show: bool,
+    dump: Option<&mut String>,
+) -> Option<bool> {
     let input = stage.get("input")?;
     let output = stage.get("output")?;
+    let w = wire(input);
+    let verdict = run_stage(engine, &w);
+    let text = log_text(&verdict);
+    if let Some(dump) = dump {
+        dump.push_str(&format!(
+            "{:?} in={} out={} variables={:?}\n{text}\n",
+            verdict.decision,
+            verdict.inbound_score,
+            verdict.outbound_score,
+            verdict
+                .matched
+                .iter()
+                .map(|m| m.variable.as_str())
+                .collect::<Vec<_>>()
+        ));
+    }
     // Stages that check only the status or a transport error (no `log` block) test the web
     // server more than the WAF; they are counted apart, not as passes.
     let log = output.get("log")?;
-    let w = wire(input);
-    let verdict = run_stage(engine, &w);
     let logged = verdict.rule_ids();
-    let text = log_text(&verdict);
     if show {
         println!(
             "{} {} {}\n{:?}\n{}\nlogged: {text}\nexpected: {log:?}",
@@ -422,6 +442,8 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
     assert!(files.len() > 300, "only {} test files", files.len());
     let mut per_file: BTreeMap<String, Tally> = BTreeMap::new();
     let mut skipped = 0u64;
+    let dump_path = std::env::var_os("WAF_CONFORMANCE_DUMP");
+    let mut dump = String::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let doc: Value =
@@ -448,13 +470,18 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
             // every such stage does.
             let mut checked = false;
             let mut ok = true;
-            for stage in test
+            for (n, stage) in test
                 .get("stages")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
+                .enumerate()
             {
-                if let Some(pass) = stage_passes(&engine, stage, show) {
+                let dump = dump_path.is_some().then(|| {
+                    dump.push_str(&format!("== {name} stage {n}\n"));
+                    &mut dump
+                });
+                if let Some(pass) = stage_passes(&engine, stage, show, dump) {
                     checked = true;
                     ok &= pass;
                 }
@@ -470,6 +497,9 @@ fn crs_regression_suite_pass_rate_does_not_drop() {
                 }
             }
         }
+    }
+    if let Some(path) = dump_path {
+        std::fs::write(&path, dump).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     }
     let passed: u64 = per_file.values().map(|t| t.passed).sum();
     let total: u64 = per_file.values().map(|t| t.total).sum();
