@@ -8,6 +8,8 @@ mod bots;
 mod cloudflare;
 mod connections;
 mod flood;
+#[path = "../../../waf/tests/waf/ftw.rs"]
+mod ftw;
 mod hygiene;
 mod identity;
 mod model;
@@ -19,3 +21,4 @@ mod tls;
 mod upstream;
 mod util;
 mod waf;
+mod waf_conformance;

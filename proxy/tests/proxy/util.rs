@@ -482,6 +482,8 @@ pub struct Settings {
     pub trusted: Vec<String>,
     /// Allowed methods.
     pub methods: Vec<&'static str>,
+    /// `limits.maxUriBytes`.
+    pub max_uri_bytes: u32,
     /// `limits.maxBody`.
     pub max_body: &'static str,
     /// `limits.maxConnections`.
@@ -514,6 +516,7 @@ impl Default for Settings {
             cert: (pki().edge_cert.clone(), pki().edge_key.clone()),
             trusted: vec!["127.0.0.2/32".into()],
             methods: vec!["GET", "HEAD", "POST", "PUT", "OPTIONS"],
+            max_uri_bytes: 256,
             max_body: "1Mi",
             max_connections: 1000,
             max_connections_per_ip: 12,
@@ -561,7 +564,7 @@ tls:
 clientIdentity:
   trustedProxies: [{trusted}]
 limits:
-  maxUriBytes: 256
+  maxUriBytes: {max_uri_bytes}
   maxHeaderCount: 30
   maxHeaderBytes: 4Ki
   maxBody: {max_body}
@@ -586,6 +589,7 @@ upstream:
             cert = self.cert.0.display(),
             key = self.cert.1.display(),
             trusted = self.trusted.join(", "),
+            max_uri_bytes = self.max_uri_bytes,
             max_body = self.max_body,
             methods = self.methods.join(", "),
             max_connections = self.max_connections,

@@ -15,7 +15,8 @@ use hyper::body::Frame;
 
 use crate::util::{Conn, HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
 
-fn crs_dir() -> PathBuf {
+/// The CRS corpus beside the checkout.
+pub fn crs_dir() -> PathBuf {
     PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/testdata/crs"

@@ -3,6 +3,7 @@
 
 mod api;
 mod conformance;
+mod ftw;
 mod jellyfin;
 mod load;
 mod util;
