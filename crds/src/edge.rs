@@ -502,7 +502,8 @@ pub struct Waf {
     /// Exclusions.
     #[serde(default)]
     pub exclusions: Vec<WafExclusion>,
-    /// Custom SecLang rules.
+    /// Custom SecLang rules: after the CRS setup when `crsDir` is set, alone otherwise
+    /// (then only their own disruptive actions refuse, and `@pmFromFile` is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_rules: Option<String>,
     /// Most request body inspected.

@@ -236,13 +236,16 @@ impl Validate for WafRuleSetSpec {
             }
         }
         if let Some(rules) = self.custom_rules.as_deref() {
-            // The edge's own parser and compiler: what passes here loads there.
+            // The edge's own parser and compiler: what passes here loads there. `@pmFromFile`
+            // names the CRS's data files, which the edge has and the operator has not.
+            let data_files = if self.crs.enabled {
+                portcullis_waf::DataFiles::NamesOnly
+            } else {
+                portcullis_waf::DataFiles::Absent
+            };
             problems.check(
-                portcullis_waf::WafEngine::validate_rules(
-                    rules,
-                    std::path::Path::new("/nonexistent"),
-                )
-                .map_err(|error| error.to_string()),
+                portcullis_waf::WafEngine::validate_rules(rules, data_files)
+                    .map_err(|error| error.to_string()),
                 "spec.customRules",
             );
         }
@@ -252,5 +255,34 @@ impl Validate for WafRuleSetSpec {
             "with the Core Rule Set off and no custom rules the WAF would inspect nothing; remove the WafRuleSet reference instead",
         );
         problems.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(crs_enabled: bool, custom_rules: &str) -> WafRuleSetSpec {
+        serde_json::from_value(serde_json::json!({
+            "crs": {"enabled": crs_enabled},
+            "customRules": custom_rules,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_crs_data_file_is_accepted_with_the_crs_and_refused_without_it() {
+        let rule = "SecRule REQUEST_HEADERS:User-Agent \"@pmFromFile scanners-user-agents.data\" \"id:10001,phase:1,deny,status:403\"";
+        spec(true, rule).validate().unwrap();
+        let error = spec(false, rule).validate().unwrap_err().to_string();
+        assert!(error.contains("spec.customRules"), "{error}");
+        assert!(error.contains("Core Rule Set is off"), "{error}");
+        // Custom rules alone are fine without the CRS.
+        spec(
+            false,
+            "SecRule ARGS \"@contains x\" \"id:10002,phase:1,deny,status:403\"",
+        )
+        .validate()
+        .unwrap();
     }
 }

@@ -32,9 +32,6 @@ pub enum WafError {
     /// The rules did not load.
     #[error("waf: {0}")]
     Load(#[from] LoadError),
-    /// Custom rules need the CRS directory (its setup and data files).
-    #[error("waf.customRules needs waf.crsDir")]
-    CustomRulesWithoutCrs,
 }
 
 /// The compiled WAF.
@@ -76,14 +73,12 @@ fn exclusions(doc: &edge::Waf) -> Vec<Exclusion> {
 }
 
 impl Waf {
-    /// Compiles the document's WAF; `None` when the CRS is off (no `crsDir`).
+    /// Compiles the document's WAF: the CRS in `crsDir` with the custom rules, or the custom
+    /// rules alone without a `crsDir`; `None` when there is neither.
     pub fn new(doc: &edge::Waf, app: AppKind) -> Result<Option<Self>, WafError> {
-        let Some(crs_dir) = &doc.crs_dir else {
-            return match doc.custom_rules {
-                Some(_) => Err(WafError::CustomRulesWithoutCrs),
-                None => Ok(None),
-            };
-        };
+        if doc.crs_dir.is_none() && doc.custom_rules.is_none() {
+            return Ok(None);
+        }
         let body_limit = usize::try_from(doc.request_body_limit.bytes()).unwrap_or(usize::MAX);
         let settings = WafSettings {
             mode: match doc.mode {
@@ -103,8 +98,12 @@ impl Waf {
             inspect_responses: doc.inspect_responses,
             ..WafSettings::default()
         };
+        let engine = match &doc.crs_dir {
+            Some(crs_dir) => WafEngine::new(&settings, crs_dir)?,
+            None => WafEngine::custom_only(&settings)?,
+        };
         Ok(Some(Self {
-            engine: WafEngine::new(&settings, crs_dir)?,
+            engine,
             mode: doc.mode,
             body_limit,
         }))
@@ -321,15 +320,26 @@ mod tests {
     }
 
     #[test]
-    fn without_a_crs_directory_the_waf_is_off_and_custom_rules_are_refused() {
+    fn without_a_crs_directory_only_the_custom_rules_run() {
         let mut off = doc("Block");
         off.crs_dir = None;
         assert!(Waf::new(&off, AppKind::Jellyfin).unwrap().is_none());
-        off.custom_rules = Some("SecRule ARGS \"@rx x\" \"id:1,phase:1,deny\"".into());
-        assert!(matches!(
-            Waf::new(&off, AppKind::Jellyfin),
-            Err(WafError::CustomRulesWithoutCrs)
-        ));
+        off.custom_rules = Some(
+            "SecRule ARGS:searchTerm \"@streq forbidden\" \"id:10001,phase:1,deny,status:403\""
+                .into(),
+        );
+        let custom = Waf::new(&off, AppKind::Jellyfin).unwrap().unwrap();
+        assert!(run(&custom, "/Items?searchTerm=forbidden", b"").is_blocked());
+        // What the CRS would refuse passes: it is off.
+        assert!(
+            !run(
+                &custom,
+                "/Items?searchTerm=1%27%20OR%20%271%27%3D%271%27%20--",
+                b""
+            )
+            .is_blocked()
+        );
+        assert!(Waf::files(&off).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actions::{EngineMode, RuleRef, Severity, parse_target_ref};
 use crate::error::{ErrorKind, LoadError, RuleError};
+use crate::operators::DataFiles;
 use crate::parser::lex;
 use crate::rule::{Builder, Item, RuleSet};
 use crate::transaction::Transaction;
@@ -336,42 +337,22 @@ impl WafEngine {
         for f in files {
             sources.push((f.display().to_string(), read(&f)?));
         }
-        let mut builder = Builder::new(&rules_dir);
-        let mut errors = Vec::new();
-        for (name, text) in &sources {
-            match lex(text, name) {
-                Ok(d) => builder.add(d),
-                Err(e) => errors.push(e),
-            }
-        }
-        let mut rules = match builder.finish() {
-            Ok(r) if errors.is_empty() => r,
-            Ok(_) => return Err(LoadError::Rules(errors)),
-            Err(mut e) => {
-                errors.append(&mut e);
-                return Err(LoadError::Rules(errors));
-            }
+        compile(settings, &sources, DataFiles::Dir(&rules_dir))
+    }
+
+    /// Compiles only the custom rules of `settings`, without the Core Rule Set: no anomaly
+    /// scoring unless the rules score themselves, so a rule refuses a request with a
+    /// disruptive action of its own (`deny`, `drop`, with `status:`). `@pmFromFile` is
+    /// refused, since its files are the CRS's.
+    pub fn custom_only(settings: &WafSettings) -> Result<WafEngine, LoadError> {
+        validate(settings)?;
+        let Some(custom) = &settings.custom_rules else {
+            return Err(LoadError::Settings(
+                "no custom rules to run without the Core Rule Set".into(),
+            ));
         };
-        let path_exclusions = apply_exclusions(&mut rules, &settings.exclusions)?;
-        rules.plan_prefilter(settings.executing_paranoia_level);
-        Ok(WafEngine {
-            inner: Arc::new(Compiled {
-                rules,
-                mode: match settings.mode {
-                    Mode::Block => EngineMode::On,
-                    Mode::Detect => EngineMode::DetectionOnly,
-                },
-                request_body_limit: settings.request_body_limit,
-                inspect_responses: settings.inspect_responses,
-                response_mime_types: settings
-                    .response_mime_types
-                    .iter()
-                    .map(|m| m.to_ascii_lowercase())
-                    .collect(),
-                path_exclusions,
-                unique: AtomicU64::new(1),
-            }),
-        })
+        let sources = [("custom_rules".to_string(), custom.clone())];
+        compile(settings, &sources, DataFiles::Absent)
     }
 
     /// Starts the inspection of one request.
@@ -391,13 +372,57 @@ impl WafEngine {
     }
 
     /// Checks custom SecLang rules with the same parser and compiler the engine uses,
-    /// without loading the CRS. `data_dir` resolves `@pmFromFile`.
-    pub fn validate_rules(text: &str, data_dir: &Path) -> Result<(), LoadError> {
+    /// without loading the CRS. `data` resolves `@pmFromFile`.
+    pub fn validate_rules(text: &str, data: DataFiles) -> Result<(), LoadError> {
         let directives = lex(text, "custom_rules").map_err(|e| LoadError::Rules(vec![e]))?;
-        let mut builder = Builder::new(data_dir);
+        let mut builder = Builder::new(data);
         builder.add(directives);
         builder.finish().map(|_| ()).map_err(LoadError::Rules)
     }
+}
+
+/// Parses and compiles `sources` (label, SecLang) in order into an engine for `settings`.
+fn compile(
+    settings: &WafSettings,
+    sources: &[(String, String)],
+    data: DataFiles,
+) -> Result<WafEngine, LoadError> {
+    let mut builder = Builder::new(data);
+    let mut errors = Vec::new();
+    for (name, text) in sources {
+        match lex(text, name) {
+            Ok(d) => builder.add(d),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut rules = match builder.finish() {
+        Ok(r) if errors.is_empty() => r,
+        Ok(_) => return Err(LoadError::Rules(errors)),
+        Err(mut e) => {
+            errors.append(&mut e);
+            return Err(LoadError::Rules(errors));
+        }
+    };
+    let path_exclusions = apply_exclusions(&mut rules, &settings.exclusions)?;
+    rules.plan_prefilter(settings.executing_paranoia_level);
+    Ok(WafEngine {
+        inner: Arc::new(Compiled {
+            rules,
+            mode: match settings.mode {
+                Mode::Block => EngineMode::On,
+                Mode::Detect => EngineMode::DetectionOnly,
+            },
+            request_body_limit: settings.request_body_limit,
+            inspect_responses: settings.inspect_responses,
+            response_mime_types: settings
+                .response_mime_types
+                .iter()
+                .map(|m| m.to_ascii_lowercase())
+                .collect(),
+            path_exclusions,
+            unique: AtomicU64::new(1),
+        }),
+    })
 }
 
 fn validate(s: &WafSettings) -> Result<(), LoadError> {

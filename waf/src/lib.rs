@@ -34,4 +34,5 @@ pub use engine::{
     AppProfile, Decision, Exclusion, Match, Mode, RequestFacts, Verdict, WafEngine, WafSettings,
 };
 pub use error::{ErrorKind, LoadError, RuleError};
+pub use operators::DataFiles;
 pub use transaction::Transaction;

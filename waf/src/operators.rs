@@ -162,9 +162,24 @@ fn macro_arg(arg: &str) -> Result<Macro, ErrorKind> {
     Macro::parse(arg)
 }
 
+/// Where `@pmFromFile` finds its files.
+#[derive(Clone, Copy, Debug)]
+pub enum DataFiles<'a> {
+    /// Read them from this directory (the CRS rules directory, where CRS keeps its `.data`
+    /// files).
+    Dir(&'a Path),
+    /// Check only that each is a plain file name, to be read from the CRS rules directory
+    /// where the rules are loaded (validation away from the edge, without the CRS at hand).
+    /// The phrases compiled are then the file names: such a rule set is for checking, not
+    /// for running.
+    NamesOnly,
+    /// There are none: the Core Rule Set is off, so `@pmFromFile` is refused.
+    Absent,
+}
+
 impl Operator {
-    /// Compiles `@name argument`; `data_dir` resolves `@pmFromFile` files.
-    pub fn compile(name: &str, arg: &str, data_dir: &Path) -> Result<Operator, ErrorKind> {
+    /// Compiles `@name argument`; `data` resolves `@pmFromFile` files.
+    pub fn compile(name: &str, arg: &str, data: DataFiles) -> Result<Operator, ErrorKind> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "rx" => {
                 let (regex, unicode) = compile_rx(arg)?;
@@ -187,16 +202,41 @@ impl Operator {
             "pmfromfile" | "pmf" => {
                 let mut words = Vec::new();
                 for file in arg.split_whitespace() {
-                    let path = data_dir.join(file);
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        ErrorKind::DataFile(path.display().to_string(), e.to_string())
-                    })?;
-                    words.extend(
-                        text.lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                            .map(|l| l.as_bytes().to_vec()),
-                    );
+                    match data {
+                        DataFiles::Dir(dir) => {
+                            let path = dir.join(file);
+                            let text = std::fs::read_to_string(&path).map_err(|e| {
+                                ErrorKind::DataFile(path.display().to_string(), e.to_string())
+                            })?;
+                            words.extend(
+                                text.lines()
+                                    .map(str::trim)
+                                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                                    .map(|l| l.as_bytes().to_vec()),
+                            );
+                        }
+                        DataFiles::NamesOnly => {
+                            let plain = !file.is_empty()
+                                && file != ".."
+                                && file
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                            if !plain {
+                                return Err(ErrorKind::DataFile(
+                                    file.to_string(),
+                                    "not a plain file name of the Core Rule Set's rules directory"
+                                        .into(),
+                                ));
+                            }
+                            words.push(file.as_bytes().to_vec());
+                        }
+                        DataFiles::Absent => {
+                            return Err(ErrorKind::DataFile(
+                                file.to_string(),
+                                "@pmFromFile reads the Core Rule Set's data files, and the Core Rule Set is off".into(),
+                            ));
+                        }
+                    }
                 }
                 if words.is_empty() {
                     return Err(ErrorKind::Invalid {
@@ -425,7 +465,7 @@ mod tests {
     use super::*;
 
     fn op(name: &str, arg: &str) -> Operator {
-        Operator::compile(name, arg, Path::new(".")).unwrap()
+        Operator::compile(name, arg, DataFiles::Dir(Path::new("."))).unwrap()
     }
 
     #[test]
@@ -490,7 +530,7 @@ mod tests {
     #[test]
     fn unknown_operator_is_reported() {
         assert!(matches!(
-            Operator::compile("rbl", "x", Path::new(".")),
+            Operator::compile("rbl", "x", DataFiles::Dir(Path::new("."))),
             Err(ErrorKind::UnsupportedOperator(_))
         ));
     }

@@ -2,7 +2,6 @@
 //! per-phase order, every regex and phrase list compiled once.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
@@ -11,7 +10,7 @@ use crate::actions::{
 };
 use crate::error::{ErrorKind, RuleError};
 use crate::macros::Macro;
-use crate::operators::Operator;
+use crate::operators::{DataFiles, Operator};
 use crate::parser::{Directive, Location, split_actions, split_operator, split_variables};
 use crate::transforms::{ByteSet, Transform};
 use crate::variables::{ParsedTarget, Selector, Target, add_exclusion, fold_targets};
@@ -396,7 +395,7 @@ fn resolve_ctl_rules(rules: &mut [Rule]) {
 
 /// Builds a [`RuleSet`] from directives, collecting every error.
 pub struct Builder<'a> {
-    data_dir: &'a Path,
+    data: DataFiles<'a>,
     set: RuleSet,
     defaults: HashMap<u8, Actions>,
     pending: Option<(Actions, Vec<Link>, Location)>,
@@ -407,10 +406,10 @@ pub struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    /// A builder resolving `@pmFromFile` files in `data_dir`.
-    pub fn new(data_dir: &'a Path) -> Self {
+    /// A builder resolving `@pmFromFile` files as `data` says.
+    pub fn new(data: DataFiles<'a>) -> Self {
         Builder {
-            data_dir,
+            data,
             set: RuleSet::default(),
             defaults: HashMap::new(),
             pending: None,
@@ -498,8 +497,7 @@ impl<'a> Builder<'a> {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(err)?;
                 let targets = fold_targets(parsed).map_err(err)?;
-                let operator =
-                    Operator::compile(&op.name, &op.argument, self.data_dir).map_err(err)?;
+                let operator = Operator::compile(&op.name, &op.argument, self.data).map_err(err)?;
                 self.push_link(actions, targets, operator, op.negated, loc)
             }
             "secaction" => {

@@ -312,3 +312,31 @@ async fn broken_custom_rules_keep_the_last_good_rules() {
         StatusCode::FORBIDDEN
     );
 }
+
+#[tokio::test]
+async fn custom_rules_run_without_the_crs() {
+    let proxy = Proxy::start(Settings {
+        extra: "waf:
+  mode: Block
+  paranoiaLevel: 1
+  executingParanoiaLevel: 1
+  inboundAnomalyThreshold: 5
+  outboundAnomalyThreshold: 4
+  appExclusions: true
+  requestBodyLimit: 128Ki
+  inspectResponses: false
+  customRules: \"SecRule REQUEST_URI \\\"@beginsWith /System/Logs\\\" \\\"id:10001,phase:1,deny,status:403\\\"\"
+"
+        .into(),
+        ..Settings::default()
+    });
+    assert_eq!(get(&proxy, "/System/Logs").await.0, StatusCode::FORBIDDEN);
+    // The CRS is off: what it would refuse reaches the application.
+    let (status, _, _) = get(
+        &proxy,
+        "/Items/custom-only?searchTerm=1%27%20OR%20%271%27%3D%271%27%20--",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(origin_saw("/Items/custom-only"));
+}
