@@ -193,7 +193,9 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Timeouts {
-    /// Time allowed to send the request headers (slowloris guard).
+    /// Time allowed to send the request headers (slowloris guard); the same deadline bounds
+    /// the TLS handshake, the PROXY protocol header, an idle HTTP/1.1 keep-alive connection
+    /// between requests and an idle HTTP/2 connection.
     pub header_read: Duration,
     /// Longest pause allowed while a request body streams in.
     pub body_read: Duration,
