@@ -78,7 +78,7 @@ pub fn claim_name(volume: &VolumeSpec, created: String) -> String {
     volume.existing_claim.clone().unwrap_or(created)
 }
 
-fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
+pub(crate) fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
     Volume {
         name: name.to_owned(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -89,7 +89,7 @@ fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
