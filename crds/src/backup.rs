@@ -100,6 +100,9 @@ pub struct BackupStatus {
     /// When the last backup succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_time: Option<Time>,
+    /// The name of the last successful backup (to restore it by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
     /// When the last backup failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,

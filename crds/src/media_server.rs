@@ -36,6 +36,8 @@ use crate::{
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Backup","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"BackupReady\")].status"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","priority":1,"jsonPath":".status.backup.lastSuccessTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.transcoder) || !self.transcoder.enabled || has(self.storage.cache.existingClaim) || (has(self.storage.cache.accessMode) && self.storage.cache.accessMode == 'ReadWriteMany')").message("the transcoder shares the cache volume with the app: spec.storage.cache.accessMode must be ReadWriteMany (or use an existingClaim that is)").reason(Reason::FieldValueInvalid).field_path(".storage.cache.accessMode"))]

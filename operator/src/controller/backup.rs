@@ -105,6 +105,7 @@ pub fn record(mut status: BackupStatus, job: &Finished) -> BackupStatus {
         .and_then(|m| serde_json::from_str::<BackupReport>(m).ok())
     {
         Some(report) => {
+            status.last_backup = Some(report.backup.name);
             status.last_size_bytes = Some(report.backup.size_bytes);
             status.last_duration_millis = Some(report.duration_millis);
             status.backups = report.backups;
@@ -112,6 +113,7 @@ pub fn record(mut status: BackupStatus, job: &Finished) -> BackupStatus {
         }
         None => {
             // The pod (and its report) is gone: the Job's own times still tell the duration.
+            status.last_backup = None;
             status.last_size_bytes = None;
             status.last_duration_millis = job.started.as_ref().map(|started| {
                 (job.finished.0 - started.0)
@@ -144,9 +146,9 @@ pub fn backup_condition(
         )
     } else if let Some(success) = &status.last_success_time {
         let latest = status
-            .backups
-            .first()
-            .map_or_else(String::new, |b| format!("{} ", b.name));
+            .last_backup
+            .as_ref()
+            .map_or_else(String::new, |name| format!("{name} "));
         (
             "True",
             "BackupSucceeded",
@@ -330,7 +332,7 @@ pub async fn reconcile_backup(
                 "BackupSucceeded",
                 format!(
                     "backup {}: {} bytes in {} ms",
-                    status.backups.first().map_or("", |b| b.name.as_str()),
+                    status.last_backup.as_deref().unwrap_or("(no report)"),
                     status.last_size_bytes.unwrap_or(0),
                     status.last_duration_millis.unwrap_or(0)
                 ),
@@ -520,6 +522,10 @@ mod tests {
         assert_eq!(status.count, 2);
         assert_eq!(status.backups.len(), 2);
         assert_eq!(status.last_job.as_deref(), Some("jellyfin-backup-1"));
+        assert_eq!(
+            status.last_backup.as_deref(),
+            Some("jellyfin-20261129T030000Z")
+        );
         assert!(
             !is_new(&status, &at(2)),
             "the same outcome is not recorded twice"
@@ -545,6 +551,10 @@ mod tests {
             },
         );
         assert_eq!(bare.last_duration_millis, Some(2000));
+        assert_eq!(
+            bare.last_backup, None,
+            "no name is claimed without the report"
+        );
         assert_eq!(bare.last_size_bytes, None);
     }
 

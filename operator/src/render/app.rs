@@ -232,7 +232,8 @@ pub fn deployment(server: &MediaServer, settings: &Settings) -> Deployment {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+/// An emptyDir volume named `name`.
+pub(crate) fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource::default()),

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Component, Names, Settings,
-    app::{CONFIG_PATH, claim_name, claim_volume, mount},
+    app::{CONFIG_PATH, claim_name, claim_volume, empty_dir, mount},
     labels, owned_metadata, security, selector,
 };
 
@@ -192,9 +192,11 @@ fn pod_spec(
             args: Some(args),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             // The databases are opened read-write: SQLite needs the WAL index of a live one.
+            // /tmp: SQLite's temporary files, the root file system being read-only.
             volume_mounts: Some(vec![
                 mount("config", CONFIG_PATH, false),
                 mount("backups", BACKUPS_PATH, backups_read_only),
+                mount("tmp", "/tmp", false),
             ]),
             security_context: Some(security::container()),
             ..Container::default()
@@ -206,6 +208,7 @@ fn pod_spec(
                 false,
             ),
             claim_volume("backups", backups, backups_read_only),
+            empty_dir("tmp"),
         ]),
         ..PodSpec::default()
     }
@@ -239,6 +242,7 @@ mod tests {
             .volume_mounts
             .iter()
             .flatten()
+            .filter(|m| m.name != "tmp")
             .map(|m| {
                 let volume = pod
                     .volumes

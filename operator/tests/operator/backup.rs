@@ -249,6 +249,7 @@ async fn the_backup_status_follows_the_outcome_of_each_backup_job() {
     .await;
     assert_eq!(backup_ready(&status).unwrap().0, "True");
     assert_eq!(status["backup"]["lastSizeBytes"], 4096);
+    assert_eq!(status["backup"]["lastBackup"], "jellyfin-20261129T030000Z");
     assert_eq!(status["backup"]["lastDurationMillis"], 1234);
     assert_eq!(status["backup"]["count"], 2);
     assert_eq!(
