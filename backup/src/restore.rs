@@ -36,6 +36,7 @@ pub struct Restored {
 /// unless the whole archive unpacked, matched its manifest and every database in it passed
 /// `PRAGMA integrity_check`. Entries that backups leave out (logs, caches) stay as they are.
 pub fn restore(destination: &Path, name: &str, config: &Path) -> Result<Restored> {
+    recover(config)?;
     if parse_name(name).is_none() {
         return Err(Error::BadName(name.to_owned()));
     }
@@ -161,13 +162,26 @@ fn covered(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(names)
 }
 
+/// Puts back what an interrupted swap had moved aside (the process was killed between
+/// moving the old entries out and deleting them): every entry `config` lacks returns.
+fn recover(config: &Path) -> Result<()> {
+    let previous = config.join(PREVIOUS);
+    if !previous.is_dir() {
+        return Ok(());
+    }
+    for name in covered(&previous)? {
+        let target = config.join(&name);
+        if !target.exists() {
+            fs::rename(previous.join(&name), &target).map_err(io("putting back", &target))?;
+        }
+    }
+    fs::remove_dir_all(&previous).map_err(io("removing", &previous))
+}
+
 /// Moves the covered entries of `config` aside, moves the staged ones in, and drops the old
 /// ones; on a failure midway, puts everything back as it was.
 fn swap(config: &Path, staging: &Path) -> Result<()> {
     let previous = config.join(PREVIOUS);
-    if previous.exists() {
-        fs::remove_dir_all(&previous).map_err(io("removing", &previous))?;
-    }
     fs::create_dir(&previous).map_err(io("creating", &previous))?;
     let old = covered(config)?;
     let new = covered(staging)?;

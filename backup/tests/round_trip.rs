@@ -417,3 +417,38 @@ fn retention_prunes_old_backups_and_the_report_lists_what_is_kept() {
         ]
     );
 }
+
+#[test]
+fn what_an_interrupted_restore_had_moved_aside_is_put_back_first() {
+    let dir = TempDir::new("interrupted");
+    let (config, backups, report) = (
+        dir.0.join("config"),
+        dir.0.join("backups"),
+        dir.0.join("report"),
+    );
+    fs::create_dir_all(&backups).unwrap();
+    jellyfin_config(&config, 10);
+    let before = tree(&config);
+    // Killed mid-swap: the configuration and plugins were moved aside, nothing moved in yet.
+    let aside = config.join(".portcullis-restore-previous");
+    fs::create_dir(&aside).unwrap();
+    for name in ["config", "plugins"] {
+        fs::rename(config.join(name), aside.join(name)).unwrap();
+    }
+    let (output, message) = tool(
+        &[
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--from",
+            "jellyfin-20200101T000000Z",
+        ],
+        &report,
+    );
+    assert!(!output.status.success());
+    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(tree(&config), before, "everything moved aside is back");
+    assert!(!aside.exists());
+}
