@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # One image with every Portcullis binary: the operator (also the app pod's known-proxies
-# init step), the edge proxy, the transcoder and the ffmpeg wrapper (the app pod's
-# ffmpeg-wrapper init step copies it out of this image).
+# init step), the edge proxy, the transcoder, the ffmpeg wrapper (the app pod's
+# ffmpeg-wrapper init step copies it out of this image) and portcullis-backup (the backup
+# CronJob and restore Jobs).
 #   docker build -t ghcr.io/portcullis-dev/portcullis:0.1.0 .
 # The transcoder also needs ffmpeg next to it; the `transcoder` target adds the binary to the
 # Jellyfin image, whose jellyfin-ffmpeg (NVENC/NVDEC, CUDA filters) is where
@@ -18,9 +19,11 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p portcullis-operator -p portcullis-proxy -p portcullis-transcoder \
+       -p portcullis-backup \
  && mkdir -p /out \
  && cp target/release/portcullis-operator target/release/portcullis-proxy \
-       target/release/portcullis-transcoder target/release/portcullis-ffmpeg /out/
+       target/release/portcullis-transcoder target/release/portcullis-ffmpeg \
+       target/release/portcullis-backup /out/
 
 # The transcoder with jellyfin-ffmpeg. The operator's default image is the last stage (what
 # a plain `docker build` makes), so a MediaServer sets `transcoder.image` to this one until

@@ -5,6 +5,7 @@
 //! depend on it.
 
 pub mod access_policy;
+pub mod backup;
 pub mod common;
 pub mod conditions;
 pub mod edge;

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    backup::{BackupSpec, BackupStatus, RestoreSpec, RestoreStatus, check_schedule},
     common::{Cidr, DomainName, LocalObjectReference},
     validation::{Problems, Validate, ValidationErrors},
 };
@@ -35,9 +36,12 @@ use crate::{
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Backup","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"BackupReady\")].status"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","priority":1,"jsonPath":".status.backup.lastSuccessTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.transcoder) || !self.transcoder.enabled || has(self.storage.cache.existingClaim) || (has(self.storage.cache.accessMode) && self.storage.cache.accessMode == 'ReadWriteMany')").message("the transcoder shares the cache volume with the app: spec.storage.cache.accessMode must be ReadWriteMany (or use an existingClaim that is)").reason(Reason::FieldValueInvalid).field_path(".storage.cache.accessMode"))]
+#[x_kube(validation = Rule::new("!has(self.restore) || has(self.backup)").message("a restore reads from spec.backup.destination: set spec.backup too").reason(Reason::FieldValueRequired).field_path(".backup"))]
 #[serde(rename_all = "camelCase")]
 pub struct MediaServerSpec {
     /// The media server application and its container image.
@@ -68,6 +72,15 @@ pub struct MediaServerSpec {
     /// A transcoder that runs the app's ffmpeg jobs, on a GPU when one is available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcoder: Option<TranscoderSpec>,
+    /// Scheduled backups of the configuration volume (its SQLite databases copied with
+    /// SQLite's online backup, metadata and plugin configuration included; caches, logs and
+    /// media left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+    /// Put a backup back into the configuration volume (the app is stopped meanwhile).
+    /// Remove the field once status.restore reports the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
 }
 
 /// The media server application.
@@ -447,6 +460,12 @@ pub struct MediaServerStatus {
     /// The transcoder's pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcoder: Option<ComponentStatus>,
+    /// The backups: last outcome, size, duration, and the list to restore from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// The last restore requested by spec.restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreStatus>,
 }
 
 /// The readiness of one component's Deployment.
@@ -512,6 +531,19 @@ impl Validate for MediaServerSpec {
                 format!("{proxy} trusts every address, so any client could forge its own address"),
             );
         }
+        if let Some(backup) = &self.backup {
+            problems.check(check_schedule(&backup.schedule), "spec.backup.schedule");
+            problems.require(
+                backup.retention.keep_last.is_some() || backup.retention.max_age.is_some(),
+                "spec.backup.retention",
+                "set keepLast, maxAge or both",
+            );
+        }
+        problems.require(
+            self.restore.is_none() || self.backup.is_some(),
+            "spec.backup",
+            "a restore reads from spec.backup.destination: set spec.backup too",
+        );
         problems.finish()
     }
 }

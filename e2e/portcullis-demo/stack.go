@@ -30,6 +30,7 @@ import (
 const (
 	serverName   = "jellyfin"
 	mediaClaim   = "nas-media"
+	backupClaim  = "jellyfin-backups"
 	tlsSecret    = "media-example-org-tls"
 	smtpSecret   = "smtp-credentials"
 	geoipSecret  = "geoip-country"
@@ -276,27 +277,29 @@ func (d *Demo) installChart(ctx context.Context) error {
 	return err
 }
 
-// prerequisites makes what examples/README.md says the seed needs: the media claim, volumes
+// prerequisites makes what examples/README.md says the seed needs: the media and backup claims, volumes
 // for the claims the operator creates, and the three Secrets (a certificate from the demo's
 // CA, SMTP credentials, a country database).
 func (d *Demo) prerequisites(ctx context.Context) error {
-	for _, claim := range []string{mediaClaim, serverName + "-config", serverName + "-cache"} {
+	for _, claim := range []string{mediaClaim, backupClaim, serverName + "-config", serverName + "-cache"} {
 		if err := d.volumeFor(ctx, claim); err != nil {
 			return err
 		}
 	}
-	claim := &corev1.PersistentVolumeClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: mediaClaim},
-		Spec: corev1.PersistentVolumeClaimSpec{
-			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
-			StorageClassName: new(string),
-			Resources: corev1.VolumeResourceRequirements{
-				Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+	for _, name := range []string{mediaClaim, backupClaim} {
+		claim := &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany},
+				StorageClassName: new(string),
+				Resources: corev1.VolumeResourceRequirements{
+					Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+				},
 			},
-		},
-	}
-	if _, err := d.cluster.Client.CoreV1().PersistentVolumeClaims(d.opts.Namespace).Create(ctx, claim, metav1.CreateOptions{}); err != nil {
-		return err
+		}
+		if _, err := d.cluster.Client.CoreV1().PersistentVolumeClaims(d.opts.Namespace).Create(ctx, claim, metav1.CreateOptions{}); err != nil {
+			return err
+		}
 	}
 
 	pki, err := newPKI(d.opts.Host)

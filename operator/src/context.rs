@@ -32,6 +32,8 @@ pub enum DependencyKind {
     Secret,
     /// A ConfigMap (GeoIP).
     ConfigMap,
+    /// A PersistentVolumeClaim (the backup destination).
+    PersistentVolumeClaim,
 }
 
 /// An object a MediaServer depends on, in the MediaServer's namespace.
@@ -144,6 +146,25 @@ impl Context {
     ) -> kube::Result<()> {
         let event = Event {
             type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(message),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        self.metrics.writes.with_label_values(&["Event"]).inc();
+        self.recorder.publish(&event, object).await
+    }
+
+    /// Publishes a Normal Event on `object` (counted as a write).
+    pub async fn note(
+        &self,
+        object: &ObjectReference,
+        reason: &str,
+        message: String,
+        action: &str,
+    ) -> kube::Result<()> {
+        let event = Event {
+            type_: EventType::Normal,
             reason: reason.to_owned(),
             note: Some(message),
             action: action.to_owned(),

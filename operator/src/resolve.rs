@@ -33,6 +33,16 @@ pub fn declared_dependencies(server: &MediaServer) -> BTreeSet<Dependency> {
     if let Some(secret) = &spec.tls.secret_name {
         dependencies.insert((DependencyKind::Secret, secret.clone()));
     }
+    if let Some(backup) = &spec.backup {
+        dependencies.insert((
+            DependencyKind::PersistentVolumeClaim,
+            backup
+                .destination
+                .persistent_volume_claim
+                .claim_name
+                .clone(),
+        ));
+    }
     dependencies
 }
 

@@ -20,12 +20,16 @@ use kube::{
 };
 use portcullis_crds::{
     MediaServer, MediaServerStatus, Validate,
-    conditions::{ConditionType, Phase, set_phase},
+    backup::RestoreStatus,
+    conditions::{ConditionType, Phase, set_condition, set_phase},
     media_server::ComponentStatus,
 };
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use super::backup::{
+    BACKUP_READY, BackupState, reconcile_backup, reconcile_restore, restore_pending,
+};
 use crate::{
     apply::{apply, apply_in, delete_owned},
     context::Context,
@@ -83,12 +87,15 @@ pub fn error_policy(server: Arc<MediaServer>, error: &Error, ctx: Arc<Context>) 
     Action::requeue(Duration::from_secs(10))
 }
 
-/// What the reconcile achieved: the document hash in force and each component's pods.
+/// What the reconcile achieved: the document hash in force, each component's pods, and
+/// where backups and a restore stand.
 struct Progress {
     config_hash: String,
     app: ComponentStatus,
     edge: ComponentStatus,
     transcoder: Option<ComponentStatus>,
+    backup: BackupState,
+    restore: Option<RestoreStatus>,
 }
 
 fn component(deployment: &Deployment) -> ComponentStatus {
@@ -135,6 +142,10 @@ impl Progress {
         let mut conditions = server.status.clone().unwrap_or_default().conditions;
         let waiting = self.waiting_for();
         let now = Time(Timestamp::now());
+        match self.backup.condition {
+            Some(condition) => set_condition(&mut conditions, condition),
+            None => conditions.retain(|c| c.type_ != BACKUP_READY),
+        }
         if waiting.is_empty() {
             let message = "the app, the edge and the transcoder (if any) are running with the current configuration";
             set_phase(
@@ -164,6 +175,8 @@ impl Progress {
             app: Some(self.app),
             edge: Some(self.edge),
             transcoder: self.transcoder,
+            backup: self.backup.status,
+            restore: self.restore,
         }
     }
 }
@@ -272,7 +285,18 @@ async fn apply_server(
     for policy in render::network_policy::policies(server, transcoder_spec.is_some(), settings) {
         apply(ctx, policy).await?;
     }
-    let app = apply(ctx, render::app::deployment(server, settings)).await?;
+    // A restore needs the app stopped: nothing may write the configuration meanwhile.
+    let restoring = restore_pending(
+        server.spec.restore.as_ref(),
+        server.status.as_ref().and_then(|s| s.restore.as_ref()),
+    );
+    let mut app_deployment = render::app::deployment(server, settings);
+    if restoring {
+        app_deployment.spec.replicas = Some(0);
+    }
+    let app = apply(ctx, app_deployment).await?;
+    let backup = reconcile_backup(server, ctx, restoring).await?;
+    let restore = reconcile_restore(server, ctx, &app).await?;
     let edge = apply(
         ctx,
         render::edge::deployment(server, &resolved, &document, settings),
@@ -283,6 +307,8 @@ async fn apply_server(
         app: component(&app),
         edge: component(&edge),
         transcoder: transcoder_status,
+        backup,
+        restore,
     })
 }
 

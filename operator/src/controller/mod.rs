@@ -5,6 +5,7 @@
 //! reconciles because a MediaServer was deleted or dropped its reference already sees the
 //! store without it (two watches of their own would race).
 
+pub mod backup;
 pub mod media_server;
 pub mod policy;
 
@@ -13,6 +14,7 @@ use std::{collections::HashMap, sync::Arc};
 use futures::{SinkExt, Stream, StreamExt, channel::mpsc, future};
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    batch::v1::{CronJob, Job},
     core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
     networking::v1::NetworkPolicy,
 };
@@ -52,6 +54,29 @@ fn owner_servers<K: Resource>(object: &K) -> impl Iterator<Item = ObjectRef<Medi
         })
         .collect::<Vec<_>>()
         .into_iter()
+}
+
+/// The MediaServer whose backup CronJob made `job` (its labels: the CronJob owns the Job,
+/// and the MediaServer owns the CronJob).
+fn backup_server(job: &Job) -> Option<ObjectRef<MediaServer>> {
+    let labels = job.labels();
+    (labels
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+        == Some("backup")
+        && labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some(crate::render::FIELD_MANAGER))
+    .then(|| labels.get("app.kubernetes.io/instance"))
+    .flatten()
+    .map(|name| {
+        let reference = ObjectRef::new(name);
+        match job.namespace() {
+            Some(namespace) => reference.within(&namespace),
+            None => reference,
+        }
+    })
 }
 
 /// Passes on the objects of a watch whose spec changed (a new generation) or that were
@@ -210,11 +235,34 @@ pub async fn run(ctx: Arc<Context>) {
     let limits = dependents(DependencyKind::RateLimit);
     let secrets = dependents(DependencyKind::Secret);
     let maps = dependents(DependencyKind::ConfigMap);
+    let claims = dependents(DependencyKind::PersistentVolumeClaim);
     let media_servers = Controller::for_stream(server_triggers.map(Ok), servers.clone())
         .owns(ctx.api::<Deployment>(), config.clone())
         .owns(ctx.api::<Service>(), config.clone())
         .owns(ctx.api::<NetworkPolicy>(), config.clone())
-        .owns(ctx.api::<PersistentVolumeClaim>(), config.clone())
+        .owns(ctx.api::<CronJob>(), config.clone())
+        // Restore Jobs are the MediaServer's own; backup Jobs belong to its CronJob.
+        .watches(
+            ctx.api::<Job>(),
+            config
+                .clone()
+                .labels("app.kubernetes.io/managed-by=portcullis-operator"),
+            |job| {
+                let mut refs: Vec<_> = owner_servers(&job).collect();
+                refs.extend(backup_server(&job));
+                refs
+            },
+        )
+        // The app's claims (owned) and backup destinations (referenced).
+        .watches(
+            ctx.api::<PartialObjectMeta<PersistentVolumeClaim>>(),
+            config.clone(),
+            move |c| {
+                let mut refs: Vec<_> = owner_servers(&c).collect();
+                refs.extend(claims(c.namespace(), c.name_any()));
+                refs
+            },
+        )
         .watches_stream(
             spec_changes::<AccessPolicy>(&ctx, config.clone()),
             move |p| access(p.namespace(), p.name_any()),

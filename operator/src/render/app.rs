@@ -78,7 +78,7 @@ pub fn claim_name(volume: &VolumeSpec, created: String) -> String {
     volume.existing_claim.clone().unwrap_or(created)
 }
 
-fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
+pub(crate) fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
     Volume {
         name: name.to_owned(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -89,7 +89,7 @@ fn claim_volume(name: &str, claim: String, read_only: bool) -> Volume {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -232,7 +232,8 @@ pub fn deployment(server: &MediaServer, settings: &Settings) -> Deployment {
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+/// An emptyDir volume named `name`.
+pub(crate) fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource::default()),

@@ -4,6 +4,7 @@
 //! from a spec. One module per owned object family.
 
 pub mod app;
+pub mod backup;
 pub mod certificate;
 pub mod edge;
 pub mod edge_config;
@@ -164,6 +165,16 @@ impl Names {
     pub fn transcoder_token(&self) -> String {
         format!("{}-transcoder-token", self.base)
     }
+
+    /// The CronJob taking backups.
+    pub fn backup(&self) -> String {
+        format!("{}-backup", self.base)
+    }
+
+    /// The Job restoring backup `from`.
+    pub fn restore(&self, from: &str) -> String {
+        format!("{}-restore-{}", self.base, backup::restore_suffix(from))
+    }
 }
 
 /// The component a pod belongs to.
@@ -175,6 +186,10 @@ pub enum Component {
     Edge,
     /// The transcoder.
     Transcoder,
+    /// The backup CronJob and its Jobs.
+    Backup,
+    /// A restore Job.
+    Restore,
 }
 
 impl Component {
@@ -184,6 +199,8 @@ impl Component {
             Self::App => "app",
             Self::Edge => "edge",
             Self::Transcoder => "transcoder",
+            Self::Backup => "backup",
+            Self::Restore => "restore",
         }
     }
 }

@@ -12,6 +12,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        batch::v1::CronJob,
         coordination::v1::Lease,
         core::v1::Secret,
         events::v1::Event,
@@ -83,11 +84,24 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "configmaps",
         &["get", "list", "watch", "create", "patch"],
     ),
-    // The app's claims: owned, applied, never deleted (the data stays).
+    // The app's claims: owned, applied, never deleted (the data stays); backup
+    // destinations: watched and read.
     (
         "",
         "persistentvolumeclaims",
         &["get", "list", "watch", "create", "patch"],
+    ),
+    // controller/backup.rs: the backup CronJob (applied, deleted with spec.backup), its
+    // Jobs (watched, listed) and restore Jobs (applied, deleted with spec.restore).
+    (
+        "batch",
+        "cronjobs",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "batch",
+        "jobs",
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     // render/certificate.rs through apply_in: get, then apply.
     (
@@ -95,7 +109,8 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "certificates",
         &["get", "create", "patch"],
     ),
-    // bans.rs lists the edge pods to ask each ready one for its bans.
+    // bans.rs lists the edge pods to ask each ready one for its bans; controller/backup.rs
+    // lists a Job's pods for the tool's termination message.
     ("", "pods", &["list"]),
     // context.rs warn: kube-runtime's Recorder creates an Event, then patches its series.
     ("events.k8s.io", "events", &["create", "patch"]),
@@ -492,6 +507,7 @@ fn operator_command(
 /// and the Secrets it names (placeholders: the operator checks keys only).
 async fn seed_prerequisites(ns: &mut TestNamespace) {
     ns.existing_claim("nas-media").await;
+    ns.existing_claim("jellyfin-backups").await;
     ns.volume_for("jellyfin-config").await;
     ns.volume_for("jellyfin-cache").await;
     ns.secret("media-example-org-tls", &["tls.crt", "tls.key"])
@@ -701,6 +717,12 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     kubectl_wait(&ns.name, "Ready", ALL_KINDS);
     let server = ns.api::<MediaServer>().get("jellyfin").await.unwrap();
     assert_eq!(server.status.unwrap().transcoder.unwrap().ready_replicas, 1);
+    // The seed's nightly backup, scheduled under this identity.
+    let backups = kube::Api::<CronJob>::namespaced(ns.client.clone(), &ns.name)
+        .get("jellyfin-backup")
+        .await
+        .unwrap();
+    assert_eq!(backups.spec.schedule, "30 3 * * *");
     for (object, status) in kstatus_of(&ns.name) {
         assert_eq!(status, "Current", "{object}");
     }

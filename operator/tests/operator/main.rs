@@ -3,6 +3,7 @@
 //! as the apiserver itself serves and enforces it.
 
 mod api;
+mod backup;
 mod bans;
 mod chart;
 mod leader;

@@ -85,6 +85,7 @@ async fn edge_document(ns: &TestNamespace) -> EdgeConfig {
 async fn the_seed_becomes_ready_with_its_transcoder_on_the_gpu_node() {
     let mut ns = TestNamespace::new("seed").await;
     ns.existing_claim("nas-media").await;
+    ns.existing_claim("jellyfin-backups").await;
     ns.volume_for("jellyfin-config").await;
     ns.volume_for("jellyfin-cache").await;
     ns.secret("media-example-org-tls", &["tls.crt", "tls.key"])
@@ -106,6 +107,11 @@ async fn the_seed_becomes_ready_with_its_transcoder_on_the_gpu_node() {
     assert_eq!(status["url"], "https://media.example.org");
     assert_eq!(status["transcoder"]["readyReplicas"], 1);
     assert_eq!(condition(&status, "Stalled").unwrap().0, "False");
+    let backup = condition(&status, "BackupReady").unwrap();
+    assert_eq!(
+        (backup.0.as_str(), backup.1.as_str()),
+        ("Unknown", "NoBackupYet")
+    );
 
     let pods = ns
         .api::<Pod>()

@@ -1,0 +1,454 @@
+//! The backup tool as the Job runs it: a real process against real SQLite databases that
+//! another process-like writer keeps changing during the backup.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use portcullis_crds::backup::BackupReport;
+use rusqlite::Connection;
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("portcullis-backup-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tool(args: &[&str], report: &Path) -> (Output, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis-backup"))
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .output()
+        .expect("portcullis-backup runs");
+    let message = fs::read_to_string(report).unwrap_or_default();
+    (output, message)
+}
+
+fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+}
+
+/// A Jellyfin-like configuration directory: a WAL database with `rows` rows, a database
+/// in rollback-journal mode, XML configuration, metadata, plugins, and what backups skip.
+fn jellyfin_config(config: &Path, rows: i64) {
+    write(
+        &config.join("config/system.xml"),
+        "<ServerConfiguration>v1</ServerConfiguration>",
+    );
+    write(&config.join("metadata/library/ab/poster.jpg"), "jpeg bytes");
+    write(
+        &config.join("plugins/configurations/Foo.xml"),
+        "<Foo>on</Foo>",
+    );
+    write(&config.join("log/log_20261129.log"), "a log line");
+    write(&config.join("cache/images/x.jpg"), "cached");
+    write(&config.join("data/transcodes/seg0.ts"), "segment");
+    fs::create_dir_all(config.join("data")).unwrap();
+    let library = Connection::open(config.join("data/library.db")).unwrap();
+    library
+        .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .unwrap();
+    library
+        .execute_batch("CREATE TABLE items (id INTEGER PRIMARY KEY, payload BLOB NOT NULL)")
+        .unwrap();
+    let tx = library.unchecked_transaction().unwrap();
+    for id in 1..=rows {
+        tx.execute("INSERT INTO items VALUES (?1, zeroblob(1024))", [id])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let users = Connection::open(config.join("data/jellyfin.db")).unwrap();
+    users
+        .execute_batch(
+            "CREATE TABLE users (name TEXT PRIMARY KEY); INSERT INTO users VALUES ('alice'), ('bob');",
+        )
+        .unwrap();
+}
+
+/// Inserts rows one transaction at a time until stopped; `committed` is the last id whose
+/// commit returned.
+fn start_writer(
+    db: PathBuf,
+    first: i64,
+) -> (Arc<AtomicBool>, Arc<AtomicI64>, thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicI64::new(first - 1));
+    let handle = {
+        let (stop, committed) = (stop.clone(), committed.clone());
+        thread::spawn(move || {
+            let db = Connection::open(db).unwrap();
+            db.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mut id = first;
+            while !stop.load(Ordering::SeqCst) {
+                db.execute("INSERT INTO items VALUES (?1, zeroblob(1024))", [id])
+                    .unwrap();
+                committed.store(id, Ordering::SeqCst);
+                id += 1;
+            }
+        })
+    };
+    (stop, committed, handle)
+}
+
+/// Every file under `dir` (relative path → content), `.portcullis-*` entries aside.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(relative, fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn ids(db: &Path) -> Vec<i64> {
+    let db = Connection::open(db).unwrap();
+    let mut statement = db.prepare("SELECT id FROM items ORDER BY id").unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn integrity(db: &Path) -> String {
+    Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_backup_taken_during_writes_restores_every_row_committed_before_it_and_passes_integrity_check()
+{
+    let dir = TempDir::new("round-trip");
+    let (config, backups, report) = (
+        dir.0.join("config"),
+        dir.0.join("backups"),
+        dir.0.join("report"),
+    );
+    fs::create_dir_all(&backups).unwrap();
+    jellyfin_config(&config, 20_000);
+    let library = config.join("data/library.db");
+
+    let (stop, committed, writer) = start_writer(library.clone(), 20_001);
+    while committed.load(Ordering::SeqCst) < 20_100 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let before = committed.load(Ordering::SeqCst);
+    let (output, message) = tool(
+        &[
+            "backup",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--prefix",
+            "jellyfin",
+            "--keep-last",
+            "3",
+        ],
+        &report,
+    );
+    let during = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        during > before,
+        "the writer kept committing while the backup ran"
+    );
+    let report: BackupReport = serde_json::from_str(&message).unwrap();
+    assert_eq!(report.count, 1);
+    assert_eq!(report.backups, std::slice::from_ref(&report.backup));
+    let archive = backups.join(format!("{}.tar.zst", report.backup.name));
+    assert_eq!(
+        i64::try_from(fs::metadata(&archive).unwrap().len()).unwrap(),
+        report.backup.size_bytes
+    );
+
+    // The configuration moves on after the backup; then the backup is restored.
+    let after_backup = committed.load(Ordering::SeqCst);
+    write(
+        &config.join("config/system.xml"),
+        "<ServerConfiguration>v2</ServerConfiguration>",
+    );
+    write(&config.join("log/log_20261130.log"), "a later log line");
+    write(&config.join("plugins/configurations/Bar.xml"), "<Bar/>");
+    let (output, message) = tool(
+        &[
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--from",
+            &report.backup.name,
+        ],
+        &dir.0.join("restore-report"),
+    );
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains("2 databases passed PRAGMA integrity_check"),
+        "{message}"
+    );
+
+    assert_eq!(integrity(&library), "ok");
+    let restored = ids(&library);
+    let last = *restored.last().unwrap();
+    assert!(
+        last >= before,
+        "row {before} was committed before the backup began, the restore ends at {last}"
+    );
+    assert!(last <= after_backup);
+    assert_eq!(
+        restored,
+        (1..=last).collect::<Vec<_>>(),
+        "the snapshot is the database as of one commit: no gaps"
+    );
+    assert_eq!(integrity(&config.join("data/jellyfin.db")), "ok");
+    let files = tree(&config);
+    assert_eq!(
+        files["config/system.xml"],
+        b"<ServerConfiguration>v1</ServerConfiguration>"
+    );
+    assert_eq!(files["metadata/library/ab/poster.jpg"], b"jpeg bytes");
+    assert_eq!(files["plugins/configurations/Foo.xml"], b"<Foo>on</Foo>");
+    assert!(
+        !files.contains_key("plugins/configurations/Bar.xml"),
+        "restored as it was"
+    );
+    assert!(
+        !files.contains_key("data/transcodes/seg0.ts"),
+        "transcodes are not backed up"
+    );
+    assert!(
+        files.contains_key("log/log_20261130.log") && files.contains_key("cache/images/x.jpg"),
+        "what backups leave out is left alone by a restore"
+    );
+    assert!(
+        !files.keys().any(|f| f.starts_with(".portcullis-")),
+        "no staging left behind"
+    );
+}
+
+#[test]
+fn a_missing_truncated_or_corrupt_backup_fails_and_leaves_the_configuration_untouched() {
+    let dir = TempDir::new("corrupt");
+    let (config, backups, report) = (
+        dir.0.join("config"),
+        dir.0.join("backups"),
+        dir.0.join("report"),
+    );
+    fs::create_dir_all(&backups).unwrap();
+    jellyfin_config(&config, 2_000);
+    let (output, message) = tool(
+        &[
+            "backup",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--prefix",
+            "jellyfin",
+            "--keep-last",
+            "5",
+        ],
+        &report,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let name = serde_json::from_str::<BackupReport>(&message)
+        .unwrap()
+        .backup
+        .name;
+    let good = fs::read(backups.join(format!("{name}.tar.zst"))).unwrap();
+    write(
+        &config.join("config/system.xml"),
+        "<ServerConfiguration>current</ServerConfiguration>",
+    );
+    let current = tree(&config);
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    let mut zeroed_page = good.clone();
+    for byte in &mut zeroed_page[good.len() / 3..good.len() / 3 + 4096.min(good.len() / 3)] {
+        *byte = 0;
+    }
+    let cases = [
+        ("jellyfin-20200101T000000Z", None, "does not exist"),
+        (
+            "jellyfin-20200102T000000Z",
+            Some(good[..good.len() / 2].to_vec()),
+            "is corrupt",
+        ),
+        ("jellyfin-20200103T000000Z", Some(flipped), "is corrupt"),
+        ("jellyfin-20200104T000000Z", Some(zeroed_page), "is corrupt"),
+        ("../jellyfin-20200105T000000Z", None, "is not a backup name"),
+    ];
+    for (bad, content, says) in cases {
+        if let Some(content) = content {
+            fs::write(backups.join(format!("{bad}.tar.zst")), content).unwrap();
+        }
+        let (output, message) = tool(
+            &[
+                "restore",
+                "--config",
+                config.to_str().unwrap(),
+                "--destination",
+                backups.to_str().unwrap(),
+                "--from",
+                bad,
+            ],
+            &report,
+        );
+        assert!(!output.status.success(), "{bad} restored");
+        assert!(message.contains(says), "{bad}: {message}");
+        assert_eq!(tree(&config), current, "{bad} changed the configuration");
+    }
+}
+
+#[test]
+fn retention_prunes_old_backups_and_the_report_lists_what_is_kept() {
+    let dir = TempDir::new("retention");
+    let (config, backups, report) = (
+        dir.0.join("config"),
+        dir.0.join("backups"),
+        dir.0.join("report"),
+    );
+    fs::create_dir_all(&backups).unwrap();
+    jellyfin_config(&config, 10);
+    for old in [
+        "jellyfin-20200101T000000Z",
+        "jellyfin-20200102T000000Z",
+        "jellyfin-20200103T000000Z",
+    ] {
+        fs::write(backups.join(format!("{old}.tar.zst")), "old").unwrap();
+    }
+    fs::write(
+        backups.join("other-20200101T000000Z.tar.zst"),
+        "another server's",
+    )
+    .unwrap();
+    let (output, message) = tool(
+        &[
+            "backup",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--prefix",
+            "jellyfin",
+            "--keep-last",
+            "2",
+        ],
+        &report,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: BackupReport = serde_json::from_str(&message).unwrap();
+    assert_eq!(
+        report.pruned,
+        ["jellyfin-20200101T000000Z", "jellyfin-20200102T000000Z"]
+    );
+    let kept: Vec<_> = report.backups.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(
+        kept,
+        [report.backup.name.as_str(), "jellyfin-20200103T000000Z"]
+    );
+    assert_eq!(report.count, 2);
+    let mut files: Vec<_> = fs::read_dir(&backups)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "jellyfin-20200103T000000Z.tar.zst".to_owned(),
+            format!("{}.tar.zst", report.backup.name),
+            "other-20200101T000000Z.tar.zst".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn what_an_interrupted_restore_had_moved_aside_is_put_back_first() {
+    let dir = TempDir::new("interrupted");
+    let (config, backups, report) = (
+        dir.0.join("config"),
+        dir.0.join("backups"),
+        dir.0.join("report"),
+    );
+    fs::create_dir_all(&backups).unwrap();
+    jellyfin_config(&config, 10);
+    let before = tree(&config);
+    // Killed mid-swap: the configuration and plugins were moved aside, nothing moved in yet.
+    let aside = config.join(".portcullis-restore-previous");
+    fs::create_dir(&aside).unwrap();
+    for name in ["config", "plugins"] {
+        fs::rename(config.join(name), aside.join(name)).unwrap();
+    }
+    let (output, message) = tool(
+        &[
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--destination",
+            backups.to_str().unwrap(),
+            "--from",
+            "jellyfin-20200101T000000Z",
+        ],
+        &report,
+    );
+    assert!(!output.status.success());
+    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(tree(&config), before, "everything moved aside is back");
+    assert!(!aside.exists());
+}

@@ -1,0 +1,644 @@
+//! Backups and restores of a MediaServer's configuration: applies the CronJob, follows the
+//! Jobs' outcomes into `status.backup`, the `BackupReady` condition and Events, and drives
+//! a requested restore (stop the app, run the restore Job, start the app again).
+//!
+//! The decisions are pure functions of the Jobs and the previous status; only
+//! [`reconcile_backup`] and [`reconcile_restore`] talk to the cluster.
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        batch::v1::{CronJob, Job},
+        core::v1::{PersistentVolumeClaim, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{Api, Resource, ResourceExt, api::ListParams};
+use portcullis_crds::{
+    MediaServer,
+    backup::{BackupReport, BackupSpec, BackupStatus, RestorePhase, RestoreSpec, RestoreStatus},
+};
+
+use crate::{
+    apply::{apply, delete_owned},
+    context::Context,
+    error::{Error, Result},
+    render::{Names, backup as render},
+};
+
+/// The condition type reporting the last backup.
+pub const BACKUP_READY: &str = "BackupReady";
+
+/// A Job that has finished, as the status records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    /// The Job's name.
+    pub job: String,
+    /// Whether it succeeded.
+    pub succeeded: bool,
+    /// When it started.
+    pub started: Option<Time>,
+    /// When it finished.
+    pub finished: Time,
+    /// Its pod's termination message, or the Job's own reason for failing.
+    pub message: Option<String>,
+}
+
+/// When and how `job` finished, if it has: its Complete or Failed condition.
+pub fn outcome(job: &Job) -> Option<(bool, Time)> {
+    let status = job.status.as_ref()?;
+    status.conditions.iter().flatten().find_map(|c| {
+        let succeeded = match c.type_.as_str() {
+            "Complete" => true,
+            "Failed" => false,
+            _ => return None,
+        };
+        (c.status == "True").then(|| {
+            let time = c
+                .last_transition_time
+                .clone()
+                .or_else(|| status.completion_time.clone())
+                .unwrap_or(Time(Timestamp::UNIX_EPOCH));
+            (succeeded, time)
+        })
+    })
+}
+
+/// Why `job` failed, as its Failed condition says.
+fn failure_reason(job: &Job) -> Option<String> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let failed = conditions
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    Some(format!(
+        "{}: {}",
+        failed.reason.as_deref().unwrap_or("Failed"),
+        failed.message.as_deref().unwrap_or("the Job failed")
+    ))
+}
+
+/// Whether a Job that finished at `finished` is newer than every outcome in `status`.
+pub fn is_new(status: &BackupStatus, finished: &Time) -> bool {
+    [&status.last_success_time, &status.last_failure_time]
+        .into_iter()
+        .flatten()
+        .all(|seen| finished.0 > seen.0)
+}
+
+/// `status` with the outcome of a backup Job recorded.
+pub fn record(mut status: BackupStatus, job: &Finished) -> BackupStatus {
+    status.last_job = Some(job.job.clone());
+    if !job.succeeded {
+        status.last_failure_time = Some(job.finished.clone());
+        status.last_failure_message = Some(
+            job.message
+                .clone()
+                .unwrap_or_else(|| format!("Job {} failed", job.job)),
+        );
+        return status;
+    }
+    status.last_success_time = Some(job.finished.clone());
+    match job
+        .message
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<BackupReport>(m).ok())
+    {
+        Some(report) => {
+            status.last_backup = Some(report.backup.name);
+            status.last_size_bytes = Some(report.backup.size_bytes);
+            status.last_duration_millis = Some(report.duration_millis);
+            status.backups = report.backups;
+            status.count = report.count;
+        }
+        None => {
+            // The pod (and its report) is gone: the Job's own times still tell the duration.
+            status.last_backup = None;
+            status.last_size_bytes = None;
+            status.last_duration_millis = job.started.as_ref().map(|started| {
+                (job.finished.0 - started.0)
+                    .total(k8s_openapi::jiff::Unit::Millisecond)
+                    .map_or(0, |ms| ms as i64)
+            });
+        }
+    }
+    status
+}
+
+/// The `BackupReady` condition for `status`: True after a success, False after a failure,
+/// Unknown before the first backup.
+pub fn backup_condition(
+    status: &BackupStatus,
+    spec: &BackupSpec,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let failed_last = match (&status.last_success_time, &status.last_failure_time) {
+        (Some(success), Some(failure)) => failure.0 > success.0,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let (state, reason, message) = if failed_last {
+        (
+            "False",
+            "BackupFailed",
+            status.last_failure_message.clone().unwrap_or_default(),
+        )
+    } else if let Some(success) = &status.last_success_time {
+        let latest = status
+            .last_backup
+            .as_ref()
+            .map_or_else(String::new, |name| format!("{name} "));
+        (
+            "True",
+            "BackupSucceeded",
+            format!(
+                "last backup {latest}at {}: {} bytes in {} ms; {} kept",
+                success.0,
+                status.last_size_bytes.unwrap_or(0),
+                status.last_duration_millis.unwrap_or(0),
+                status.count
+            ),
+        )
+    } else {
+        (
+            "Unknown",
+            "NoBackupYet",
+            format!("the first backup runs on schedule {:?}", spec.schedule),
+        )
+    };
+    Condition {
+        type_: BACKUP_READY.to_owned(),
+        status: state.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+/// Whether `request` still has to be carried out, given the last restore's status.
+pub fn restore_pending(request: Option<&RestoreSpec>, last: Option<&RestoreStatus>) -> bool {
+    request.is_some_and(|request| {
+        !last.is_some_and(|last| {
+            last.from == request.from
+                && matches!(last.phase, RestorePhase::Succeeded | RestorePhase::Failed)
+        })
+    })
+}
+
+/// What the backup part of a reconcile leaves for the status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackupState {
+    /// `status.backup`.
+    pub status: Option<BackupStatus>,
+    /// The `BackupReady` condition; `None` removes it (no backups configured).
+    pub condition: Option<Condition>,
+}
+
+/// The claim `spec` writes to, if it exists.
+async fn destination_exists(ctx: &Context, namespace: &str, spec: &BackupSpec) -> Result<bool> {
+    let claim = &spec.destination.persistent_volume_claim.claim_name;
+    Ok(
+        Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(claim)
+            .await?
+            .is_some(),
+    )
+}
+
+fn missing_destination(spec: &BackupSpec, namespace: &str) -> Error {
+    Error::MissingReference {
+        kind: "PersistentVolumeClaim",
+        name: spec.destination.persistent_volume_claim.claim_name.clone(),
+        namespace: namespace.to_owned(),
+    }
+}
+
+/// The termination message of the tool's container in `job`'s pod.
+async fn termination_message(ctx: &Context, namespace: &str, job: &str) -> Result<Option<String>> {
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await?;
+    Ok(pods.items.iter().find_map(|pod| {
+        pod.status
+            .as_ref()?
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter(|c| c.name == render::CONTAINER)
+            .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .filter(|m| !m.trim().is_empty())
+    }))
+}
+
+async fn finished(ctx: &Context, namespace: &str, job: &Job) -> Result<Option<Finished>> {
+    let Some((succeeded, time)) = outcome(job) else {
+        return Ok(None);
+    };
+    let name = job.name_any();
+    let message = match termination_message(ctx, namespace, &name).await? {
+        Some(message) => Some(message),
+        None if !succeeded => failure_reason(job),
+        None => None,
+    };
+    Ok(Some(Finished {
+        job: name,
+        succeeded,
+        started: job.status.as_ref().and_then(|s| s.start_time.clone()),
+        finished: time,
+        message,
+    }))
+}
+
+/// Applies (or removes) the backup CronJob and folds the outcomes of its finished Jobs into
+/// the status, with an Event for each new one. `restoring` suspends the schedule.
+pub async fn reconcile_backup(
+    server: &MediaServer,
+    ctx: &Context,
+    restoring: bool,
+) -> Result<BackupState> {
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let uid = server
+        .uid()
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let names = Names::new(&server.name_any());
+    let previous = server.status.as_ref().and_then(|s| s.backup.clone());
+    let Some(spec) = &server.spec.backup else {
+        delete_owned::<CronJob>(ctx, &namespace, &names.backup(), &uid).await?;
+        return Ok(BackupState {
+            status: previous,
+            condition: None,
+        });
+    };
+    let generation = server.metadata.generation;
+    let now = Time(Timestamp::now());
+    let object = server.object_ref(&());
+    if !destination_exists(ctx, &namespace, spec).await? {
+        let error = missing_destination(spec, &namespace);
+        let message = error.to_string();
+        let known = server
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == BACKUP_READY))
+            .is_some_and(|c| c.message == message);
+        if !known {
+            ctx.warn(&object, error.metric_label(), message.clone(), "Backup")
+                .await?;
+        }
+        return Ok(BackupState {
+            status: previous,
+            condition: Some(Condition {
+                type_: BACKUP_READY.to_owned(),
+                status: "False".to_owned(),
+                reason: error.metric_label().to_owned(),
+                message,
+                observed_generation: generation,
+                last_transition_time: now,
+            }),
+        });
+    }
+    apply(
+        ctx,
+        render::cron_job(server, spec, &ctx.settings, restoring),
+    )
+    .await?;
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component=backup",
+            server.name_any()
+        )))
+        .await?;
+    let mut done: Vec<(Time, &Job)> = jobs
+        .items
+        .iter()
+        .filter_map(|job| outcome(job).map(|(_, time)| (time, job)))
+        .collect();
+    done.sort_by_key(|(time, _)| time.0);
+    let mut status = previous.unwrap_or_default();
+    for (time, job) in done {
+        if !is_new(&status, &time) {
+            continue;
+        }
+        let Some(finished) = finished(ctx, &namespace, job).await? else {
+            continue;
+        };
+        status = record(status, &finished);
+        if finished.succeeded {
+            ctx.note(
+                &object,
+                "BackupSucceeded",
+                format!(
+                    "backup {}: {} bytes in {} ms",
+                    status.last_backup.as_deref().unwrap_or("(no report)"),
+                    status.last_size_bytes.unwrap_or(0),
+                    status.last_duration_millis.unwrap_or(0)
+                ),
+                "Backup",
+            )
+            .await?;
+        } else {
+            ctx.warn(
+                &object,
+                "BackupFailed",
+                status.last_failure_message.clone().unwrap_or_default(),
+                "Backup",
+            )
+            .await?;
+        }
+    }
+    let condition = backup_condition(&status, spec, generation, now);
+    Ok(BackupState {
+        status: Some(status),
+        condition: Some(condition),
+    })
+}
+
+/// Whether the app's pods are all gone (its Deployment scaled to zero and settled).
+pub fn app_stopped(app: &Deployment) -> bool {
+    let status = app.status.clone().unwrap_or_default();
+    app.spec.replicas == Some(0)
+        && status.observed_generation >= app.metadata.generation
+        && status.replicas.unwrap_or(0) == 0
+}
+
+/// Carries a requested restore one step further: once the app (already told to stop) has
+/// no pods, runs the restore Job and records its outcome, with an Event when it finishes.
+pub async fn reconcile_restore(
+    server: &MediaServer,
+    ctx: &Context,
+    app: &Deployment,
+) -> Result<Option<RestoreStatus>> {
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let uid = server
+        .uid()
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let names = Names::new(&server.name_any());
+    let last = server.status.as_ref().and_then(|s| s.restore.clone());
+    let request = server.spec.restore.as_ref();
+    // A request withdrawn or replaced: its Job goes (its outcome stays in the Events).
+    if let Some(last) = &last
+        && request.is_none_or(|r| r.from != last.from)
+    {
+        delete_owned::<Job>(ctx, &namespace, &names.restore(&last.from), &uid).await?;
+    }
+    let (Some(request), Some(spec)) = (request, &server.spec.backup) else {
+        return Ok(None);
+    };
+    if !restore_pending(Some(request), last.as_ref()) {
+        return Ok(last);
+    }
+    let status = |phase, message: String, completion_time| RestoreStatus {
+        from: request.from.clone(),
+        phase,
+        message,
+        completion_time,
+    };
+    let now = Time(Timestamp::now());
+    let object = server.object_ref(&());
+    if !destination_exists(ctx, &namespace, spec).await? {
+        let message = missing_destination(spec, &namespace).to_string();
+        ctx.warn(&object, "RestoreFailed", message.clone(), "Restore")
+            .await?;
+        return Ok(Some(status(RestorePhase::Failed, message, Some(now))));
+    }
+    if !app_stopped(app) {
+        return Ok(Some(status(
+            RestorePhase::ScalingDown,
+            "waiting for the app to stop".to_owned(),
+            None,
+        )));
+    }
+    let job = apply(
+        ctx,
+        render::restore_job(server, spec, request, &ctx.settings),
+    )
+    .await?;
+    let Some(finished) = finished(ctx, &namespace, &job).await? else {
+        return Ok(Some(status(
+            RestorePhase::Running,
+            format!("Job {} is restoring {}", job.name_any(), request.from),
+            None,
+        )));
+    };
+    let message = finished
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("Job {} finished", finished.job));
+    let phase = if finished.succeeded {
+        ctx.note(&object, "RestoreSucceeded", message.clone(), "Restore")
+            .await?;
+        RestorePhase::Succeeded
+    } else {
+        ctx.warn(&object, "RestoreFailed", message.clone(), "Restore")
+            .await?;
+        RestorePhase::Failed
+    };
+    // The Job stays until the request is withdrawn; nothing reruns it.
+    Ok(Some(status(phase, message, Some(finished.finished))))
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_crds::backup::BackupEntry;
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + second).unwrap())
+    }
+
+    fn job(condition: &str, second: i64) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": "jellyfin-backup-29000"},
+            "status": {
+                "startTime": at(second - 5),
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": at(second)},
+                    {"type": condition, "status": "True", "lastTransitionTime": at(second),
+                     "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"},
+                ],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn spec() -> BackupSpec {
+        serde_json::from_value(json!({
+            "schedule": "0 3 * * *",
+            "destination": {"persistentVolumeClaim": {"claimName": "backups"}},
+        }))
+        .unwrap()
+    }
+
+    fn entry(name: &str) -> BackupEntry {
+        BackupEntry {
+            name: name.to_owned(),
+            time: at(0),
+            size_bytes: 2048,
+        }
+    }
+
+    #[test]
+    fn a_job_outcome_is_read_from_its_complete_or_failed_condition() {
+        assert_eq!(outcome(&job("Complete", 10)), Some((true, at(10))));
+        assert_eq!(outcome(&job("Failed", 20)), Some((false, at(20))));
+        let running: Job = serde_json::from_value(json!({"status": {"active": 1}})).unwrap();
+        assert_eq!(outcome(&running), None);
+        assert_eq!(
+            failure_reason(&job("Failed", 20)).as_deref(),
+            Some("BackoffLimitExceeded: Job has reached the specified backoff limit")
+        );
+    }
+
+    #[test]
+    fn a_success_records_the_reports_size_duration_and_list() {
+        let report = BackupReport {
+            backup: entry("jellyfin-20261129T030000Z"),
+            duration_millis: 1500,
+            backups: vec![
+                entry("jellyfin-20261129T030000Z"),
+                entry("jellyfin-20261128T030000Z"),
+            ],
+            count: 2,
+            pruned: vec![],
+        };
+        let finished = Finished {
+            job: "jellyfin-backup-1".to_owned(),
+            succeeded: true,
+            started: Some(at(0)),
+            finished: at(2),
+            message: Some(report.to_message()),
+        };
+        let status = record(BackupStatus::default(), &finished);
+        assert_eq!(status.last_success_time, Some(at(2)));
+        assert_eq!(status.last_size_bytes, Some(2048));
+        assert_eq!(status.last_duration_millis, Some(1500));
+        assert_eq!(status.count, 2);
+        assert_eq!(status.backups.len(), 2);
+        assert_eq!(status.last_job.as_deref(), Some("jellyfin-backup-1"));
+        assert_eq!(
+            status.last_backup.as_deref(),
+            Some("jellyfin-20261129T030000Z")
+        );
+        assert!(
+            !is_new(&status, &at(2)),
+            "the same outcome is not recorded twice"
+        );
+        assert!(is_new(&status, &at(3)));
+        let condition = backup_condition(&status, &spec(), Some(4), at(5));
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("True", "BackupSucceeded")
+        );
+        assert!(
+            condition.message.contains("jellyfin-20261129T030000Z"),
+            "{}",
+            condition.message
+        );
+
+        // Without its pod's report the Job's own times give the duration.
+        let bare = record(
+            BackupStatus::default(),
+            &Finished {
+                message: None,
+                ..finished
+            },
+        );
+        assert_eq!(bare.last_duration_millis, Some(2000));
+        assert_eq!(
+            bare.last_backup, None,
+            "no name is claimed without the report"
+        );
+        assert_eq!(bare.last_size_bytes, None);
+    }
+
+    #[test]
+    fn a_failure_after_a_success_makes_backup_ready_false_with_the_reason() {
+        let mut status = BackupStatus {
+            last_success_time: Some(at(0)),
+            ..BackupStatus::default()
+        };
+        status = record(
+            status,
+            &Finished {
+                job: "jellyfin-backup-2".to_owned(),
+                succeeded: false,
+                started: None,
+                finished: at(100),
+                message: Some("cannot create /backups/x: No space left on device".to_owned()),
+            },
+        );
+        let condition = backup_condition(&status, &spec(), None, at(101));
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "BackupFailed")
+        );
+        assert!(condition.message.contains("No space left"));
+        assert_eq!(
+            status.last_success_time,
+            Some(at(0)),
+            "the last success is kept"
+        );
+        let first = backup_condition(&BackupStatus::default(), &spec(), None, at(0));
+        assert_eq!(
+            (first.status.as_str(), first.reason.as_str()),
+            ("Unknown", "NoBackupYet")
+        );
+    }
+
+    #[test]
+    fn a_restore_runs_once_per_requested_backup() {
+        let request = RestoreSpec {
+            from: "jellyfin-20261129T030000Z".to_owned(),
+        };
+        let last = |from: &str, phase| RestoreStatus {
+            from: from.to_owned(),
+            phase,
+            message: String::new(),
+            completion_time: None,
+        };
+        assert!(!restore_pending(None, None));
+        assert!(restore_pending(Some(&request), None));
+        assert!(restore_pending(
+            Some(&request),
+            Some(&last(&request.from, RestorePhase::Running))
+        ));
+        assert!(!restore_pending(
+            Some(&request),
+            Some(&last(&request.from, RestorePhase::Failed))
+        ));
+        assert!(!restore_pending(
+            Some(&request),
+            Some(&last(&request.from, RestorePhase::Succeeded))
+        ));
+        assert!(restore_pending(
+            Some(&request),
+            Some(&last("jellyfin-20261128T030000Z", RestorePhase::Succeeded))
+        ));
+    }
+
+    #[test]
+    fn the_app_counts_as_stopped_only_once_its_pods_are_gone() {
+        let deployment = |replicas: i32, pods: i32, observed: i64| -> Deployment {
+            serde_json::from_value(json!({
+                "metadata": {"generation": 2},
+                "spec": {"replicas": replicas, "selector": {}, "template": {}},
+                "status": {"observedGeneration": observed, "replicas": pods},
+            }))
+            .unwrap()
+        };
+        assert!(app_stopped(&deployment(0, 0, 2)));
+        assert!(!app_stopped(&deployment(0, 1, 2)), "a pod still runs");
+        assert!(
+            !app_stopped(&deployment(0, 0, 1)),
+            "the scale-down is not seen yet"
+        );
+        assert!(!app_stopped(&deployment(1, 0, 2)));
+    }
+}

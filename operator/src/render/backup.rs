@@ -1,0 +1,394 @@
+//! The backup CronJob and the restore Job: both run `portcullis-backup` with the app's
+//! configuration claim and the backup claim mounted, and report through the termination
+//! message (a backup's JSON report, or the error).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
+        core::v1::{
+            Affinity, Container, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
+            WeightedPodAffinityTerm,
+        },
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::ResourceExt;
+use portcullis_crds::{
+    MediaServer,
+    backup::{BackupSpec, RestoreSpec},
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Component, Names, Settings,
+    app::{CONFIG_PATH, claim_name, claim_volume, empty_dir, mount},
+    labels, owned_metadata, security, selector,
+};
+
+/// Where the backup claim is mounted.
+pub const BACKUPS_PATH: &str = "/backups";
+/// The annotation on a restore Job naming the backup it restores.
+pub const RESTORE_FROM_ANNOTATION: &str = "portcullis.dev/restore-from";
+/// The container that runs the tool, in both Jobs.
+pub const CONTAINER: &str = "backup";
+/// Where the kubelet takes the termination message from.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+/// How long one backup or restore may run before it is failed.
+const DEADLINE_SECONDS: i64 = 6 * 3600;
+/// Finished Jobs kept (and their pods, whose termination messages the status reads).
+const HISTORY: i32 = 3;
+
+/// The CronJob taking scheduled backups; `paused` suspends it (while a restore runs).
+pub fn cron_job(
+    server: &MediaServer,
+    spec: &BackupSpec,
+    settings: &Settings,
+    paused: bool,
+) -> CronJob {
+    let name = server.name_any();
+    let names = Names::new(&name);
+    let mut args = vec![
+        "backup".to_owned(),
+        "--config".to_owned(),
+        CONFIG_PATH.to_owned(),
+        "--destination".to_owned(),
+        BACKUPS_PATH.to_owned(),
+        "--prefix".to_owned(),
+        name.clone(),
+        "--report".to_owned(),
+        TERMINATION_LOG.to_owned(),
+    ];
+    if let Some(keep) = spec.retention.keep_last {
+        args.extend(["--keep-last".to_owned(), keep.to_string()]);
+    }
+    if let Some(age) = spec.retention.max_age {
+        args.extend(["--max-age".to_owned(), age.to_string()]);
+    }
+    let mut pod = pod_spec(server, spec, settings, args, false);
+    // A ReadWriteOnce configuration claim can only be mounted on the app's node.
+    pod.affinity = Some(Affinity {
+        pod_affinity: Some(PodAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector(&name, Component::App)),
+                        topology_key: "kubernetes.io/hostname".to_owned(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+    CronJob {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        spec: CronJobSpec {
+            schedule: spec.schedule.clone(),
+            time_zone: spec.time_zone.clone(),
+            suspend: Some(spec.suspend || paused),
+            concurrency_policy: Some("Forbid".to_owned()),
+            successful_jobs_history_limit: Some(HISTORY),
+            failed_jobs_history_limit: Some(HISTORY),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name, Component::Backup)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(job_spec(&name, Component::Backup, pod)),
+            },
+            ..CronJobSpec::default()
+        },
+        ..CronJob::default()
+    }
+}
+
+/// The Job restoring `restore.from` into the configuration claim.
+pub fn restore_job(
+    server: &MediaServer,
+    spec: &BackupSpec,
+    restore: &RestoreSpec,
+    settings: &Settings,
+) -> Job {
+    let name = server.name_any();
+    let args = vec![
+        "restore".to_owned(),
+        "--config".to_owned(),
+        CONFIG_PATH.to_owned(),
+        "--destination".to_owned(),
+        BACKUPS_PATH.to_owned(),
+        "--from".to_owned(),
+        restore.from.clone(),
+        "--report".to_owned(),
+        TERMINATION_LOG.to_owned(),
+    ];
+    let mut metadata = owned_metadata(
+        server,
+        Names::new(&name).restore(&restore.from),
+        Component::Restore,
+    );
+    metadata.annotations = Some(BTreeMap::from([(
+        RESTORE_FROM_ANNOTATION.to_owned(),
+        restore.from.clone(),
+    )]));
+    Job {
+        metadata,
+        spec: Some(job_spec(
+            &name,
+            Component::Restore,
+            pod_spec(server, spec, settings, args, true),
+        )),
+        ..Job::default()
+    }
+}
+
+/// The hash that tells restore Jobs of different backups apart in their names.
+pub fn restore_suffix(from: &str) -> String {
+    Sha256::digest(from.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn job_spec(server: &str, component: Component, pod: PodSpec) -> JobSpec {
+    JobSpec {
+        // A failure is reported, not retried: the next schedule (or a new request) retries.
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(DEADLINE_SECONDS),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels(server, component)),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(pod),
+        },
+        ..JobSpec::default()
+    }
+}
+
+fn pod_spec(
+    server: &MediaServer,
+    spec: &BackupSpec,
+    settings: &Settings,
+    args: Vec<String>,
+    backups_read_only: bool,
+) -> PodSpec {
+    let names = Names::new(&server.name_any());
+    let backups = spec.destination.persistent_volume_claim.claim_name.clone();
+    PodSpec {
+        restart_policy: Some("Never".to_owned()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        // The app's user, so restored files belong to the app.
+        security_context: Some(security::pod(security::APP_UID)),
+        containers: vec![Container {
+            name: CONTAINER.to_owned(),
+            image: Some(settings.image.clone()),
+            command: Some(vec!["portcullis-backup".to_owned()]),
+            args: Some(args),
+            termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+            // The databases are opened read-write: SQLite needs the WAL index of a live one.
+            // /tmp: SQLite's temporary files, the root file system being read-only.
+            volume_mounts: Some(vec![
+                mount("config", CONFIG_PATH, false),
+                mount("backups", BACKUPS_PATH, backups_read_only),
+                mount("tmp", "/tmp", false),
+            ]),
+            security_context: Some(security::container()),
+            ..Container::default()
+        }],
+        volumes: Some(vec![
+            claim_volume(
+                "config",
+                claim_name(&server.spec.storage.config, names.config_claim()),
+                false,
+            ),
+            claim_volume("backups", backups, backups_read_only),
+            empty_dir("tmp"),
+        ]),
+        ..PodSpec::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::test_support::seed_server;
+
+    fn with_backup() -> (MediaServer, BackupSpec) {
+        let mut server = seed_server();
+        let spec: BackupSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "0 3 * * *",
+            "timeZone": "Europe/Paris",
+            "retention": {"keepLast": 7, "maxAge": "720h"},
+            "destination": {"persistentVolumeClaim": {"claimName": "nas-backups"}},
+        }))
+        .unwrap();
+        server.spec.backup = Some(spec.clone());
+        (server, spec)
+    }
+
+    fn pod(job: &JobSpec) -> &PodSpec {
+        job.template.spec.as_ref().unwrap()
+    }
+
+    fn claims(pod: &PodSpec) -> Vec<(String, String, bool)> {
+        let container = &pod.containers[0];
+        container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.name != "tmp")
+            .map(|m| {
+                let volume = pod
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .find(|v| v.name == m.name)
+                    .unwrap();
+                let claim = volume.persistent_volume_claim.as_ref().unwrap();
+                (
+                    m.mount_path.clone(),
+                    claim.claim_name.clone(),
+                    m.read_only.unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_cron_job_backs_up_the_config_claim_into_the_destination_one_at_a_time() {
+        let (server, spec) = with_backup();
+        let cron = cron_job(&server, &spec, &Settings::default(), false);
+        assert_eq!(cron.metadata.name.as_deref(), Some("jellyfin-backup"));
+        let owner = &cron.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("MediaServer", Some(true))
+        );
+        let spec = &cron.spec;
+        assert_eq!(spec.schedule, "0 3 * * *");
+        assert_eq!(spec.time_zone.as_deref(), Some("Europe/Paris"));
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!(spec.suspend, Some(false));
+        let job = spec.job_template.spec.as_ref().unwrap();
+        assert_eq!(job.backoff_limit, Some(0));
+        let labels = spec
+            .job_template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "jellyfin");
+        assert_eq!(labels["app.kubernetes.io/component"], "backup");
+        let pod = pod(job);
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_user,
+            Some(1000)
+        );
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.args.as_ref().unwrap().join(" "),
+            "backup --config /config --destination /backups --prefix jellyfin \
+             --report /dev/termination-log --keep-last 7 --max-age 720h"
+        );
+        assert_eq!(
+            container.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert_eq!(
+            claims(pod),
+            [
+                ("/config".to_owned(), "jellyfin-config".to_owned(), false),
+                ("/backups".to_owned(), "nas-backups".to_owned(), false),
+            ]
+        );
+        let affinity = pod
+            .affinity
+            .as_ref()
+            .unwrap()
+            .pod_affinity
+            .as_ref()
+            .unwrap();
+        let term = &affinity
+            .preferred_during_scheduling_ignored_during_execution
+            .as_ref()
+            .unwrap()[0]
+            .pod_affinity_term;
+        assert_eq!(
+            term.label_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["app.kubernetes.io/component"],
+            "app",
+            "next to the app, whose ReadWriteOnce claim it mounts"
+        );
+    }
+
+    #[test]
+    fn a_restore_in_progress_suspends_the_schedule() {
+        let (server, spec) = with_backup();
+        let cron = cron_job(&server, &spec, &Settings::default(), true);
+        assert_eq!(cron.spec.suspend, Some(true));
+    }
+
+    #[test]
+    fn the_restore_job_reads_the_backup_claim_and_writes_the_config_claim() {
+        let (mut server, spec) = with_backup();
+        server.spec.storage.config.existing_claim = Some("old-config".to_owned());
+        let restore = RestoreSpec {
+            from: "jellyfin-20261129T030000Z".to_owned(),
+        };
+        let job = restore_job(&server, &spec, &restore, &Settings::default());
+        let name = job.metadata.name.clone().unwrap();
+        assert!(
+            name.starts_with("jellyfin-restore-") && name.len() == "jellyfin-restore-".len() + 8
+        );
+        assert_eq!(
+            job.metadata.annotations.as_ref().unwrap()[RESTORE_FROM_ANNOTATION],
+            restore.from
+        );
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "MediaServer");
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        let pod = pod(spec);
+        assert_eq!(
+            pod.containers[0].args.as_ref().unwrap().join(" "),
+            "restore --config /config --destination /backups --from jellyfin-20261129T030000Z \
+             --report /dev/termination-log"
+        );
+        assert_eq!(
+            claims(pod),
+            [
+                ("/config".to_owned(), "old-config".to_owned(), false),
+                ("/backups".to_owned(), "nas-backups".to_owned(), true),
+            ]
+        );
+        let other = RestoreSpec {
+            from: "jellyfin-20261130T030000Z".to_owned(),
+        };
+        assert_ne!(
+            restore_job(
+                &server,
+                &server.spec.backup.clone().unwrap(),
+                &other,
+                &Settings::default()
+            )
+            .metadata
+            .name,
+            job.metadata.name,
+            "each backup restores in a Job of its own"
+        );
+    }
+}
