@@ -408,6 +408,12 @@ pub struct ClamdSpec {
     /// CPU and memory for clamd (the full signature database needs about 1.5 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// An existing PersistentVolumeClaim (same namespace) for the signature database, so
+    /// that it survives pod restarts; a scratch volume, filled anew at each start, when
+    /// unset. With several edge replicas it must be ReadWriteMany.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub database_claim: Option<String>,
 }
 
 const fn default_edge_replicas() -> i32 {

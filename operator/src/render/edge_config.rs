@@ -52,6 +52,10 @@ pub mod mounts {
     pub const APP_PORT: u16 = 8096;
     /// clamd's port in the edge pod (its sidecar listens on the loopback interface only).
     pub const CLAMD_PORT: u16 = 3310;
+    /// clamd's and freshclam's configuration files (keys of the edge ConfigMap).
+    pub const CLAMAV_CONFIG_DIR: &str = "/etc/portcullis/clamav";
+    /// The ClamAV signature database.
+    pub const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
     /// Keys of the session Secret: the key that signs, then the one before it.
     pub const SESSION_KEYS: [&str; 2] = ["current", "previous"];
 }
@@ -346,6 +350,31 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn upload_scanning_reaches_the_document_and_raises_the_body_limit() {
+        let mut server = seed_server();
+        server.spec.edge.antivirus = Some(AntivirusSpec {
+            max_scan_size: portcullis_crds::common::ByteSize::from_mib(64),
+            on_unscannable: portcullis_crds::media_server::UnscannableAction::Allow,
+            ..AntivirusSpec::default()
+        });
+        let config = render(&server, &seed_resolved());
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        let section = config.antivirus.as_ref().unwrap();
+        assert_eq!(section.clamd, "127.0.0.1:3310");
+        assert_eq!(
+            section.paths,
+            portcullis_crds::media_server::JELLYFIN_UPLOAD_PATHS.to_vec()
+        );
+        assert_eq!(section.max_scan_size.bytes(), 64 << 20);
+        assert_eq!(
+            section.on_unscannable,
+            portcullis_crds::media_server::UnscannableAction::Allow
+        );
+        // A body the scanner may take is not refused earlier by the body limit.
+        assert!(config.limits.max_body.bytes() >= 64 << 20);
     }
 
     #[test]
