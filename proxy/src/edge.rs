@@ -506,7 +506,10 @@ impl Edge {
                 *body = Some(Bytes::new());
                 return None;
             }
-            Ok(()) => ctx.av.take()?.finish().await,
+            Ok(()) => {
+                let policy = Arc::clone(&ctx.policy);
+                ctx.av.take()?.finish(policy.antivirus.as_ref()?).await
+            }
             Err(finding) => (finding, ctx.av.take()?.into_held()),
         };
         let on_unscannable = ctx.policy.antivirus.as_ref()?.on_unscannable;

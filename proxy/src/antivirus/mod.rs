@@ -4,8 +4,14 @@
 //! in `request_filter` (which scans are needed, clamd connected before the upstream is
 //! contacted) and in `request_body_filter` (after the WAF has released the bytes).
 //!
-//! [`Antivirus::wants`], [`read_reply`] and [`outcome`] are the pure decisions; [`Scan`] is
-//! one scan in flight, every step of it bounded by the document's `timeout`.
+//! Jellyfin's web client posts images as a base64 body and subtitles as JSON holding the
+//! file in base64, which clamd does not decode; so once the body has scanned clean, each
+//! base64 payload in it ([`encoded_payloads`]: the whole body, or long base64 strings of a
+//! JSON body) is decoded and scanned as a file of its own.
+//!
+//! [`Antivirus::wants`], [`read_reply`], [`encoded_payloads`] and [`outcome`] are the pure
+//! decisions; [`Scan`] is one scan in flight, every step of it bounded by the document's
+//! `timeout`.
 //!
 //! | finding | answer | `onUnscannable: Allow` |
 //! | --- | --- | --- |
@@ -19,6 +25,7 @@ pub mod clamd;
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use http::{Method, StatusCode};
 use portcullis_crds::{edge, media_server::UnscannableAction};
 use regex::{RegexSet, RegexSetBuilder};
@@ -257,6 +264,67 @@ pub fn outcome(finding: &Finding, on_unscannable: UnscannableAction) -> Verdict 
     )
 }
 
+/// The most base64 payloads of one body that are scanned; a body with more is unscannable.
+pub const MAX_PAYLOADS: usize = 8;
+
+/// The shortest JSON string taken for a base64 payload (48 bytes encoded).
+const MIN_ENCODED: usize = 64;
+
+/// Files a body carries base64-encoded, decoded: the whole body when it is base64 (ASCII
+/// whitespace ignored, as .NET's decoder does), else every string of a JSON body at least
+/// [`MIN_ENCODED`] characters long that is base64. `Err` with the count when there are more
+/// than [`MAX_PAYLOADS`].
+pub fn encoded_payloads(body: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
+    if let Some(decoded) = decode_base64(body) {
+        return Ok(vec![decoded]);
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(Vec::new());
+    };
+    let mut payloads = Vec::new();
+    let mut count = 0;
+    let mut stack = vec![&json];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::String(text) if text.len() >= MIN_ENCODED => {
+                if let Some(decoded) = decode_base64(text.as_bytes()) {
+                    count += 1;
+                    if payloads.len() < MAX_PAYLOADS {
+                        payloads.push(decoded);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(fields) => stack.extend(fields.values()),
+            _ => {}
+        }
+    }
+    if count > MAX_PAYLOADS {
+        return Err(count);
+    }
+    Ok(payloads)
+}
+
+/// `text` decoded as standard base64 (padded or not, ASCII whitespace ignored); `None`
+/// when it is empty or not base64.
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if compact.is_empty() {
+        return None;
+    }
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    )
+    .decode(&compact)
+    .ok()
+}
+
 /// One scan in flight: the clamd session and the body held until its verdict.
 #[derive(Debug)]
 pub struct Scan {
@@ -303,19 +371,59 @@ impl Scan {
         }
     }
 
-    /// Ends the stream: clamd's finding, and the body held.
-    pub async fn finish(self) -> (Finding, Vec<u8>) {
-        let finding = match timeout_at(self.deadline, self.session.finish()).await {
-            Ok(Ok(reply)) => read_reply(&reply),
-            Ok(Err(error)) => Finding::scanner("failed", error),
-            Err(_) => Finding::scanner("timed out", "waiting for the verdict"),
-        };
+    /// Ends the stream: clamd's finding on the body, then on each base64 payload in it
+    /// (the first that is not clean decides), and the body held.
+    pub async fn finish(self, antivirus: &Antivirus) -> (Finding, Vec<u8>) {
+        let mut finding = verdict_of(self.deadline, self.session.finish()).await;
+        if finding == Finding::Clean {
+            finding = match encoded_payloads(&self.held) {
+                Err(count) => Finding::Unscannable(Unscannable::LimitsExceeded(format!(
+                    "{count} base64 payloads, more than {MAX_PAYLOADS}"
+                ))),
+                Ok(payloads) => {
+                    let mut finding = Finding::Clean;
+                    for payload in payloads {
+                        finding = scan_whole(antivirus, self.deadline, &payload).await;
+                        if finding != Finding::Clean {
+                            break;
+                        }
+                    }
+                    finding
+                }
+            };
+        }
         (finding, self.held)
     }
 
     /// The body held so far (the scan given up).
     pub fn into_held(self) -> Vec<u8> {
         self.held
+    }
+}
+
+/// clamd's verdict at the end of a stream, within the deadline.
+async fn verdict_of(
+    deadline: Instant,
+    reply: impl std::future::Future<Output = std::io::Result<Vec<u8>>>,
+) -> Finding {
+    match timeout_at(deadline, reply).await {
+        Ok(Ok(reply)) => read_reply(&reply),
+        Ok(Err(error)) => Finding::scanner("failed", error),
+        Err(_) => Finding::scanner("timed out", "waiting for the verdict"),
+    }
+}
+
+/// Scans `data` in one session of its own, within the deadline.
+async fn scan_whole(antivirus: &Antivirus, deadline: Instant, data: &[u8]) -> Finding {
+    let mut session = match timeout_at(deadline, clamd::Session::open(&antivirus.clamd)).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(error)) => return Finding::scanner("unreachable", error),
+        Err(_) => return Finding::scanner("unreachable", "connection timed out"),
+    };
+    match timeout_at(deadline, session.send(data)).await {
+        Ok(Ok(())) => verdict_of(deadline, session.finish()).await,
+        Ok(Err(_)) => verdict_of(deadline, session.reply()).await,
+        Err(_) => Finding::scanner("timed out", "while sending a decoded payload"),
     }
 }
 
@@ -457,6 +565,37 @@ mod tests {
                 Verdict::Continue
             );
         }
+    }
+
+    #[test]
+    fn base64_bodies_and_base64_strings_of_json_bodies_are_decoded() {
+        use base64::engine::general_purpose::STANDARD;
+        let file = b"a file carried in base64, long enough to be taken for one".repeat(2);
+        let encoded = STANDARD.encode(&file);
+        // Jellyfin's image uploads: the body is the base64 (line breaks are ignored).
+        assert_eq!(encoded_payloads(encoded.as_bytes()), Ok(vec![file.clone()]));
+        let wrapped = format!("{}\r\n{}\n", &encoded[..40], &encoded[40..]);
+        assert_eq!(encoded_payloads(wrapped.as_bytes()), Ok(vec![file.clone()]));
+        // Jellyfin's subtitle uploads: JSON with the file in `Data`.
+        let json = serde_json::json!({
+            "Language": "eng", "Format": "srt", "IsForced": false, "Data": encoded,
+            "Nested": [{"More": STANDARD.encode(b"x".repeat(60))}]
+        });
+        let mut payloads = encoded_payloads(json.to_string().as_bytes()).unwrap();
+        payloads.sort();
+        assert_eq!(payloads, vec![file.clone(), b"x".repeat(60)]);
+        // Short strings, words and non-base64 text are not payloads.
+        let text =
+            serde_json::json!({"Name": "Movie night", "Id": "5f0e", "Overview": "a".repeat(63)});
+        assert_eq!(encoded_payloads(text.to_string().as_bytes()), Ok(vec![]));
+        assert_eq!(encoded_payloads(b"--boundary\r\n binary \xff"), Ok(vec![]));
+        assert_eq!(encoded_payloads(b""), Ok(vec![]));
+        // A body hiding files among many strings is more than the scan takes.
+        let many: Vec<String> = (0..=MAX_PAYLOADS).map(|_| encoded.clone()).collect();
+        assert_eq!(
+            encoded_payloads(serde_json::to_vec(&many).unwrap().as_slice()),
+            Err(MAX_PAYLOADS + 1)
+        );
     }
 
     #[test]

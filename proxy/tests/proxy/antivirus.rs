@@ -77,19 +77,36 @@ fn whole(body: Vec<u8>) -> BoxBody<Bytes, std::io::Error> {
         .boxed()
 }
 
-/// Posts `body` to `target` over a new connection: status, request id, response body.
+/// Posts `body` as a multipart form to `target` over a new connection: status, request id,
+/// response body.
 async fn upload(
     proxy: &Proxy,
     target: &str,
     body: BoxBody<Bytes, std::io::Error>,
     h2: bool,
 ) -> (StatusCode, String, String) {
+    post(
+        proxy,
+        target,
+        "multipart/form-data; boundary=portcullis-test",
+        body,
+        h2,
+    )
+    .await
+}
+
+/// Posts `body` of `content_type` to `target` over a new connection: status, request id,
+/// response body.
+async fn post(
+    proxy: &Proxy,
+    target: &str,
+    content_type: &str,
+    body: BoxBody<Bytes, std::io::Error>,
+    h2: bool,
+) -> (StatusCode, String, String) {
     let request = Request::post(format!("https://{HOST}{target}"))
         .header("host", HOST)
-        .header(
-            "content-type",
-            "multipart/form-data; boundary=portcullis-test",
-        )
+        .header("content-type", content_type)
         .header("accept", "application/json")
         .body(body)
         .unwrap();
@@ -224,6 +241,68 @@ async fn a_clean_upload_passes_byte_for_byte() {
             .await,
         before
     );
+}
+
+#[tokio::test]
+async fn jellyfins_base64_uploads_are_decoded_and_scanned() {
+    use base64::Engine as _;
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let proxy = av_proxy(&shared_clamd().address, "Block");
+    // The web client posts an image as its base64, and a subtitle as JSON holding it.
+    let image = base64.encode(EICAR);
+    let subtitle = serde_json::json!({
+        "Language": "eng", "Format": "srt", "IsForced": false, "IsHearingImpaired": false,
+        "Data": base64.encode([SUBTITLE, EICAR].concat()),
+    })
+    .to_string();
+    for (h2, target, content_type, body) in [
+        (false, "Items/{}/Images/Primary", "image/png", image.clone()),
+        (true, "Items/{}/Images/Primary", "image/png", image.clone()),
+        (
+            false,
+            "Videos/{}/Subtitles",
+            "application/json",
+            subtitle.clone(),
+        ),
+        (
+            true,
+            "Videos/{}/Subtitles",
+            "application/json",
+            subtitle.clone(),
+        ),
+    ] {
+        let id = item("base64");
+        let target = format!("/{}", target.replace("{}", &id));
+        let (status, request_id, _) =
+            post(&proxy, &target, content_type, whole(body.into_bytes()), h2).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{target}, h2 {h2}");
+        assert!(origin_got_no_body(&id));
+        let line = proxy.access_log_line(&request_id).await;
+        assert_eq!(line["rule"], "infected", "{line}");
+    }
+    // Clean ones pass as they were sent.
+    let clean_image = base64.encode((0..50_000).map(|i| (i % 256) as u8).collect::<Vec<_>>());
+    let clean_subtitle = serde_json::json!({
+        "Language": "eng", "Format": "srt", "IsForced": false, "Data": base64.encode(SUBTITLE),
+    })
+    .to_string();
+    for (target, content_type, body) in [
+        ("Items/{}/Images/Primary", "image/png", clean_image),
+        ("Videos/{}/Subtitles", "application/json", clean_subtitle),
+    ] {
+        let id = item("base64-clean");
+        let target = format!("/{}", target.replace("{}", &id));
+        let (status, _, _) = post(
+            &proxy,
+            &target,
+            content_type,
+            streamed(body.clone().into_bytes(), 3),
+            false,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{target}");
+        assert_eq!(origin_upload(&id).unwrap(), body.into_bytes());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -641,7 +720,7 @@ async fn clamds_own_stream_limit_reads_as_too_large() {
     }
     let finding = match finding {
         Some(finding) => finding,
-        None => scan.finish().await.0,
+        None => scan.finish(&av).await.0,
     };
     assert_eq!(finding, Finding::Unscannable(Unscannable::TooLarge));
 }
