@@ -536,7 +536,8 @@ pub struct Antivirus {
     pub max_scan_size: ByteSize,
     /// What happens to an unscannable body.
     pub on_unscannable: UnscannableAction,
-    /// The longest a scan may take.
+    /// The longest clamd may take over one step of a scan (connect, a part of the body,
+    /// the verdict).
     pub timeout: Duration,
 }
 

@@ -339,7 +339,9 @@ pub struct AntivirusSpec {
     /// archive, clamd down or too slow): `Block` refuses it, `Allow` forwards it and logs.
     #[serde(default)]
     pub on_unscannable: UnscannableAction,
-    /// The longest a scan may take, from the first byte sent to clamd to its verdict.
+    /// The longest clamd may take over any one step of a scan: connecting, taking the next
+    /// part of the body, giving its verdict. A slow client is not held against it; a clamd
+    /// that stops answering is, and the body is then unscannable.
     #[serde(default = "default_scan_timeout")]
     pub timeout: Duration,
     /// The clamd container beside the edge.

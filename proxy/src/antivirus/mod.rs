@@ -10,8 +10,9 @@
 //! JSON body) is decoded and scanned as a file of its own.
 //!
 //! [`Antivirus::wants`], [`read_reply`], [`encoded_payloads`] and [`outcome`] are the pure
-//! decisions; [`Scan`] is one scan in flight, every step of it bounded by the document's
-//! `timeout`.
+//! decisions; [`Scan`] is one scan in flight, each of clamd's steps (connecting, taking a
+//! part of the body, its verdict) bounded by the document's `timeout`, so that a stalled
+//! clamd never holds a request for longer while a slow client is not held against it.
 //!
 //! | finding | answer | `onUnscannable: Allow` |
 //! | --- | --- | --- |
@@ -58,7 +59,7 @@ pub struct Antivirus {
     pub max_scan_size: usize,
     /// What happens to an unscannable body.
     pub on_unscannable: UnscannableAction,
-    /// The longest a scan may take.
+    /// The longest clamd may take over one step of a scan.
     pub timeout: Duration,
 }
 
@@ -331,7 +332,8 @@ pub struct Scan {
     session: clamd::Session,
     held: Vec<u8>,
     limit: usize,
-    deadline: Instant,
+    /// The longest any one step may take.
+    step: Duration,
 }
 
 impl Scan {
@@ -348,7 +350,7 @@ impl Scan {
             session,
             held: Vec::new(),
             limit: antivirus.max_scan_size,
-            deadline,
+            step: antivirus.timeout,
         })
     }
 
@@ -360,13 +362,15 @@ impl Scan {
         if self.held.len() > self.limit {
             return Err(Finding::Unscannable(Unscannable::TooLarge));
         }
-        match timeout_at(self.deadline, self.session.send(chunk)).await {
+        match timeout_at(Instant::now() + self.step, self.session.send(chunk)).await {
             Ok(Ok(())) => Ok(()),
             // clamd stops reading when a stream passes its own limit, and says why.
-            Ok(Err(error)) => match timeout_at(self.deadline, self.session.reply()).await {
-                Ok(Ok(reply)) => Err(read_reply(&reply)),
-                _ => Err(Finding::scanner("failed", error)),
-            },
+            Ok(Err(error)) => {
+                match timeout_at(Instant::now() + self.step, self.session.reply()).await {
+                    Ok(Ok(reply)) => Err(read_reply(&reply)),
+                    _ => Err(Finding::scanner("failed", error)),
+                }
+            }
             Err(_) => Err(Finding::scanner("timed out", "while receiving the body")),
         }
     }
@@ -374,7 +378,8 @@ impl Scan {
     /// Ends the stream: clamd's finding on the body, then on each base64 payload in it
     /// (the first that is not clean decides), and the body held.
     pub async fn finish(self, antivirus: &Antivirus) -> (Finding, Vec<u8>) {
-        let mut finding = verdict_of(self.deadline, self.session.finish()).await;
+        let deadline = Instant::now() + self.step;
+        let mut finding = verdict_of(deadline, self.session.finish()).await;
         if finding == Finding::Clean {
             finding = match encoded_payloads(&self.held) {
                 Err(count) => Finding::Unscannable(Unscannable::LimitsExceeded(format!(
@@ -383,7 +388,8 @@ impl Scan {
                 Ok(payloads) => {
                     let mut finding = Finding::Clean;
                     for payload in payloads {
-                        finding = scan_whole(antivirus, self.deadline, &payload).await;
+                        let deadline = Instant::now() + self.step;
+                        finding = scan_whole(antivirus, deadline, &payload).await;
                         if finding != Finding::Clean {
                             break;
                         }

@@ -649,16 +649,26 @@ async fn a_stalled_clamd_times_out_into_the_fail_mode_and_never_hangs() {
     );
     // Diagnostic only: the scan gave up at its 1 s timeout, not at some later one.
     eprintln!("a stalled clamd answered in {waited:?}");
-    // Resumed, it scans again.
+    // Resumed, it scans again; and a client slower than the timeout is not held against
+    // clamd (each of clamd's steps has the timeout, not the whole upload).
     let video = item("resumed");
+    let body = multipart(SUBTITLE);
+    let pieces: Vec<Bytes> = body.chunks(40).map(Bytes::copy_from_slice).collect();
+    let slow = futures::stream::unfold(pieces.into_iter(), |mut pieces| async move {
+        let piece = pieces.next()?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Some((Ok::<_, std::io::Error>(Frame::data(piece)), pieces))
+    });
+    // (Seven pieces, 400 ms apart: 2.8 s against the 1 s timeout.)
     let (status, _, _) = upload(
         &proxy,
         &format!("/Videos/{video}/Subtitles"),
-        whole(multipart(SUBTITLE)),
+        BodyExt::boxed(StreamBody::new(slow)),
         false,
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(origin_upload(&video).unwrap(), body);
 }
 
 // ---------------------------------------------------------------------------------------
