@@ -309,21 +309,30 @@ pub fn encoded_payloads(body: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
 /// `text` decoded as standard base64 (padded or not, ASCII whitespace ignored); `None`
 /// when it is empty or not base64.
 fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
-    let compact: Vec<u8> = text
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    if compact.is_empty() {
+    // Most bodies are not base64 and say so within a few bytes; only then is anything copied.
+    let base64_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    if text.is_empty()
+        || !text
+            .iter()
+            .all(|b| base64_byte(b) || b.is_ascii_whitespace())
+    {
         return None;
     }
-    base64::engine::GeneralPurpose::new(
+    let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    )
-    .decode(&compact)
-    .ok()
+    );
+    if text.iter().any(u8::is_ascii_whitespace) {
+        let compact: Vec<u8> = text
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        engine.decode(&compact).ok().filter(|_| !compact.is_empty())
+    } else {
+        engine.decode(text).ok()
+    }
 }
 
 /// One scan in flight: the clamd session and the body held until its verdict.

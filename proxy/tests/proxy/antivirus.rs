@@ -11,6 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
@@ -466,24 +467,42 @@ async fn an_oversize_body_follows_the_unscannable_policy() {
     // The limit is 256 KiB; this body is 400 KiB (and under the edge's 1 MiB body limit).
     let big: Vec<u8> = (0..400 * 1024).map(|i| (i % 253) as u8).collect();
     let blocking = av_proxy(&shared_clamd().address, "Block");
-    // Announced by its length: refused before the origin hears of it.
-    let video = item("big-length");
-    let (status, _, _) = upload(
-        &blocking,
-        &format!("/Videos/{video}/Subtitles"),
-        whole(big.clone()),
-        false,
-    )
-    .await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(!origin_saw(&video));
-    // Streamed without a length: refused once it passes the limit.
+    // The client sends what it sends, then waits for the answer (a refused body is not
+    // read to its end: bytes left unread when the edge closes would reset the connection
+    // before the client reads the refusal).
+    let then_wait = |pieces: Vec<Vec<u8>>| {
+        let sent = futures::stream::iter(
+            pieces
+                .into_iter()
+                .map(|piece| Ok::<_, std::io::Error>(Frame::data(Bytes::from(piece)))),
+        );
+        BodyExt::boxed(StreamBody::new(sent.chain(futures::stream::pending())))
+    };
+    // Announced by its length: refused from the head, before the origin hears of it.
+    for h2 in [false, true] {
+        let video = item("big-length");
+        let request = Request::post(format!("https://{HOST}/Videos/{video}/Subtitles"))
+            .header("host", HOST)
+            .header("content-length", big.len())
+            .body(then_wait(Vec::new()))
+            .unwrap();
+        let mut conn = Conn::open(blocking.https(), client_ip(), h2).await;
+        let response = conn.send(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "h2 {h2}");
+        assert!(!origin_saw(&video));
+    }
+    // Streamed without a length: refused once it passes the limit (its last byte here).
     for h2 in [false, true] {
         let video = item("big-stream");
+        let mut pieces: Vec<Vec<u8>> = big[..256 * 1024]
+            .chunks(32 * 1024)
+            .map(<[u8]>::to_vec)
+            .collect();
+        pieces.push(big[256 * 1024..257 * 1024].to_vec());
         let (status, _, _) = upload(
             &blocking,
             &format!("/Videos/{video}/Subtitles"),
-            streamed(big.clone(), 10),
+            then_wait(pieces),
             h2,
         )
         .await;
