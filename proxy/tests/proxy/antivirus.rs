@@ -389,22 +389,28 @@ fn encrypted_zip(name: &str, content: &[u8], password: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_encrypted_zip_opens_with_its_password() {
-    // The archive is a real one: Debian's unzip reads it back (when installed).
+    // The archive is a real one: Debian's unzip reads it back with the password.
     let zip = encrypted_zip("eicar.txt", EICAR, b"secret");
     let file = crate::util::scratch().join("encrypted.zip");
     std::fs::write(&file, &zip).unwrap();
-    if let Ok(out) = Command::new("unzip")
+    let out = Command::new("unzip")
         .args(["-P", "secret", "-p"])
         .arg(&file)
         .output()
-    {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(out.stdout, EICAR);
-    }
+        .expect("unzip (Debian package unzip) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, EICAR);
+    // Without the password it does not open.
+    let out = Command::new("unzip")
+        .args(["-P", "wrong", "-p"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_ne!(out.stdout, EICAR);
 }
 
 #[tokio::test]
