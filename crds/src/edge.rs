@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     access_policy::SmtpTls,
     common::{ByteSize, Cidr, CountryCode, DomainName, Duration, EmailAddress},
-    media_server::AppKind,
+    media_server::{AppKind, UnscannableAction},
     rate_limit::{HttpMethod, KeyKind},
     validation::{Problems, ValidationErrors},
     waf_rule_set::WafMode,
@@ -77,6 +77,9 @@ pub struct EdgeConfig {
     /// Rate limits, checked in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<RateLimit>,
+    /// Upload scanning by clamd; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus: Option<Antivirus>,
 }
 
 /// The object an edge document was rendered from.
@@ -514,6 +517,47 @@ pub struct Waf {
     pub inspect_responses: bool,
 }
 
+/// The most a scanned body may be: the edge holds it in memory until the verdict.
+pub const MAX_SCAN_SIZE: ByteSize = ByteSize::from_mib(256);
+
+/// Upload scanning: request bodies streamed to clamd and held until its verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Antivirus {
+    /// clamd's address: `host:port`, or `unix:` and the absolute path of its socket.
+    pub clamd: String,
+    /// Path regular expressions (matched on the percent-decoded path, ignoring case);
+    /// every path when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Methods scanned.
+    pub methods: Vec<HttpMethod>,
+    /// Media types scanned (`type/subtype` or `type/*`); all when empty.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// The largest body scanned; a larger one is unscannable.
+    pub max_scan_size: ByteSize,
+    /// What happens to an unscannable body.
+    pub on_unscannable: UnscannableAction,
+    /// The longest clamd may take over one step of a scan (connect, a part of the body,
+    /// the verdict).
+    pub timeout: Duration,
+}
+
+/// Whether `text` is a media type the antivirus section can match: `type/subtype` or
+/// `type/*`, in the characters of RFC 6838.
+pub fn valid_media_type(text: &str) -> bool {
+    let token = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 127
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    text.split_once('/')
+        .is_some_and(|(kind, sub)| token(kind) && (sub == "*" || token(sub)))
+}
+
 /// A WAF exclusion.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -683,6 +727,9 @@ impl EdgeConfig {
         }
         if let Some(waf) = &self.waf {
             validate_waf(&mut problems, waf);
+        }
+        if let Some(antivirus) = &self.antivirus {
+            validate_antivirus(&mut problems, antivirus);
         }
         let mut names = BTreeSet::new();
         for (i, limit) in self.rate_limits.iter().enumerate() {
@@ -881,6 +928,47 @@ fn validate_cloudflare_access(problems: &mut Problems, cloudflare: &CloudflareAc
     );
 }
 
+fn validate_antivirus(problems: &mut Problems, antivirus: &Antivirus) {
+    let clamd = &antivirus.clamd;
+    problems.require(
+        match clamd.strip_prefix("unix:") {
+            Some(path) => std::path::Path::new(path).is_absolute(),
+            None => valid_host_port(clamd),
+        },
+        "antivirus.clamd",
+        format!("{clamd:?} is neither host:port nor unix:/absolute/path"),
+    );
+    for (i, pattern) in antivirus.paths.iter().enumerate() {
+        problems.check(
+            Regex::new(pattern).map_err(|e| format!("not a valid regular expression: {e}")),
+            format!("antivirus.paths[{i}]"),
+        );
+    }
+    problems.require(
+        !antivirus.methods.is_empty(),
+        "antivirus.methods",
+        "scan at least one method",
+    );
+    for (i, media_type) in antivirus.content_types.iter().enumerate() {
+        problems.require(
+            valid_media_type(media_type),
+            format!("antivirus.contentTypes[{i}]"),
+            format!("{media_type:?} is not a media type such as image/png or image/*"),
+        );
+    }
+    let size = antivirus.max_scan_size.bytes();
+    problems.require(
+        size > 0 && size <= MAX_SCAN_SIZE.bytes(),
+        "antivirus.maxScanSize",
+        format!("must be more than 0 and at most {MAX_SCAN_SIZE}"),
+    );
+    problems.require(
+        !antivirus.timeout.is_zero(),
+        "antivirus.timeout",
+        "must be longer than 0s",
+    );
+}
+
 fn validate_waf(problems: &mut Problems, waf: &Waf) {
     problems.require(
         (1..=4).contains(&waf.paranoia_level),
@@ -1026,6 +1114,28 @@ mod tests {
             "https://[::1/",
         ] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn media_types_are_a_type_and_a_subtype_or_a_wildcard() {
+        for good in [
+            "image/png",
+            "image/*",
+            "application/x-subrip",
+            "multipart/form-data",
+        ] {
+            assert!(valid_media_type(good), "{good}");
+        }
+        for bad in [
+            "image",
+            "*/*",
+            "image/",
+            "/png",
+            "image/png; q=1",
+            "im age/png",
+        ] {
+            assert!(!valid_media_type(bad), "{bad}");
         }
     }
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     backup::{BackupSpec, BackupStatus, RestoreSpec, RestoreStatus, check_schedule},
-    common::{Cidr, DomainName, LocalObjectReference},
+    common::{ByteSize, Cidr, DomainName, Duration, LocalObjectReference},
+    rate_limit::HttpMethod,
     validation::{Problems, Validate, ValidationErrors},
 };
 
@@ -300,6 +301,11 @@ pub struct EdgeSpec {
     #[serde(default = "default_grace_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub termination_grace_period_seconds: i64,
+    /// Scan uploads for malware with ClamAV before the application gets them; off when
+    /// absent. The operator runs clamd beside the edge (a sidecar with its signature
+    /// database, kept fresh by freshclam).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus: Option<AntivirusSpec>,
 }
 
 impl Default for EdgeSpec {
@@ -313,8 +319,116 @@ impl Default for EdgeSpec {
             behind_cloudflare: false,
             proxy_protocol: false,
             termination_grace_period_seconds: default_grace_seconds(),
+            antivirus: None,
         }
     }
+}
+
+/// Upload scanning: which request bodies the edge streams to clamd, and what happens to
+/// bodies it cannot scan. A body is forwarded to the application only after a clean verdict.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AntivirusSpec {
+    /// Regular expressions on the request path (percent-decoded, matched without regard to
+    /// case, as Jellyfin routes); every path when empty. The default lists Jellyfin's
+    /// uploads: subtitles, item images, user avatars and the splash screen.
+    #[serde(default = "default_scan_paths")]
+    #[schemars(length(max = 64))]
+    pub paths: Vec<String>,
+    /// Methods whose bodies are scanned.
+    #[serde(default = "default_scan_methods")]
+    #[schemars(length(min = 1, max = 7))]
+    pub methods: Vec<HttpMethod>,
+    /// Media types scanned (`image/png`, or `image/*`); every type when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub content_types: Vec<String>,
+    /// The largest body scanned. The edge holds a scanned body in memory until the
+    /// verdict, so this bounds the memory of each upload in flight; a larger body is
+    /// unscannable.
+    #[serde(default = "default_max_scan_size")]
+    pub max_scan_size: ByteSize,
+    /// What happens to a body that cannot be scanned (over `maxScanSize`, an encrypted
+    /// archive, clamd down or too slow): `Block` refuses it, `Allow` forwards it and logs.
+    #[serde(default)]
+    pub on_unscannable: UnscannableAction,
+    /// The longest clamd may take over any one step of a scan: connecting, taking the next
+    /// part of the body, giving its verdict. A slow client is not held against it; a clamd
+    /// that stops answering is, and the body is then unscannable.
+    #[serde(default = "default_scan_timeout")]
+    pub timeout: Duration,
+    /// The clamd container beside the edge.
+    #[serde(default)]
+    pub clamd: ClamdSpec,
+}
+
+impl Default for AntivirusSpec {
+    fn default() -> Self {
+        Self {
+            paths: default_scan_paths(),
+            methods: default_scan_methods(),
+            content_types: Vec::new(),
+            max_scan_size: default_max_scan_size(),
+            on_unscannable: UnscannableAction::default(),
+            timeout: default_scan_timeout(),
+            clamd: ClamdSpec::default(),
+        }
+    }
+}
+
+/// Jellyfin's upload endpoints (a base URL before them is allowed).
+pub const JELLYFIN_UPLOAD_PATHS: [&str; 4] = [
+    "/Videos/[^/]+/Subtitles$",
+    "/Items/[^/]+/Images/[^/]+(/[^/]+)?$",
+    "/Users/[^/]+/Images/[^/]+(/[^/]+)?$|/UserImage$",
+    "/Branding/Splashscreen$",
+];
+
+fn default_scan_paths() -> Vec<String> {
+    JELLYFIN_UPLOAD_PATHS.map(str::to_owned).to_vec()
+}
+
+fn default_scan_methods() -> Vec<HttpMethod> {
+    vec![HttpMethod::POST, HttpMethod::PUT]
+}
+
+const fn default_max_scan_size() -> ByteSize {
+    ByteSize::from_mib(25)
+}
+
+const fn default_scan_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// What the edge does with a body it cannot scan.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnscannableAction {
+    /// Refuse it: 413 over the size limit, 403 for an encrypted archive, 503 when clamd is
+    /// down or too slow.
+    #[default]
+    Block,
+    /// Forward it unscanned, and log and count why.
+    Allow,
+}
+
+/// The clamd sidecar.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClamdSpec {
+    /// The image with `clamd` and `freshclam`; `clamav/clamav-debian` of a pinned
+    /// release when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// CPU and memory for clamd (the full signature database needs about 1.5 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// An existing PersistentVolumeClaim (same namespace) for the signature database, so
+    /// that it survives pod restarts; a scratch volume, filled anew at each start, when
+    /// unset. With several edge replicas it must be ReadWriteMany.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub database_claim: Option<String>,
 }
 
 const fn default_edge_replicas() -> i32 {
@@ -544,6 +658,37 @@ impl Validate for MediaServerSpec {
             "spec.backup",
             "a restore reads from spec.backup.destination: set spec.backup too",
         );
+        if let Some(antivirus) = &self.edge.antivirus {
+            for (i, pattern) in antivirus.paths.iter().enumerate() {
+                problems.check(
+                    Regex::new(pattern)
+                        .map(drop)
+                        .map_err(|e| format!("not a valid regular expression: {e}")),
+                    format!("spec.edge.antivirus.paths[{i}]"),
+                );
+            }
+            for (i, media_type) in antivirus.content_types.iter().enumerate() {
+                problems.require(
+                    crate::edge::valid_media_type(media_type),
+                    format!("spec.edge.antivirus.contentTypes[{i}]"),
+                    format!("{media_type:?} is not a media type such as image/png or image/*"),
+                );
+            }
+            problems.require(
+                antivirus.max_scan_size.bytes() > 0
+                    && antivirus.max_scan_size.bytes() <= crate::edge::MAX_SCAN_SIZE.bytes(),
+                "spec.edge.antivirus.maxScanSize",
+                format!(
+                    "must be more than 0 and at most {}",
+                    crate::edge::MAX_SCAN_SIZE
+                ),
+            );
+            problems.require(
+                !antivirus.timeout.is_zero(),
+                "spec.edge.antivirus.timeout",
+                "must be longer than 0s",
+            );
+        }
         problems.finish()
     }
 }

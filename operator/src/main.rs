@@ -49,6 +49,9 @@ struct RunArgs {
     /// The CRS directory in that image.
     #[arg(long, env = "PORTCULLIS_CRS_PATH")]
     crs_path: Option<String>,
+    /// The ClamAV image (clamd, freshclam) beside edges that scan uploads.
+    #[arg(long, env = "PORTCULLIS_CLAMAV_IMAGE")]
+    clamav_image: Option<String>,
     /// Watch only this namespace (every namespace when unset).
     #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -145,6 +148,7 @@ async fn main() -> ExitCode {
                 transcoder_image,
                 crs_image,
                 crs_path,
+                clamav_image,
                 namespace,
                 pod_networks,
                 metrics_namespace_selector,
@@ -158,6 +162,7 @@ async fn main() -> ExitCode {
                 transcoder_image: transcoder_image.unwrap_or(defaults.transcoder_image),
                 crs_image: crs_image.unwrap_or(defaults.crs_image),
                 crs_path: crs_path.unwrap_or(defaults.crs_path),
+                clamav_image: clamav_image.unwrap_or(defaults.clamav_image),
                 pod_networks: if pod_networks.is_empty() {
                     defaults.pod_networks
                 } else {

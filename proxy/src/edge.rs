@@ -37,6 +37,7 @@ use crate::{
         login::Attempt,
     },
     access_log::{self, AccessRecord},
+    antivirus::{self, Finding},
     app::HeaderWatch,
     app_rules, bots, challenge, client_identity, error_page,
     geo::Country,
@@ -98,6 +99,8 @@ pub struct Ctx {
     waf: Option<Box<portcullis_waf::Transaction>>,
     /// The body held back while the WAF has not decided (at most its limit and one chunk).
     waf_body: Vec<u8>,
+    /// The antivirus scan in flight, holding the body until clamd's verdict.
+    av: Option<Box<antivirus::Scan>>,
     /// Jellyfin's server info, gathered to hide its own address (see
     /// [`app_rules::hide_local_address`]); `None` for every other response.
     server_info: Option<Vec<u8>>,
@@ -403,6 +406,122 @@ impl Edge {
             *body = Some(Bytes::from(held));
         }
         Some(waf::outcome(&verdict))
+    }
+
+    /// Counts a scan's finding and logs what was found or let through unscanned.
+    fn record_av(&self, ctx: &Ctx, finding: &Finding, verdict: &Verdict) {
+        self.shared
+            .metrics
+            .av_scans
+            .with_label_values(&[finding.label()])
+            .inc();
+        match (finding, verdict) {
+            (Finding::Clean, _) => {}
+            (Finding::Infected(signature), _) => tracing::warn!(
+                request_id = ctx.request_id.as_str(),
+                signature,
+                "an upload carried malware; refused"
+            ),
+            (Finding::Unscannable(_), Verdict::Continue) => tracing::warn!(
+                request_id = ctx.request_id.as_str(),
+                finding = finding.label(),
+                detail = finding.detail(),
+                "an upload could not be scanned; let through (onUnscannable: Allow)"
+            ),
+            (Finding::Unscannable(_), _) => tracing::warn!(
+                request_id = ctx.request_id.as_str(),
+                finding = finding.label(),
+                detail = finding.detail(),
+                "an upload could not be scanned; refused"
+            ),
+        }
+    }
+
+    /// Layer 10b on the request head: a request whose body is to be scanned gets its clamd
+    /// session before the upstream is contacted. A body announced over the size limit, or
+    /// clamd out of reach, is decided at once (refused before the upstream hears of it, or
+    /// let through unscanned).
+    async fn av_head(&self, session: &mut Session, ctx: &mut Ctx, policy: &Policy) -> Result<bool> {
+        let Some(av) = &policy.antivirus else {
+            return Ok(false);
+        };
+        // Whether a body follows (an HTTP/2 request may send one with neither a length
+        // nor chunking).
+        if session.is_body_empty() {
+            return Ok(false);
+        }
+        let request = session.req_header();
+        let content_length: Option<u64> = request
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        if !av.wants(
+            &request.method,
+            request.uri.path(),
+            request
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+        ) {
+            return Ok(false);
+        }
+        let started = if content_length.is_some_and(|len| len > av.max_scan_size as u64) {
+            Err(Finding::Unscannable(antivirus::Unscannable::TooLarge))
+        } else {
+            antivirus::Scan::start(av).await
+        };
+        let finding = match started {
+            Ok(scan) => {
+                ctx.av = Some(Box::new(scan));
+                return Ok(false);
+            }
+            Err(finding) => finding,
+        };
+        let verdict = match antivirus::outcome(&finding, av.on_unscannable) {
+            // The body is not read: the connection cannot carry another request.
+            Verdict::Respond(response, reason) => Verdict::Respond(response.closing(), reason),
+            verdict => verdict,
+        };
+        self.record_av(ctx, &finding, &verdict);
+        self.apply(session, ctx, LayerId::Antivirus, verdict).await
+    }
+
+    /// Layer 10b on the body: what the WAF let go is held and streamed to clamd; at the
+    /// end of the body (or once the scan ends early) the finding decides whether the held
+    /// body goes upstream. Allowed unscannable bodies go on unscanned, the rest streaming.
+    async fn av_body(
+        &self,
+        ctx: &mut Ctx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Option<Verdict> {
+        let scan = ctx.av.as_mut()?;
+        let fed = match body.take() {
+            Some(chunk) if !chunk.is_empty() => scan.feed(&chunk).await,
+            _ => Ok(()),
+        };
+        let (finding, held) = match fed {
+            Ok(()) if !end_of_stream => {
+                // Held back: an empty chunk (Pingora reads `None` as the end of the body).
+                *body = Some(Bytes::new());
+                return None;
+            }
+            Ok(()) => {
+                let policy = Arc::clone(&ctx.policy);
+                ctx.av.take()?.finish(policy.antivirus.as_ref()?).await
+            }
+            Err(finding) => (finding, ctx.av.take()?.into_held()),
+        };
+        let on_unscannable = ctx.policy.antivirus.as_ref()?.on_unscannable;
+        let verdict = antivirus::outcome(&finding, on_unscannable);
+        self.record_av(ctx, &finding, &verdict);
+        match verdict {
+            Verdict::Continue => {
+                *body = Some(Bytes::from(held));
+                None
+            }
+            verdict => Some(verdict),
+        }
     }
 
     /// Layer 5: Jellyfin's setup wizard, metrics and logs. Also keeps what the edge knows of
@@ -924,6 +1043,7 @@ impl ProxyHttp for Edge {
             response_counts: Vec::new(),
             waf: None,
             waf_body: Vec::new(),
+            av: None,
             server_info: None,
         }
     }
@@ -1001,7 +1121,10 @@ impl ProxyHttp for Edge {
         {
             return Ok(true);
         }
-        self.waf_head(session, ctx, &policy).await
+        if self.waf_head(session, ctx, &policy).await? {
+            return Ok(true);
+        }
+        self.av_head(session, ctx, &policy).await
     }
 
     async fn request_body_filter(
@@ -1012,11 +1135,17 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.body_received += body.as_ref().map_or(0, |chunk| chunk.len() as u64);
-        let limited = ctx.policy.check_body(ctx.body_received).or_else(|| {
+        let mut limited = ctx.policy.check_body(ctx.body_received).or_else(|| {
             self.waf_body(ctx, body, end_of_stream)
                 .filter(|verdict| *verdict != Verdict::Continue)
                 .map(|verdict| (LayerId::Waf, verdict))
         });
+        if limited.is_none() {
+            limited = self
+                .av_body(ctx, body, end_of_stream)
+                .await
+                .map(|verdict| (LayerId::Antivirus, verdict));
+        }
         if let Some((layer, verdict)) = limited {
             let status = match &verdict {
                 Verdict::Respond(response, _) => response.status,

@@ -13,6 +13,7 @@
 //! | 8. geo | [`geo`] | `request_filter` |
 //! | 9. zero-trust access | [`access`] | `request_filter`, `response_filter` |
 //! | 10. WAF (OWASP CRS v4) | [`waf`] | `request_filter`, `request_body_filter` |
+//! | 10b. upload antivirus (clamd) | [`antivirus`] | `request_filter`, `request_body_filter` |
 //! | 11. upstream | [`upstream`] | `upstream_peer`, `upstream_request_filter`, `fail_to_proxy` |
 //! | 12. response | [`edge`] | `response_filter` |
 //! | 13. logging and metrics | [`access_log`], [`metrics`], [`admin`] | `logging`, admin port |
@@ -24,6 +25,7 @@
 pub mod access;
 pub mod access_log;
 pub mod admin;
+pub mod antivirus;
 pub mod app;
 pub mod app_rules;
 pub mod ban_sync;

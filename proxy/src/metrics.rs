@@ -46,6 +46,9 @@ pub struct Metrics {
     pub waf_matches: IntCounterVec,
     /// `portcullis_waf_detected_total`: requests detect-only mode would have blocked.
     pub waf_detected: IntCounter,
+    /// `portcullis_av_scans_total{verdict}`: upload scans by finding (`clean`, `infected`,
+    /// `too-large`, `encrypted`, `limits-exceeded`, `scanner-unavailable`).
+    pub av_scans: IntCounterVec,
     /// `portcullis_access_decisions_total{rule}`: every decision of the geo and access
     /// layers (granted by session or token, denied by country, code sent, code wrong,
     /// session expired or revoked, ...).
@@ -199,6 +202,12 @@ impl Metrics {
                 &["rule"],
             ),
             waf_detected,
+            av_scans: counter_vec(
+                &registry,
+                "portcullis_av_scans_total",
+                "Upload scans by clamd, by finding.",
+                &["verdict"],
+            ),
             access_decisions: counter_vec(
                 &registry,
                 "portcullis_access_decisions_total",

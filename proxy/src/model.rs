@@ -15,6 +15,7 @@ use portcullis_crds::edge::{self, EdgeConfig};
 
 use crate::{
     access::{Access, AccessError},
+    antivirus::{Antivirus, AntivirusError},
     bots::SharedHoneypots,
     challenge::Challenger,
     client_identity::TrustedProxies,
@@ -51,6 +52,9 @@ pub enum CompileError {
     /// The WAF.
     #[error(transparent)]
     Waf(#[from] WafError),
+    /// Upload antivirus.
+    #[error(transparent)]
+    Antivirus(#[from] AntivirusError),
 }
 
 /// The compiled geo layer: the database and the lists.
@@ -160,6 +164,8 @@ pub struct Policy {
     pub access: Option<Access>,
     /// The WAF, when the document turns the CRS on.
     pub waf: Option<Waf>,
+    /// Upload antivirus, when the document has the section.
+    pub antivirus: Option<Antivirus>,
     /// The proof-of-work challenge of RateLimits that challenge browsers.
     pub challenger: Challenger,
     /// Files the policy was built from besides the document; a change to any of them
@@ -184,6 +190,7 @@ impl std::fmt::Debug for Policy {
             .field("geo", &self.geo)
             .field("access", &self.access)
             .field("waf", &self.waf)
+            .field("antivirus", &self.antivirus)
             .field("files", &self.files)
             .finish_non_exhaustive()
     }
@@ -302,6 +309,7 @@ impl TryFrom<EdgeConfig> for Policy {
             access,
             challenger,
             waf,
+            antivirus: doc.antivirus.as_ref().map(Antivirus::new).transpose()?,
             files,
         })
     }

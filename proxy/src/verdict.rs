@@ -134,13 +134,15 @@ pub enum LayerId {
     Access,
     /// The web application firewall (the OWASP CRS).
     Waf,
+    /// Upload antivirus (clamd).
+    Antivirus,
     /// The upstream (proxied requests and origin failures).
     Upstream,
 }
 
 impl LayerId {
     /// Every layer, in request order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Connection,
         Self::Tls,
         Self::Hygiene,
@@ -150,6 +152,7 @@ impl LayerId {
         Self::Geo,
         Self::Access,
         Self::Waf,
+        Self::Antivirus,
         Self::Upstream,
     ];
 
@@ -165,6 +168,7 @@ impl LayerId {
             Self::Geo => "geo",
             Self::Access => "access",
             Self::Waf => "waf",
+            Self::Antivirus => "antivirus",
             Self::Upstream => "upstream",
         }
     }

@@ -118,6 +118,30 @@ fn every_problem_is_reported_at_once_with_its_path() {
 }
 
 #[test]
+fn a_broken_antivirus_section_is_refused_field_by_field() {
+    let text = example_text()
+        .replace("clamd: 127.0.0.1:3310", "clamd: unix:clamd.sock")
+        .replace("- /Branding/Splashscreen$", "- /Branding/(Splashscreen")
+        .replace("methods: [POST, PUT]", "methods: []\n  contentTypes: [srt]")
+        .replace("maxScanSize: 25Mi", "maxScanSize: 1Gi")
+        .replace("timeout: 30s", "timeout: 0s");
+    let fields = invalid_fields(&text);
+    for expected in [
+        "antivirus.clamd",
+        "antivirus.paths[3]",
+        "antivirus.methods",
+        "antivirus.contentTypes[0]",
+        "antivirus.maxScanSize",
+        "antivirus.timeout",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
+    }
+}
+
+#[test]
 fn a_negative_duration_does_not_parse() {
     let text = example_text().replace("ttl: 10m", "ttl: -10m");
     assert!(matches!(

@@ -8,17 +8,23 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-            KeyToPath, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, Secret,
-            SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-            WeightedPodAffinityTerm,
+            Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+            EmptyDirVolumeSource, ExecAction, HTTPGetAction, KeyToPath,
+            PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSpec,
+            PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+            Volume, VolumeMount, WeightedPodAffinityTerm,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
+    },
 };
 use kube::ResourceExt;
 use portcullis_crds::{
-    MediaServer, access_policy::GeoIpSource, edge::EdgeConfig, media_server::ServiceType,
+    MediaServer,
+    access_policy::GeoIpSource,
+    edge::{EdgeConfig, MAX_SCAN_SIZE},
+    media_server::{AntivirusSpec, ServiceType},
     rate_limit::BackendType,
 };
 
@@ -36,12 +42,203 @@ pub fn config_map(server: &MediaServer, document: &EdgeConfig) -> ConfigMap {
             Names::new(&server.name_any()).edge_config(),
             Component::Edge,
         ),
-        data: Some(BTreeMap::from([(
-            mounts::CONFIG_FILE.to_owned(),
-            document.to_yaml(),
-        )])),
+        data: Some(
+            [(mounts::CONFIG_FILE.to_owned(), document.to_yaml())]
+                .into_iter()
+                .chain(
+                    document
+                        .antivirus
+                        .is_some()
+                        .then(|| {
+                            [
+                                (CLAMD_CONF.to_owned(), clamd_conf()),
+                                (FRESHCLAM_CONF.to_owned(), freshclam_conf()),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
+        ),
         ..ConfigMap::default()
     }
+}
+
+/// clamd's configuration file in the edge ConfigMap.
+const CLAMD_CONF: &str = "clamd.conf";
+/// freshclam's configuration file in the edge ConfigMap.
+const FRESHCLAM_CONF: &str = "freshclam.conf";
+
+/// clamd's configuration: on the pod's loopback interface only, alerting on what it cannot
+/// look into. Its size limits sit at the most the edge ever sends ([`MAX_SCAN_SIZE`]): the
+/// edge enforces the MediaServer's `maxScanSize` itself, so the file is the same for every
+/// MediaServer and a change of limit needs no clamd restart.
+fn clamd_conf() -> String {
+    let mib = MAX_SCAN_SIZE.bytes() >> 20;
+    format!(
+        "# Rendered by the Portcullis operator.
+Foreground yes
+LogTime yes
+TCPSocket {port}
+TCPAddr 127.0.0.1
+DatabaseDirectory {db}
+TemporaryDirectory /tmp
+StreamMaxLength {mib}M
+MaxFileSize {mib}M
+MaxScanSize {scan}M
+AlertEncrypted yes
+AlertExceedsMax yes
+",
+        port = mounts::CLAMD_PORT,
+        db = mounts::CLAMAV_DB_DIR,
+        scan = mib * 4,
+    )
+}
+
+/// freshclam's configuration: the official mirror, twelve checks a day, and clamd told to
+/// reload after each update.
+fn freshclam_conf() -> String {
+    format!(
+        "# Rendered by the Portcullis operator.
+Foreground yes
+LogTime yes
+DatabaseDirectory {db}
+DatabaseMirror database.clamav.net
+Checks 12
+NotifyClamd {config}/{CLAMD_CONF}
+",
+        db = mounts::CLAMAV_DB_DIR,
+        config = mounts::CLAMAV_CONFIG_DIR,
+    )
+}
+
+/// The ClamAV parts of an edge pod that scans uploads: an init container that fetches the
+/// signature database before clamd starts (`freshclam` once), clamd beside the edge
+/// (ready once it answers a ping: the pod takes no traffic before), and freshclam keeping
+/// the database fresh. The database lives on the MediaServer's claim when it names one
+/// (it survives restarts, sparing the ClamAV mirrors), else on a scratch volume.
+fn clamav(
+    server: &MediaServer,
+    spec: &AntivirusSpec,
+    settings: &Settings,
+) -> (Vec<Volume>, Container, Vec<Container>) {
+    let image = spec
+        .clamd
+        .image
+        .clone()
+        .unwrap_or_else(|| settings.clamav_image.clone());
+    let database = match &spec.clamd.database_claim {
+        Some(claim) => Volume {
+            name: "clamav-db".to_owned(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "clamav-db".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("2Gi".to_owned())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    };
+    let volumes = vec![
+        database,
+        Volume {
+            name: "clamav-tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "clamav-config".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: Names::new(&server.name_any()).edge_config(),
+                items: Some(vec![
+                    KeyToPath {
+                        key: CLAMD_CONF.to_owned(),
+                        path: CLAMD_CONF.to_owned(),
+                        ..KeyToPath::default()
+                    },
+                    KeyToPath {
+                        key: FRESHCLAM_CONF.to_owned(),
+                        path: FRESHCLAM_CONF.to_owned(),
+                        ..KeyToPath::default()
+                    },
+                ]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mounts = vec![
+        VolumeMount {
+            name: "clamav-db".to_owned(),
+            mount_path: mounts::CLAMAV_DB_DIR.to_owned(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "clamav-tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+        read_only_mount("clamav-config", mounts::CLAMAV_CONFIG_DIR),
+    ];
+    let config = |file: &str| format!("--config-file={}/{file}", mounts::CLAMAV_CONFIG_DIR);
+    let container = |name: &str, command: Vec<String>| Container {
+        name: name.to_owned(),
+        image: Some(image.clone()),
+        command: Some(command),
+        volume_mounts: Some(mounts.clone()),
+        security_context: Some(security::container()),
+        ..Container::default()
+    };
+    let init = container(
+        "freshclam-init",
+        vec![
+            "freshclam".to_owned(),
+            config(FRESHCLAM_CONF),
+            "--stdout".to_owned(),
+        ],
+    );
+    let ping = Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "clamdscan".to_owned(),
+                config(CLAMD_CONF),
+                "--ping".to_owned(),
+                "1".to_owned(),
+            ]),
+        }),
+        period_seconds: Some(10),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let clamd = Container {
+        resources: spec.clamd.resources.clone(),
+        readiness_probe: Some(ping.clone()),
+        liveness_probe: Some(ping.clone()),
+        // Loading the whole database takes a minute or two.
+        startup_probe: Some(Probe {
+            period_seconds: Some(5),
+            failure_threshold: Some(60),
+            ..ping
+        }),
+        ..container("clamd", vec!["clamd".to_owned(), config(CLAMD_CONF)])
+    };
+    let freshclam = container(
+        "freshclam",
+        vec![
+            "freshclam".to_owned(),
+            config(FRESHCLAM_CONF),
+            "--daemon".to_owned(),
+            "--stdout".to_owned(),
+        ],
+    );
+    (volumes, init, vec![clamd, freshclam])
 }
 
 /// The Secret holding the session signing keys. `keys` are the values to keep (read from
@@ -252,6 +449,17 @@ pub fn deployment(
         volume_mounts.push(mount);
         init_containers.push(init);
     }
+    let mut sidecars = Vec::new();
+    if let Some(antivirus) = spec
+        .antivirus
+        .as_ref()
+        .filter(|_| document.antivirus.is_some())
+    {
+        let (clamav_volumes, init, containers) = clamav(server, antivirus, settings);
+        volumes.extend(clamav_volumes);
+        init_containers.push(init);
+        sidecars = containers;
+    }
     let container = Container {
         name: "edge".to_owned(),
         image: Some(spec.image.clone().unwrap_or_else(|| settings.image.clone())),
@@ -309,7 +517,7 @@ pub fn deployment(
                     security_context: Some(security::pod(security::PORTCULLIS_UID)),
                     affinity: Some(anti_affinity),
                     init_containers: (!init_containers.is_empty()).then_some(init_containers),
-                    containers: vec![container],
+                    containers: std::iter::once(container).chain(sidecars).collect(),
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -492,5 +700,127 @@ mod tests {
         let map = config_map(&server, &document);
         let text = &map.data.unwrap()["edge.yaml"];
         assert_eq!(EdgeConfig::from_yaml(text).unwrap(), document);
+    }
+
+    fn scanning(database_claim: Option<&str>) -> MediaServer {
+        let mut server = seed_server();
+        let mut antivirus = portcullis_crds::media_server::AntivirusSpec::default();
+        antivirus.clamd.database_claim = database_claim.map(str::to_owned);
+        server.spec.edge.antivirus = Some(antivirus);
+        server
+    }
+
+    #[test]
+    fn an_edge_that_scans_uploads_runs_clamd_beside_it_with_a_fresh_database() {
+        let server = scanning(None);
+        let resolved = Resolved::default();
+        let settings = Settings::default();
+        let document = edge_config::render(&server, &resolved);
+        let deployment = deployment(&server, &resolved, &document, &settings);
+        let pod = pod(&deployment);
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["edge", "clamd", "freshclam"]);
+        let clamd = &pod.containers[1];
+        assert_eq!(clamd.image.as_deref(), Some(settings.clamav_image.as_str()));
+        assert_eq!(
+            clamd.command.as_ref().unwrap(),
+            &["clamd", "--config-file=/etc/portcullis/clamav/clamd.conf"]
+        );
+        // The pod takes traffic only once clamd answers.
+        let ping = clamd
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            ping.command.as_ref().unwrap(),
+            &[
+                "clamdscan",
+                "--config-file=/etc/portcullis/clamav/clamd.conf",
+                "--ping",
+                "1"
+            ]
+        );
+        assert!(clamd.startup_probe.is_some());
+        assert_eq!(
+            clamd
+                .security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        // The database is fetched before clamd starts, and kept fresh beside it.
+        let init = pod.init_containers.as_ref().unwrap();
+        let fetch = init.iter().find(|c| c.name == "freshclam-init").unwrap();
+        assert!(
+            !fetch
+                .command
+                .as_ref()
+                .unwrap()
+                .contains(&"--daemon".to_owned())
+        );
+        assert!(
+            pod.containers[2]
+                .command
+                .as_ref()
+                .unwrap()
+                .contains(&"--daemon".to_owned())
+        );
+        for container in [fetch, clamd, &pod.containers[2]] {
+            let mounts = container.volume_mounts.as_ref().unwrap();
+            let db = mounts.iter().find(|m| m.name == "clamav-db").unwrap();
+            assert_eq!(db.mount_path, "/var/lib/clamav");
+            assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
+        }
+        let volumes = pod.volumes.as_ref().unwrap();
+        let db = volumes.iter().find(|v| v.name == "clamav-db").unwrap();
+        assert!(db.empty_dir.is_some());
+        // The edge is pointed at the clamd its pod runs; clamd listens on loopback only and
+        // reports encrypted archives, so the edge can tell them from clean ones.
+        assert_eq!(document.antivirus.as_ref().unwrap().clamd, "127.0.0.1:3310");
+        let config = config_map(&server, &document).data.unwrap();
+        let clamd_conf = &config["clamd.conf"];
+        for line in [
+            "TCPSocket 3310",
+            "TCPAddr 127.0.0.1",
+            "DatabaseDirectory /var/lib/clamav",
+            "AlertEncrypted yes",
+            "StreamMaxLength 256M",
+        ] {
+            assert!(
+                clamd_conf.lines().any(|l| l == line),
+                "{line} in {clamd_conf}"
+            );
+        }
+        assert!(
+            config["freshclam.conf"]
+                .lines()
+                .any(|l| l == "NotifyClamd /etc/portcullis/clamav/clamd.conf")
+        );
+    }
+
+    #[test]
+    fn the_signature_database_may_live_on_a_claim_of_its_own() {
+        let deployment = rendered(&scanning(Some("clamav-db")));
+        let volumes = pod(&deployment).volumes.as_ref().unwrap();
+        let db = volumes.iter().find(|v| v.name == "clamav-db").unwrap();
+        assert_eq!(
+            db.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "clamav-db"
+        );
+    }
+
+    #[test]
+    fn an_edge_that_scans_nothing_runs_no_clamd() {
+        let server = seed_server();
+        let deployment = rendered(&server);
+        assert_eq!(pod(&deployment).containers.len(), 1);
+        let document = edge_config::render(&server, &Resolved::default());
+        assert!(document.antivirus.is_none());
+        let config = config_map(&server, &document).data.unwrap();
+        assert_eq!(config.keys().collect::<Vec<_>>(), ["edge.yaml"]);
     }
 }

@@ -12,11 +12,11 @@ use portcullis_crds::{
     access_policy::{AccessPolicySpec, GeoIpSource},
     common::DomainName,
     edge::{
-        Access, App, ClientIdentity, CloudflareAccess, Countries, EDGE_API_VERSION, EDGE_KIND,
-        EdgeBan, EdgeConfig, JWKS_REFRESH, Limits, Listen, Otp, RateLimit, Session, Smtp, Source,
-        Timeouts, Tls, Upstream, Waf, WafExclusion,
+        Access, Antivirus, App, ClientIdentity, CloudflareAccess, Countries, EDGE_API_VERSION,
+        EDGE_KIND, EdgeBan, EdgeConfig, JWKS_REFRESH, Limits, Listen, Otp, RateLimit, Session,
+        Smtp, Source, Timeouts, Tls, Upstream, Waf, WafExclusion,
     },
-    media_server::AppKind,
+    media_server::{AntivirusSpec, AppKind},
     rate_limit::{BackendType, RateLimitSpec},
     waf_rule_set::WafRuleSetSpec,
 };
@@ -50,6 +50,12 @@ pub mod mounts {
     pub const ADMIN_PORT: u16 = 9090;
     /// The app's HTTP port.
     pub const APP_PORT: u16 = 8096;
+    /// clamd's port in the edge pod (its sidecar listens on the loopback interface only).
+    pub const CLAMD_PORT: u16 = 3310;
+    /// clamd's and freshclam's configuration files (keys of the edge ConfigMap).
+    pub const CLAMAV_CONFIG_DIR: &str = "/etc/portcullis/clamav";
+    /// The ClamAV signature database.
+    pub const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
     /// Keys of the session Secret: the key that signs, then the one before it.
     pub const SESSION_KEYS: [&str; 2] = ["current", "previous"];
 }
@@ -76,6 +82,9 @@ pub fn render(server: &MediaServer, resolved: &Resolved) -> EdgeConfig {
     let mut limits = Limits::default();
     if let Some(waf) = &resolved.waf_rule_set {
         limits.max_body = limits.max_body.max(waf.resource.spec.request_body_limit);
+    }
+    if let Some(antivirus) = &spec.edge.antivirus {
+        limits.max_body = limits.max_body.max(antivirus.max_scan_size);
     }
     EdgeConfig {
         api_version: EDGE_API_VERSION.to_owned(),
@@ -123,6 +132,20 @@ pub fn render(server: &MediaServer, resolved: &Resolved) -> EdgeConfig {
             .as_ref()
             .map(|waf| render_waf(&waf.resource.spec)),
         rate_limits: resolved.rate_limits.iter().map(rate_limit).collect(),
+        antivirus: spec.edge.antivirus.as_ref().map(antivirus),
+    }
+}
+
+/// The antivirus section: the scan settings, and the clamd sidecar's loopback address.
+fn antivirus(spec: &AntivirusSpec) -> Antivirus {
+    Antivirus {
+        clamd: format!("127.0.0.1:{}", mounts::CLAMD_PORT),
+        paths: spec.paths.clone(),
+        methods: spec.methods.clone(),
+        content_types: spec.content_types.clone(),
+        max_scan_size: spec.max_scan_size,
+        on_unscannable: spec.on_unscannable,
+        timeout: spec.timeout,
     }
 }
 
@@ -327,6 +350,31 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn upload_scanning_reaches_the_document_and_raises_the_body_limit() {
+        let mut server = seed_server();
+        server.spec.edge.antivirus = Some(AntivirusSpec {
+            max_scan_size: portcullis_crds::common::ByteSize::from_mib(64),
+            on_unscannable: portcullis_crds::media_server::UnscannableAction::Allow,
+            ..AntivirusSpec::default()
+        });
+        let config = render(&server, &seed_resolved());
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        let section = config.antivirus.as_ref().unwrap();
+        assert_eq!(section.clamd, "127.0.0.1:3310");
+        assert_eq!(
+            section.paths,
+            portcullis_crds::media_server::JELLYFIN_UPLOAD_PATHS.to_vec()
+        );
+        assert_eq!(section.max_scan_size.bytes(), 64 << 20);
+        assert_eq!(
+            section.on_unscannable,
+            portcullis_crds::media_server::UnscannableAction::Allow
+        );
+        // A body the scanner may take is not refused earlier by the body limit.
+        assert!(config.limits.max_body.bytes() >= 64 << 20);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Settings {
     pub crs_image: String,
     /// The CRS directory in that image (`rules/` and `crs-setup.conf.example`).
     pub crs_path: String,
+    /// The ClamAV image (`clamd`, `freshclam`, `clamdscan`) for edges that scan uploads.
+    pub clamav_image: String,
     /// The pod networks of the cluster, given to the app as its known proxies so it
     /// believes the edge's X-Forwarded-For (only edge pods can reach it).
     pub pod_networks: Vec<String>,
@@ -80,6 +82,7 @@ impl Default for Settings {
             ),
             crs_image: "docker.io/owasp/modsecurity-crs:4.18.0-nginx-202509051009".to_owned(),
             crs_path: "/opt/owasp-crs".to_owned(),
+            clamav_image: "docker.io/clamav/clamav-debian:1.4.3".to_owned(),
             pod_networks: vec![
                 "10.0.0.0/8".to_owned(),
                 "172.16.0.0/12".to_owned(),

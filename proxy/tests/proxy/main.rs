@@ -4,6 +4,7 @@
 
 mod access;
 mod admin;
+mod antivirus;
 mod bots;
 mod cloudflare;
 mod connections;

@@ -221,6 +221,46 @@ pub fn origin_saw(needle: &str) -> bool {
         .any(|target| target.contains(needle))
 }
 
+/// The bytes of every request body the origin's upload paths received, by target, as they
+/// arrived (a body cut short shows what came before the cut).
+static ORIGIN_UPLOADS: Mutex<BTreeMap<String, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+/// The body bytes the origin received for the upload whose target contains `needle`;
+/// `None` when no such request reached it.
+pub fn origin_upload(needle: &str) -> Option<Vec<u8>> {
+    ORIGIN_UPLOADS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(target, _)| target.contains(needle))
+        .map(|(_, body)| body.clone())
+}
+
+/// Jellyfin's upload endpoints (subtitles, images): the origin keeps what it received and
+/// answers with its length.
+async fn receive_upload(req: Request<Incoming>) -> Response<OriginBody> {
+    let target = req.uri().to_string();
+    ORIGIN_UPLOADS
+        .lock()
+        .unwrap()
+        .insert(target.clone(), Vec::new());
+    let mut body = req.into_body();
+    let mut bytes = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            bytes += data.len() as u64;
+            if let Some(kept) = ORIGIN_UPLOADS.lock().unwrap().get_mut(&target) {
+                kept.extend_from_slice(data);
+            }
+        }
+    }
+    Response::builder()
+        .status(204)
+        .header("x-received-bytes", bytes)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
 /// The address the origin says it has in its server info, as a Jellyfin pod would.
 pub const ORIGIN_POD_URL: &str = "http://10.244.1.7:8096";
 
@@ -235,6 +275,12 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<OriginBody>, 
     let q = query(&req);
     let number =
         |key: &str, default: u64| q.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let path = req.uri().path();
+    if req.method() == http::Method::POST
+        && (path.ends_with("/Subtitles") || path.contains("/Images/"))
+    {
+        return Ok(receive_upload(req).await);
+    }
     let response = match req.uri().path() {
         "/echo-headers" => {
             let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -737,6 +783,164 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A `clamd` of this test (Debian package clamav-daemon), started in the foreground with a
+/// configuration and a signature database of its own: one signature, for the EICAR test
+/// file. Killed when dropped.
+pub struct Clamd {
+    /// Where it listens: `127.0.0.1:port`, or `unix:` and its socket.
+    pub address: String,
+    /// Its directory (configuration, database, log).
+    pub dir: PathBuf,
+    child: Child,
+    watchdog: Child,
+}
+
+/// The EICAR test file: every antivirus reports it, and it harms nothing.
+pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+impl Clamd {
+    /// A clamd on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_with(false, "64M")
+    }
+
+    /// A clamd listening on a Unix socket in its directory.
+    pub fn start_unix() -> Self {
+        Self::start_with(true, "64M")
+    }
+
+    /// A clamd that refuses streams longer than `stream_max_length` (clamd's size syntax).
+    pub fn start_with(unix: bool, stream_max_length: &str) -> Self {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = scratch().join(format!("clamd-{n}"));
+        let db = dir.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        // An extended signature: any file type, the EICAR bytes anywhere in it.
+        let hex: String = EICAR.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(
+            db.join("eicar.ndb"),
+            format!("Eicar-Test-Signature:0:*:{hex}\n"),
+        )
+        .unwrap();
+        let (listen, address) = if unix {
+            let socket = dir.join("clamd.sock");
+            (
+                format!("LocalSocket {}", socket.display()),
+                format!("unix:{}", socket.display()),
+            )
+        } else {
+            let port = free_port();
+            (
+                format!("TCPSocket {port}\nTCPAddr 127.0.0.1"),
+                format!("127.0.0.1:{port}"),
+            )
+        };
+        let conf = dir.join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes
+DatabaseDirectory {db}
+{listen}
+LogFile {log}
+AlertEncrypted yes
+StreamMaxLength {stream_max_length}
+",
+                db = db.display(),
+                log = dir.join("clamd.log").display(),
+            ),
+        )
+        .unwrap();
+        let binary = ["clamd", "/usr/sbin/clamd"]
+            .into_iter()
+            .find(|candidate| {
+                Command::new(candidate)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            })
+            .expect("clamd (Debian package clamav-daemon) is installed");
+        let child = Command::new(binary)
+            .arg("--config-file")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let watchdog = watchdog(&child);
+        let mut clamd = Self {
+            address,
+            dir,
+            child,
+            watchdog,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !clamd.answers() {
+            if let Ok(Some(status)) = clamd.child.try_wait() {
+                panic!("clamd exited with {status}: {}", clamd.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clamd did not start: {}",
+                clamd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        clamd
+    }
+
+    /// Whether clamd answers `PING`.
+    fn answers(&self) -> bool {
+        use std::io::Write as _;
+        let reply = |mut stream: Box<dyn ReadWrite>| {
+            stream.write_all(b"zPING\0").ok()?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).ok()?;
+            Some(reply)
+        };
+        let stream: Option<Box<dyn ReadWrite>> = match self.address.strip_prefix("unix:") {
+            Some(path) => std::os::unix::net::UnixStream::connect(path)
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn ReadWrite>),
+            None => std::net::TcpStream::connect(&self.address)
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn ReadWrite>),
+        };
+        stream
+            .and_then(reply)
+            .is_some_and(|r| r.starts_with(b"PONG"))
+    }
+
+    /// clamd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("clamd.log")).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it for good.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
     }
 }
 
