@@ -358,15 +358,14 @@ impl Edge {
             ctx.client_ip.map(|ip| (ip, 0)),
             server_port,
         );
-        let content_length = request
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let chunked = request.headers.contains_key(header::TRANSFER_ENCODING);
+        // Whether a body follows, as the session knows it: a length or chunking over
+        // HTTP/1.1, and over HTTP/2 a stream not ended with its headers (which needs
+        // neither a length nor chunking).
+        let body_follows = !session.is_body_empty();
         let mut tx = waf.transaction(facts);
         let mut verdict = tx.process_request_headers();
         if !verdict.is_blocked() {
-            if waf::expects_body(content_length, chunked) {
+            if body_follows {
                 self.record_waf(ctx, &verdict);
                 ctx.waf = Some(Box::new(tx));
                 return Ok(false);

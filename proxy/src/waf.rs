@@ -213,11 +213,6 @@ pub fn summary(verdict: &WafVerdict, deciding: u32) -> String {
     text
 }
 
-/// Whether a request head announces a body (phase 2 then waits for it).
-pub fn expects_body(content_length: Option<u64>, chunked: bool) -> bool {
-    chunked || content_length.is_some_and(|len| len > 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,13 +347,5 @@ mod tests {
                 .any(|f| f.extension().is_some_and(|e| e == "data"))
         );
         assert!(files.len() > 20);
-    }
-
-    #[test]
-    fn bodies_are_expected_from_a_length_or_chunking() {
-        assert!(expects_body(Some(10), false));
-        assert!(expects_body(None, true));
-        assert!(!expects_body(Some(0), false));
-        assert!(!expects_body(None, false));
     }
 }

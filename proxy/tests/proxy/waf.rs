@@ -314,6 +314,24 @@ async fn broken_custom_rules_keep_the_last_good_rules() {
 }
 
 #[tokio::test]
+async fn an_http2_body_without_a_length_is_inspected_too() {
+    // HTTP/2 needs neither Content-Length nor chunking for a body: the WAF must still wait
+    // for it rather than decide on an empty one and let it stream by.
+    const ATTACK: &[u8] = br#"{"Name":"<img src=x onerror=alert(document.cookie)>"}"#;
+    let proxy = waf_proxy("Block");
+    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
+    let request = Request::post(format!("https://{HOST}/upload"))
+        .header("user-agent", BROWSER)
+        .header("content-type", "application/json")
+        .body(late_ending_body(ATTACK))
+        .unwrap();
+    assert!(request.headers().get("content-length").is_none());
+    let response = conn.send(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn custom_rules_run_without_the_crs() {
     let proxy = Proxy::start(Settings {
         extra: "waf:
