@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -168,6 +169,31 @@ func scenarioAllowedUser(t *testing.T, demo *Demo) *browser {
 	}
 	if layer := edgeLogLine(t, demo, attack.requestID)["layer"]; layer != "waf" {
 		t.Fatalf("the XSS probe was decided by %v, want waf", layer)
+	}
+	// The seed scans uploads with clamd: a subtitle carrying the EICAR test file is refused
+	// before Jellyfin has its body; a clean one reaches Jellyfin whole.
+	upload := func(content string) (*page, string) {
+		target := uniquePath("/Videos/4b2c8d0e3f1a4e6b/Subtitles")
+		data, _ := json.Marshal(map[string]any{
+			"Language": "eng", "Format": "srt", "IsForced": false,
+			"Data": base64.StdEncoding.EncodeToString([]byte(content)),
+		})
+		return b.send(http.MethodPost, target, bytes.NewReader(data), http.Header{"Content-Type": {"application/json"}}), target
+	}
+	infected, target := upload(EICAR)
+	if infected.status != http.StatusForbidden {
+		t.Fatalf("a subtitle carrying EICAR got %d, want 403", infected.status)
+	}
+	if line := edgeLogLine(t, demo, infected.requestID); line["layer"] != "antivirus" {
+		t.Fatalf("the EICAR upload was decided by %v, want antivirus: %v", line["layer"], line)
+	}
+	// (The request head may reach Jellyfin; the body never does, so it stores nothing.)
+	if demo.StandIn.Stored(target) {
+		t.Fatal("Jellyfin stored the infected upload")
+	}
+	clean, target := upload("1\n00:00:01,000 --> 00:00:02,000\nHello\n")
+	if clean.status != http.StatusNoContent || !demo.StandIn.Stored(target) {
+		t.Fatalf("a clean subtitle got %d (stored by Jellyfin: %v), want 204 from Jellyfin", clean.status, demo.StandIn.Stored(target))
 	}
 	return b
 }

@@ -216,8 +216,9 @@ func rewriteArgs(args []string, mounts map[string]string) []string {
 }
 
 // localizeEdgeDocument rewrites the edge document in file: every path inside a mount moves
-// to its local place, and the dotted keys in addresses get their local values.
-func localizeEdgeDocument(file string, mounts map[string]string, addresses map[string]string) error {
+// to its local place, and the dotted keys in addresses get their local values; those in
+// optional too when the document has them and a local value is known.
+func localizeEdgeDocument(file string, mounts map[string]string, addresses, optional map[string]string) error {
 	text, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -227,6 +228,11 @@ func localizeEdgeDocument(file string, mounts map[string]string, addresses map[s
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	localized := localizeValue(document, mounts).(map[string]any)
+	for dotted, value := range optional {
+		if _, has := lookup(localized, dotted); has && value != "" {
+			addresses[dotted] = value
+		}
+	}
 	for dotted, value := range addresses {
 		keys := strings.Split(dotted, ".")
 		parent := localized
@@ -248,6 +254,21 @@ func localizeEdgeDocument(file string, mounts map[string]string, addresses map[s
 		return err
 	}
 	return replaceFile(file, out, 0o644)
+}
+
+// lookup finds a dotted key in a document.
+func lookup(document map[string]any, dotted string) (any, bool) {
+	var value any = document
+	for _, key := range strings.Split(dotted, ".") {
+		object, ok := value.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if value, ok = object[key]; !ok {
+			return nil, false
+		}
+	}
+	return value, true
 }
 
 // replaceFile writes file whole or not at all (a new file renamed over the old), so that the

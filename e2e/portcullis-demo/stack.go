@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -117,6 +118,8 @@ type Demo struct {
 	TranscoderURL string
 	// CAFile is the PEM CA that signed the edge's certificate.
 	CAFile string
+	// clamdAddress is where the local clamd listens, when the edge scans uploads.
+	clamdAddress string
 }
 
 // Start brings the whole demo up. On error the returned Demo (when not nil) must still be
@@ -127,7 +130,7 @@ func Start(ctx context.Context, cluster *harness.Cluster, opts Options, log io.W
 		cluster: cluster,
 		log:     log,
 		root:    filepath.Join(opts.StateDir, "root"),
-		exited:  make(chan string, len(binaries)),
+		exited:  make(chan string, len(binaries)+1), // and clamd
 		quit:    make(chan struct{}),
 	}
 	// What an earlier run wrote goes; nothing else in the state directory is touched.
@@ -152,6 +155,7 @@ func Start(ctx context.Context, cluster *harness.Cluster, opts Options, log io.W
 		{"waiting until every seed resource is Ready", d.waitReady},
 		{"starting the transcoder as the operator rendered it", d.startTranscoder},
 		{"starting the Jellyfin stand-in", d.startStandIn},
+		{"starting clamd as the edge pod's sidecar (with the EICAR test signature only)", d.startClamd},
 		{"starting the edge as the operator rendered it", d.startEdge},
 		{"starting the mailbox page", d.startMailbox},
 	}
@@ -224,6 +228,8 @@ Portcullis demo is running.
   Your address 127.0.0.1 counts as France (the demo's country database); to come from
   the United States instead:  curl --cacert %[2]s --interface 127.0.1.1 %[1]s
   The edge's metrics and bans:  %[4]s/metrics   %[4]s/bans
+  Uploads (subtitles, images) are scanned by a local clamd that knows one signature, the
+  EICAR test file's (freshclam, which fills its database in a pod, needs the internet).
   The resources and their status:
       eval "$(e2e/cluster env)"; kubectl -n %[5]s get portcullis
       kubectl -n %[5]s get events
@@ -268,7 +274,14 @@ func (d *Demo) kubectl(args ...string) (string, error) {
 	return d.cluster.Run("kubectl", nil, args...)
 }
 
+// installChart applies the chart's CRDs (Helm installs a chart's crds/ only when they are
+// missing and never upgrades them, so a cluster that ran an older Portcullis would keep
+// older schemas), then installs or upgrades the release.
 func (d *Demo) installChart(ctx context.Context) error {
+	if _, err := d.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=portcullis-demo",
+		"-f", filepath.Join(d.opts.RepoDir, "charts", "portcullis", "crds")); err != nil {
+		return err
+	}
 	_, err := d.cluster.Client.CoreV1().Namespaces().Get(ctx, d.opts.ChartNamespace, metav1.GetOptions{})
 	d.madeChartNamespace = apierrors.IsNotFound(err)
 	_, err = d.helm("upgrade", "--install", d.opts.Release, filepath.Join(d.opts.RepoDir, "charts", "portcullis"),
@@ -541,6 +554,117 @@ func (d *Demo) startStandIn(ctx context.Context) error {
 	return nil
 }
 
+// startClamd runs clamd as the edge pod's sidecar would, with the configuration the operator
+// rendered into the edge ConfigMap; only its socket, database and scratch directory move.
+// Its database holds one signature, the EICAR test file's: freshclam, which fills it in a
+// pod, needs the internet. Nothing runs when the edge scans no uploads.
+func (d *Demo) startClamd(ctx context.Context) error {
+	deployment, err := d.deployment(ctx, serverName+"-edge")
+	if err != nil {
+		return err
+	}
+	pod := deployment.Spec.Template.Spec
+	var sidecar *corev1.Container
+	for i := range pod.Containers {
+		if pod.Containers[i].Name == "clamd" {
+			sidecar = &pod.Containers[i]
+		}
+	}
+	if sidecar == nil {
+		return nil
+	}
+	configFile := ""
+	for _, arg := range sidecar.Command {
+		if value, ok := strings.CutPrefix(arg, "--config-file="); ok {
+			configFile = value
+		}
+	}
+	var configMap string
+	for _, mount := range sidecar.VolumeMounts {
+		if strings.HasPrefix(configFile, mount.MountPath+"/") {
+			for _, volume := range pod.Volumes {
+				if volume.Name == mount.Name && volume.ConfigMap != nil {
+					configMap = volume.ConfigMap.Name
+				}
+			}
+		}
+	}
+	if configMap == "" {
+		return fmt.Errorf("clamd's command %q names no configuration from a ConfigMap", sidecar.Command)
+	}
+	cm, err := d.cluster.Client.CoreV1().ConfigMaps(d.opts.Namespace).Get(ctx, configMap, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	rendered, ok := cm.Data[filepath.Base(configFile)]
+	if !ok {
+		return fmt.Errorf("ConfigMap %s has no %s", configMap, filepath.Base(configFile))
+	}
+	dir := filepath.Join(d.root, "clamav")
+	db, tmp := filepath.Join(dir, "db"), filepath.Join(dir, "tmp")
+	for _, made := range []string{db, tmp} {
+		if err := os.MkdirAll(made, 0o755); err != nil {
+			return err
+		}
+	}
+	eicar := hex.EncodeToString([]byte(EICAR))
+	if err := os.WriteFile(filepath.Join(db, "eicar.ndb"), []byte("Eicar-Test-Signature:0:*:"+eicar+"\n"), 0o644); err != nil {
+		return err
+	}
+	listen, err := freeAddress()
+	if err != nil {
+		return err
+	}
+	_, port, _ := net.SplitHostPort(listen)
+	local := localizeClamdConfig(rendered, map[string]string{
+		"TCPSocket": port, "TCPAddr": "127.0.0.1", "DatabaseDirectory": db, "TemporaryDirectory": tmp,
+	})
+	conf := filepath.Join(dir, "clamd.conf")
+	if err := os.WriteFile(conf, []byte(local), 0o644); err != nil {
+		return err
+	}
+	binary, err := exec.LookPath("clamd")
+	if err != nil {
+		binary = "/usr/sbin/clamd"
+	}
+	if err := d.spawn("clamd", binary, []string{"--config-file=" + conf}, os.Environ()); err != nil {
+		return err
+	}
+	d.clamdAddress = listen
+	return poll(ctx, time.Minute, func() (bool, error) { return clamdAnswers(listen), nil })
+}
+
+// localizeClamdConfig sets the given clamd.conf options to their local values, keeping every
+// other line as rendered.
+func localizeClamdConfig(rendered string, local map[string]string) string {
+	var out []string
+	for _, line := range strings.Split(strings.TrimRight(rendered, "\n"), "\n") {
+		if option, _, _ := strings.Cut(line, " "); local[option] != "" {
+			line = option + " " + local[option]
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
+// clamdAnswers says whether clamd at address answers PING.
+func clamdAnswers(address string) bool {
+	conn, err := net.DialTimeout("tcp", address, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := conn.Write([]byte("zPING\x00")); err != nil {
+		return false
+	}
+	reply, _ := io.ReadAll(conn)
+	return strings.HasPrefix(string(reply), "PONG")
+}
+
+// EICAR is the antivirus test file: every scanner reports it, and it harms nothing.
+const EICAR = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+
 // startEdge runs the edge with the document from its ConfigMap, its Secrets as files and the
 // CRS rules copied where the init container would put them, then keeps those files on the
 // operator's latest rendering.
@@ -597,12 +721,15 @@ func (d *Demo) writeEdgeFiles(ctx context.Context) ([]string, string, error) {
 	if config == "" {
 		return nil, "", fmt.Errorf("the edge's arguments %q name no --config", container.Args)
 	}
-	err = localizeEdgeDocument(config, mounts, map[string]string{
+	addresses := map[string]string{
 		"listen.https":     fmt.Sprintf("127.0.0.1:%d", d.opts.HTTPSPort),
 		"listen.http":      fmt.Sprintf("127.0.0.1:%d", d.opts.HTTPPort),
 		"listen.admin":     fmt.Sprintf("127.0.0.1:%d", d.opts.AdminPort),
 		"upstream.address": d.StandIn.Address,
-	})
+	}
+	// Scanning may have been turned off (or on, without clamd here) since the demo started.
+	optional := map[string]string{"antivirus.clamd": d.clamdAddress}
+	err = localizeEdgeDocument(config, mounts, addresses, optional)
 	return args, stamp, err
 }
 
@@ -696,7 +823,11 @@ func (d *Demo) spawn(name, binary string, args, env []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(d.opts.BinDir, binary), args...)
+	path := binary
+	if !filepath.IsAbs(binary) {
+		path = filepath.Join(d.opts.BinDir, binary)
+	}
+	cmd := exec.Command(path, args...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The processes end with the demo, even when it is killed.

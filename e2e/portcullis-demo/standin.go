@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -55,6 +56,7 @@ type StandIn struct {
 	transcoding sync.Mutex
 	mu          sync.Mutex
 	seen        []string
+	stored      []string
 	tokens      map[string]bool
 	jobs        []TranscodeJob
 }
@@ -118,6 +120,19 @@ func (s *StandIn) Saw(needle string) bool {
 	return false
 }
 
+// Stored says whether an upload whose URI contains needle arrived whole and was kept (a
+// request whose body never came whole, as when the edge refuses it, is not).
+func (s *StandIn) Stored(needle string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, uri := range s.stored {
+		if strings.Contains(uri, needle) {
+			return true
+		}
+	}
+	return false
+}
+
 // Jobs are the transcodes run so far.
 func (s *StandIn) Jobs() []TranscodeJob {
 	s.mu.Lock()
@@ -126,6 +141,9 @@ func (s *StandIn) Jobs() []TranscodeJob {
 }
 
 var segmentName = regexp.MustCompile(`^/Videos/` + DemoVideo + `/(` + DemoVideo + `[0-9]+\.ts)$`)
+
+// subtitleUpload is Jellyfin's subtitle upload route, POST /Videos/{itemId}/Subtitles.
+var subtitleUpload = regexp.MustCompile(`(?i)^/Videos/[^/]+/Subtitles$`)
 
 // ServeHTTP routes Jellyfin's paths, case-insensitively as Jellyfin does for its API.
 func (s *StandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -163,6 +181,16 @@ func (s *StandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		name := segmentName.FindStringSubmatch(path)[1]
 		w.Header().Set("Content-Type", "video/mp2t")
 		http.ServeFile(w, r, filepath.Join(s.cfg.TranscodeDir, name))
+	case r.Method == http.MethodPost && subtitleUpload.MatchString(path):
+		// Jellyfin stores the subtitle (JSON with the file in base64 in Data) and answers 204.
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		s.stored = append(s.stored, r.RequestURI)
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
 	case path == "/" || path == "/web/" || path == "/web/index.html":
 		s.home(w, r)
 	default:
