@@ -6,11 +6,17 @@ use std::{fs, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use portcullis_backup::{
+    Error, Result,
     archive::{BackupOptions, backup},
+    pause::Paused,
     restore::restore,
     retention::Retention,
 };
-use portcullis_crds::{backup::REPORT_MAX_BYTES, common::Duration};
+use portcullis_crds::{
+    backup::{BackupReport, REPORT_MAX_BYTES},
+    common::Duration,
+};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Backs up and restores a media server's configuration directory.
 #[derive(Parser)]
@@ -45,6 +51,17 @@ enum Command {
         /// The zstd compression level.
         #[arg(long, default_value_t = 3)]
         level: i32,
+        /// Stop this Deployment (scaled to zero) for the copy and start it again afterwards,
+        /// even when the backup fails.
+        #[arg(long, requires = "namespace")]
+        pause_app: Option<String>,
+        /// The namespace of the Deployment given in --pause-app.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// How long the app may take to stop before the backup fails (and the app is
+        /// started again).
+        #[arg(long, default_value = "10m")]
+        pause_timeout: Duration,
     },
     /// Restores backup FROM out of DESTINATION into CONFIG.
     Restore {
@@ -60,6 +77,58 @@ enum Command {
     },
 }
 
+/// A backup with Deployment `app` stopped for the copy, started again afterwards whatever
+/// happens to the copy (an error, or SIGTERM when the Job's deadline passes).
+fn paused_backup(
+    options: BackupOptions,
+    namespace: &str,
+    app: &str,
+    timeout: std::time::Duration,
+) -> Result<BackupReport> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::App(format!("cannot start the async runtime: {error}")))?;
+    let outcome = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|error| Error::App(format!("cannot reach the Kubernetes API: {error}")))?;
+        let mut terminate = signal(SignalKind::terminate())
+            .map_err(|error| Error::App(format!("cannot handle SIGTERM: {error}")))?;
+        let paused = Paused::stop(client, namespace, app, timeout).await?;
+        println!(
+            "Deployment {app} stopped for the copy (it had {} replicas)",
+            paused.replicas()
+        );
+        let copy = tokio::task::spawn_blocking(move || backup(&options, jiff::Timestamp::now()));
+        let copied = tokio::select! {
+            joined = copy => joined.unwrap_or_else(|error| {
+                Err(Error::App(format!("the copy stopped: {error}")))
+            }),
+            _ = terminate.recv() => Err(Error::App("terminated during the copy".to_owned())),
+        };
+        let replicas = paused.replicas();
+        match (copied, paused.resume().await) {
+            (copied, Ok(())) => {
+                if replicas > 0 {
+                    println!("Deployment {app} started again ({replicas} replicas)");
+                } else {
+                    println!("Deployment {app} left at 0 replicas, as it was found");
+                }
+                copied
+            }
+            (Ok(report), Err(error)) => Err(Error::App(format!(
+                "backup {} written, but {error}",
+                report.backup.name
+            ))),
+            (Err(copy), Err(error)) => Err(Error::App(format!("{copy}; and {error}"))),
+        }
+    });
+    // A copy cut short by SIGTERM may still run: it is not waited for.
+    runtime.shutdown_background();
+    outcome
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -70,8 +139,11 @@ fn main() -> ExitCode {
             keep_last,
             max_age,
             level,
-        } => backup(
-            &BackupOptions {
+            pause_app,
+            namespace,
+            pause_timeout,
+        } => {
+            let options = BackupOptions {
                 config,
                 destination,
                 prefix,
@@ -80,10 +152,15 @@ fn main() -> ExitCode {
                     max_age: max_age.map(Duration::get),
                 },
                 level,
-            },
-            jiff::Timestamp::now(),
-        )
-        .map(|report| report.to_message()),
+            };
+            match (pause_app, namespace) {
+                (Some(app), Some(namespace)) => {
+                    paused_backup(options, &namespace, &app, pause_timeout.get())
+                }
+                _ => backup(&options, jiff::Timestamp::now()),
+            }
+            .map(|report| report.to_message())
+        }
         Command::Restore {
             config,
             destination,

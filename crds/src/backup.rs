@@ -37,6 +37,11 @@ pub struct BackupSpec {
     /// Stop scheduling backups without forgetting the configuration.
     #[serde(default)]
     pub suspend: bool,
+    /// Stop the app for the copy and start it again afterwards, even when the backup
+    /// fails, so files other than the databases are copied at rest too (the databases are
+    /// consistent either way). The app is unavailable while a backup runs.
+    #[serde(default)]
+    pub pause_app: bool,
 }
 
 /// Which backups are kept: a backup is deleted once it is beyond the newest `keepLast`, or

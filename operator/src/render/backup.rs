@@ -1,6 +1,8 @@
 //! The backup CronJob and the restore Job: both run `portcullis-backup` with the app's
 //! configuration claim and the backup claim mounted, and report through the termination
-//! message (a backup's JSON report, or the error).
+//! message (a backup's JSON report, or the error). With `pauseApp`, the backup Job runs as
+//! a ServiceAccount of its own whose Role may only read and patch the scale of the app's
+//! Deployment, which it stops for the copy.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +11,9 @@ use k8s_openapi::{
         batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
         core::v1::{
             Affinity, Container, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
-            WeightedPodAffinityTerm,
+            ServiceAccount, WeightedPodAffinityTerm,
         },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -31,6 +34,9 @@ use super::{
 pub const BACKUPS_PATH: &str = "/backups";
 /// The annotation on a restore Job naming the backup it restores.
 pub const RESTORE_FROM_ANNOTATION: &str = "portcullis.dev/restore-from";
+/// The annotation on a backup Job that stops the app for its copy; while such a Job runs,
+/// the operator keeps the app at zero replicas.
+pub const PAUSES_APP_ANNOTATION: &str = "portcullis.dev/pauses-app";
 /// The container that runs the tool, in both Jobs.
 pub const CONTAINER: &str = "backup";
 /// Where the kubelet takes the termination message from.
@@ -66,7 +72,23 @@ pub fn cron_job(
     if let Some(age) = spec.retention.max_age {
         args.extend(["--max-age".to_owned(), age.to_string()]);
     }
+    let namespace = server.namespace().unwrap_or_default();
+    if spec.pause_app {
+        args.extend([
+            "--pause-app".to_owned(),
+            names.app(),
+            "--namespace".to_owned(),
+            namespace,
+        ]);
+    }
     let mut pod = pod_spec(server, spec, settings, args, false);
+    if spec.pause_app {
+        pod.service_account_name = Some(names.backup());
+        // The deprecated twin too: the apiserver would otherwise copy it in, and it would
+        // keep serviceAccountName set (from it) once pauseApp goes.
+        pod.service_account = Some(names.backup());
+        pod.automount_service_account_token = Some(true);
+    }
     // A ReadWriteOnce configuration claim can only be mounted on the app's node.
     pod.affinity = Some(Affinity {
         pod_affinity: Some(PodAffinity {
@@ -96,6 +118,9 @@ pub fn cron_job(
             job_template: JobTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name, Component::Backup)),
+                    annotations: spec.pause_app.then(|| {
+                        BTreeMap::from([(PAUSES_APP_ANNOTATION.to_owned(), "true".to_owned())])
+                    }),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(job_spec(&name, Component::Backup, pod)),
@@ -103,6 +128,52 @@ pub fn cron_job(
             ..CronJobSpec::default()
         },
         ..CronJob::default()
+    }
+}
+
+/// The ServiceAccount a backup Job stopping the app runs as.
+pub fn service_account(server: &MediaServer) -> ServiceAccount {
+    let names = Names::new(&server.name_any());
+    ServiceAccount {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        // Only the backup Job mounts a token, by its own pod spec.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// What a backup Job stopping the app may do: read and patch the scale of the app's
+/// Deployment, and nothing else.
+pub fn role(server: &MediaServer) -> Role {
+    let names = Names::new(&server.name_any());
+    Role {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["apps".to_owned()]),
+            resources: Some(vec!["deployments/scale".to_owned()]),
+            resource_names: Some(vec![names.app()]),
+            verbs: vec!["get".to_owned(), "patch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(server: &MediaServer) -> RoleBinding {
+    let names = Names::new(&server.name_any());
+    RoleBinding {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names.backup(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: names.backup(),
+            namespace: server.namespace(),
+            ..Subject::default()
+        }]),
     }
 }
 
@@ -333,6 +404,83 @@ mod tests {
             "app",
             "next to the app, whose ReadWriteOnce claim it mounts"
         );
+    }
+
+    #[test]
+    fn a_backup_pausing_the_app_may_only_scale_the_apps_deployment() {
+        let (mut server, mut spec) = with_backup();
+        let plain = cron_job(&server, &spec, &Settings::default(), false);
+        assert_eq!(
+            plain
+                .spec
+                .job_template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations,
+            None
+        );
+        spec.pause_app = true;
+        server.spec.backup = Some(spec.clone());
+        let cron = cron_job(&server, &spec, &Settings::default(), false);
+        let template = &cron.spec.job_template;
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[PAUSES_APP_ANNOTATION],
+            "true"
+        );
+        let pod = pod(template.spec.as_ref().unwrap());
+        assert_eq!(pod.service_account_name.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(pod.service_account.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let args = pod.containers[0].args.as_ref().unwrap().join(" ");
+        assert!(
+            args.ends_with("--pause-app jellyfin-app --namespace media"),
+            "{args}"
+        );
+
+        let account = service_account(&server);
+        assert_eq!(account.metadata.name.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(account.automount_service_account_token, Some(false));
+        let role = role(&server);
+        let rules = role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].api_groups.as_deref(),
+            Some(&["apps".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["deployments/scale".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["jellyfin-app".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        let binding = role_binding(&server);
+        assert_eq!(binding.role_ref.name, "jellyfin-backup");
+        let subject = &binding.subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "jellyfin-backup", Some("media"))
+        );
+        for owner in [
+            &account.metadata.owner_references,
+            &role.metadata.owner_references,
+            &binding.metadata.owner_references,
+        ] {
+            assert_eq!(owner.as_ref().unwrap()[0].kind, "MediaServer");
+        }
     }
 
     #[test]
