@@ -16,7 +16,7 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         batch::v1::{CronJob, Job},
-        core::v1::{PersistentVolumeClaim, Pod, ServiceAccount},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, ServiceAccount},
         rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -234,23 +234,45 @@ pub struct BackupState {
     pub condition: Option<Condition>,
 }
 
-/// The claim `spec` writes to, if it exists.
-async fn destination_exists(ctx: &Context, namespace: &str, spec: &BackupSpec) -> Result<bool> {
-    let claim = &spec.destination.persistent_volume_claim.claim_name;
-    Ok(
-        Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(claim)
-            .await?
-            .is_some(),
-    )
-}
-
-fn missing_destination(spec: &BackupSpec, namespace: &str) -> Error {
-    Error::MissingReference {
-        kind: "PersistentVolumeClaim",
-        name: spec.destination.persistent_volume_claim.claim_name.clone(),
+/// What `spec`'s destination references and the cluster lacks: the claim, or the S3
+/// credentials Secret or CA bundle ConfigMap.
+async fn missing_destination(
+    ctx: &Context,
+    namespace: &str,
+    spec: &BackupSpec,
+) -> Result<Option<Error>> {
+    let missing = |kind: &'static str, name: &str| Error::MissingReference {
+        kind,
+        name: name.to_owned(),
         namespace: namespace.to_owned(),
+    };
+    if let Some(claim) = &spec.destination.persistent_volume_claim
+        && Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&claim.claim_name)
+            .await?
+            .is_none()
+    {
+        return Ok(Some(missing("PersistentVolumeClaim", &claim.claim_name)));
     }
+    if let Some(s3) = &spec.destination.s3 {
+        let secret = &s3.credentials_secret.name;
+        if Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_metadata_opt(secret)
+            .await?
+            .is_none()
+        {
+            return Ok(Some(missing("Secret", secret)));
+        }
+        if let Some(bundle) = &s3.ca_bundle
+            && Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+                .get_metadata_opt(&bundle.name)
+                .await?
+                .is_none()
+        {
+            return Ok(Some(missing("ConfigMap", &bundle.name)));
+        }
+    }
+    Ok(None)
 }
 
 /// The termination message of the tool's container in `job`'s pod.
@@ -344,8 +366,7 @@ pub async fn reconcile_backup(
     let generation = server.metadata.generation;
     let now = Time(Timestamp::now());
     let object = server.object_ref(&());
-    if !destination_exists(ctx, &namespace, spec).await? {
-        let error = missing_destination(spec, &namespace);
+    if let Some(error) = missing_destination(ctx, &namespace, spec).await? {
         let message = error.to_string();
         let known = server
             .status
@@ -471,8 +492,8 @@ pub async fn reconcile_restore(
     };
     let now = Time(Timestamp::now());
     let object = server.object_ref(&());
-    if !destination_exists(ctx, &namespace, spec).await? {
-        let message = missing_destination(spec, &namespace).to_string();
+    if let Some(error) = missing_destination(ctx, &namespace, spec).await? {
+        let message = error.to_string();
         ctx.warn(&object, "RestoreFailed", message.clone(), "Restore")
             .await?;
         return Ok(Some(status(RestorePhase::Failed, message, Some(now))));

@@ -10,8 +10,9 @@ use k8s_openapi::{
     api::{
         batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
         core::v1::{
-            Affinity, Container, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
-            ServiceAccount, WeightedPodAffinityTerm,
+            Affinity, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, KeyToPath,
+            PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec, SecretKeySelector,
+            ServiceAccount, Volume, WeightedPodAffinityTerm,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -20,7 +21,9 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use portcullis_crds::{
     MediaServer,
-    backup::{BackupSpec, RestoreSpec},
+    backup::{
+        ACCESS_KEY_ID_KEY, BackupDestination, BackupSpec, RestoreSpec, SECRET_ACCESS_KEY_KEY,
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -32,6 +35,9 @@ use super::{
 
 /// Where the backup claim is mounted.
 pub const BACKUPS_PATH: &str = "/backups";
+/// Where an S3 destination's CA bundle is mounted, and its file there.
+const S3_CA_PATH: &str = "/etc/portcullis/s3-ca";
+const S3_CA_FILE: &str = "ca.crt";
 /// The annotation on a restore Job naming the backup it restores.
 pub const RESTORE_FROM_ANNOTATION: &str = "portcullis.dev/restore-from";
 /// The annotation on a backup Job that stops the app for its copy; while such a Job runs,
@@ -59,13 +65,14 @@ pub fn cron_job(
         "backup".to_owned(),
         "--config".to_owned(),
         CONFIG_PATH.to_owned(),
-        "--destination".to_owned(),
-        BACKUPS_PATH.to_owned(),
+    ];
+    args.extend(destination_args(&spec.destination));
+    args.extend([
         "--prefix".to_owned(),
         name.clone(),
         "--report".to_owned(),
         TERMINATION_LOG.to_owned(),
-    ];
+    ]);
     if let Some(keep) = spec.retention.keep_last {
         args.extend(["--keep-last".to_owned(), keep.to_string()]);
     }
@@ -185,17 +192,18 @@ pub fn restore_job(
     settings: &Settings,
 ) -> Job {
     let name = server.name_any();
-    let args = vec![
+    let mut args = vec![
         "restore".to_owned(),
         "--config".to_owned(),
         CONFIG_PATH.to_owned(),
-        "--destination".to_owned(),
-        BACKUPS_PATH.to_owned(),
+    ];
+    args.extend(destination_args(&spec.destination));
+    args.extend([
         "--from".to_owned(),
         restore.from.clone(),
         "--report".to_owned(),
         TERMINATION_LOG.to_owned(),
-    ];
+    ]);
     let mut metadata = owned_metadata(
         server,
         Names::new(&name).restore(&restore.from),
@@ -225,6 +233,38 @@ pub fn restore_suffix(from: &str) -> String {
         .collect()
 }
 
+/// The tool's arguments naming the destination: the claim's mount, or the bucket.
+fn destination_args(destination: &BackupDestination) -> Vec<String> {
+    let Some(s3) = &destination.s3 else {
+        return vec!["--destination".to_owned(), BACKUPS_PATH.to_owned()];
+    };
+    let mut args = vec![
+        "--s3-bucket".to_owned(),
+        s3.bucket.clone(),
+        "--s3-region".to_owned(),
+        s3.region.clone(),
+        // The archive waits in the pod's /tmp (an emptyDir) for its upload.
+        "--work-dir".to_owned(),
+        "/tmp".to_owned(),
+    ];
+    if let Some(endpoint) = &s3.endpoint {
+        args.extend(["--s3-endpoint".to_owned(), endpoint.clone()]);
+    }
+    if let Some(prefix) = &s3.prefix {
+        args.extend(["--s3-prefix".to_owned(), prefix.clone()]);
+    }
+    if s3.path_style {
+        args.push("--s3-path-style".to_owned());
+    }
+    if s3.ca_bundle.is_some() {
+        args.extend([
+            "--s3-ca-bundle".to_owned(),
+            format!("{S3_CA_PATH}/{S3_CA_FILE}"),
+        ]);
+    }
+    args
+}
+
 fn job_spec(server: &str, component: Component, pod: PodSpec) -> JobSpec {
     JobSpec {
         // A failure is reported, not retried: the next schedule (or a new request) retries.
@@ -249,7 +289,60 @@ fn pod_spec(
     backups_read_only: bool,
 ) -> PodSpec {
     let names = Names::new(&server.name_any());
-    let backups = spec.destination.persistent_volume_claim.claim_name.clone();
+    let mut mounts = vec![mount("config", CONFIG_PATH, false)];
+    let mut volumes = vec![claim_volume(
+        "config",
+        claim_name(&server.spec.storage.config, names.config_claim()),
+        false,
+    )];
+    if let Some(claim) = &spec.destination.persistent_volume_claim {
+        mounts.push(mount("backups", BACKUPS_PATH, backups_read_only));
+        volumes.push(claim_volume(
+            "backups",
+            claim.claim_name.clone(),
+            backups_read_only,
+        ));
+    }
+    // /tmp: SQLite's temporary files, the root file system being read-only (and the
+    // archive on its way to or from a bucket).
+    mounts.push(mount("tmp", "/tmp", false));
+    volumes.push(empty_dir("tmp"));
+    let mut env = Vec::new();
+    if let Some(s3) = &spec.destination.s3 {
+        for (variable, key) in [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY_KEY),
+        ] {
+            env.push(EnvVar {
+                name: variable.to_owned(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: s3.credentials_secret.name.clone(),
+                        key: key.to_owned(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+        if let Some(bundle) = &s3.ca_bundle {
+            mounts.push(mount("s3-ca", S3_CA_PATH, true));
+            volumes.push(Volume {
+                name: "s3-ca".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: bundle.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: bundle.key.clone(),
+                        path: S3_CA_FILE.to_owned(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+    }
     PodSpec {
         restart_policy: Some("Never".to_owned()),
         automount_service_account_token: Some(false),
@@ -261,26 +354,14 @@ fn pod_spec(
             image: Some(settings.image.clone()),
             command: Some(vec!["portcullis-backup".to_owned()]),
             args: Some(args),
+            env: (!env.is_empty()).then_some(env),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             // The databases are opened read-write: SQLite needs the WAL index of a live one.
-            // /tmp: SQLite's temporary files, the root file system being read-only.
-            volume_mounts: Some(vec![
-                mount("config", CONFIG_PATH, false),
-                mount("backups", BACKUPS_PATH, backups_read_only),
-                mount("tmp", "/tmp", false),
-            ]),
+            volume_mounts: Some(mounts),
             security_context: Some(security::container()),
             ..Container::default()
         }],
-        volumes: Some(vec![
-            claim_volume(
-                "config",
-                claim_name(&server.spec.storage.config, names.config_claim()),
-                false,
-            ),
-            claim_volume("backups", backups, backups_read_only),
-            empty_dir("tmp"),
-        ]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     }
 }
@@ -480,6 +561,86 @@ mod tests {
             &binding.metadata.owner_references,
         ] {
             assert_eq!(owner.as_ref().unwrap()[0].kind, "MediaServer");
+        }
+    }
+
+    #[test]
+    fn an_s3_destination_is_passed_as_arguments_with_the_credentials_from_the_secret() {
+        let (mut server, _) = with_backup();
+        let spec: BackupSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "0 3 * * *",
+            "destination": {"s3": {
+                "endpoint": "https://s3.example.org",
+                "bucket": "media-backups",
+                "prefix": "jellyfin",
+                "pathStyle": true,
+                "credentialsSecret": {"name": "s3-credentials"},
+                "caBundle": {"name": "private-ca", "key": "ca.pem"},
+            }},
+        }))
+        .unwrap();
+        server.spec.backup = Some(spec.clone());
+        let restore = RestoreSpec {
+            from: "jellyfin-20261129T030000Z".to_owned(),
+        };
+        let cron = cron_job(&server, &spec, &Settings::default(), false);
+        let job = restore_job(&server, &spec, &restore, &Settings::default());
+        for (pod, command) in [
+            (pod(cron.spec.job_template.spec.as_ref().unwrap()), "backup"),
+            (pod(job.spec.as_ref().unwrap()), "restore"),
+        ] {
+            let container = &pod.containers[0];
+            let args = container.args.as_ref().unwrap().join(" ");
+            assert!(
+                args.starts_with(&format!(
+                    "{command} --config /config --s3-bucket media-backups --s3-region us-east-1 \
+                     --work-dir /tmp --s3-endpoint https://s3.example.org --s3-prefix jellyfin \
+                     --s3-path-style --s3-ca-bundle /etc/portcullis/s3-ca/ca.crt "
+                )),
+                "{args}"
+            );
+            assert!(!args.contains("--destination"), "{args}");
+            let env: Vec<_> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let key = e
+                        .value_from
+                        .as_ref()
+                        .unwrap()
+                        .secret_key_ref
+                        .as_ref()
+                        .unwrap();
+                    (e.name.as_str(), key.name.as_str(), key.key.as_str())
+                })
+                .collect();
+            assert_eq!(
+                env,
+                [
+                    ("AWS_ACCESS_KEY_ID", "s3-credentials", "accessKeyId"),
+                    ("AWS_SECRET_ACCESS_KEY", "s3-credentials", "secretAccessKey"),
+                ]
+            );
+            let volumes: Vec<_> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.as_str())
+                .collect();
+            assert_eq!(volumes, ["config", "tmp", "s3-ca"], "no backup claim");
+            let ca = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find_map(|v| v.config_map.as_ref())
+                .unwrap();
+            assert_eq!(ca.name, "private-ca");
+            let item = &ca.items.as_ref().unwrap()[0];
+            assert_eq!(
+                (item.key.as_str(), item.path.as_str()),
+                ("ca.pem", "ca.crt")
+            );
         }
     }
 

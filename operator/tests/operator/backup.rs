@@ -698,3 +698,69 @@ async fn the_backup_tool_stops_the_app_for_the_copy_and_starts_it_again_even_whe
     }
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_destination_waits_for_its_credentials_secret_and_passes_it_to_the_jobs() {
+    let ns = namespace("backup-s3").await;
+    let mut spec = server(None, "backups");
+    spec["spec"]["backup"]["destination"] = json!({"s3": {
+        "endpoint": "https://s3.example.org",
+        "bucket": "media-backups",
+        "prefix": "jellyfin",
+        "credentialsSecret": {"name": "s3-credentials"},
+    }});
+    ns.apply_value(spec).await;
+    let _ctx = ns.start_operator();
+    let status = wait_status(&ns, "the missing Secret reported", |s| {
+        backup_ready(s).is_some_and(|c| c.1 == "MissingReference")
+    })
+    .await;
+    let (state, _, message) = backup_ready(&status).unwrap();
+    assert_eq!(state, "False");
+    assert!(message.contains("Secret \"s3-credentials\""), "{message}");
+    wait_event(&ns, "Warning", "MissingReference").await;
+    assert!(
+        ns.api::<CronJob>()
+            .get_opt("jellyfin-backup")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A backup problem does not take the app down.
+    wait_status(&ns, "Ready with the Secret missing", |s| {
+        condition(s, "Ready").is_some_and(|c| c.0 == "True")
+            && backup_ready(s).is_some_and(|c| c.1 == "MissingReference")
+    })
+    .await;
+
+    // The Secret appears: the schedule is applied, the credentials taken from it.
+    ns.secret("s3-credentials", &["accessKeyId", "secretAccessKey"])
+        .await;
+    let cron = eventually("the backup CronJob", TIMEOUT, || async {
+        ns.api::<CronJob>().get_opt("jellyfin-backup").await.ok()?
+    })
+    .await;
+    let pod = cron.spec.job_template.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap().join(" ");
+    assert!(args.contains("--s3-bucket media-backups"), "{args}");
+    let secrets: Vec<_> = container
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .map(|k| (k.name.clone(), k.key.clone()))
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            ("s3-credentials".to_owned(), "accessKeyId".to_owned()),
+            ("s3-credentials".to_owned(), "secretAccessKey".to_owned()),
+        ]
+    );
+    wait_status(&ns, "BackupReady Unknown", |s| {
+        backup_ready(s).is_some_and(|c| c.1 == "NoBackupYet")
+    })
+    .await;
+    ns.delete().await;
+}
