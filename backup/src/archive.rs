@@ -91,32 +91,67 @@ pub fn backup(options: &BackupOptions, now: Timestamp) -> Result<BackupReport> {
         .map_err(io("syncing", destination))?;
     let size = fs::metadata(&target).map_err(io("reading", &target))?.len();
     let duration = started.elapsed();
+    let kept = list(destination, &options.prefix)?;
+    prune_and_report(
+        Written {
+            name,
+            time: now,
+            size,
+            duration,
+        },
+        kept,
+        options.retention,
+        |old| {
+            let path = destination.join(file_name(old));
+            fs::remove_file(&path).map_err(io("deleting", &path))
+        },
+    )
+}
 
-    let mut kept = list(destination, &options.prefix)?;
+/// A backup just written.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Its name.
+    pub name: String,
+    /// When it was taken.
+    pub time: Timestamp,
+    /// Its compressed size in bytes.
+    pub size: u64,
+    /// How long writing it took.
+    pub duration: Duration,
+}
+
+/// Deletes (with `delete`) what `retention` prunes of `listed` (name, time, size: the
+/// destination's backups, `written` among them), and reports what is kept.
+pub fn prune_and_report(
+    written: Written,
+    mut listed: Vec<(String, Timestamp, u64)>,
+    retention: Retention,
+    mut delete: impl FnMut(&str) -> Result<()>,
+) -> Result<BackupReport> {
     let pruned = to_prune(
-        &kept
+        &listed
             .iter()
             .map(|(n, t, _)| (n.clone(), *t))
             .collect::<Vec<_>>(),
-        options.retention,
-        now,
+        retention,
+        written.time,
     );
     for old in &pruned {
-        let path = destination.join(file_name(old));
-        fs::remove_file(&path).map_err(io("deleting", &path))?;
+        delete(old)?;
     }
-    kept.retain(|(n, _, _)| !pruned.contains(n));
-    kept.sort_by_key(|backup| std::cmp::Reverse(backup.1));
+    listed.retain(|(n, _, _)| !pruned.contains(n));
+    listed.sort_by_key(|backup| std::cmp::Reverse(backup.1));
     let entry = |(name, time, size): &(String, Timestamp, u64)| BackupEntry {
         name: name.clone(),
         time: Time(*time),
         size_bytes: i64::try_from(*size).unwrap_or(i64::MAX),
     };
     Ok(BackupReport {
-        backup: entry(&(name, now, size)),
-        duration_millis: i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
-        count: i32::try_from(kept.len()).unwrap_or(i32::MAX),
-        backups: kept.iter().map(entry).collect(),
+        backup: entry(&(written.name, written.time, written.size)),
+        duration_millis: i64::try_from(written.duration.as_millis()).unwrap_or(i64::MAX),
+        count: i32::try_from(listed.len()).unwrap_or(i32::MAX),
+        backups: listed.iter().map(entry).collect(),
         pruned,
     })
 }

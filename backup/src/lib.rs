@@ -9,12 +9,16 @@
 //! it in; a missing or corrupt backup leaves the configuration untouched.
 //!
 //! The decisions (names, what is included, what is pruned) are pure functions in
-//! [`naming`], [`select`] and [`retention`]; [`archive`] and [`restore`] do the I/O.
+//! [`naming`], [`select`] and [`retention`]; [`archive`] and [`restore`] do the I/O, and
+//! [`pause`] stops the app for the copy when asked to; [`s3`] keeps the archives in an
+//! S3-compatible bucket instead of a directory.
 
 pub mod archive;
 pub mod naming;
+pub mod pause;
 pub mod restore;
 pub mod retention;
+pub mod s3;
 pub mod select;
 
 use std::path::PathBuf;
@@ -55,6 +59,12 @@ pub enum Error {
     /// The backup's name is not one this tool writes.
     #[error("{0:?} is not a backup name such as jellyfin-20261129T030000Z")]
     BadName(String),
+    /// The S3-compatible destination refused or failed a request.
+    #[error("{0}")]
+    S3(String),
+    /// The app could not be stopped for the copy, or started again after it.
+    #[error("{0}")]
+    App(String),
     /// The archive cannot be trusted; nothing was changed.
     #[error("backup {name:?} is corrupt: {reason}")]
     Corrupt {

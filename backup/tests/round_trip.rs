@@ -1,19 +1,27 @@
 //! The backup tool as the Job runs it: a real process against real SQLite databases that
-//! another process-like writer keeps changing during the backup.
+//! another process-like writer keeps changing during the backup; to a directory, and to a
+//! real S3 server (gofakes3, from `e2e/tools/s3server`).
 
 use std::{
     collections::BTreeMap,
     fs,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     thread,
     time::Duration,
 };
 
+use futures::TryStreamExt;
+use object_store::{
+    ObjectStore, ObjectStoreExt,
+    aws::{AmazonS3, AmazonS3Builder},
+    path::Path as Key,
+};
 use portcullis_crds::backup::BackupReport;
 use rusqlite::Connection;
 
@@ -451,4 +459,314 @@ fn what_an_interrupted_restore_had_moved_aside_is_put_back_first() {
     assert!(message.contains("does not exist"), "{message}");
     assert_eq!(tree(&config), before, "everything moved aside is back");
     assert!(!aside.exists());
+}
+
+/// The S3 server the S3 tests talk to: `e2e/tools/s3server` (gofakes3, in memory), built
+/// with Go on first use and started as a process, stopped when dropped.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Self {
+        static BINARY: LazyLock<PathBuf> = LazyLock::new(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/tools/s3server");
+            let binary = Path::new(env!("CARGO_TARGET_TMPDIR")).join("s3server");
+            let output = Command::new("go")
+                .args(["build", "-trimpath", "-o"])
+                .arg(&binary)
+                .arg(".")
+                .env("CGO_ENABLED", "0")
+                .current_dir(&source)
+                .output()
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "the S3 tests need Go to build their server ({}): {error}; \
+                         e2e/install-deps installs it",
+                        source.display()
+                    )
+                });
+            assert!(
+                output.status.success(),
+                "building the S3 server in {} failed: {}",
+                source.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            binary
+        });
+        let mut child = Command::new(&*BINARY)
+            .args(["-listen", "127.0.0.1:0", "-bucket", bucket])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the S3 server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the S3 server said {line:?}"));
+        Self {
+            endpoint: format!("http://{address}"),
+            child,
+        }
+    }
+
+    /// A client of `bucket` on this server, as the tests' own view of the bucket.
+    fn client(&self, bucket: &str) -> AmazonS3 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("portcullis")
+            .with_secret_access_key("portcullis-secret")
+            .build()
+            .unwrap()
+    }
+
+    /// The tool's S3 arguments for `bucket` under key prefix `prefix`.
+    fn args(&self, bucket: &str, prefix: &str, work: &Path) -> Vec<String> {
+        [
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-bucket",
+            bucket,
+            "--s3-prefix",
+            prefix,
+            "--s3-path-style",
+            "--work-dir",
+            work.to_str().unwrap(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tool with S3 credentials in its environment.
+fn s3_tool(args: &[String], report: &Path) -> (Output, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis-backup"))
+        .args(args)
+        .arg("--report")
+        .arg(report)
+        .env("AWS_ACCESS_KEY_ID", "portcullis")
+        .env("AWS_SECRET_ACCESS_KEY", "portcullis-secret")
+        .output()
+        .expect("portcullis-backup runs");
+    let message = fs::read_to_string(report).unwrap_or_default();
+    (output, message)
+}
+
+fn keys(bucket: &AmazonS3, runtime: &tokio::runtime::Runtime) -> Vec<String> {
+    let mut keys: Vec<String> = runtime
+        .block_on(bucket.list(None).try_collect::<Vec<_>>())
+        .unwrap()
+        .into_iter()
+        .map(|object| object.location.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn put(bucket: &AmazonS3, runtime: &tokio::runtime::Runtime, key: &str, content: Vec<u8>) {
+    runtime
+        .block_on(bucket.put(&Key::from(key), content.into()))
+        .unwrap();
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+#[test]
+fn an_s3_round_trip_during_writes_prunes_the_bucket_and_restores_verified() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = S3Server::start("backups");
+    let bucket = server.client("backups");
+    for old in [
+        "media/jellyfin-20200101T000000Z.tar.zst",
+        "media/jellyfin-20200102T000000Z.tar.zst",
+        "media/jellyfin-20200103T000000Z.tar.zst",
+        "media/other-20200101T000000Z.tar.zst",
+        "media/older/jellyfin-20190101T000000Z.tar.zst",
+    ] {
+        put(&bucket, &runtime, old, b"old".to_vec());
+    }
+    let dir = TempDir::new("s3");
+    let (config, work, report) = (
+        dir.0.join("config"),
+        dir.0.join("work"),
+        dir.0.join("report"),
+    );
+    jellyfin_config(&config, 20_000);
+    let library = config.join("data/library.db");
+    let s3 = server.args("backups", "media", &work);
+
+    let (stop, committed, writer) = start_writer(library.clone(), 20_001);
+    while committed.load(Ordering::SeqCst) < 20_100 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let before = committed.load(Ordering::SeqCst);
+    let mut args = strings(&[
+        "backup",
+        "--config",
+        config.to_str().unwrap(),
+        "--prefix",
+        "jellyfin",
+        "--keep-last",
+        "2",
+    ]);
+    args.extend(s3.iter().cloned());
+    let (output, message) = s3_tool(&args, &report);
+    let during = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        during > before,
+        "the writer kept committing while the backup ran"
+    );
+    let report: BackupReport = serde_json::from_str(&message).unwrap();
+    let name = report.backup.name.clone();
+    assert_eq!(
+        report.pruned,
+        ["jellyfin-20200101T000000Z", "jellyfin-20200102T000000Z"]
+    );
+    let kept: Vec<_> = report.backups.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(kept, [name.as_str(), "jellyfin-20200103T000000Z"]);
+    assert_eq!(report.count, 2);
+    assert_eq!(
+        keys(&bucket, &runtime),
+        [
+            "media/jellyfin-20200103T000000Z.tar.zst".to_owned(),
+            format!("media/{name}.tar.zst"),
+            "media/older/jellyfin-20190101T000000Z.tar.zst".to_owned(),
+            "media/other-20200101T000000Z.tar.zst".to_owned(),
+        ],
+        "only this server's backups right under the prefix are pruned"
+    );
+    let uploaded = runtime
+        .block_on(bucket.head(&Key::from(format!("media/{name}.tar.zst"))))
+        .unwrap();
+    assert_eq!(
+        i64::try_from(uploaded.size).unwrap(),
+        report.backup.size_bytes
+    );
+    assert!(
+        fs::read_dir(&work).unwrap().next().is_none(),
+        "no local copy is left in the work directory"
+    );
+
+    // The configuration moves on; then the backup comes back from the bucket.
+    write(
+        &config.join("config/system.xml"),
+        "<ServerConfiguration>v2</ServerConfiguration>",
+    );
+    let mut args = strings(&[
+        "restore",
+        "--config",
+        config.to_str().unwrap(),
+        "--from",
+        &name,
+    ]);
+    args.extend(s3.iter().cloned());
+    let (output, message) = s3_tool(&args, &dir.0.join("restore-report"));
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains("2 databases passed PRAGMA integrity_check"),
+        "{message}"
+    );
+    assert_eq!(integrity(&library), "ok");
+    let restored = ids(&library);
+    let last = *restored.last().unwrap();
+    assert!(
+        last >= before,
+        "row {before} committed before the backup is lost"
+    );
+    assert_eq!(restored, (1..=last).collect::<Vec<_>>());
+    let files = tree(&config);
+    assert_eq!(
+        files["config/system.xml"],
+        b"<ServerConfiguration>v1</ServerConfiguration>"
+    );
+    assert!(!files.keys().any(|f| f.starts_with(".portcullis-")));
+
+    // A missing, truncated or corrupt object fails and leaves the configuration as it is.
+    write(
+        &config.join("config/system.xml"),
+        "<ServerConfiguration>current</ServerConfiguration>",
+    );
+    let current = tree(&config);
+    let good = runtime
+        .block_on(async {
+            bucket
+                .get(&Key::from(format!("media/{name}.tar.zst")))
+                .await?
+                .bytes()
+                .await
+        })
+        .unwrap()
+        .to_vec();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xff;
+    let cases = [
+        ("jellyfin-20210101T000000Z", None, "does not exist"),
+        (
+            "jellyfin-20210102T000000Z",
+            Some(good[..good.len() / 2].to_vec()),
+            "is corrupt",
+        ),
+        ("jellyfin-20210103T000000Z", Some(flipped), "is corrupt"),
+    ];
+    for (bad, content, says) in cases {
+        if let Some(content) = content {
+            put(&bucket, &runtime, &format!("media/{bad}.tar.zst"), content);
+        }
+        let mut args = strings(&[
+            "restore",
+            "--config",
+            config.to_str().unwrap(),
+            "--from",
+            bad,
+        ]);
+        args.extend(s3.iter().cloned());
+        let (output, message) = s3_tool(&args, &report_path(&dir));
+        assert!(!output.status.success(), "{bad} restored");
+        assert!(message.contains(says), "{bad}: {message}");
+        assert_eq!(tree(&config), current, "{bad} changed the configuration");
+    }
+
+    // The service gone: the backup fails and says where it could not write.
+    drop(server);
+    let mut args = strings(&[
+        "backup",
+        "--config",
+        config.to_str().unwrap(),
+        "--prefix",
+        "jellyfin",
+    ]);
+    args.extend(s3.iter().cloned());
+    let (output, message) = s3_tool(&args, &report_path(&dir));
+    assert!(!output.status.success(), "a backup to nowhere succeeded");
+    assert!(message.contains("media/jellyfin-"), "{message}");
+}
+
+fn report_path(dir: &TempDir) -> PathBuf {
+    dir.0.join("report")
 }

@@ -37,6 +37,11 @@ pub struct BackupSpec {
     /// Stop scheduling backups without forgetting the configuration.
     #[serde(default)]
     pub suspend: bool,
+    /// Stop the app for the copy and start it again afterwards, even when the backup
+    /// fails, so files other than the databases are copied at rest too (the databases are
+    /// consistent either way). The app is unavailable while a backup runs.
+    #[serde(default)]
+    pub pause_app: bool,
 }
 
 /// Which backups are kept: a backup is deleted once it is beyond the newest `keepLast`, or
@@ -63,13 +68,75 @@ impl Default for RetentionSpec {
     }
 }
 
-/// Where backups are written.
+/// Where backups are written: a claim or an S3-compatible bucket.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.persistentVolumeClaim) != has(self.s3)").message("set exactly one of persistentVolumeClaim and s3"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupDestination {
     /// A PersistentVolumeClaim in the MediaServer's namespace; backups are files at its root.
-    pub persistent_volume_claim: ClaimReference,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<ClaimReference>,
+    /// A bucket of an S3-compatible service (AWS S3, MinIO, Garage, Ceph, ...); backups are
+    /// objects `<prefix><name>.tar.zst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
 }
+
+/// A bucket of an S3-compatible service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// The service's URL, e.g. `https://s3.example.org` or
+    /// `http://minio.storage.svc:9000`; AWS S3 in `region` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"),
+        length(max = 2048)
+    )]
+    pub endpoint: Option<String>,
+    /// The bucket, which must exist.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
+    pub bucket: String,
+    /// A folder in the bucket for the backups, e.g. `jellyfin` (objects `jellyfin/<name>.tar.zst`);
+    /// the bucket's top level when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"),
+        length(max = 512)
+    )]
+    pub prefix: Option<String>,
+    /// The region requests are signed for.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`), which most self-hosted services
+    /// need; virtual-hosted ones (`<bucket>.<endpoint>`) otherwise.
+    #[serde(default)]
+    pub path_style: bool,
+    /// A Secret in the same namespace with the keys `accessKeyId` and `secretAccessKey`.
+    pub credentials_secret: CredentialsReference,
+    /// A key of a ConfigMap in the same namespace holding PEM certificates to trust for the
+    /// endpoint, besides the public ones (for a private certificate authority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<crate::access_policy::ConfigMapKeyReference>,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+/// A Secret in the same namespace holding S3 credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CredentialsReference {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The key of the access key id in the credentials Secret.
+pub const ACCESS_KEY_ID_KEY: &str = "accessKeyId";
+/// The key of the secret access key in the credentials Secret.
+pub const SECRET_ACCESS_KEY_KEY: &str = "secretAccessKey";
 
 /// A PersistentVolumeClaim in the same namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

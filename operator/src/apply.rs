@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::{NamespaceResourceScope, api::apps::v1::Deployment};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -57,8 +57,42 @@ where
 pub async fn apply_in<K>(
     ctx: &Context,
     api: &Api<K>,
+    desired: K,
+    kind: &K::DynamicType,
+) -> Result<K>
+where
+    K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+{
+    apply_unless(ctx, api, desired, kind, |_, _| false).await
+}
+
+/// [`apply`] for a Deployment, also when it was applied from the same content but its
+/// replicas have been changed since (through its scale subresource, which leaves the
+/// recorded hash as it was): the app's replicas are the operator's to set, and a backup Job
+/// that stopped the app and could not start it again leaves it at zero.
+pub async fn apply_replicas(ctx: &Context, desired: Deployment) -> Result<Deployment> {
+    let namespace = desired
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let replicas = desired.spec.replicas;
+    apply_unless(
+        ctx,
+        &Api::namespaced(ctx.client.clone(), &namespace),
+        desired,
+        &(),
+        |current: &Deployment, _| current.spec.replicas != replicas,
+    )
+    .await
+}
+
+/// [`apply_in`], writing even an object applied from the same content when `drifted` says
+/// the object in the cluster has changed since.
+async fn apply_unless<K>(
+    ctx: &Context,
+    api: &Api<K>,
     mut desired: K,
     kind: &K::DynamicType,
+    drifted: impl Fn(&K, &K) -> bool,
 ) -> Result<K>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
@@ -74,6 +108,7 @@ where
         .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash.clone());
     if let Some(current) = api.get_opt(&name).await?
         && current.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+        && !drifted(&current, &desired)
     {
         return Ok(current);
     }

@@ -34,14 +34,18 @@ pub fn declared_dependencies(server: &MediaServer) -> BTreeSet<Dependency> {
         dependencies.insert((DependencyKind::Secret, secret.clone()));
     }
     if let Some(backup) = &spec.backup {
-        dependencies.insert((
-            DependencyKind::PersistentVolumeClaim,
-            backup
-                .destination
-                .persistent_volume_claim
-                .claim_name
-                .clone(),
-        ));
+        if let Some(claim) = &backup.destination.persistent_volume_claim {
+            dependencies.insert((
+                DependencyKind::PersistentVolumeClaim,
+                claim.claim_name.clone(),
+            ));
+        }
+        if let Some(s3) = &backup.destination.s3 {
+            dependencies.insert((DependencyKind::Secret, s3.credentials_secret.name.clone()));
+            if let Some(bundle) = &s3.ca_bundle {
+                dependencies.insert((DependencyKind::ConfigMap, bundle.name.clone()));
+            }
+        }
     }
     dependencies
 }

@@ -1,6 +1,13 @@
-//! Backups and restores of a MediaServer's configuration: applies the CronJob, follows the
-//! Jobs' outcomes into `status.backup`, the `BackupReady` condition and Events, and drives
-//! a requested restore (stop the app, run the restore Job, start the app again).
+//! Backups and restores of a MediaServer's configuration: applies the CronJob (and, with
+//! `pauseApp`, the ServiceAccount, Role and RoleBinding its Jobs stop the app with),
+//! follows the Jobs' outcomes into `status.backup`, the `BackupReady` condition and Events,
+//! and drives a requested restore (stop the app, run the restore Job, start the app again).
+//!
+//! A backup Job with `pauseApp` stops the app itself (it scales the app's Deployment to
+//! zero and back); while such a Job runs, the operator renders the app with zero replicas
+//! too, so that a reconcile never starts the app under the copy, and once the Job has
+//! finished (or is gone), it renders the app's replicas again, which starts the app even
+//! when the Job could not.
 //!
 //! The decisions are pure functions of the Jobs and the previous status; only
 //! [`reconcile_backup`] and [`reconcile_restore`] talk to the cluster.
@@ -9,7 +16,8 @@ use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         batch::v1::{CronJob, Job},
-        core::v1::{PersistentVolumeClaim, Pod},
+        core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, ServiceAccount},
+        rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
@@ -76,6 +84,36 @@ fn failure_reason(job: &Job) -> Option<String> {
         failed.reason.as_deref().unwrap_or("Failed"),
         failed.message.as_deref().unwrap_or("the Job failed")
     ))
+}
+
+/// Whether `job` still runs: not finished and not being deleted.
+pub fn running(job: &Job) -> bool {
+    outcome(job).is_none() && job.metadata.deletion_timestamp.is_none()
+}
+
+/// The first of `jobs` that runs and stops the app for its copy, if any.
+pub fn pausing_job(jobs: &[Job]) -> Option<&Job> {
+    jobs.iter().find(|job| {
+        running(job)
+            && job
+                .annotations()
+                .get(render::PAUSES_APP_ANNOTATION)
+                .is_some_and(|v| v == "true")
+    })
+}
+
+/// The backup Jobs of `server` (made by its CronJob, or from it by hand).
+pub async fn backup_jobs(server: &MediaServer, ctx: &Context) -> Result<Vec<Job>> {
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    Ok(Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/component=backup",
+            server.name_any()
+        )))
+        .await?
+        .items)
 }
 
 /// Whether a Job that finished at `finished` is newer than every outcome in `status`.
@@ -196,23 +234,45 @@ pub struct BackupState {
     pub condition: Option<Condition>,
 }
 
-/// The claim `spec` writes to, if it exists.
-async fn destination_exists(ctx: &Context, namespace: &str, spec: &BackupSpec) -> Result<bool> {
-    let claim = &spec.destination.persistent_volume_claim.claim_name;
-    Ok(
-        Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(claim)
-            .await?
-            .is_some(),
-    )
-}
-
-fn missing_destination(spec: &BackupSpec, namespace: &str) -> Error {
-    Error::MissingReference {
-        kind: "PersistentVolumeClaim",
-        name: spec.destination.persistent_volume_claim.claim_name.clone(),
+/// What `spec`'s destination references and the cluster lacks: the claim, or the S3
+/// credentials Secret or CA bundle ConfigMap.
+async fn missing_destination(
+    ctx: &Context,
+    namespace: &str,
+    spec: &BackupSpec,
+) -> Result<Option<Error>> {
+    let missing = |kind: &'static str, name: &str| Error::MissingReference {
+        kind,
+        name: name.to_owned(),
         namespace: namespace.to_owned(),
+    };
+    if let Some(claim) = &spec.destination.persistent_volume_claim
+        && Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&claim.claim_name)
+            .await?
+            .is_none()
+    {
+        return Ok(Some(missing("PersistentVolumeClaim", &claim.claim_name)));
     }
+    if let Some(s3) = &spec.destination.s3 {
+        let secret = &s3.credentials_secret.name;
+        if Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_metadata_opt(secret)
+            .await?
+            .is_none()
+        {
+            return Ok(Some(missing("Secret", secret)));
+        }
+        if let Some(bundle) = &s3.ca_bundle
+            && Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+                .get_metadata_opt(&bundle.name)
+                .await?
+                .is_none()
+        {
+            return Ok(Some(missing("ConfigMap", &bundle.name)));
+        }
+    }
+    Ok(None)
 }
 
 /// The termination message of the tool's container in `job`'s pod.
@@ -251,12 +311,41 @@ async fn finished(ctx: &Context, namespace: &str, job: &Job) -> Result<Option<Fi
     }))
 }
 
-/// Applies (or removes) the backup CronJob and folds the outcomes of its finished Jobs into
-/// the status, with an Event for each new one. `restoring` suspends the schedule.
+/// Applies or removes the identity a backup Job stops the app with: kept while a Job that
+/// stops the app still runs (it has to start the app again), even when `pauseApp` is gone.
+async fn reconcile_pause_identity(
+    server: &MediaServer,
+    ctx: &Context,
+    wanted: bool,
+    jobs: &[Job],
+) -> Result<()> {
+    if wanted {
+        apply(ctx, render::service_account(server)).await?;
+        apply(ctx, render::role(server)).await?;
+        apply(ctx, render::role_binding(server)).await?;
+    } else if pausing_job(jobs).is_none() {
+        let namespace = server
+            .namespace()
+            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+        let uid = server
+            .uid()
+            .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+        let name = Names::new(&server.name_any()).backup();
+        delete_owned::<RoleBinding>(ctx, &namespace, &name, &uid).await?;
+        delete_owned::<Role>(ctx, &namespace, &name, &uid).await?;
+        delete_owned::<ServiceAccount>(ctx, &namespace, &name, &uid).await?;
+    }
+    Ok(())
+}
+
+/// Applies (or removes) the backup CronJob and folds the outcomes of its finished Jobs
+/// (`jobs`, from [`backup_jobs`]) into the status, with an Event for each new one.
+/// `restoring` suspends the schedule.
 pub async fn reconcile_backup(
     server: &MediaServer,
     ctx: &Context,
     restoring: bool,
+    jobs: &[Job],
 ) -> Result<BackupState> {
     let namespace = server
         .namespace()
@@ -268,6 +357,7 @@ pub async fn reconcile_backup(
     let previous = server.status.as_ref().and_then(|s| s.backup.clone());
     let Some(spec) = &server.spec.backup else {
         delete_owned::<CronJob>(ctx, &namespace, &names.backup(), &uid).await?;
+        reconcile_pause_identity(server, ctx, false, jobs).await?;
         return Ok(BackupState {
             status: previous,
             condition: None,
@@ -276,8 +366,7 @@ pub async fn reconcile_backup(
     let generation = server.metadata.generation;
     let now = Time(Timestamp::now());
     let object = server.object_ref(&());
-    if !destination_exists(ctx, &namespace, spec).await? {
-        let error = missing_destination(spec, &namespace);
+    if let Some(error) = missing_destination(ctx, &namespace, spec).await? {
         let message = error.to_string();
         let known = server
             .status
@@ -300,19 +389,20 @@ pub async fn reconcile_backup(
             }),
         });
     }
+    // The identity is there before a Job can use it, and goes after the CronJob no longer
+    // names it.
+    if spec.pause_app {
+        reconcile_pause_identity(server, ctx, true, jobs).await?;
+    }
     apply(
         ctx,
         render::cron_job(server, spec, &ctx.settings, restoring),
     )
     .await?;
-    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/instance={},app.kubernetes.io/component=backup",
-            server.name_any()
-        )))
-        .await?;
+    if !spec.pause_app {
+        reconcile_pause_identity(server, ctx, false, jobs).await?;
+    }
     let mut done: Vec<(Time, &Job)> = jobs
-        .items
         .iter()
         .filter_map(|job| outcome(job).map(|(_, time)| (time, job)))
         .collect();
@@ -364,12 +454,14 @@ pub fn app_stopped(app: &Deployment) -> bool {
         && status.replicas.unwrap_or(0) == 0
 }
 
-/// Carries a requested restore one step further: once the app (already told to stop) has
-/// no pods, runs the restore Job and records its outcome, with an Event when it finishes.
+/// Carries a requested restore one step further: once no backup Job (of `backup_jobs`)
+/// runs any more and the app (already told to stop) has no pods, runs the restore Job and
+/// records its outcome, with an Event when it finishes.
 pub async fn reconcile_restore(
     server: &MediaServer,
     ctx: &Context,
     app: &Deployment,
+    backup_jobs: &[Job],
 ) -> Result<Option<RestoreStatus>> {
     let namespace = server
         .namespace()
@@ -400,11 +492,20 @@ pub async fn reconcile_restore(
     };
     let now = Time(Timestamp::now());
     let object = server.object_ref(&());
-    if !destination_exists(ctx, &namespace, spec).await? {
-        let message = missing_destination(spec, &namespace).to_string();
+    if let Some(error) = missing_destination(ctx, &namespace, spec).await? {
+        let message = error.to_string();
         ctx.warn(&object, "RestoreFailed", message.clone(), "Restore")
             .await?;
         return Ok(Some(status(RestorePhase::Failed, message, Some(now))));
+    }
+    // A backup reading the configuration (and, pausing the app, about to start it again)
+    // finishes first.
+    if let Some(backup) = backup_jobs.iter().find(|job| running(job)) {
+        return Ok(Some(status(
+            RestorePhase::ScalingDown,
+            format!("waiting for backup Job {} to finish", backup.name_any()),
+            None,
+        )));
     }
     if !app_stopped(app) {
         return Ok(Some(status(
@@ -493,6 +594,45 @@ mod tests {
         assert_eq!(
             failure_reason(&job("Failed", 20)).as_deref(),
             Some("BackoffLimitExceeded: Job has reached the specified backoff limit")
+        );
+    }
+
+    #[test]
+    fn the_app_stays_stopped_only_while_a_pausing_backup_job_runs() {
+        let with = |job: Job, pauses: bool, deleted: bool| -> Job {
+            let mut job = job;
+            if pauses {
+                job.annotations_mut()
+                    .insert(render::PAUSES_APP_ANNOTATION.to_owned(), "true".to_owned());
+            }
+            if deleted {
+                job.metadata.deletion_timestamp = Some(at(0));
+            }
+            job
+        };
+        let active: Job = serde_json::from_value(json!({
+            "metadata": {"name": "jellyfin-backup-1"},
+            "status": {"active": 1},
+        }))
+        .unwrap();
+        assert!(running(&active));
+        assert!(pausing_job(&[with(active.clone(), true, false)]).is_some());
+        assert!(
+            pausing_job(&[with(active.clone(), false, false)]).is_none(),
+            "a backup without pauseApp leaves the app alone"
+        );
+        assert!(
+            pausing_job(&[with(active.clone(), true, true)]).is_none(),
+            "a Job being deleted no longer holds the app"
+        );
+        for finished in [job("Complete", 10), job("Failed", 10)] {
+            assert!(!running(&finished));
+            assert!(pausing_job(&[with(finished, true, false)]).is_none());
+        }
+        let jobs = [job("Complete", 10), with(active, true, false)];
+        assert_eq!(
+            pausing_job(&jobs).map(|j| j.name_any()).as_deref(),
+            Some("jellyfin-backup-1")
         );
     }
 

@@ -28,10 +28,11 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use super::backup::{
-    BACKUP_READY, BackupState, reconcile_backup, reconcile_restore, restore_pending,
+    BACKUP_READY, BackupState, backup_jobs, pausing_job, reconcile_backup, reconcile_restore,
+    restore_pending,
 };
 use crate::{
-    apply::{apply, apply_in, delete_owned},
+    apply::{apply, apply_in, apply_replicas, delete_owned},
     context::Context,
     error::{Error, Result},
     render::{self, FIELD_MANAGER, Names, edge_config::mounts, transcoder},
@@ -285,18 +286,20 @@ async fn apply_server(
     for policy in render::network_policy::policies(server, transcoder_spec.is_some(), settings) {
         apply(ctx, policy).await?;
     }
-    // A restore needs the app stopped: nothing may write the configuration meanwhile.
+    // A restore needs the app stopped: nothing may write the configuration meanwhile; a
+    // backup Job with pauseApp stops it itself, and no reconcile may start it under the copy.
     let restoring = restore_pending(
         server.spec.restore.as_ref(),
         server.status.as_ref().and_then(|s| s.restore.as_ref()),
     );
+    let backup_jobs = backup_jobs(server, ctx).await?;
     let mut app_deployment = render::app::deployment(server, settings);
-    if restoring {
+    if restoring || pausing_job(&backup_jobs).is_some() {
         app_deployment.spec.replicas = Some(0);
     }
-    let app = apply(ctx, app_deployment).await?;
-    let backup = reconcile_backup(server, ctx, restoring).await?;
-    let restore = reconcile_restore(server, ctx, &app).await?;
+    let app = apply_replicas(ctx, app_deployment).await?;
+    let backup = reconcile_backup(server, ctx, restoring, &backup_jobs).await?;
+    let restore = reconcile_restore(server, ctx, &app, &backup_jobs).await?;
     let edge = apply(
         ctx,
         render::edge::deployment(server, &resolved, &document, settings),

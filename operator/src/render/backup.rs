@@ -1,6 +1,8 @@
 //! The backup CronJob and the restore Job: both run `portcullis-backup` with the app's
 //! configuration claim and the backup claim mounted, and report through the termination
-//! message (a backup's JSON report, or the error).
+//! message (a backup's JSON report, or the error). With `pauseApp`, the backup Job runs as
+//! a ServiceAccount of its own whose Role may only read and patch the scale of the app's
+//! Deployment, which it stops for the copy.
 
 use std::collections::BTreeMap;
 
@@ -8,16 +10,20 @@ use k8s_openapi::{
     api::{
         batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
         core::v1::{
-            Affinity, Container, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
-            WeightedPodAffinityTerm,
+            Affinity, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, KeyToPath,
+            PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec, SecretKeySelector,
+            ServiceAccount, Volume, WeightedPodAffinityTerm,
         },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::ResourceExt;
 use portcullis_crds::{
     MediaServer,
-    backup::{BackupSpec, RestoreSpec},
+    backup::{
+        ACCESS_KEY_ID_KEY, BackupDestination, BackupSpec, RestoreSpec, SECRET_ACCESS_KEY_KEY,
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -29,8 +35,14 @@ use super::{
 
 /// Where the backup claim is mounted.
 pub const BACKUPS_PATH: &str = "/backups";
+/// Where an S3 destination's CA bundle is mounted, and its file there.
+const S3_CA_PATH: &str = "/etc/portcullis/s3-ca";
+const S3_CA_FILE: &str = "ca.crt";
 /// The annotation on a restore Job naming the backup it restores.
 pub const RESTORE_FROM_ANNOTATION: &str = "portcullis.dev/restore-from";
+/// The annotation on a backup Job that stops the app for its copy; while such a Job runs,
+/// the operator keeps the app at zero replicas.
+pub const PAUSES_APP_ANNOTATION: &str = "portcullis.dev/pauses-app";
 /// The container that runs the tool, in both Jobs.
 pub const CONTAINER: &str = "backup";
 /// Where the kubelet takes the termination message from.
@@ -53,20 +65,37 @@ pub fn cron_job(
         "backup".to_owned(),
         "--config".to_owned(),
         CONFIG_PATH.to_owned(),
-        "--destination".to_owned(),
-        BACKUPS_PATH.to_owned(),
+    ];
+    args.extend(destination_args(&spec.destination));
+    args.extend([
         "--prefix".to_owned(),
         name.clone(),
         "--report".to_owned(),
         TERMINATION_LOG.to_owned(),
-    ];
+    ]);
     if let Some(keep) = spec.retention.keep_last {
         args.extend(["--keep-last".to_owned(), keep.to_string()]);
     }
     if let Some(age) = spec.retention.max_age {
         args.extend(["--max-age".to_owned(), age.to_string()]);
     }
+    let namespace = server.namespace().unwrap_or_default();
+    if spec.pause_app {
+        args.extend([
+            "--pause-app".to_owned(),
+            names.app(),
+            "--namespace".to_owned(),
+            namespace,
+        ]);
+    }
     let mut pod = pod_spec(server, spec, settings, args, false);
+    if spec.pause_app {
+        pod.service_account_name = Some(names.backup());
+        // The deprecated twin too: the apiserver would otherwise copy it in, and it would
+        // keep serviceAccountName set (from it) once pauseApp goes.
+        pod.service_account = Some(names.backup());
+        pod.automount_service_account_token = Some(true);
+    }
     // A ReadWriteOnce configuration claim can only be mounted on the app's node.
     pod.affinity = Some(Affinity {
         pod_affinity: Some(PodAffinity {
@@ -96,6 +125,9 @@ pub fn cron_job(
             job_template: JobTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(&name, Component::Backup)),
+                    annotations: spec.pause_app.then(|| {
+                        BTreeMap::from([(PAUSES_APP_ANNOTATION.to_owned(), "true".to_owned())])
+                    }),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(job_spec(&name, Component::Backup, pod)),
@@ -103,6 +135,52 @@ pub fn cron_job(
             ..CronJobSpec::default()
         },
         ..CronJob::default()
+    }
+}
+
+/// The ServiceAccount a backup Job stopping the app runs as.
+pub fn service_account(server: &MediaServer) -> ServiceAccount {
+    let names = Names::new(&server.name_any());
+    ServiceAccount {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        // Only the backup Job mounts a token, by its own pod spec.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// What a backup Job stopping the app may do: read and patch the scale of the app's
+/// Deployment, and nothing else.
+pub fn role(server: &MediaServer) -> Role {
+    let names = Names::new(&server.name_any());
+    Role {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["apps".to_owned()]),
+            resources: Some(vec!["deployments/scale".to_owned()]),
+            resource_names: Some(vec![names.app()]),
+            verbs: vec!["get".to_owned(), "patch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(server: &MediaServer) -> RoleBinding {
+    let names = Names::new(&server.name_any());
+    RoleBinding {
+        metadata: owned_metadata(server, names.backup(), Component::Backup),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names.backup(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: names.backup(),
+            namespace: server.namespace(),
+            ..Subject::default()
+        }]),
     }
 }
 
@@ -114,17 +192,18 @@ pub fn restore_job(
     settings: &Settings,
 ) -> Job {
     let name = server.name_any();
-    let args = vec![
+    let mut args = vec![
         "restore".to_owned(),
         "--config".to_owned(),
         CONFIG_PATH.to_owned(),
-        "--destination".to_owned(),
-        BACKUPS_PATH.to_owned(),
+    ];
+    args.extend(destination_args(&spec.destination));
+    args.extend([
         "--from".to_owned(),
         restore.from.clone(),
         "--report".to_owned(),
         TERMINATION_LOG.to_owned(),
-    ];
+    ]);
     let mut metadata = owned_metadata(
         server,
         Names::new(&name).restore(&restore.from),
@@ -154,6 +233,38 @@ pub fn restore_suffix(from: &str) -> String {
         .collect()
 }
 
+/// The tool's arguments naming the destination: the claim's mount, or the bucket.
+fn destination_args(destination: &BackupDestination) -> Vec<String> {
+    let Some(s3) = &destination.s3 else {
+        return vec!["--destination".to_owned(), BACKUPS_PATH.to_owned()];
+    };
+    let mut args = vec![
+        "--s3-bucket".to_owned(),
+        s3.bucket.clone(),
+        "--s3-region".to_owned(),
+        s3.region.clone(),
+        // The archive waits in the pod's /tmp (an emptyDir) for its upload.
+        "--work-dir".to_owned(),
+        "/tmp".to_owned(),
+    ];
+    if let Some(endpoint) = &s3.endpoint {
+        args.extend(["--s3-endpoint".to_owned(), endpoint.clone()]);
+    }
+    if let Some(prefix) = &s3.prefix {
+        args.extend(["--s3-prefix".to_owned(), prefix.clone()]);
+    }
+    if s3.path_style {
+        args.push("--s3-path-style".to_owned());
+    }
+    if s3.ca_bundle.is_some() {
+        args.extend([
+            "--s3-ca-bundle".to_owned(),
+            format!("{S3_CA_PATH}/{S3_CA_FILE}"),
+        ]);
+    }
+    args
+}
+
 fn job_spec(server: &str, component: Component, pod: PodSpec) -> JobSpec {
     JobSpec {
         // A failure is reported, not retried: the next schedule (or a new request) retries.
@@ -178,7 +289,60 @@ fn pod_spec(
     backups_read_only: bool,
 ) -> PodSpec {
     let names = Names::new(&server.name_any());
-    let backups = spec.destination.persistent_volume_claim.claim_name.clone();
+    let mut mounts = vec![mount("config", CONFIG_PATH, false)];
+    let mut volumes = vec![claim_volume(
+        "config",
+        claim_name(&server.spec.storage.config, names.config_claim()),
+        false,
+    )];
+    if let Some(claim) = &spec.destination.persistent_volume_claim {
+        mounts.push(mount("backups", BACKUPS_PATH, backups_read_only));
+        volumes.push(claim_volume(
+            "backups",
+            claim.claim_name.clone(),
+            backups_read_only,
+        ));
+    }
+    // /tmp: SQLite's temporary files, the root file system being read-only (and the
+    // archive on its way to or from a bucket).
+    mounts.push(mount("tmp", "/tmp", false));
+    volumes.push(empty_dir("tmp"));
+    let mut env = Vec::new();
+    if let Some(s3) = &spec.destination.s3 {
+        for (variable, key) in [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY_KEY),
+        ] {
+            env.push(EnvVar {
+                name: variable.to_owned(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: s3.credentials_secret.name.clone(),
+                        key: key.to_owned(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+        if let Some(bundle) = &s3.ca_bundle {
+            mounts.push(mount("s3-ca", S3_CA_PATH, true));
+            volumes.push(Volume {
+                name: "s3-ca".to_owned(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: bundle.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: bundle.key.clone(),
+                        path: S3_CA_FILE.to_owned(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+    }
     PodSpec {
         restart_policy: Some("Never".to_owned()),
         automount_service_account_token: Some(false),
@@ -190,26 +354,14 @@ fn pod_spec(
             image: Some(settings.image.clone()),
             command: Some(vec!["portcullis-backup".to_owned()]),
             args: Some(args),
+            env: (!env.is_empty()).then_some(env),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
             // The databases are opened read-write: SQLite needs the WAL index of a live one.
-            // /tmp: SQLite's temporary files, the root file system being read-only.
-            volume_mounts: Some(vec![
-                mount("config", CONFIG_PATH, false),
-                mount("backups", BACKUPS_PATH, backups_read_only),
-                mount("tmp", "/tmp", false),
-            ]),
+            volume_mounts: Some(mounts),
             security_context: Some(security::container()),
             ..Container::default()
         }],
-        volumes: Some(vec![
-            claim_volume(
-                "config",
-                claim_name(&server.spec.storage.config, names.config_claim()),
-                false,
-            ),
-            claim_volume("backups", backups, backups_read_only),
-            empty_dir("tmp"),
-        ]),
+        volumes: Some(volumes),
         ..PodSpec::default()
     }
 }
@@ -333,6 +485,163 @@ mod tests {
             "app",
             "next to the app, whose ReadWriteOnce claim it mounts"
         );
+    }
+
+    #[test]
+    fn a_backup_pausing_the_app_may_only_scale_the_apps_deployment() {
+        let (mut server, mut spec) = with_backup();
+        let plain = cron_job(&server, &spec, &Settings::default(), false);
+        assert_eq!(
+            plain
+                .spec
+                .job_template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations,
+            None
+        );
+        spec.pause_app = true;
+        server.spec.backup = Some(spec.clone());
+        let cron = cron_job(&server, &spec, &Settings::default(), false);
+        let template = &cron.spec.job_template;
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()[PAUSES_APP_ANNOTATION],
+            "true"
+        );
+        let pod = pod(template.spec.as_ref().unwrap());
+        assert_eq!(pod.service_account_name.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(pod.service_account.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        let args = pod.containers[0].args.as_ref().unwrap().join(" ");
+        assert!(
+            args.ends_with("--pause-app jellyfin-app --namespace media"),
+            "{args}"
+        );
+
+        let account = service_account(&server);
+        assert_eq!(account.metadata.name.as_deref(), Some("jellyfin-backup"));
+        assert_eq!(account.automount_service_account_token, Some(false));
+        let role = role(&server);
+        let rules = role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].api_groups.as_deref(),
+            Some(&["apps".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["deployments/scale".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["jellyfin-app".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        let binding = role_binding(&server);
+        assert_eq!(binding.role_ref.name, "jellyfin-backup");
+        let subject = &binding.subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "jellyfin-backup", Some("media"))
+        );
+        for owner in [
+            &account.metadata.owner_references,
+            &role.metadata.owner_references,
+            &binding.metadata.owner_references,
+        ] {
+            assert_eq!(owner.as_ref().unwrap()[0].kind, "MediaServer");
+        }
+    }
+
+    #[test]
+    fn an_s3_destination_is_passed_as_arguments_with_the_credentials_from_the_secret() {
+        let (mut server, _) = with_backup();
+        let spec: BackupSpec = serde_json::from_value(serde_json::json!({
+            "schedule": "0 3 * * *",
+            "destination": {"s3": {
+                "endpoint": "https://s3.example.org",
+                "bucket": "media-backups",
+                "prefix": "jellyfin",
+                "pathStyle": true,
+                "credentialsSecret": {"name": "s3-credentials"},
+                "caBundle": {"name": "private-ca", "key": "ca.pem"},
+            }},
+        }))
+        .unwrap();
+        server.spec.backup = Some(spec.clone());
+        let restore = RestoreSpec {
+            from: "jellyfin-20261129T030000Z".to_owned(),
+        };
+        let cron = cron_job(&server, &spec, &Settings::default(), false);
+        let job = restore_job(&server, &spec, &restore, &Settings::default());
+        for (pod, command) in [
+            (pod(cron.spec.job_template.spec.as_ref().unwrap()), "backup"),
+            (pod(job.spec.as_ref().unwrap()), "restore"),
+        ] {
+            let container = &pod.containers[0];
+            let args = container.args.as_ref().unwrap().join(" ");
+            assert!(
+                args.starts_with(&format!(
+                    "{command} --config /config --s3-bucket media-backups --s3-region us-east-1 \
+                     --work-dir /tmp --s3-endpoint https://s3.example.org --s3-prefix jellyfin \
+                     --s3-path-style --s3-ca-bundle /etc/portcullis/s3-ca/ca.crt "
+                )),
+                "{args}"
+            );
+            assert!(!args.contains("--destination"), "{args}");
+            let env: Vec<_> = container
+                .env
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let key = e
+                        .value_from
+                        .as_ref()
+                        .unwrap()
+                        .secret_key_ref
+                        .as_ref()
+                        .unwrap();
+                    (e.name.as_str(), key.name.as_str(), key.key.as_str())
+                })
+                .collect();
+            assert_eq!(
+                env,
+                [
+                    ("AWS_ACCESS_KEY_ID", "s3-credentials", "accessKeyId"),
+                    ("AWS_SECRET_ACCESS_KEY", "s3-credentials", "secretAccessKey"),
+                ]
+            );
+            let volumes: Vec<_> = pod
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.as_str())
+                .collect();
+            assert_eq!(volumes, ["config", "tmp", "s3-ca"], "no backup claim");
+            let ca = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find_map(|v| v.config_map.as_ref())
+                .unwrap();
+            assert_eq!(ca.name, "private-ca");
+            let item = &ca.items.as_ref().unwrap()[0];
+            assert_eq!(
+                (item.key.as_str(), item.path.as_str()),
+                ("ca.pem", "ca.crt")
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use k8s_openapi::{
         core::v1::Secret,
         events::v1::Event,
         networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, PolicyRule, Role},
+        rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -27,8 +27,8 @@ use regex::Regex;
 use serde_json::{Value, json};
 
 use crate::util::{
-    OperatorProcess, TestNamespace, condition, eventually, kubeconfig_for_service_account, root,
-    run_ok, tool,
+    OperatorProcess, TestNamespace, can_i, condition, eventually, kubeconfig_for_service_account,
+    root, run_ok, tool,
 };
 
 const CHART: &str = "charts/portcullis";
@@ -103,6 +103,21 @@ const OPERATOR_RULES: &[(&str, &str, &[&str])] = &[
         "jobs",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
+    // controller/backup.rs with pauseApp: the backup Jobs' ServiceAccount, Role and
+    // RoleBinding, applied (get, then patch or create) and deleted; the Role grants get and
+    // patch of the app's deployments/scale, which the operator must hold to grant.
+    ("", "serviceaccounts", &["get", "create", "patch", "delete"]),
+    (
+        "rbac.authorization.k8s.io",
+        "roles",
+        &["get", "create", "patch", "delete"],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        &["get", "create", "patch", "delete"],
+    ),
+    ("apps", "deployments/scale", &["get", "patch"]),
     // render/certificate.rs through apply_in: get, then apply.
     (
         "cert-manager.io",
@@ -449,23 +464,6 @@ impl Drop for Release {
     }
 }
 
-/// `kubectl auth can-i VERB RESOURCE ...` as `user`: true for "yes", false for "no"; any
-/// other answer (a resource the apiserver does not know) fails the test.
-fn can_i(user: &str, args: &[&str]) -> bool {
-    let output = tool("kubectl")
-        .args(["auth", "can-i", "--as", user])
-        .args(args)
-        .output()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let warnings = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        (answer == "yes" || answer == "no") && !warnings.contains("doesn't have a resource type"),
-        "can-i {args:?}: {answer} {warnings}"
-    );
-    answer == "yes"
-}
-
 /// The operator's command line and environment from a rendered Deployment, with the values
 /// the kubelet would fill in (`fieldRef`s) and `metrics` as the metrics address.
 fn operator_command(
@@ -637,6 +635,8 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     let here = ["-n", ns.name.as_str()];
     for allowed in [
         &["patch", "deployments.apps"][..],
+        &["patch", "deployments.apps", "--subresource=scale"],
+        &["create", "roles.rbac.authorization.k8s.io"],
         &["delete", "secrets"],
         &[
             "patch",
@@ -788,6 +788,21 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
     })
     .await;
     kubectl_wait(&ns.name, "Ready", &["mediaserver/jellyfin"]);
+
+    // pauseApp: the backup Jobs' identity is made under this identity too (Kubernetes
+    // refuses a Role granting what its maker does not hold).
+    let pause = json!({"spec": {"backup": {"pauseApp": true}}});
+    ns.api::<MediaServer>()
+        .patch("jellyfin", &PatchParams::default(), &Patch::Merge(&pause))
+        .await
+        .unwrap();
+    eventually("the backup Jobs' RoleBinding", TIMEOUT, || async {
+        ns.api::<RoleBinding>()
+            .get_opt("jellyfin-backup")
+            .await
+            .ok()?
+    })
+    .await;
 
     // A broken reference: the Warning Event is published under this identity too.
     ns.apply_value(json!({

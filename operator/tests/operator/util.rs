@@ -101,6 +101,23 @@ pub fn kubeconfig_for_service_account(namespace: &str, account: &str) -> PathBuf
     PathBuf::from(output.lines().last().unwrap_or_default().trim())
 }
 
+/// `kubectl auth can-i VERB RESOURCE ...` as `user`: true for "yes", false for "no"; any
+/// other answer (a resource the apiserver does not know) fails the test.
+pub fn can_i(user: &str, args: &[&str]) -> bool {
+    let output = tool("kubectl")
+        .args(["auth", "can-i", "--as", user])
+        .args(args)
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        (answer == "yes" || answer == "no") && !warnings.contains("doesn't have a resource type"),
+        "can-i {args:?}: {answer} {warnings}"
+    );
+    answer == "yes"
+}
+
 /// A client with the admin identity.
 pub async fn client() -> Client {
     let kubeconfig = Kubeconfig::read_from(&CLUSTER.kubeconfig).expect("the kubeconfig reads");
@@ -376,34 +393,39 @@ pub fn metric(address: &str, name: &str, label: &str) -> u64 {
 /// test binary), built first: a no-op when it is up to date, so a test never runs a stale
 /// edge.
 pub fn proxy_binary() -> &'static Path {
-    static BINARY: LazyLock<PathBuf> = LazyLock::new(|| {
-        let operator = Path::new(env!("CARGO_BIN_EXE_portcullis-operator"));
-        let profile_dir = operator.parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "portcullis-proxy",
-                "--bin",
-                "portcullis-proxy",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(root());
-        match profile_dir.file_name().and_then(|name| name.to_str()) {
-            Some("debug") => {}
-            Some(profile) => {
-                build.args(["--profile", profile]);
-            }
-            None => panic!("no profile directory above {}", operator.display()),
-        }
-        run_ok(&mut build);
-        profile_dir.join("portcullis-proxy")
-    });
+    static BINARY: LazyLock<PathBuf> =
+        LazyLock::new(|| workspace_binary("portcullis-proxy", "portcullis-proxy"));
     &BINARY
+}
+
+/// The `portcullis-backup` binary of this build, built first as [`proxy_binary`] is.
+pub fn backup_binary() -> &'static Path {
+    static BINARY: LazyLock<PathBuf> =
+        LazyLock::new(|| workspace_binary("portcullis-backup", "portcullis-backup"));
+    &BINARY
+}
+
+/// Builds binary `bin` of workspace package `package` into the operator's test binary's
+/// target dir and profile; returns its path.
+fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let operator = Path::new(env!("CARGO_BIN_EXE_portcullis-operator"));
+    let profile_dir = operator.parent().unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    build
+        .args(["build", "--locked", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(root());
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => {}
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+        None => panic!("no profile directory above {}", operator.display()),
+    }
+    run_ok(&mut build);
+    profile_dir.join(bin)
 }
 
 /// An operator process, stopped when dropped.

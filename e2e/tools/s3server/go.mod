@@ -1,0 +1,13 @@
+// Tools module pinning github.com/johannesboyne/gofakes3 for the S3 server that tests of S3
+// backup destinations run (backup/tests); see main.go.
+module portcullis.local/e2e/tools/s3server
+
+go 1.26.0
+
+require github.com/johannesboyne/gofakes3 v1.2.0
+
+require (
+	github.com/ryszard/goskiplist v0.0.0-20150312221310-2dfbae5fcf46 // indirect
+	go.shabbyrobe.org/gocovmerge v0.0.0-20230507111327-fa4f82cfbf4d // indirect
+	golang.org/x/tools v0.8.0 // indirect
+)
