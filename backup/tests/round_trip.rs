@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -44,15 +45,60 @@ impl Drop for TempDir {
     }
 }
 
-fn tool(args: &[&str], report: &Path) -> (Output, String) {
+/// Runs the tool with `args` and `env`, its report in `report`: its output and the report.
+fn tool(args: &[impl AsRef<OsStr>], env: &[(&str, &str)], report: &Path) -> (Output, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_portcullis-backup"))
         .args(args)
         .arg("--report")
         .arg(report)
+        .envs(env.iter().copied())
         .output()
         .expect("portcullis-backup runs");
     let message = fs::read_to_string(report).unwrap_or_default();
     (output, message)
+}
+
+/// A backup of `config` into the directory `backups`, keeping `keep_last`.
+fn backup_locally(
+    config: &Path,
+    backups: &Path,
+    keep_last: &str,
+    report: &Path,
+) -> (Output, String) {
+    let (config, backups) = (config.to_str().unwrap(), backups.to_str().unwrap());
+    tool(
+        &[
+            "backup",
+            "--config",
+            config,
+            "--destination",
+            backups,
+            "--prefix",
+            "jellyfin",
+            "--keep-last",
+            keep_last,
+        ],
+        &[],
+        report,
+    )
+}
+
+/// A restore of backup `name` from the directory `backups` into `config`.
+fn restore_locally(config: &Path, backups: &Path, name: &str, report: &Path) -> (Output, String) {
+    let (config, backups) = (config.to_str().unwrap(), backups.to_str().unwrap());
+    tool(
+        &[
+            "restore",
+            "--config",
+            config,
+            "--destination",
+            backups,
+            "--from",
+            name,
+        ],
+        &[],
+        report,
+    )
 }
 
 fn write(path: &Path, text: &str) {
@@ -179,20 +225,7 @@ fn a_backup_taken_during_writes_restores_every_row_committed_before_it_and_passe
         thread::sleep(Duration::from_millis(5));
     }
     let before = committed.load(Ordering::SeqCst);
-    let (output, message) = tool(
-        &[
-            "backup",
-            "--config",
-            config.to_str().unwrap(),
-            "--destination",
-            backups.to_str().unwrap(),
-            "--prefix",
-            "jellyfin",
-            "--keep-last",
-            "3",
-        ],
-        &report,
-    );
+    let (output, message) = backup_locally(&config, &backups, "3", &report);
     let during = committed.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
@@ -222,16 +255,10 @@ fn a_backup_taken_during_writes_restores_every_row_committed_before_it_and_passe
     );
     write(&config.join("log/log_20261130.log"), "a later log line");
     write(&config.join("plugins/configurations/Bar.xml"), "<Bar/>");
-    let (output, message) = tool(
-        &[
-            "restore",
-            "--config",
-            config.to_str().unwrap(),
-            "--destination",
-            backups.to_str().unwrap(),
-            "--from",
-            &report.backup.name,
-        ],
+    let (output, message) = restore_locally(
+        &config,
+        &backups,
+        &report.backup.name,
         &dir.0.join("restore-report"),
     );
     assert!(output.status.success(), "{message}");
@@ -289,20 +316,7 @@ fn a_missing_truncated_or_corrupt_backup_fails_and_leaves_the_configuration_unto
     );
     fs::create_dir_all(&backups).unwrap();
     jellyfin_config(&config, 2_000);
-    let (output, message) = tool(
-        &[
-            "backup",
-            "--config",
-            config.to_str().unwrap(),
-            "--destination",
-            backups.to_str().unwrap(),
-            "--prefix",
-            "jellyfin",
-            "--keep-last",
-            "5",
-        ],
-        &report,
-    );
+    let (output, message) = backup_locally(&config, &backups, "5", &report);
     assert!(
         output.status.success(),
         "{}",
@@ -341,18 +355,7 @@ fn a_missing_truncated_or_corrupt_backup_fails_and_leaves_the_configuration_unto
         if let Some(content) = content {
             fs::write(backups.join(format!("{bad}.tar.zst")), content).unwrap();
         }
-        let (output, message) = tool(
-            &[
-                "restore",
-                "--config",
-                config.to_str().unwrap(),
-                "--destination",
-                backups.to_str().unwrap(),
-                "--from",
-                bad,
-            ],
-            &report,
-        );
+        let (output, message) = restore_locally(&config, &backups, bad, &report);
         assert!(!output.status.success(), "{bad} restored");
         assert!(message.contains(says), "{bad}: {message}");
         assert_eq!(tree(&config), current, "{bad} changed the configuration");
@@ -381,20 +384,7 @@ fn retention_prunes_old_backups_and_the_report_lists_what_is_kept() {
         "another server's",
     )
     .unwrap();
-    let (output, message) = tool(
-        &[
-            "backup",
-            "--config",
-            config.to_str().unwrap(),
-            "--destination",
-            backups.to_str().unwrap(),
-            "--prefix",
-            "jellyfin",
-            "--keep-last",
-            "2",
-        ],
-        &report,
-    );
+    let (output, message) = backup_locally(&config, &backups, "2", &report);
     assert!(
         output.status.success(),
         "{}",
@@ -443,18 +433,8 @@ fn what_an_interrupted_restore_had_moved_aside_is_put_back_first() {
     for name in ["config", "plugins"] {
         fs::rename(config.join(name), aside.join(name)).unwrap();
     }
-    let (output, message) = tool(
-        &[
-            "restore",
-            "--config",
-            config.to_str().unwrap(),
-            "--destination",
-            backups.to_str().unwrap(),
-            "--from",
-            "jellyfin-20200101T000000Z",
-        ],
-        &report,
-    );
+    let (output, message) =
+        restore_locally(&config, &backups, "jellyfin-20200101T000000Z", &report);
     assert!(!output.status.success());
     assert!(message.contains("does not exist"), "{message}");
     assert_eq!(tree(&config), before, "everything moved aside is back");
@@ -556,16 +536,14 @@ impl Drop for S3Server {
 
 /// The tool with S3 credentials in its environment.
 fn s3_tool(args: &[String], report: &Path) -> (Output, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_portcullis-backup"))
-        .args(args)
-        .arg("--report")
-        .arg(report)
-        .env("AWS_ACCESS_KEY_ID", "portcullis")
-        .env("AWS_SECRET_ACCESS_KEY", "portcullis-secret")
-        .output()
-        .expect("portcullis-backup runs");
-    let message = fs::read_to_string(report).unwrap_or_default();
-    (output, message)
+    tool(
+        args,
+        &[
+            ("AWS_ACCESS_KEY_ID", "portcullis"),
+            ("AWS_SECRET_ACCESS_KEY", "portcullis-secret"),
+        ],
+        report,
+    )
 }
 
 fn keys(bucket: &AmazonS3, runtime: &tokio::runtime::Runtime) -> Vec<String> {
