@@ -4,14 +4,14 @@
 //! mode, and keeps its last good rules when a reload brings broken custom rules.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
 
 use crate::util::{Conn, HOST, Proxy, Settings, client_ip, empty, fetch_from, origin_saw};
 
@@ -25,11 +25,18 @@ pub fn crs_dir() -> PathBuf {
 
 /// The document's `waf:` section: the test corpus's CRS in `mode`, with `custom_rules`.
 pub fn waf_section(mode: &str, custom_rules: Option<&str>) -> String {
-    let mut text = format!(
-        "waf:
-  mode: {mode}
-  crsDir: {crs}
-  paranoiaLevel: 1
+    waf_yaml(mode, Some(&crs_dir()), custom_rules)
+}
+
+/// The document's `waf:` section in `mode`, with the CRS in `crs` (off when `None`) and
+/// `custom_rules`.
+fn waf_yaml(mode: &str, crs: Option<&Path>, custom_rules: Option<&str>) -> String {
+    let mut text = format!("waf:\n  mode: {mode}\n");
+    if let Some(crs) = crs {
+        text.push_str(&format!("  crsDir: {}\n", crs.display()));
+    }
+    text.push_str(
+        "  paranoiaLevel: 1
   executingParanoiaLevel: 1
   inboundAnomalyThreshold: 5
   outboundAnomalyThreshold: 4
@@ -37,7 +44,6 @@ pub fn waf_section(mode: &str, custom_rules: Option<&str>) -> String {
   requestBodyLimit: 128Ki
   inspectResponses: false
 ",
-        crs = crs_dir().display()
     );
     if let Some(rules) = custom_rules {
         text.push_str(&format!("  customRules: {rules:?}\n"));
@@ -194,32 +200,45 @@ fn late_ending_body(bytes: &'static [u8]) -> BoxBody<Bytes, std::io::Error> {
     BodyExt::boxed(StreamBody::new(stream))
 }
 
+/// An XSS in a JSON body.
+const XSS_JSON: &[u8] = br#"{"Name":"<img src=x onerror=alert(document.cookie)>"}"#;
+
+/// POSTs a JSON `body` to `/upload` over a new HTTP/2 connection, with a `content-length`
+/// when `length` is given.
+async fn post_json_h2(
+    proxy: &Proxy,
+    body: BoxBody<Bytes, std::io::Error>,
+    length: Option<usize>,
+) -> Response<Incoming> {
+    let mut request = Request::post(format!("https://{HOST}/upload"))
+        .header("user-agent", BROWSER)
+        .header("content-type", "application/json");
+    if let Some(length) = length {
+        request = request.header("content-length", length);
+    }
+    let request = request.body(body).unwrap();
+    assert_eq!(
+        request.headers().get("content-length").is_some(),
+        length.is_some()
+    );
+    Conn::open(proxy.https(), client_ip(), true)
+        .await
+        .send(request)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_attack_in_an_http2_body_is_refused_before_the_application_has_it() {
     // Over HTTP/2 the end of a body may come after its last bytes. The body is held back
     // until the WAF has decided, so the application (which answers as soon as it has read
     // the length it was promised) never gets it, and the refusal is what the client sees.
-    const ATTACK: &[u8] = br#"{"Name":"<img src=x onerror=alert(document.cookie)>"}"#;
     let proxy = waf_proxy("Block");
-    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
-    let request = Request::post(format!("https://{HOST}/upload"))
-        .header("user-agent", BROWSER)
-        .header("content-type", "application/json")
-        .header("content-length", ATTACK.len())
-        .body(late_ending_body(ATTACK))
-        .unwrap();
-    let response = conn.send(request).await.unwrap();
+    let response = post_json_h2(&proxy, late_ending_body(XSS_JSON), Some(XSS_JSON.len())).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     // A harmless body goes through whole once its end has come.
     const HARMLESS: &[u8] = br#"{"Name":"Movie night"}"#;
-    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
-    let request = Request::post(format!("https://{HOST}/upload"))
-        .header("user-agent", BROWSER)
-        .header("content-type", "application/json")
-        .header("content-length", HARMLESS.len())
-        .body(late_ending_body(HARMLESS))
-        .unwrap();
-    let mut response = conn.send(request).await.unwrap();
+    let mut response = post_json_h2(&proxy, late_ending_body(HARMLESS), Some(HARMLESS.len())).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.body_mut().collect().await.unwrap().to_bytes();
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -229,20 +248,10 @@ async fn an_attack_in_an_http2_body_is_refused_before_the_application_has_it() {
     long.extend((0..300 * 1024).map(|i| b'a' + (i % 26) as u8));
     long.extend_from_slice(br#""}"#);
     let length = long.len();
-    let request = Request::post(format!("https://{HOST}/upload"))
-        .header("user-agent", BROWSER)
-        .header("content-type", "application/json")
-        .body(
-            Full::new(Bytes::from(long))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
-        .unwrap();
-    let mut response = Conn::open(proxy.https(), client_ip(), true)
-        .await
-        .send(request)
-        .await
-        .unwrap();
+    let full = Full::new(Bytes::from(long))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = post_json_h2(&proxy, full, None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.body_mut().collect().await.unwrap().to_bytes();
     let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -318,16 +327,8 @@ async fn broken_custom_rules_keep_the_last_good_rules() {
 async fn an_http2_body_without_a_length_is_inspected_too() {
     // HTTP/2 needs neither Content-Length nor chunking for a body: the WAF must still wait
     // for it rather than decide on an empty one and let it stream by.
-    const ATTACK: &[u8] = br#"{"Name":"<img src=x onerror=alert(document.cookie)>"}"#;
     let proxy = waf_proxy("Block");
-    let mut conn = Conn::open(proxy.https(), client_ip(), true).await;
-    let request = Request::post(format!("https://{HOST}/upload"))
-        .header("user-agent", BROWSER)
-        .header("content-type", "application/json")
-        .body(late_ending_body(ATTACK))
-        .unwrap();
-    assert!(request.headers().get("content-length").is_none());
-    let response = conn.send(request).await.unwrap();
+    let response = post_json_h2(&proxy, late_ending_body(XSS_JSON), None).await;
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
@@ -335,18 +336,13 @@ async fn an_http2_body_without_a_length_is_inspected_too() {
 #[tokio::test]
 async fn custom_rules_run_without_the_crs() {
     let proxy = Proxy::start(Settings {
-        extra: "waf:
-  mode: Block
-  paranoiaLevel: 1
-  executingParanoiaLevel: 1
-  inboundAnomalyThreshold: 5
-  outboundAnomalyThreshold: 4
-  appExclusions: true
-  requestBodyLimit: 128Ki
-  inspectResponses: false
-  customRules: \"SecRule REQUEST_URI \\\"@beginsWith /System/Logs\\\" \\\"id:10001,phase:1,deny,status:403\\\"\"
-"
-        .into(),
+        extra: waf_yaml(
+            "Block",
+            None,
+            Some(
+                "SecRule REQUEST_URI \"@beginsWith /System/Logs\" \"id:10001,phase:1,deny,status:403\"",
+            ),
+        ),
         ..Settings::default()
     });
     assert_eq!(get(&proxy, "/System/Logs").await.0, StatusCode::FORBIDDEN);
