@@ -144,15 +144,8 @@ impl Context {
         message: String,
         action: &str,
     ) -> kube::Result<()> {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(message),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        self.metrics.writes.with_label_values(&["Event"]).inc();
-        self.recorder.publish(&event, object).await
+        self.publish(EventType::Warning, object, reason, message, action)
+            .await
     }
 
     /// Publishes a Normal Event on `object` (counted as a write).
@@ -163,8 +156,21 @@ impl Context {
         message: String,
         action: &str,
     ) -> kube::Result<()> {
+        self.publish(EventType::Normal, object, reason, message, action)
+            .await
+    }
+
+    /// Publishes an Event of `type_` on `object` (counted as a write).
+    async fn publish(
+        &self,
+        type_: EventType,
+        object: &ObjectReference,
+        reason: &str,
+        message: String,
+        action: &str,
+    ) -> kube::Result<()> {
         let event = Event {
-            type_: EventType::Normal,
+            type_,
             reason: reason.to_owned(),
             note: Some(message),
             action: action.to_owned(),

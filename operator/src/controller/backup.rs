@@ -324,12 +324,7 @@ async fn reconcile_pause_identity(
         apply(ctx, render::role(server)).await?;
         apply(ctx, render::role_binding(server)).await?;
     } else if pausing_job(jobs).is_none() {
-        let namespace = server
-            .namespace()
-            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-        let uid = server
-            .uid()
-            .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+        let (namespace, uid) = super::namespace_and_uid(server)?;
         let name = Names::new(&server.name_any()).backup();
         delete_owned::<RoleBinding>(ctx, &namespace, &name, &uid).await?;
         delete_owned::<Role>(ctx, &namespace, &name, &uid).await?;
@@ -347,12 +342,7 @@ pub async fn reconcile_backup(
     restoring: bool,
     jobs: &[Job],
 ) -> Result<BackupState> {
-    let namespace = server
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let uid = server
-        .uid()
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let (namespace, uid) = super::namespace_and_uid(server)?;
     let names = Names::new(&server.name_any());
     let previous = server.status.as_ref().and_then(|s| s.backup.clone());
     let Some(spec) = &server.spec.backup else {
@@ -463,12 +453,7 @@ pub async fn reconcile_restore(
     app: &Deployment,
     backup_jobs: &[Job],
 ) -> Result<Option<RestoreStatus>> {
-    let namespace = server
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let uid = server
-        .uid()
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let (namespace, uid) = super::namespace_and_uid(server)?;
     let names = Names::new(&server.name_any());
     let last = server.status.as_ref().and_then(|s| s.restore.clone());
     let request = server.spec.restore.as_ref();

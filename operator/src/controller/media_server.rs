@@ -226,12 +226,7 @@ async fn apply_server(
     ctx: &Context,
     dependencies: &mut std::collections::BTreeSet<crate::context::Dependency>,
 ) -> Result<Progress> {
-    let namespace = server
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let uid = server
-        .uid()
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    let (namespace, uid) = super::namespace_and_uid(server)?;
     server.spec.validate().map_err(Error::InvalidSpec)?;
     let resolved = resolve(ctx, server, dependencies).await?;
     let names = Names::new(&server.name_any());

@@ -33,10 +33,22 @@ use tracing::{info, warn};
 use crate::{
     bans,
     context::{Context, DependencyKind},
+    error::{Error, Result},
 };
 
 /// MediaServer events waiting for a controller that is busy; the watch waits beyond that.
 const TRIGGER_BUFFER: usize = 1024;
+
+/// A MediaServer's namespace and uid: where the objects it owns live, and their owner.
+fn namespace_and_uid(server: &MediaServer) -> Result<(String, String)> {
+    let namespace = server
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let uid = server
+        .uid()
+        .ok_or(Error::MissingObjectKey(".metadata.uid"))?;
+    Ok((namespace, uid))
+}
 
 /// The MediaServers that own `object` (its controller owner reference).
 fn owner_servers<K: Resource>(object: &K) -> impl Iterator<Item = ObjectRef<MediaServer>> + use<K> {
