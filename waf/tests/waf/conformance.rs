@@ -23,7 +23,10 @@ use crate::util::{crs_dir, engine};
 /// The settings of CRS's test setup (see `shared/testdata/crs/SOURCE`).
 fn crs_test_settings() -> WafSettings {
     let (mode, paranoia_level) = match std::env::var("WAF_CONFORMANCE_PL") {
-        Ok(level) => (Mode::Block, level.parse().expect("WAF_CONFORMANCE_PL is 1-4")),
+        Ok(level) => (
+            Mode::Block,
+            level.parse().expect("WAF_CONFORMANCE_PL is 1-4"),
+        ),
         Err(_) => (Mode::Detect, 4),
     };
     WafSettings {
