@@ -273,6 +273,20 @@ impl Data {
         first
     }
 
+    /// Sets a volatile scalar (one without a slot, e.g. `MATCHED_VAR`) to a copy of
+    /// `value`, reusing its buffer: these change on every match.
+    fn set_volatile(&mut self, var: Var, value: &[u8]) {
+        debug_assert!(var.is_volatile());
+        let i = var as usize;
+        if self.scalars.len() <= i {
+            self.scalars.resize(Var::ALL.len(), None);
+            self.scalar_slots.resize(Var::ALL.len(), 0);
+        }
+        let buf = self.scalars[i].get_or_insert_default();
+        buf.clear();
+        buf.extend_from_slice(value);
+    }
+
     fn set_scalar(&mut self, var: Var, value: impl Into<Vec<u8>>) {
         let i = var as usize;
         if self.scalars.len() <= i {
@@ -696,6 +710,9 @@ impl Transaction {
         // Slot 0 is the empty value every unset scalar reads as.
         let mut d = Data {
             next_slot: 1,
+            // The CRS sets about a hundred `TX` variables per request: room for them up
+            // front instead of growing the table seven times.
+            tx: VarMap::with_capacity_and_hasher(256, Default::default()),
             ..Data::default()
         };
         let RequestFacts {
@@ -1138,8 +1155,16 @@ impl Transaction {
             for hit in &h {
                 self.set_matched(hit);
                 if let Some(c) = &hit.captures {
-                    for (i, v) in c.iter().enumerate() {
-                        self.d.tx.insert(i.to_string(), v.clone());
+                    for (key, v) in CAPTURE_KEYS.iter().zip(c) {
+                        match self.d.tx.get_mut(*key) {
+                            Some(slot) => {
+                                slot.clear();
+                                slot.extend_from_slice(v);
+                            }
+                            None => {
+                                self.d.tx.insert((*key).to_owned(), v.clone());
+                            }
+                        }
                     }
                 }
                 for e in &link.effects {
@@ -1175,8 +1200,8 @@ impl Transaction {
     }
 
     fn set_matched(&mut self, h: &Hit) {
-        self.d.set_scalar(Var::MatchedVar, h.value.clone());
-        self.d.set_scalar(Var::MatchedVarName, h.name.clone());
+        self.d.set_volatile(Var::MatchedVar, &h.value);
+        self.d.set_volatile(Var::MatchedVarName, h.name.as_bytes());
     }
 
     fn eval_link(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
@@ -1245,7 +1270,7 @@ impl Transaction {
                     if item.key.is_empty() && !t.var.is_collection() {
                         t.var.name().to_string()
                     } else {
-                        format!("{}:{}", t.var.name(), item.key)
+                        var_key_name(t.var.name(), item.key)
                     }
                 };
                 if link.multi_match {
@@ -1396,6 +1421,19 @@ impl Transaction {
     }
 }
 
+/// The `TX` keys of a `capture`'s groups.
+const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// `VAR:key`, the name of a matched value (without `format!`, which costs several times
+/// more on this path that runs for every match).
+fn var_key_name(var: &str, key: &str) -> String {
+    let mut name = String::with_capacity(var.len() + 1 + key.len());
+    name.push_str(var);
+    name.push(':');
+    name.push_str(key);
+    name
+}
+
 /// A `setvar`/`setenv` key as stored: lower case, borrowed when it already is.
 fn lower_key(key: Cow<'_, [u8]>) -> Cow<'_, str> {
     match key {
@@ -1409,7 +1447,7 @@ fn lower_key(key: Cow<'_, [u8]>) -> Cow<'_, str> {
 
 fn count_name(t: &Target) -> String {
     match &t.selector {
-        Selector::Key(k) => format!("{}:{}", t.var.name(), k),
+        Selector::Key(k) => var_key_name(t.var.name(), k),
         _ => t.var.name().to_string(),
     }
 }
