@@ -1039,7 +1039,9 @@ impl Proxy {
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // A debug build compiles the CRS in seconds; several at once on a loaded machine
+        // took over 30 s.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status}: {}", self.log()));
