@@ -155,6 +155,24 @@ fn push_number(out: &mut Vec<u8>, mut n: u64, min_digits: usize) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Writes `ip` as text: IPv4 by hand (the formatting machinery costs about a thousand
+/// instructions per address), IPv6 as the standard library writes it.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_number(out, u64::from(octet), 1);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Writes `time` as RFC 3339 UTC with milliseconds (`2026-01-31T23:59:59.123Z`).
 pub fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -198,7 +216,7 @@ pub fn write_line(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
     match record.client_ip {
         Some(ip) => {
             out.push(b'"');
-            let _ = write!(out, "{ip}");
+            push_ip(out, ip);
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
@@ -265,6 +283,23 @@ mod tests {
         assert_eq!(scrub_path("/a?api_keys=visible"), "/a?api_keys=visible");
         assert!(matches!(scrub_path("/a?b=1"), Cow::Borrowed(_)));
         assert!(matches!(scrub_path("/a"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
     }
 
     #[test]
