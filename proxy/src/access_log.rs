@@ -8,7 +8,7 @@
 
 use std::{
     borrow::Cow,
-    cell::RefCell,
+    cell::{Cell, RefCell},
     io::Write,
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -155,10 +155,26 @@ fn push_number(out: &mut Vec<u8>, mut n: u64, min_digits: usize) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Writes `time` as RFC 3339 UTC with milliseconds (`2026-01-31T23:59:59.123Z`).
-pub fn push_time(out: &mut Vec<u8>, time: SystemTime) {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+/// Writes `ip` as text: IPv4 by hand (the formatting machinery costs about a thousand
+/// instructions per address), IPv6 as the standard library writes it.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_number(out, u64::from(octet), 1);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Writes the date and time to the second (`2026-01-31T23:59:59`) of `secs` since the epoch.
+fn push_second(out: &mut Vec<u8>, secs: u64) {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -183,6 +199,30 @@ pub fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     push_number(out, rem % 3600 / 60, 2);
     out.push(b':');
     push_number(out, rem % 60, 2);
+}
+
+thread_local! {
+    /// The last second written by this thread and its text: the requests of one second
+    /// skip the calendar arithmetic.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// Writes `time` as RFC 3339 UTC with milliseconds (`2026-01-31T23:59:59.123Z`).
+pub fn push_time(out: &mut Vec<u8>, time: SystemTime) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|second| {
+        let (cached, text) = second.get();
+        if cached == secs {
+            out.extend_from_slice(&text);
+            return;
+        }
+        let start = out.len();
+        push_second(out, secs);
+        if let Ok(text) = <[u8; 19]>::try_from(&out[start..]) {
+            second.set((secs, text));
+        }
+    });
     out.push(b'.');
     push_number(out, u64::from(since.subsec_millis()), 3);
     out.push(b'Z');
@@ -198,7 +238,7 @@ pub fn write_line(out: &mut Vec<u8>, record: &AccessRecord<'_>) {
     match record.client_ip {
         Some(ip) => {
             out.push(b'"');
-            let _ = write!(out, "{ip}");
+            push_ip(out, ip);
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
@@ -268,6 +308,23 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_the_standard_library_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "192.0.2.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn times_are_rfc3339_utc_with_milliseconds() {
         let mut out = Vec::new();
         push_time(
@@ -278,6 +335,13 @@ mod tests {
         out.clear();
         push_time(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!(out, b"2000-02-29T00:00:00.000Z");
+        // The same second again, from the remembered text.
+        out.clear();
+        push_time(
+            &mut out,
+            UNIX_EPOCH + Duration::from_millis(951_782_400_999),
+        );
+        assert_eq!(out, b"2000-02-29T00:00:00.999Z");
     }
 
     #[test]

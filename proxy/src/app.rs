@@ -8,7 +8,8 @@
 //! 2. admits the connection under the total and per-address caps
 //!    ([`crate::connection_guard`]), or closes it;
 //! 3. on the HTTPS listener, runs the TLS handshake with the acceptor of the policy in force
-//!    (within `timeouts.headerRead`), so a renewed certificate applies to the next handshake;
+//!    (within `timeouts.headerRead`), so a renewed certificate applies to the next handshake,
+//!    and gives HTTP/1.1 connections one TLS record per small response ([`crate::coalesce`]);
 //! 4. serves HTTP/2 through Pingora, or HTTP/1.1 request by request with a deadline on each
 //!    request head: from the moment the edge waits for a request until its head has arrived,
 //!    at most `timeouts.headerRead` may pass (slowloris; also the keep-alive idle time).
@@ -27,7 +28,7 @@ use async_trait::async_trait;
 use pingora::{
     apps::{HttpServerApp, ServerApp},
     protocols::{
-        ALPN, GetSocketDigest, SocketDigest, Stream,
+        ALPN, GetSocketDigest, SocketDigest, Ssl, Stream,
         http::ServerSession,
         l4::{socket::SocketAddr as PingoraAddr, stream::Stream as L4Stream},
         tls::server::handshake,
@@ -36,7 +37,7 @@ use pingora::{
     server::ShutdownWatch,
 };
 
-use crate::{edge::Edge, edge::Role, proxy_protocol, state::Shared};
+use crate::{coalesce::Coalesced, edge::Edge, edge::Role, proxy_protocol, state::Shared};
 
 /// Tells connection setup that a request head has arrived, from inside the proxy
 /// (`on_connection_reuse`).
@@ -191,7 +192,12 @@ impl ServerApp for EdgeApp {
         let stream: Stream = match self.role {
             Role::Https => {
                 match tokio::time::timeout(deadline, handshake(&policy.tls_acceptor, *tcp)).await {
-                    Ok(Ok(tls)) => Box::new(tls),
+                    // HTTP/2 frames its own writes; HTTP/1.1 responses go out as one TLS
+                    // record where they fit in one.
+                    Ok(Ok(tls)) if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) => {
+                        Box::new(tls)
+                    }
+                    Ok(Ok(tls)) => Box::new(Coalesced::new(tls)),
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "TLS handshake failed");
                         self.dropped("tls-handshake");

@@ -153,8 +153,13 @@ fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
 }
 
 const X_POWERED_BY: http::HeaderName = http::HeaderName::from_static("x-powered-by");
+// Header names the edge writes on every response, as `&'static str` in the case they go out
+// in: Pingora copies a `HeaderName` it has no title case for into a new buffer on each
+// insert, and borrows a static string.
 /// Every response names its request, so a user can quote it and an admin find the log line.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const X_REQUEST_ID: &str = "x-request-id";
+const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
+const LOCATION: &str = "location";
 
 fn request_id_value(id: &RequestId) -> HeaderValue {
     HeaderValue::from_bytes(id.as_bytes()).unwrap_or(HeaderValue::from_static("unknown"))
@@ -201,11 +206,9 @@ fn request_facts(session: &Session) -> RequestFacts<'_> {
 }
 
 fn header_value_of_ip(ip: IpAddr) -> HeaderValue {
-    let mut buf = [0u8; 48];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{ip}"));
-    let len = usize::try_from(cursor.position()).unwrap_or(0);
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
+    let mut text = Vec::with_capacity(39);
+    access_log::push_ip(&mut text, ip);
+    HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 impl Edge {
@@ -237,7 +240,7 @@ impl Edge {
             head.append_header(name, value)?;
         }
         if self.role == Role::Https {
-            head.insert_header(header::STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
+            head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
         }
         if response.close {
             session.set_keepalive(None);
@@ -272,10 +275,10 @@ impl Edge {
             Verdict::Redirect(redirect, _) => {
                 let mut head = ResponseHeader::build(redirect.status, Some(4))?;
                 head.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
-                head.insert_header(header::LOCATION, redirect.location)?;
+                head.insert_header(LOCATION, redirect.location)?;
                 head.insert_header(header::CONTENT_LENGTH, 0)?;
                 if self.role == Role::Https {
-                    head.insert_header(header::STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
+                    head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
                 }
                 session.write_response_header(Box::new(head), true).await?;
                 Ok(true)
@@ -1266,8 +1269,7 @@ impl ProxyHttp for Edge {
             upstream_response.append_header(header::SET_COOKIE, cookie)?;
         }
         if self.role == Role::Https {
-            upstream_response
-                .insert_header(header::STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
+            upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! | layer | module | where it runs |
 //! | --- | --- | --- |
 //! | 1. connection guards | [`connection_guard`], [`app`] | connection setup |
-//! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`] | connection setup, `request_filter`, `response_filter` |
+//! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`], [`coalesce`] | connection setup, `request_filter`, `response_filter` |
 //! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
 //! | 5. app-aware rules (Jellyfin) | [`app_rules`] | `request_filter` |
@@ -33,6 +33,7 @@ pub mod bots;
 pub mod challenge;
 pub mod client_identity;
 pub mod cloudflare_keys;
+pub mod coalesce;
 pub mod connection_guard;
 pub mod edge;
 pub mod error_page;

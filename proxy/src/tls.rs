@@ -139,7 +139,11 @@ pub fn hsts(max_age: std::time::Duration) -> HeaderValue {
 /// pointed elsewhere. A request target that is not a path (`*`, absolute form) goes to `/`.
 pub fn https_redirect(host: &str, target: &str) -> Verdict {
     let path = if target.starts_with('/') { target } else { "/" };
-    let location = format!("https://{host}{path}");
+    // Joined by hand: this runs for every plain-HTTP request.
+    let mut location = String::with_capacity("https://".len() + host.len() + path.len());
+    location.push_str("https://");
+    location.push_str(host);
+    location.push_str(path);
     match HeaderValue::from_str(&location) {
         Ok(location) => Verdict::Redirect(
             Redirect {

@@ -249,21 +249,19 @@ pub const CLIENT_FORWARDING_HEADERS: [HeaderName; 6] = [
 /// `X-Forwarded-For`.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The forwarding headers the upstream gets, all set by the edge.
+/// The forwarding headers the upstream gets, all set by the edge. The names are static
+/// strings in the case they go out in, which Pingora takes without copying them.
 pub fn forwarding_headers(
     client_ip: &HeaderValue,
     host: &HeaderValue,
     request_id: &HeaderValue,
-) -> [(HeaderName, HeaderValue); 5] {
+) -> [(&'static str, HeaderValue); 5] {
     [
-        (X_FORWARDED_FOR, client_ip.clone()),
-        (HeaderName::from_static("x-real-ip"), client_ip.clone()),
-        (
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        ),
-        (HeaderName::from_static("x-forwarded-host"), host.clone()),
-        (HeaderName::from_static("x-request-id"), request_id.clone()),
+        ("x-forwarded-for", client_ip.clone()),
+        ("x-real-ip", client_ip.clone()),
+        ("x-forwarded-proto", HeaderValue::from_static("https")),
+        ("x-forwarded-host", host.clone()),
+        ("x-request-id", request_id.clone()),
     ]
 }
 
