@@ -511,6 +511,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Three distinct free ports (HTTPS, plain HTTP, admin): held together while they are
+/// picked, so two picks cannot return the same port.
+pub fn three_free_ports() -> [u16; 3] {
+    let held = [(); 3].map(|()| StdTcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|listener| listener.local_addr().unwrap().port())
+}
+
 /// What a test document says; [`Settings::yaml`] writes it out.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -554,10 +561,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        let [https, http, admin] = three_free_ports();
         Self {
-            https: free_port(),
-            http: free_port(),
-            admin: free_port(),
+            https,
+            http,
+            admin,
             proxy_protocol: false,
             cert: (pki().edge_cert.clone(), pki().edge_key.clone()),
             trusted: vec!["127.0.0.2/32".into()],
@@ -966,9 +974,7 @@ impl Proxy {
             match Self::try_start(settings.clone()) {
                 Ok(proxy) => return proxy,
                 Err(log) if log.contains("in use") => {
-                    settings.https = free_port();
-                    settings.http = free_port();
-                    settings.admin = free_port();
+                    [settings.https, settings.http, settings.admin] = three_free_ports();
                 }
                 Err(log) => panic!("the proxy did not start: {log}"),
             }
