@@ -143,20 +143,23 @@ fn jellyfin_config(config: &Path, rows: i64) {
         .unwrap();
 }
 
-/// Inserts rows one transaction at a time until stopped; `committed` is the last id whose
-/// commit returned.
-fn start_writer(
-    db: PathBuf,
-    first: i64,
-) -> (Arc<AtomicBool>, Arc<AtomicI64>, thread::JoinHandle<()>) {
+/// Runs `backup` while rows from 20 001 on are inserted into the `items` table of `db` one
+/// transaction at a time (from the hundredth on), and checks that it succeeded and that
+/// rows were committed while it ran. Returns its report, the last row committed before it
+/// began and the last row committed at all.
+fn backup_during_writes(
+    db: &Path,
+    backup: impl FnOnce() -> (Output, String),
+) -> (String, i64, i64) {
+    const FIRST: i64 = 20_001;
     let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicI64::new(first - 1));
-    let handle = {
-        let (stop, committed) = (stop.clone(), committed.clone());
+    let committed = Arc::new(AtomicI64::new(FIRST - 1));
+    let writer = {
+        let (db, stop, committed) = (db.to_path_buf(), stop.clone(), committed.clone());
         thread::spawn(move || {
             let db = Connection::open(db).unwrap();
             db.busy_timeout(Duration::from_secs(30)).unwrap();
-            let mut id = first;
+            let mut id = FIRST;
             while !stop.load(Ordering::SeqCst) {
                 db.execute("INSERT INTO items VALUES (?1, zeroblob(1024))", [id])
                     .unwrap();
@@ -165,7 +168,24 @@ fn start_writer(
             }
         })
     };
-    (stop, committed, handle)
+    while committed.load(Ordering::SeqCst) < FIRST + 99 {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let before = committed.load(Ordering::SeqCst);
+    let (output, message) = backup();
+    let during = committed.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        during > before,
+        "the writer kept committing while the backup ran"
+    );
+    (message, before, committed.load(Ordering::SeqCst))
 }
 
 /// Every file under `dir` (relative path → content), `.portcullis-*` entries aside.
@@ -220,24 +240,8 @@ fn a_backup_taken_during_writes_restores_every_row_committed_before_it_and_passe
     jellyfin_config(&config, 20_000);
     let library = config.join("data/library.db");
 
-    let (stop, committed, writer) = start_writer(library.clone(), 20_001);
-    while committed.load(Ordering::SeqCst) < 20_100 {
-        thread::sleep(Duration::from_millis(5));
-    }
-    let before = committed.load(Ordering::SeqCst);
-    let (output, message) = backup_locally(&config, &backups, "3", &report);
-    let during = committed.load(Ordering::SeqCst);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        during > before,
-        "the writer kept committing while the backup ran"
-    );
+    let (message, before, after_backup) =
+        backup_during_writes(&library, || backup_locally(&config, &backups, "3", &report));
     let report: BackupReport = serde_json::from_str(&message).unwrap();
     assert_eq!(report.count, 1);
     assert_eq!(report.backups, std::slice::from_ref(&report.backup));
@@ -248,7 +252,6 @@ fn a_backup_taken_during_writes_restores_every_row_committed_before_it_and_passe
     );
 
     // The configuration moves on after the backup; then the backup is restored.
-    let after_backup = committed.load(Ordering::SeqCst);
     write(
         &config.join("config/system.xml"),
         "<ServerConfiguration>v2</ServerConfiguration>",
@@ -591,11 +594,6 @@ fn an_s3_round_trip_during_writes_prunes_the_bucket_and_restores_verified() {
     let library = config.join("data/library.db");
     let s3 = server.args("backups", "media", &work);
 
-    let (stop, committed, writer) = start_writer(library.clone(), 20_001);
-    while committed.load(Ordering::SeqCst) < 20_100 {
-        thread::sleep(Duration::from_millis(5));
-    }
-    let before = committed.load(Ordering::SeqCst);
     let mut args = strings(&[
         "backup",
         "--config",
@@ -606,19 +604,7 @@ fn an_s3_round_trip_during_writes_prunes_the_bucket_and_restores_verified() {
         "2",
     ]);
     args.extend(s3.iter().cloned());
-    let (output, message) = s3_tool(&args, &report);
-    let during = committed.load(Ordering::SeqCst);
-    stop.store(true, Ordering::SeqCst);
-    writer.join().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        during > before,
-        "the writer kept committing while the backup ran"
-    );
+    let (message, before, _) = backup_during_writes(&library, || s3_tool(&args, &report));
     let report: BackupReport = serde_json::from_str(&message).unwrap();
     let name = report.backup.name.clone();
     assert_eq!(
