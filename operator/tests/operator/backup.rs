@@ -441,6 +441,32 @@ fn run_paused_backup(ns: &TestNamespace, destination: &Path) -> (bool, String, S
     )
 }
 
+/// Runs [`run_paused_backup`], which must succeed and leave its archive in `destination`;
+/// returns what the tool printed.
+fn paused_backup_succeeds(ns: &TestNamespace, destination: &Path) -> String {
+    let (succeeded, output, report) = run_paused_backup(ns, destination);
+    assert!(succeeded, "{output}");
+    let report: BackupReport = serde_json::from_str(&report).unwrap();
+    assert!(
+        destination
+            .join(format!("{}.tar.zst", report.backup.name))
+            .is_file()
+    );
+    output
+}
+
+/// Waits for the RoleBinding that gives the backup Jobs' identity the app's scale
+/// (`pauseApp`).
+pub async fn wait_backup_identity(ns: &TestNamespace) {
+    eventually("the backup Jobs' RoleBinding", TIMEOUT, || async {
+        ns.api::<RoleBinding>()
+            .get_opt("jellyfin-backup")
+            .await
+            .ok()?
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_pausing_the_app_holds_it_stopped_until_its_job_ends() {
     let ns = namespace("backup-pause").await;
@@ -453,13 +479,7 @@ async fn a_backup_pausing_the_app_holds_it_stopped_until_its_job_ends() {
     wait_app(&ns, "the app running", 1).await;
 
     // The backup Jobs' identity may read and patch the app's scale, and nothing else.
-    eventually("the backup Jobs' RoleBinding", TIMEOUT, || async {
-        ns.api::<RoleBinding>()
-            .get_opt("jellyfin-backup")
-            .await
-            .ok()?
-    })
-    .await;
+    wait_backup_identity(&ns).await;
     let user = format!("system:serviceaccount:{}:jellyfin-backup", ns.name);
     let here = ["-n", ns.name.as_str()];
     for allowed in [
@@ -527,18 +547,11 @@ async fn a_backup_pausing_the_app_holds_it_stopped_until_its_job_ends() {
     // The tool as that Job runs it, under its identity: it finds the app stopped, copies,
     // and leaves it as it found it.
     let destination = scratch(&ns, "backups");
-    let (succeeded, output, report) = run_paused_backup(&ns, &destination);
-    assert!(succeeded, "{output}");
+    let output = paused_backup_succeeds(&ns, &destination);
     assert!(
         output.contains("Deployment jellyfin-app stopped for the copy (it had 0 replicas)")
             && output.contains("left at 0 replicas"),
         "{output}"
-    );
-    let report: BackupReport = serde_json::from_str(&report).unwrap();
-    assert!(
-        destination
-            .join(format!("{}.tar.zst", report.backup.name))
-            .is_file()
     );
 
     // Neither a spec change nor someone scaling the app starts it under the running Job.
@@ -650,8 +663,7 @@ async fn the_backup_tool_stops_the_app_for_the_copy_and_starts_it_again_even_whe
     let seen = record_replicas(&ns, app.resource_version().unwrap());
 
     let destination = scratch(&ns, "backups");
-    let (succeeded, output, report) = run_paused_backup(&ns, &destination);
-    assert!(succeeded, "{output}");
+    let output = paused_backup_succeeds(&ns, &destination);
     assert!(
         output.contains("Deployment jellyfin-app stopped for the copy (it had 1 replicas)"),
         "{output}"
@@ -659,12 +671,6 @@ async fn the_backup_tool_stops_the_app_for_the_copy_and_starts_it_again_even_whe
     assert!(
         output.contains("Deployment jellyfin-app started again (1 replicas)"),
         "{output}"
-    );
-    let report: BackupReport = serde_json::from_str(&report).unwrap();
-    assert!(
-        destination
-            .join(format!("{}.tar.zst", report.backup.name))
-            .is_file()
     );
     wait_app(&ns, "the app started again", 1).await;
     // The copy ran once the app had no pod left, and the app was asked back afterwards.

@@ -17,7 +17,7 @@ use k8s_openapi::{
         core::v1::Secret,
         events::v1::Event,
         networking::v1::NetworkPolicy,
-        rbac::v1::{ClusterRole, PolicyRule, Role, RoleBinding},
+        rbac::v1::{ClusterRole, PolicyRule, Role},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -796,13 +796,7 @@ async fn the_operator_runs_the_seed_under_the_charts_least_privilege_identity() 
         .patch("jellyfin", &PatchParams::default(), &Patch::Merge(&pause))
         .await
         .unwrap();
-    eventually("the backup Jobs' RoleBinding", TIMEOUT, || async {
-        ns.api::<RoleBinding>()
-            .get_opt("jellyfin-backup")
-            .await
-            .ok()?
-    })
-    .await;
+    crate::backup::wait_backup_identity(&ns).await;
 
     // A broken reference: the Warning Event is published under this identity too.
     ns.apply_value(json!({
