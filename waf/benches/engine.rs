@@ -83,6 +83,13 @@ fn facts(c: &Case) -> RequestFacts {
     f
 }
 
+/// One request through the engine, start to verdict; whether it was blocked.
+fn inspect(engine: &WafEngine, facts: &RequestFacts, body: &[u8]) -> bool {
+    let mut tx = engine.transaction(black_box(facts.clone()));
+    tx.process_request_headers();
+    black_box(tx.process_request_body(body)).is_blocked()
+}
+
 /// Reads every cache line of `buffer`, pushing the engine's data out of the caches.
 fn evict(buffer: &[u8]) {
     let sum = buffer
@@ -127,9 +134,7 @@ fn main() {
         let f = facts(case);
         // Warm up caches and the regex engines' lazy DFAs.
         for _ in 0..iters / 10 + 1 {
-            let mut tx = engine.transaction(f.clone());
-            tx.process_request_headers();
-            black_box(tx.process_request_body(case.body));
+            inspect(&engine, &f, case.body);
         }
         if evict_mib > 0 {
             let mut spent = Duration::ZERO;
@@ -137,10 +142,7 @@ fn main() {
             for _ in 0..iters {
                 evict(black_box(&other_work));
                 let start = Instant::now();
-                let mut tx = engine.transaction(black_box(f.clone()));
-                tx.process_request_headers();
-                blocked = black_box(tx.process_request_body(case.body)).is_blocked();
-                drop(tx);
+                blocked = inspect(&engine, &f, case.body);
                 spent += start.elapsed();
             }
             println!(
@@ -154,9 +156,7 @@ fn main() {
         let cpu_start = cpu_ns();
         let mut blocked = false;
         for _ in 0..iters {
-            let mut tx = engine.transaction(black_box(f.clone()));
-            tx.process_request_headers();
-            blocked = black_box(tx.process_request_body(case.body)).is_blocked();
+            blocked = inspect(&engine, &f, case.body);
         }
         let wall = start.elapsed().as_secs_f64() / f64::from(iters);
         let cpu = match (cpu_start, cpu_ns()) {

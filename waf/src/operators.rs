@@ -482,12 +482,14 @@ fn networks(arg: &str) -> Result<Vec<IpNet>, ErrorKind> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn libinjection_calls_no_single_word_or_number_sql_injection() {
         let mut words: Vec<Vec<u8>> = libinjectionrs::sqli::sqli_data::SQL_KEYWORDS
             .iter()
             .map(|k| k.word.as_bytes().to_vec())
-            .filter(|w| super::sql_single_token(w))
+            .filter(|w| sql_single_token(w))
             .collect();
         assert!(words.len() > 500, "{} keywords", words.len());
         // Lower and mixed case, digits and underscores, plain names and numbers.
@@ -510,7 +512,7 @@ mod tests {
             .map(|w| w.as_bytes().to_vec()),
         );
         for w in &words {
-            assert!(super::sql_single_token(w));
+            assert!(sql_single_token(w));
             assert!(
                 !libinjectionrs::detect_sqli(w).is_injection(),
                 "{}",
@@ -518,11 +520,9 @@ mod tests {
             );
         }
         for not_one in ["1a", "a b", "a,b", "a-b", "a.b", "_a", "", "1'", "a'"] {
-            assert!(!super::sql_single_token(not_one.as_bytes()), "{not_one}");
+            assert!(!sql_single_token(not_one.as_bytes()), "{not_one}");
         }
     }
-
-    use super::*;
 
     fn op(name: &str, arg: &str) -> Operator {
         Operator::compile(name, arg, DataFiles::Dir(Path::new("."))).unwrap()

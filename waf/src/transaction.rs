@@ -273,29 +273,29 @@ impl Data {
         first
     }
 
-    /// Sets a volatile scalar (one without a slot, e.g. `MATCHED_VAR`) to a copy of
-    /// `value`, reusing its buffer: these change on every match.
-    fn set_volatile(&mut self, var: Var, value: &[u8]) {
-        debug_assert!(var.is_volatile());
+    /// A scalar's value, the table grown to hold every scalar on first use.
+    fn scalar_mut(&mut self, var: Var) -> &mut Option<Vec<u8>> {
         let i = var as usize;
         if self.scalars.len() <= i {
             self.scalars.resize(Var::ALL.len(), None);
             self.scalar_slots.resize(Var::ALL.len(), 0);
         }
-        let buf = self.scalars[i].get_or_insert_default();
+        &mut self.scalars[i]
+    }
+
+    /// Sets a volatile scalar (one without a slot, e.g. `MATCHED_VAR`) to a copy of
+    /// `value`, reusing its buffer: these change on every match.
+    fn set_volatile(&mut self, var: Var, value: &[u8]) {
+        debug_assert!(var.is_volatile());
+        let buf = self.scalar_mut(var).get_or_insert_default();
         buf.clear();
         buf.extend_from_slice(value);
     }
 
     fn set_scalar(&mut self, var: Var, value: impl Into<Vec<u8>>) {
-        let i = var as usize;
-        if self.scalars.len() <= i {
-            self.scalars.resize(Var::ALL.len(), None);
-            self.scalar_slots.resize(Var::ALL.len(), 0);
-        }
-        self.scalars[i] = Some(value.into());
+        *self.scalar_mut(var) = Some(value.into());
         if !var.is_volatile() {
-            self.scalar_slots[i] = self.take_slots(1);
+            self.scalar_slots[var as usize] = self.take_slots(1);
         }
     }
 
@@ -1156,15 +1156,9 @@ impl Transaction {
                 self.set_matched(hit);
                 if let Some(c) = &hit.captures {
                     for (key, v) in CAPTURE_KEYS.iter().zip(c) {
-                        match self.d.tx.get_mut(*key) {
-                            Some(slot) => {
-                                slot.clear();
-                                slot.extend_from_slice(v);
-                            }
-                            None => {
-                                self.d.tx.insert((*key).to_owned(), v.clone());
-                            }
-                        }
+                        set_var(&mut self.d.tx, Cow::Borrowed(key), |slot| {
+                            slot.extend_from_slice(v);
+                        });
                     }
                 }
                 for e in &link.effects {
@@ -1368,19 +1362,13 @@ impl Transaction {
                     SetOp::Add(_) => Some(number(map.get(&*key), 1)),
                     SetOp::Sub(_) => Some(number(map.get(&*key), -1)),
                 };
-                // Most setvars change a variable that exists: its buffer is reused.
-                let slot = match map.get_mut(&*key) {
-                    Some(slot) => slot,
-                    None => map.entry(key.into_owned()).or_default(),
-                };
-                slot.clear();
-                match new {
+                set_var(map, key, |slot| match new {
                     None => slot.extend_from_slice(&value),
                     Some(n) => {
                         use std::io::Write as _;
                         let _ = write!(slot, "{n}");
                     }
-                }
+                });
             }
             Effect::SetEnv(k, v) => {
                 let k = String::from_utf8_lossy(&k.expand(|a, b| self.d.lookup(a, b)))
@@ -1423,6 +1411,17 @@ impl Transaction {
 
 /// The `TX` keys of a `capture`'s groups.
 const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
+/// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
+/// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
+fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
+    let slot = match map.get_mut(&*key) {
+        Some(slot) => slot,
+        None => map.entry(key.into_owned()).or_default(),
+    };
+    slot.clear();
+    fill(slot);
+}
 
 /// `VAR:key`, the name of a matched value (without `format!`, which costs several times
 /// more on this path that runs for every match).
