@@ -81,6 +81,11 @@ pub struct WafSettings {
     pub response_mime_types: Vec<String>,
     /// Further `tx.` settings of the CRS setup (`arg_length`, `allowed_methods`, ...).
     pub setup_vars: Vec<(String, String)>,
+    /// How many request values (header values, argument names and values, ... of at most
+    /// 512 bytes) each thread remembers, with the rule conditions known to find nothing in
+    /// them, so that the values a client sends again are not inspected again by those (see
+    /// `src/recall.rs`); 0 turns it off.
+    pub remembered_values: usize,
 }
 
 impl Default for WafSettings {
@@ -98,6 +103,7 @@ impl Default for WafSettings {
             inspect_responses: false,
             response_mime_types: vec!["text/plain".into(), "text/html".into(), "text/xml".into()],
             setup_vars: Vec::new(),
+            remembered_values: 4096,
         }
     }
 }
@@ -119,6 +125,11 @@ pub(crate) struct Compiled {
     pub(crate) inspect_responses: bool,
     pub(crate) response_mime_types: Vec<String>,
     pub(crate) path_exclusions: Vec<PathExclusion>,
+    /// This engine's number, unique in the process and growing: what a thread remembers of
+    /// values is about one engine (see [`crate::recall`]).
+    pub(crate) number: u64,
+    /// [`WafSettings::remembered_values`].
+    pub(crate) remembered_values: usize,
     unique: AtomicU64,
 }
 
@@ -405,6 +416,9 @@ fn compile(
     };
     let path_exclusions = apply_exclusions(&mut rules, &settings.exclusions)?;
     rules.plan_prefilter(settings.executing_paranoia_level);
+    rules.plan_recall(settings.executing_paranoia_level);
+    /// The number of the next engine compiled.
+    static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
     Ok(WafEngine {
         inner: Arc::new(Compiled {
             rules,
@@ -420,6 +434,8 @@ fn compile(
                 .map(|m| m.to_ascii_lowercase())
                 .collect(),
             path_exclusions,
+            number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+            remembered_values: settings.remembered_values,
             unique: AtomicU64::new(1),
         }),
     })

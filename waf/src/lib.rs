@@ -25,6 +25,7 @@ pub mod macros;
 pub mod operators;
 pub mod parser;
 pub mod prefilter;
+mod recall;
 pub mod rule;
 mod transaction;
 pub mod transforms;

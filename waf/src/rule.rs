@@ -38,6 +38,10 @@ pub struct Link {
     pub multi_match: bool,
     /// Per-match actions.
     pub effects: Vec<Effect>,
+    /// Its bit in what a thread remembers of values (see [`crate::recall`]), when its
+    /// verdict on a value depends on the value alone (its operator argument is a constant)
+    /// and it inspects values that stay the same during a transaction.
+    pub recall: Option<u32>,
 }
 
 /// A link's place in the literal prefilter.
@@ -119,7 +123,26 @@ impl PrefilterPart {
 
 /// Whether a candidate set has all of a filter's bits.
 pub fn has_bits(set: &[u64], filter: Filter) -> bool {
-    (filter.bit..filter.bit + filter.bits).all(|b| set[(b / 64) as usize] >> (b % 64) & 1 == 1)
+    all_bits(set, filter.bit, filter.bits)
+}
+
+/// Whether bits `first..first + count` of `set` are all set.
+pub fn all_bits(set: &[u64], first: u32, count: u32) -> bool {
+    let (mut bit, end) = (first, first + count);
+    while bit < end {
+        let (word, shift) = ((bit / 64) as usize, bit % 64);
+        let n = (64 - shift).min(end - bit);
+        let mask = if n == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << n) - 1) << shift
+        };
+        if set[word] & mask != mask {
+            return false;
+        }
+        bit += n;
+    }
+    true
 }
 
 /// Builds one automaton of literals with their bits.
@@ -176,8 +199,12 @@ pub struct Rule {
     pub disruptive: Disruptive,
     /// `status`.
     pub status: Option<u16>,
-    /// `skipAfter`.
+    /// `skipAfter`: the marker's name.
     pub skip_after: Option<String>,
+    /// `skipAfter`: the position in its phase where evaluation goes on when the rule
+    /// matches (after the first marker of that name, or the phase's end when the marker is
+    /// not after the rule), resolved once every rule is loaded.
+    pub skip_to: Option<usize>,
     /// `skip`.
     pub skip: u32,
     /// Where the rule starts.
@@ -222,10 +249,13 @@ pub struct RuleSet {
     pub groups: usize,
     /// Per link group: the range of words of the candidate sets its links' bits are in.
     pub group_words: Vec<(u32, u32)>,
+    /// Per link group: each link's bit in what is remembered of values, with its filter
+    /// (every link of a group has both; the bits are consecutive).
+    pub group_links: Vec<Vec<(u32, Filter)>>,
+    /// The number of 64-bit words of what is remembered of one value.
+    pub recall_words: usize,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
-    /// Per phase: marker name to its position.
-    pub markers: [HashMap<String, usize>; 5],
     /// `SecComponentSignature` values.
     pub signatures: Vec<String>,
 }
@@ -239,8 +269,9 @@ impl Default for RuleSet {
             prefilter: None,
             groups: 0,
             group_words: Vec::new(),
+            group_links: Vec::new(),
+            recall_words: 0,
             phases: Default::default(),
-            markers: Default::default(),
             signatures: Vec::new(),
         }
     }
@@ -287,11 +318,7 @@ impl RuleSet {
         let mut planned = Vec::new();
         let mut groups: HashMap<(String, u32, u8), u32> = HashMap::new();
         for (r, rule) in self.rules.iter_mut().enumerate() {
-            let above = rule.tags.iter().any(|t| {
-                t.strip_prefix("paranoia-level/")
-                    .and_then(|n| n.parse::<u8>().ok())
-                    .is_some_and(|n| n > paranoia_level)
-            });
+            let above = is_above(rule, paranoia_level);
             for (l, link) in rule.links.iter_mut().enumerate() {
                 link.filter = None;
                 if above {
@@ -342,6 +369,51 @@ impl RuleSet {
             parts: [prefilter_part(rx), prefilter_part(pm)],
         });
     }
+
+    /// Gives a bit in what is remembered of values (see [`crate::recall`]) to each link
+    /// whose verdict on a value depends on the value alone (its operator argument, if any,
+    /// is a constant) and that inspects values that stay the same during a transaction,
+    /// but the rules tagged above `paranoia_level`, which CRS skips at that level. Runs
+    /// after [`RuleSet::plan_prefilter`], whose groups it lists.
+    pub fn plan_recall(&mut self, paranoia_level: u8) {
+        // The links of a group get consecutive bits, so that whether all of them are known
+        // to find nothing in a value is a test of one range.
+        let mut planned: Vec<(u32, usize, usize)> = Vec::new();
+        for (r, rule) in self.rules.iter().enumerate() {
+            let above = is_above(rule, paranoia_level);
+            for (l, link) in rule.links.iter().enumerate() {
+                let constant = link
+                    .operator
+                    .argument()
+                    .is_none_or(|m| m.literal().is_some());
+                if !above && constant && link.targets.iter().any(is_steady) {
+                    let group = link.filter.and_then(|f| f.group).unwrap_or(u32::MAX);
+                    planned.push((group, r, l));
+                }
+            }
+        }
+        planned.sort_unstable();
+        self.group_links = vec![Vec::new(); self.groups];
+        for (bit, &(group, r, l)) in (0u32..).zip(&planned) {
+            let link = &mut self.rules[r].links[l];
+            link.recall = Some(bit);
+            if let (Some(links), Some(filter)) =
+                (self.group_links.get_mut(group as usize), link.filter)
+            {
+                links.push((bit, filter));
+            }
+        }
+        self.recall_words = planned.len().div_ceil(64);
+    }
+}
+
+/// Whether a rule is tagged `paranoia-level/N` above `paranoia_level`.
+fn is_above(rule: &Rule, paranoia_level: u8) -> bool {
+    rule.tags.iter().any(|t| {
+        t.strip_prefix("paranoia-level/")
+            .and_then(|n| n.parse::<u8>().ok())
+            .is_some_and(|n| n > paranoia_level)
+    })
 }
 
 /// Builds one prefilter part from its literal sets (set `n` has bit `n`).
@@ -389,6 +461,26 @@ fn resolve_ctl_rules(rules: &mut [Rule]) {
                     *idx = resolved;
                 }
             }
+        }
+    }
+}
+
+/// Fills in where evaluation goes on after each rule with `skipAfter`.
+fn resolve_skip_after(set: &mut RuleSet) {
+    for items in &set.phases {
+        let mut markers: HashMap<&str, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Item::Marker(m) = item {
+                markers.entry(m).or_insert(i);
+            }
+        }
+        for (i, item) in items.iter().enumerate() {
+            let Item::Rule(r) = *item else { continue };
+            let rule = &mut set.rules[r];
+            rule.skip_to = rule.skip_after.as_deref().map(|m| match markers.get(m) {
+                Some(&at) if at > i => at + 1,
+                _ => items.len(),
+            });
         }
     }
 }
@@ -445,13 +537,7 @@ impl<'a> Builder<'a> {
         }
         let mut set = self.set;
         resolve_ctl_rules(&mut set.rules);
-        for (p, items) in set.phases.iter().enumerate() {
-            for (i, item) in items.iter().enumerate() {
-                if let Item::Marker(m) = item {
-                    set.markers[p].entry(m.clone()).or_insert(i);
-                }
-            }
-        }
+        resolve_skip_after(&mut set);
         Ok(set)
     }
 
@@ -600,6 +686,7 @@ impl<'a> Builder<'a> {
             capture: actions.capture,
             multi_match: actions.multi_match,
             effects: actions.effects.clone(),
+            recall: None,
         };
         let chain = actions.chain;
         match self.pending.take() {
@@ -665,6 +752,7 @@ impl<'a> Builder<'a> {
             disruptive,
             status: a.status.or(default.and_then(|d| d.status)),
             skip_after: a.skip_after,
+            skip_to: None,
             skip: a.skip,
             location: loc,
         };

@@ -10,7 +10,8 @@ use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineM
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
-use crate::rule::{Filter, Item, Link, Rule, RuleSet, has_bits};
+use crate::recall;
+use crate::rule::{Filter, Item, Link, Rule, RuleSet, all_bits, has_bits};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{Selector, Target, Var};
 
@@ -361,6 +362,37 @@ struct Memo {
     pool: Vec<u64>,
     /// Per link group: its candidate set in the current phase, or `UNSET`.
     groups: Vec<u32>,
+    /// What the thread remembers of values is about which engine, and how much of it.
+    recall: Recollection,
+    /// Per slot: its row in `known_rows_at`, `UNSET` until first needed, or `NONE` for a
+    /// value that is not remembered (too long).
+    known_rows: Vec<u32>,
+    /// The rows, in the order they were made.
+    known_rows_at: Vec<KnownRow>,
+    /// Rows of [`RuleSet::recall_words`] words: per link with a recall bit, whether it is
+    /// known to find nothing in the value (see [`crate::recall`]).
+    known: Vec<u64>,
+    /// The bytes of the values with rows, to remember them by when the transaction ends.
+    known_values: Vec<u8>,
+}
+
+/// Which engine's knowledge of values a transaction uses, and how much of it is kept.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recollection {
+    engine: u64,
+    capacity: usize,
+    words: usize,
+}
+
+/// A value's row of known verdicts.
+#[derive(Clone, Copy, Debug)]
+struct KnownRow {
+    /// Its first word in [`Memo::known`].
+    word: u32,
+    /// Where the value's bytes are in [`Memo::known_values`].
+    value: (u32, u32),
+    /// Whether this transaction learned something of the value.
+    learned: bool,
 }
 
 /// A hasher for small integer keys.
@@ -393,6 +425,10 @@ impl Hasher for MixHasher {
     }
 
     fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
         self.write_u64(v as u64);
     }
 }
@@ -568,6 +604,89 @@ impl Memo {
         self.steps.clear();
         self.pool.clear();
         self.groups.clear();
+        self.known_rows.clear();
+        self.known_rows_at.clear();
+        self.known.clear();
+        self.known_values.clear();
+    }
+
+    /// The row of known verdicts of a cacheable item's value, recalled on first use; `NONE`
+    /// when the value is not remembered.
+    fn known_row(&mut self, item: &Item2<'_>) -> u32 {
+        let s = item.slot as usize;
+        if self.known_rows.len() <= s {
+            self.known_rows.resize(s + 1, UNSET);
+        }
+        if self.known_rows[s] != UNSET {
+            return self.known_rows[s];
+        }
+        let r = self.recall;
+        let row = if r.capacity == 0 || item.value.len() > recall::LONGEST {
+            NONE
+        } else {
+            let word = self.known.len();
+            self.known.resize(word + r.words, 0);
+            recall::recall(r.engine, r.capacity, &item.value, &mut self.known[word..]);
+            let start = self.known_values.len();
+            self.known_values.extend_from_slice(&item.value);
+            self.known_rows_at.push(KnownRow {
+                word: u32::try_from(word).unwrap_or(NONE),
+                value: (
+                    u32::try_from(start).unwrap_or(NONE),
+                    u32::try_from(self.known_values.len()).unwrap_or(NONE),
+                ),
+                learned: false,
+            });
+            u32::try_from(self.known_rows_at.len() - 1).unwrap_or(NONE)
+        };
+        self.known_rows[s] = row;
+        row
+    }
+
+    /// Whether the link with recall bit `bit` is known to find nothing in the item's value.
+    fn is_known(&mut self, item: &Item2<'_>, bit: u32) -> bool {
+        self.knows_all(item, bit, 1)
+    }
+
+    /// Whether the links with recall bits `first..first + count` are all known to find
+    /// nothing in the item's value.
+    fn knows_all(&mut self, item: &Item2<'_>, first: u32, count: u32) -> bool {
+        if !item.cacheable() {
+            return false;
+        }
+        let row = self.known_row(item);
+        row != NONE && {
+            let word = self.known_rows_at[row as usize].word as usize;
+            all_bits(&self.known[word..word + self.recall.words], first, count)
+        }
+    }
+
+    /// Records that the link with recall bit `bit` finds nothing in the item's value.
+    fn learn(&mut self, item: &Item2<'_>, bit: u32) {
+        if !item.cacheable() {
+            return;
+        }
+        let row = self.known_row(item);
+        if row == NONE {
+            return;
+        }
+        let at = &mut self.known_rows_at[row as usize];
+        at.learned = true;
+        self.known[(at.word + bit / 64) as usize] |= 1 << (bit % 64);
+    }
+
+    /// Hands what this transaction learned of values to the thread's memory of them.
+    fn remember_learned(&self) {
+        let r = self.recall;
+        for at in self.known_rows_at.iter().filter(|at| at.learned) {
+            let word = at.word as usize;
+            recall::remember(
+                r.engine,
+                r.capacity,
+                &self.known_values[at.value.0 as usize..at.value.1 as usize],
+                &self.known[word..word + r.words],
+            );
+        }
     }
 
     /// Whether the memo's allocations are small enough to keep for another transaction.
@@ -576,6 +695,8 @@ impl Memo {
             && self.pool.capacity() <= 1 << 16
             && self.bufs.capacity() <= 1 << 12
             && self.steps.capacity() <= 1 << 12
+            && self.known.capacity() <= 1 << 16
+            && self.known_values.capacity() <= 1 << 16
     }
 }
 
@@ -587,10 +708,12 @@ thread_local! {
 
 impl Memo {
     /// A memo, reused when the thread has one to spare.
-    fn take() -> Memo {
-        SPARE_MEMOS
+    fn take(recall: Recollection) -> Memo {
+        let mut memo = SPARE_MEMOS
             .with(|spare| spare.borrow_mut().pop())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        memo.recall = recall;
+        memo
     }
 
     /// Gives the memo back for reuse.
@@ -653,12 +776,25 @@ impl Memo {
         self.pool.resize(off + words, 0);
         let (from, to) = rules.group_words[g];
         let (from, to) = (from as usize, (to as usize).min(words));
+        let links = &rules.group_links[g];
         for t in &link.targets {
             d.items(t, &[], &mut |item| {
+                // A value every link of the group is known to find nothing in adds nothing.
+                if let Some(&(first, _)) = links.first()
+                    && self.knows_all(&item, first, links.len() as u32)
+                {
+                    return;
+                }
                 let c = self.cand(rules, &item, link.chain, part);
                 if c != NONE {
                     for w in from..to {
                         self.pool[off + w] |= self.pool[c as usize + w];
+                    }
+                    // The links whose literals the value lacks find nothing in it.
+                    for &(bit, filter) in links {
+                        if !has_bits(&self.pool[c as usize..], filter) {
+                            self.learn(&item, bit);
+                        }
                     }
                 }
             });
@@ -678,6 +814,7 @@ enum Flow {
 
 impl Drop for Transaction {
     fn drop(&mut self) {
+        self.memo.remember_learned();
         std::mem::take(&mut self.memo).give_back();
     }
 }
@@ -692,7 +829,7 @@ pub struct Transaction {
     mode: EngineMode,
     removed: Vec<bool>,
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
-    removed_targets: HashMap<usize, Vec<(Var, Selector)>>,
+    removed_targets: HashMap<usize, Vec<(Var, Selector)>, BuildHasherDefault<MixHasher>>,
     matches: Vec<Match>,
     decision: Decision,
     body_processor: Option<BodyProcessor>,
@@ -799,9 +936,13 @@ impl Transaction {
         let mut tx = Transaction {
             mode: engine.mode,
             d,
-            memo: Memo::take(),
+            memo: Memo::take(Recollection {
+                engine: engine.number,
+                capacity: engine.remembered_values,
+                words: engine.rules.recall_words,
+            }),
             removed: vec![false; rule_count],
-            removed_targets: HashMap::new(),
+            removed_targets: HashMap::default(),
             matches: Vec::new(),
             decision: Decision::Allow,
             body_processor,
@@ -1052,7 +1193,6 @@ impl Transaction {
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
         let items = &engine.rules.phases[usize::from(phase - 1)];
-        let markers = &engine.rules.markers[usize::from(phase - 1)];
         let mut i = 0;
         let mut skip = 0u32;
         while i < items.len() {
@@ -1072,11 +1212,8 @@ impl Transaction {
             if !self.eval_rule(&engine.rules, ri, rule) {
                 continue;
             }
-            if let Some(m) = &rule.skip_after {
-                i = match markers.get(m) {
-                    Some(&pos) if pos >= i => pos + 1,
-                    _ => items.len(),
-                };
+            if let Some(to) = rule.skip_to {
+                i = to;
             }
             skip = rule.skip;
             match self.disrupt(rule) {
@@ -1260,69 +1397,85 @@ impl Transaction {
                 continue;
             }
             d.items(t, &extra_t, &mut |item| {
-                let name = || {
-                    if item.key.is_empty() && !t.var.is_collection() {
-                        t.var.name().to_string()
-                    } else {
-                        var_key_name(t.var.name(), item.key)
-                    }
-                };
-                if link.multi_match {
-                    if !item.cacheable() {
-                        for v in apply_chain_multi(&link.transforms, &item.value) {
+                // A value this link is known to find nothing in is skipped; one it finds
+                // nothing in now is remembered.
+                let recall = link.recall.filter(|_| item.cacheable());
+                if let Some(bit) = recall
+                    && memo.is_known(&item, bit)
+                {
+                    return;
+                }
+                let before = hits.len();
+                'evaluate: {
+                    let name = || {
+                        if item.key.is_empty() && !t.var.is_collection() {
+                            t.var.name().to_string()
+                        } else {
+                            var_key_name(t.var.name(), item.key)
+                        }
+                    };
+                    if link.multi_match {
+                        if !item.cacheable() {
+                            for v in apply_chain_multi(&link.transforms, &item.value) {
+                                let cap = if want_caps { Some(&mut caps) } else { None };
+                                if link.operator.matches(&v, &arg, cap) != link.negated {
+                                    hits.push(Hit {
+                                        name: name(),
+                                        value: v,
+                                        captures: want_caps.then(|| caps.clone()),
+                                    });
+                                }
+                            }
+                            break 'evaluate;
+                        }
+                        for buf in multi_values(rules, memo, &item, link) {
+                            if let Some(f) = link.filter {
+                                let set = memo.scan(rules, &item, buf, usize::from(f.part));
+                                if !candidate(&memo.pool, set, f) {
+                                    continue;
+                                }
+                            }
+                            let v = memo.bytes(&item, buf);
                             let cap = if want_caps { Some(&mut caps) } else { None };
-                            if link.operator.matches(&v, &arg, cap) != link.negated {
+                            if link.operator.matches(v, &arg, cap) != link.negated {
                                 hits.push(Hit {
                                     name: name(),
-                                    value: v,
+                                    value: v.to_vec(),
                                     captures: want_caps.then(|| caps.clone()),
                                 });
                             }
                         }
-                        return;
+                        break 'evaluate;
                     }
-                    for buf in multi_values(rules, memo, &item, link) {
-                        if let Some(f) = link.filter {
-                            let set = memo.scan(rules, &item, buf, usize::from(f.part));
-                            if !candidate(&memo.pool, set, f) {
-                                continue;
-                            }
-                        }
-                        let v = memo.bytes(&item, buf);
-                        let cap = if want_caps { Some(&mut caps) } else { None };
-                        if link.operator.matches(v, &arg, cap) != link.negated {
-                            hits.push(Hit {
-                                name: name(),
-                                value: v.to_vec(),
-                                captures: want_caps.then(|| caps.clone()),
-                            });
+                    if let Some(f) = link.filter
+                        && item.cacheable()
+                    {
+                        let set = memo.cand(rules, &item, link.chain, usize::from(f.part));
+                        if !candidate(&memo.pool, set, f) {
+                            break 'evaluate;
                         }
                     }
-                    return;
+                    let owned;
+                    let value: &[u8] = if item.cacheable() {
+                        let buf = memo.buf(rules, &item, link.chain);
+                        memo.bytes(&item, buf)
+                    } else {
+                        owned = apply_chain(&link.transforms, &item.value);
+                        &owned
+                    };
+                    let cap = if want_caps { Some(&mut caps) } else { None };
+                    if link.operator.matches(value, &arg, cap) != link.negated {
+                        hits.push(Hit {
+                            name: name(),
+                            value: value.to_vec(),
+                            captures: want_caps.then(|| caps.clone()),
+                        });
+                    }
                 }
-                if let Some(f) = link.filter
-                    && item.cacheable()
+                if let Some(bit) = recall
+                    && hits.len() == before
                 {
-                    let set = memo.cand(rules, &item, link.chain, usize::from(f.part));
-                    if !candidate(&memo.pool, set, f) {
-                        return;
-                    }
-                }
-                let owned;
-                let value: &[u8] = if item.cacheable() {
-                    let buf = memo.buf(rules, &item, link.chain);
-                    memo.bytes(&item, buf)
-                } else {
-                    owned = apply_chain(&link.transforms, &item.value);
-                    &owned
-                };
-                let cap = if want_caps { Some(&mut caps) } else { None };
-                if link.operator.matches(value, &arg, cap) != link.negated {
-                    hits.push(Hit {
-                        name: name(),
-                        value: value.to_vec(),
-                        captures: want_caps.then(|| caps.clone()),
-                    });
+                    memo.learn(&item, bit);
                 }
             });
         }

@@ -137,6 +137,22 @@ fn log_text(v: &Verdict) -> String {
         .join("\n")
 }
 
+/// Everything a verdict says (decision, scores, each logged rule with its variable), one
+/// text per stage for dumps and comparisons.
+fn verdict_text(v: &Verdict) -> String {
+    format!(
+        "{:?} in={} out={} variables={:?}\n{}\n",
+        v.decision,
+        v.inbound_score,
+        v.outbound_score,
+        v.matched
+            .iter()
+            .map(|m| m.variable.as_str())
+            .collect::<Vec<_>>(),
+        log_text(v)
+    )
+}
+
 /// Whether one stage's logged rules satisfy its expectations; `None` when the stage has
 /// no log expectations (only a status or a transport error), which an in-process run
 /// cannot judge.
@@ -152,17 +168,7 @@ fn stage_passes(
     let verdict = run_stage(engine, &w);
     let text = log_text(&verdict);
     if let Some(dump) = dump {
-        dump.push_str(&format!(
-            "{:?} in={} out={} variables={:?}\n{text}\n",
-            verdict.decision,
-            verdict.inbound_score,
-            verdict.outbound_score,
-            verdict
-                .matched
-                .iter()
-                .map(|m| m.variable.as_str())
-                .collect::<Vec<_>>()
-        ));
+        dump.push_str(&verdict_text(&verdict));
     }
     // Stages that check only the status or a transport error (no `log` block) test the web
     // server more than the WAF; they are counted apart, not as passes.
@@ -219,6 +225,59 @@ fn baseline() -> (u64, u64) {
         .split_whitespace()
         .map(|n| n.parse::<u64>().expect("a number"));
     (nums.next().expect("passed"), nums.next().expect("total"))
+}
+
+/// Every stage's request of the suite, in file order.
+fn suite_requests() -> Vec<Wire> {
+    let mut files = Vec::new();
+    yaml_files(&crs_dir().join("tests/regression/tests"), &mut files);
+    let mut requests = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let doc: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let stages = doc
+            .get("tests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("stages").and_then(Value::as_array))
+            .flatten();
+        requests.extend(stages.filter_map(|s| s.get("input")).map(wire));
+    }
+    requests
+}
+
+/// What a thread remembers of values (the rule conditions known to find nothing in each)
+/// changes no verdict: the whole suite gives the same verdicts, stage by stage, with the
+/// memory off, with it on (the suite's requests share many values), and once more with
+/// everything the first run learned.
+#[test]
+fn remembering_values_changes_no_verdict() {
+    let requests = suite_requests();
+    assert!(requests.len() > 4000, "only {} requests", requests.len());
+    let forgetful = engine(&WafSettings {
+        remembered_values: 0,
+        ..crs_test_settings()
+    });
+    let remembering = engine(&WafSettings {
+        remembered_values: 1 << 20,
+        ..crs_test_settings()
+    });
+    let expected: Vec<String> = requests
+        .iter()
+        .map(|w| verdict_text(&run_stage(&forgetful, w)))
+        .collect();
+    for round in ["first", "second"] {
+        for (n, (w, want)) in requests.iter().zip(&expected).enumerate() {
+            let got = verdict_text(&run_stage(&remembering, w));
+            assert_eq!(
+                &got, want,
+                "{round} run with remembered values, request {n}: {} {}",
+                w.method, w.uri
+            );
+        }
+    }
 }
 
 #[test]
