@@ -8,9 +8,11 @@
 # inspected). Each proxy gets one worker on CPU 1; wrk and the origin (an nginx answering
 # 200 to everything) share CPU 0.
 #
-# Two workloads, 32 connections: "benign" cycles through three Jellyfin requests (a library
-# browse with 9 query arguments, a search, a playback-progress POST with a JSON body);
-# "mixed" adds an SQL injection and an XSS in the query, a quarter of the requests, which the
+# Two workloads, 32 connections: "benign" is a Jellyfin client's session in which every
+# request differs, as in real use (library pages with 9 query arguments and a changing
+# StartIndex, searches for changing terms, playback-progress POSTs with a JSON body and a
+# changing position, poster images of random item ids), with the same client headers on
+# every request; "mixed" adds an SQL injection and an XSS in the query, a quarter of the requests, which the
 # WAFs refuse with 403 (in the query, not a body: the origin here answers without reading
 # bodies, so a body's refusal could race with its answer). Before measuring, every request is sent once to
 # every proxy and the answers checked (benign 200 everywhere, attacks 403 from the WAFs).
@@ -116,6 +118,7 @@ EOF
 BROWSE='/Users/4b2c8d0e3f1a4e6b9c7d5e3f1a2b4c6d/Items?SortBy=SortName%2CProductionYear&SortOrder=Ascending&IncludeItemTypes=Movie&Recursive=true&Fields=PrimaryImageAspectRatio%2CMediaSourceCount%2CBasicSyncInfo&ImageTypeLimit=1&EnableImageTypes=Primary%2CBackdrop%2CBanner%2CThumb&StartIndex=0&Limit=100'
 SEARCH='/Search/Hints?searchTerm=the%20matrix&Limit=24&IncludeItemTypes=Movie'
 PROGRESS_BODY='{"ItemId":"a1b2c3d4e5f60718293a4b5c6d7e8f90","MediaSourceId":"a1b2c3d4e5f60718293a4b5c6d7e8f90","PositionTicks":1234567890,"IsPaused":false,"IsMuted":false,"VolumeLevel":100,"PlayMethod":"DirectPlay","PlaySessionId":"f00dfeed1234","EventName":"timeupdate","CanSeek":true}'
+ITEM=a1b2c3d4e5f60718293a4b5c6d7e8f90
 SQLI='/Items?searchTerm=1%27%20UNION%20SELECT%20username%2C%20password%20FROM%20users--'
 XSS='/Items?searchTerm=%3Cimg%20src%3Dx%20onerror%3Dalert(document.cookie)%3E'
 UA='Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0'
@@ -123,7 +126,10 @@ AUTH='MediaBrowser Client="Jellyfin Web", Device="Firefox", DeviceId="TW96aWxsYS
 
 lua_string() { printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'; }
 cat >"$WORK/requests.lua" <<EOF
--- benign: browse, search, progress; mixed: the same twice, then an SQL injection and an XSS.
+-- A client's session, every request different as in real use: library pages (StartIndex),
+-- searches (terms), playback progress (PositionTicks) and poster images (item ids, tags),
+-- with the same headers on every request. mixed: six of every eight requests as benign,
+-- then an SQL injection and an XSS.
 local headers = {
   ["Host"] = "$HOST",
   ["User-Agent"] = "$(lua_string "$UA")",
@@ -131,30 +137,47 @@ local headers = {
   ["Accept-Language"] = "en-US,en;q=0.5",
   ["X-Emby-Authorization"] = "$(lua_string "$AUTH")",
 }
-local function with_json(h)
+local json_headers = {}
+for k, v in pairs(headers) do json_headers[k] = v end
+json_headers["Content-Type"] = "application/json"
+local terms = { "the%20matrix", "alien", "star%20wars", "am%C3%A9lie", "blade%20runner%202049",
+  "spirited%20away", "heat", "the%20godfather%20part%20ii" }
+local function hex(n)
   local t = {}
-  for k, v in pairs(h) do t[k] = v end
-  t["Content-Type"] = "application/json"
-  return t
+  for k = 1, n do t[k] = string.format("%x", math.random(0, 15)) end
+  return table.concat(t)
 end
-local requests = {}
-local i = 0
+local browse = "$(lua_string "${BROWSE%&StartIndex=*}")&StartIndex="
+local playing, play_session = hex(32), hex(12)
+local mixed = false
+local n = 0
 function init(args)
-  local benign = {
-    wrk.format("GET", "$(lua_string "$BROWSE")", headers),
-    wrk.format("GET", "$(lua_string "$SEARCH")", headers),
-    wrk.format("POST", "/Sessions/Playing/Progress", with_json(headers), "$(lua_string "$PROGRESS_BODY")"),
-  }
-  for _, r in ipairs(benign) do table.insert(requests, r) end
-  if args[1] == "mixed" then
-    for _, r in ipairs(benign) do table.insert(requests, r) end
-    table.insert(requests, wrk.format("GET", "$(lua_string "$SQLI")", headers))
-    table.insert(requests, wrk.format("GET", "$(lua_string "$XSS")", headers))
+  mixed = args[1] == "mixed"
+end
+local function benign(k)
+  if k == 0 then
+    return wrk.format("GET", browse .. (math.random(0, 19) * 100) .. "&Limit=100", headers)
+  elseif k == 1 then
+    return wrk.format("GET", "/Search/Hints?searchTerm=" .. terms[math.random(#terms)]
+      .. "&Limit=24&IncludeItemTypes=Movie", headers)
+  elseif k == 2 then
+    return wrk.format("POST", "/Sessions/Playing/Progress", json_headers,
+      '{"ItemId":"' .. playing .. '","MediaSourceId":"' .. playing .. '","PositionTicks":'
+      .. math.random(0, 2147483647) .. ',"IsPaused":false,"IsMuted":false,"VolumeLevel":100,'
+      .. '"PlayMethod":"DirectPlay","PlaySessionId":"' .. play_session
+      .. '","EventName":"timeupdate","CanSeek":true}')
   end
+  return wrk.format("GET", "/Items/" .. hex(32) .. "/Images/Primary?fillHeight=396&fillWidth=264"
+    .. "&quality=96&tag=" .. hex(16), headers)
 end
 function request()
-  i = i % #requests + 1
-  return requests[i]
+  n = n + 1
+  if mixed and n % 8 == 6 then
+    return wrk.format("GET", "$(lua_string "$SQLI")", headers)
+  elseif mixed and n % 8 == 7 then
+    return wrk.format("GET", "$(lua_string "$XSS")", headers)
+  end
+  return benign(n % 4)
 end
 EOF
 
@@ -190,6 +213,7 @@ check() {
   expect 200 "$url$BROWSE"
   expect 200 "$url$SEARCH"
   expect 200 -H "Content-Type: application/json" --data "$PROGRESS_BODY" "$url/Sessions/Playing/Progress"
+  expect 200 "$url/Items/$ITEM/Images/Primary?fillHeight=396&fillWidth=264&quality=96&tag=${ITEM:0:16}"
   expect "$attack" "$url$SQLI"
   expect "$attack" "$url$XSS"
   return $failed
