@@ -249,9 +249,21 @@ pub struct RuleSet {
     pub groups: usize,
     /// Per link group: the range of words of the candidate sets its links' bits are in.
     pub group_words: Vec<(u32, u32)>,
+    /// Per link group: its target set, the groups with the same targets (whatever their
+    /// chain or prefilter part).
+    pub group_sets: Vec<u32>,
+    /// Per link group: the transformation chain of its links.
+    pub group_chain: Vec<u32>,
+    /// Per link group: the prefilter part of its links.
+    pub group_part: Vec<u8>,
+    /// Per target set: its groups.
+    pub set_groups: Vec<Vec<u32>>,
     /// Per link group: each link's bit in what is remembered of values, with its filter
     /// (every link of a group has both; the bits are consecutive).
     pub group_links: Vec<Vec<(u32, Filter)>>,
+    /// Per target set: the range of the recall bits of all its groups' links, `(first,
+    /// count)`.
+    pub set_links: Vec<(u32, u32)>,
     /// The number of 64-bit words of what is remembered of one value.
     pub recall_words: usize,
     /// The items of phases 1-5.
@@ -269,7 +281,12 @@ impl Default for RuleSet {
             prefilter: None,
             groups: 0,
             group_words: Vec::new(),
+            group_sets: Vec::new(),
+            group_chain: Vec::new(),
+            group_part: Vec::new(),
+            set_groups: Vec::new(),
             group_links: Vec::new(),
+            set_links: Vec::new(),
             recall_words: 0,
             phases: Default::default(),
             signatures: Vec::new(),
@@ -345,6 +362,24 @@ impl RuleSet {
         planned
             .sort_by_key(|(part, group, r, l, _)| (*part, group.map_or(u32::MAX, |g| g), *r, *l));
         self.groups = groups.len();
+        // Groups that differ only in their chain or part select the same values.
+        let mut target_sets: HashMap<&str, u32> = HashMap::new();
+        self.group_sets = vec![0; groups.len()];
+        self.group_chain = vec![0; groups.len()];
+        self.group_part = vec![0; groups.len()];
+        let mut by_group: Vec<_> = groups.iter().map(|(key, &g)| (g, key)).collect();
+        by_group.sort_unstable();
+        for (g, (key, chain, part)) in by_group {
+            let next = u32::try_from(target_sets.len()).unwrap_or(u32::MAX);
+            let set = *target_sets.entry(key).or_insert(next);
+            self.group_sets[g as usize] = set;
+            self.group_chain[g as usize] = *chain;
+            self.group_part[g as usize] = *part;
+        }
+        self.set_groups = vec![Vec::new(); target_sets.len()];
+        for (g, &set) in (0u32..).zip(&self.group_sets) {
+            self.set_groups[set as usize].push(g);
+        }
         self.group_words = vec![(u32::MAX, 0); groups.len()];
         let mut order: [Vec<Vec<Vec<u8>>>; 2] = [Vec::new(), Vec::new()];
         for (part, group, r, l, sets) in planned {
@@ -376,9 +411,10 @@ impl RuleSet {
     /// but the rules tagged above `paranoia_level`, which CRS skips at that level. Runs
     /// after [`RuleSet::plan_prefilter`], whose groups it lists.
     pub fn plan_recall(&mut self, paranoia_level: u8) {
-        // The links of a group get consecutive bits, so that whether all of them are known
-        // to find nothing in a value is a test of one range.
-        let mut planned: Vec<(u32, usize, usize)> = Vec::new();
+        // The links of a group, and the groups of a target set, get consecutive bits, so
+        // that whether all of them are known to find nothing in a value is a test of one
+        // range.
+        let mut planned: Vec<(u32, u32, usize, usize)> = Vec::new();
         for (r, rule) in self.rules.iter().enumerate() {
             let above = is_above(rule, paranoia_level);
             for (l, link) in rule.links.iter().enumerate() {
@@ -387,16 +423,22 @@ impl RuleSet {
                     .argument()
                     .is_none_or(|m| m.literal().is_some());
                 if !above && constant && link.targets.iter().any(is_steady) {
-                    let group = link.filter.and_then(|f| f.group).unwrap_or(u32::MAX);
-                    planned.push((group, r, l));
+                    let group = link.filter.and_then(|f| f.group);
+                    let set = group.map_or(u32::MAX, |g| self.group_sets[g as usize]);
+                    planned.push((set, group.unwrap_or(u32::MAX), r, l));
                 }
             }
         }
         planned.sort_unstable();
         self.group_links = vec![Vec::new(); self.groups];
-        for (bit, &(group, r, l)) in (0u32..).zip(&planned) {
+        self.set_links = vec![(u32::MAX, 0); self.set_groups.len()];
+        for (bit, &(set, group, r, l)) in (0u32..).zip(&planned) {
             let link = &mut self.rules[r].links[l];
             link.recall = Some(bit);
+            if let Some((first, count)) = self.set_links.get_mut(set as usize) {
+                *first = (*first).min(bit);
+                *count += 1;
+            }
             if let (Some(links), Some(filter)) =
                 (self.group_links.get_mut(group as usize), link.filter)
             {

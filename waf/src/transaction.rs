@@ -760,48 +760,70 @@ impl Memo {
     }
 
     /// The union of the candidates of every value a link group selects, computed once per
-    /// phase.
-    fn group(&mut self, rules: &RuleSet, d: &Data, group: u32, link: &Link, part: usize) -> u32 {
-        let Some(words) = rules.prefilter.as_ref().map(|p| p.parts[part].words) else {
-            return NONE;
-        };
+    /// phase, together with those of the other groups of its target set (`link` is one of
+    /// the group's links).
+    fn group(&mut self, rules: &RuleSet, d: &Data, group: u32, link: &Link) -> u32 {
         let g = group as usize;
         if self.groups.len() <= g {
             self.groups.resize(rules.groups, UNSET);
         }
-        if self.groups[g] != UNSET {
-            return self.groups[g];
+        if self.groups[g] == UNSET {
+            self.target_set(rules, d, rules.group_sets[g], link);
         }
-        let off = self.pool.len();
-        self.pool.resize(off + words, 0);
-        let (from, to) = rules.group_words[g];
-        let (from, to) = (from as usize, (to as usize).min(words));
-        let links = &rules.group_links[g];
+        self.groups[g]
+    }
+
+    /// Computes the candidate sets of every group of a target set (`link` is one of their
+    /// links) in one pass over its values. A value every link of the set is known to find
+    /// nothing in adds nothing, nor does a value to a group whose every link is known to
+    /// find nothing in it; a link whose literals a value lacks learns that it finds
+    /// nothing in it.
+    fn target_set(&mut self, rules: &RuleSet, d: &Data, set: u32, link: &Link) {
+        let Some(prefilter) = rules.prefilter.as_ref() else {
+            return;
+        };
+        let groups = &rules.set_groups[set as usize];
+        for &g in groups {
+            let off = self.pool.len();
+            self.pool.resize(
+                off + prefilter.parts[usize::from(rules.group_part[g as usize])].words,
+                0,
+            );
+            self.groups[g as usize] = u32::try_from(off).unwrap_or(NONE);
+        }
+        let (first, count) = rules.set_links[set as usize];
         for t in &link.targets {
             d.items(t, &[], &mut |item| {
-                // A value every link of the group is known to find nothing in adds nothing.
-                if let Some(&(first, _)) = links.first()
-                    && self.knows_all(&item, first, links.len() as u32)
-                {
+                if self.knows_all(&item, first, count) {
                     return;
                 }
-                let c = self.cand(rules, &item, link.chain, part);
-                if c != NONE {
-                    for w in from..to {
-                        self.pool[off + w] |= self.pool[c as usize + w];
+                for &g in groups {
+                    let g = g as usize;
+                    let links = &rules.group_links[g];
+                    if let Some(&(first, _)) = links.first()
+                        && self.knows_all(&item, first, links.len() as u32)
+                    {
+                        continue;
                     }
-                    // The links whose literals the value lacks find nothing in it.
+                    let part = usize::from(rules.group_part[g]);
+                    let c = self.cand(rules, &item, rules.group_chain[g], part);
+                    if c == NONE {
+                        continue;
+                    }
+                    let (c, off) = (c as usize, self.groups[g] as usize);
+                    let (from, to) = rules.group_words[g];
+                    let to = (to as usize).min(prefilter.parts[part].words);
+                    for w in from as usize..to {
+                        self.pool[off + w] |= self.pool[c + w];
+                    }
                     for &(bit, filter) in links {
-                        if !has_bits(&self.pool[c as usize..], filter) {
+                        if !has_bits(&self.pool[c..], filter) {
                             self.learn(&item, bit);
                         }
                     }
                 }
             });
         }
-        let set = u32::try_from(off).unwrap_or(NONE);
-        self.groups[g] = set;
-        set
     }
 }
 
@@ -1344,9 +1366,7 @@ impl Transaction {
             },
         ) = link.filter
         {
-            let set = self
-                .memo
-                .group(rules, &self.d, group, link, usize::from(filter.part));
+            let set = self.memo.group(rules, &self.d, group, link);
             if !candidate(&self.memo.pool, set, filter) {
                 return Vec::new();
             }
