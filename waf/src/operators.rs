@@ -396,19 +396,21 @@ fn sql_single_token(value: &[u8]) -> bool {
     }
 }
 
+/// Whether `needle` occurs in `hay` (`@contains`, `@within`), with a substring search
+/// instead of a comparison at every position (CRS's 920450 runs `@within` on a list for
+/// every request header).
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
+/// Whether `needle` occurs in `hay` with no word character on either side.
 fn contains_word(hay: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }
     let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
-    hay.windows(needle.len()).enumerate().any(|(i, w)| {
-        w == needle
-            && !word(i.checked_sub(1).and_then(|j| hay.get(j)))
-            && !word(hay.get(i + needle.len()))
+    memchr::memmem::find_iter(hay, needle).any(|i| {
+        !word(i.checked_sub(1).and_then(|j| hay.get(j))) && !word(hay.get(i + needle.len()))
     })
 }
 
@@ -483,6 +485,22 @@ fn networks(arg: &str) -> Result<Vec<IpNet>, ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substring_operators_find_needles_anywhere_and_words_only_between_non_word_bytes() {
+        assert!(contains(b"/proxy/ /lock-token/", b"/lock-token/"));
+        assert!(contains(b"/proxy/", b"/proxy/"));
+        assert!(contains(b"abc", b""));
+        assert!(!contains(b"/proxy/", b"/proxy-x/"));
+        assert!(!contains(b"ab", b"abc"));
+        assert!(contains_word(b"select 1", b"select"));
+        assert!(contains_word(b"1;select", b"select"));
+        assert!(!contains_word(b"selected", b"select"));
+        assert!(!contains_word(b"_select", b"select"));
+        // A later occurrence counts when the first is inside a word.
+        assert!(contains_word(b"unselect select", b"select"));
+        assert!(contains_word(b"x", b""));
+    }
 
     #[test]
     fn libinjection_calls_no_single_word_or_number_sql_injection() {
