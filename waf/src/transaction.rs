@@ -11,7 +11,7 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
 use crate::recall;
-use crate::rule::{Filter, Item, Link, Rule, RuleSet, all_bits, has_bits};
+use crate::rule::{Filter, Item, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{Selector, Target, Var};
 
@@ -763,12 +763,15 @@ impl Memo {
     /// phase, together with those of the other groups of its target set (`link` is one of
     /// the group's links).
     fn group(&mut self, rules: &RuleSet, d: &Data, group: u32, link: &Link) -> u32 {
+        let Some(prefilter) = rules.prefilter.as_ref() else {
+            return NONE;
+        };
         let g = group as usize;
         if self.groups.len() <= g {
             self.groups.resize(rules.groups, UNSET);
         }
         if self.groups[g] == UNSET {
-            self.target_set(rules, d, rules.group_sets[g], link);
+            self.target_set(rules, prefilter, d, rules.group_sets[g], link);
         }
         self.groups[g]
     }
@@ -778,10 +781,14 @@ impl Memo {
     /// nothing in adds nothing, nor does a value to a group whose every link is known to
     /// find nothing in it; a link whose literals a value lacks learns that it finds
     /// nothing in it.
-    fn target_set(&mut self, rules: &RuleSet, d: &Data, set: u32, link: &Link) {
-        let Some(prefilter) = rules.prefilter.as_ref() else {
-            return;
-        };
+    fn target_set(
+        &mut self,
+        rules: &RuleSet,
+        prefilter: &Prefilter,
+        d: &Data,
+        set: u32,
+        link: &Link,
+    ) {
         let groups = &rules.set_groups[set as usize];
         for &g in groups {
             let off = self.pool.len();
@@ -1407,20 +1414,14 @@ impl Transaction {
                 let mut n = 0usize;
                 d.items(t, &extra_t, &mut |_| n += 1);
                 let value = n.to_string().into_bytes();
-                if link.operator.matches(&value, &arg, None) != link.negated {
-                    hits.push(Hit {
-                        name: count_name(t),
-                        value,
-                        captures: None,
-                    });
-                }
+                test_value(link, &arg, &value, None, &mut hits, || count_name(t));
                 continue;
             }
             d.items(t, &extra_t, &mut |item| {
                 // A value this link is known to find nothing in is skipped; one it finds
                 // nothing in now is remembered.
-                let recall = link.recall.filter(|_| item.cacheable());
-                if let Some(bit) = recall
+                let recall_bit = link.recall.filter(|_| item.cacheable());
+                if let Some(bit) = recall_bit
                     && memo.is_known(&item, bit)
                 {
                     return;
@@ -1437,14 +1438,8 @@ impl Transaction {
                     if link.multi_match {
                         if !item.cacheable() {
                             for v in apply_chain_multi(&link.transforms, &item.value) {
-                                let cap = if want_caps { Some(&mut caps) } else { None };
-                                if link.operator.matches(&v, &arg, cap) != link.negated {
-                                    hits.push(Hit {
-                                        name: name(),
-                                        value: v,
-                                        captures: want_caps.then(|| caps.clone()),
-                                    });
-                                }
+                                let cap = want_caps.then_some(&mut caps);
+                                test_value(link, &arg, &v, cap, &mut hits, name);
                             }
                             break 'evaluate;
                         }
@@ -1456,14 +1451,8 @@ impl Transaction {
                                 }
                             }
                             let v = memo.bytes(&item, buf);
-                            let cap = if want_caps { Some(&mut caps) } else { None };
-                            if link.operator.matches(v, &arg, cap) != link.negated {
-                                hits.push(Hit {
-                                    name: name(),
-                                    value: v.to_vec(),
-                                    captures: want_caps.then(|| caps.clone()),
-                                });
-                            }
+                            let cap = want_caps.then_some(&mut caps);
+                            test_value(link, &arg, v, cap, &mut hits, name);
                         }
                         break 'evaluate;
                     }
@@ -1483,16 +1472,10 @@ impl Transaction {
                         owned = apply_chain(&link.transforms, &item.value);
                         &owned
                     };
-                    let cap = if want_caps { Some(&mut caps) } else { None };
-                    if link.operator.matches(value, &arg, cap) != link.negated {
-                        hits.push(Hit {
-                            name: name(),
-                            value: value.to_vec(),
-                            captures: want_caps.then(|| caps.clone()),
-                        });
-                    }
+                    let cap = want_caps.then_some(&mut caps);
+                    test_value(link, &arg, value, cap, &mut hits, name);
                 }
-                if let Some(bit) = recall
+                if let Some(bit) = recall_bit
                     && hits.len() == before
                 {
                     memo.learn(&item, bit);
@@ -1587,6 +1570,30 @@ const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "
 
 /// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
 /// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
+/// Runs a link's operator on one value; a match (a non-match for `!@op`) is a hit, with
+/// the operator's captures when `captures` is given.
+fn test_value(
+    link: &Link,
+    arg: &[u8],
+    value: &[u8],
+    captures: Option<&mut Vec<Vec<u8>>>,
+    hits: &mut Vec<Hit>,
+    name: impl Fn() -> String,
+) {
+    let hit = match captures {
+        Some(caps) => (link.operator.matches(value, arg, Some(&mut *caps)) != link.negated)
+            .then(|| Some(caps.clone())),
+        None => (link.operator.matches(value, arg, None) != link.negated).then_some(None),
+    };
+    if let Some(captures) = hit {
+        hits.push(Hit {
+            name: name(),
+            value: value.to_vec(),
+            captures,
+        });
+    }
+}
+
 fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
     let slot = match map.get_mut(&*key) {
         Some(slot) => slot,

@@ -227,15 +227,25 @@ fn baseline() -> (u64, u64) {
     (nums.next().expect("passed"), nums.next().expect("total"))
 }
 
-/// Every stage's request of the suite, in file order.
-fn suite_requests() -> Vec<Wire> {
+/// Every file of the suite with its parsed YAML, in file order.
+fn suite_files() -> Vec<(PathBuf, Value)> {
     let mut files = Vec::new();
     yaml_files(&crs_dir().join("tests/regression/tests"), &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let doc: Value =
+                serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            (f, doc)
+        })
+        .collect()
+}
+
+/// Every stage's request of the suite, in file order.
+fn suite_requests() -> Vec<Wire> {
     let mut requests = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
-        let doc: Value =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    for (_, doc) in suite_files() {
         let stages = doc
             .get("tests")
             .and_then(Value::as_array)
@@ -284,18 +294,13 @@ fn remembering_values_changes_no_verdict() {
 fn crs_regression_suite_pass_rate_does_not_drop() {
     let settings = crs_test_settings();
     let engine = engine(&settings);
-    let root = crs_dir().join("tests/regression/tests");
-    let mut files = Vec::new();
-    yaml_files(&root, &mut files);
+    let files = suite_files();
     assert!(files.len() > 300, "only {} test files", files.len());
     let mut per_file: BTreeMap<String, Tally> = BTreeMap::new();
     let mut skipped = 0u64;
     let dump_path = std::env::var_os("WAF_CONFORMANCE_DUMP");
     let mut dump = String::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f).unwrap();
-        let doc: Value =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    for (f, doc) in &files {
         let group = f
             .parent()
             .and_then(|p| p.file_name())
