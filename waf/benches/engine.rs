@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use portcullis_waf::{AppProfile, RequestFacts, WafEngine, WafSettings};
 
+// The edge's allocator (see `proxy/src/main.rs`), so that the engine's allocations cost
+// here what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One request of a case.
 struct Request {
     facts: RequestFacts,
