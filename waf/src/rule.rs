@@ -13,7 +13,7 @@ use crate::macros::Macro;
 use crate::operators::{DataFiles, Operator};
 use crate::parser::{Directive, Location, split_actions, split_operator, split_variables};
 use crate::transforms::{ByteSet, Transform};
-use crate::variables::{ParsedTarget, Selector, Target, add_exclusion, fold_targets};
+use crate::variables::{ParsedTarget, Selector, Target, Var, add_exclusion, fold_targets};
 
 /// One link of a rule: the starter or a chained rule.
 #[derive(Debug)]
@@ -42,6 +42,10 @@ pub struct Link {
     /// verdict on a value depends on the value alone (its operator argument is a constant)
     /// and it inspects values that stay the same during a transaction.
     pub recall: Option<u32>,
+    /// Whether it has a recall bit and every target is steady: it finds nothing in a phase
+    /// when every value of its targets' variables is known to it (see
+    /// [`RuleSet::recall_vars`]).
+    pub steady: bool,
 }
 
 /// A link's place in the literal prefilter.
@@ -266,6 +270,12 @@ pub struct RuleSet {
     pub set_links: Vec<(u32, u32)>,
     /// The number of 64-bit words of what is remembered of one value.
     pub recall_words: usize,
+    /// The variables the links with [`Link::steady`] read, each a target of all its
+    /// values: one pass per phase over them says, per variable, which links some value
+    /// of it is not known to.
+    pub recall_vars: Vec<Target>,
+    /// Per variable (`Var as usize`): its place in `recall_vars`, or `u32::MAX`.
+    pub recall_var_rows: Vec<u32>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// `SecComponentSignature` values.
@@ -288,6 +298,8 @@ impl Default for RuleSet {
             group_links: Vec::new(),
             set_links: Vec::new(),
             recall_words: 0,
+            recall_vars: Vec::new(),
+            recall_var_rows: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
         }
@@ -415,13 +427,30 @@ impl RuleSet {
         // that whether all of them are known to find nothing in a value is a test of one
         // range.
         let mut planned: Vec<(u32, u32, usize, usize)> = Vec::new();
-        for (r, rule) in self.rules.iter().enumerate() {
+        self.recall_vars.clear();
+        self.recall_var_rows = vec![u32::MAX; Var::ALL.len()];
+        for (r, rule) in self.rules.iter_mut().enumerate() {
             let above = is_above(rule, paranoia_level);
-            for (l, link) in rule.links.iter().enumerate() {
+            for (l, link) in rule.links.iter_mut().enumerate() {
                 let constant = link
                     .operator
                     .argument()
                     .is_none_or(|m| m.literal().is_some());
+                link.steady = !above && constant && link.targets.iter().all(is_steady);
+                if link.steady {
+                    for t in &link.targets {
+                        let row = &mut self.recall_var_rows[t.var as usize];
+                        if *row == u32::MAX {
+                            *row = u32::try_from(self.recall_vars.len()).unwrap_or(u32::MAX);
+                            self.recall_vars.push(Target {
+                                var: t.var,
+                                selector: Selector::All,
+                                count: false,
+                                exclusions: Vec::new(),
+                            });
+                        }
+                    }
+                }
                 if !above && constant && link.targets.iter().any(is_steady) {
                     let group = link.filter.and_then(|f| f.group);
                     let set = group.map_or(u32::MAX, |g| self.group_sets[g as usize]);
@@ -729,6 +758,7 @@ impl<'a> Builder<'a> {
             multi_match: actions.multi_match,
             effects: actions.effects.clone(),
             recall: None,
+            steady: false,
         };
         let chain = actions.chain;
         match self.pending.take() {

@@ -362,6 +362,11 @@ struct Memo {
     pool: Vec<u64>,
     /// Per link group: its candidate set in the current phase, or `UNSET`.
     groups: Vec<u32>,
+    /// Whether `unknown` holds this phase's rows.
+    unknown_ready: bool,
+    /// Per variable of [`RuleSet::recall_vars`], a row of [`RuleSet::recall_words`]
+    /// words: the links some value of the variable is not known to find nothing in.
+    unknown: Vec<u64>,
     /// What the thread remembers of values is about which engine, and how much of it.
     recall: Recollection,
     /// Per slot: its row in `known_rows_at`, `UNSET` until first needed, or `NONE` for a
@@ -604,6 +609,8 @@ impl Memo {
         self.steps.clear();
         self.pool.clear();
         self.groups.clear();
+        self.unknown_ready = false;
+        self.unknown.clear();
         self.known_rows.clear();
         self.known_rows_at.clear();
         self.known.clear();
@@ -693,6 +700,7 @@ impl Memo {
     fn reusable(&self) -> bool {
         self.table.capacity() <= 1 << 16
             && self.pool.capacity() <= 1 << 16
+            && self.unknown.capacity() <= 1 << 16
             && self.bufs.capacity() <= 1 << 12
             && self.steps.capacity() <= 1 << 12
             && self.known.capacity() <= 1 << 16
@@ -757,6 +765,54 @@ impl Memo {
         let set = u32::try_from(off).unwrap_or(NONE);
         self.infos[info].scans[part] = set;
         set
+    }
+
+    /// Whether a link is known to find nothing in every value of its targets in this
+    /// phase: a steady link (see [`Link::steady`]) whose bit no value of its targets'
+    /// variables lacks.
+    fn finds_nothing(&mut self, rules: &RuleSet, d: &Data, link: &Link) -> bool {
+        let Some(bit) = link
+            .recall
+            .filter(|_| link.steady && self.recall.capacity > 0)
+        else {
+            return false;
+        };
+        if !self.unknown_ready {
+            self.learn_unknown(rules, d);
+        }
+        let words = self.recall.words;
+        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+        link.targets.iter().all(|t| {
+            let row = rules.recall_var_rows[t.var as usize] as usize;
+            self.unknown[row * words + word] & mask == 0
+        })
+    }
+
+    /// One pass over the values of every variable of [`RuleSet::recall_vars`]: per
+    /// variable, the links some value is not known to find nothing in.
+    fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
+        let words = self.recall.words;
+        self.unknown.clear();
+        self.unknown.resize(rules.recall_vars.len() * words, 0);
+        for (row, t) in rules.recall_vars.iter().enumerate() {
+            d.items(t, &[], &mut |item| {
+                let known = if item.cacheable() {
+                    self.known_row(&item)
+                } else {
+                    NONE
+                };
+                let out = row * words;
+                if known == NONE {
+                    self.unknown[out..out + words].fill(u64::MAX);
+                } else {
+                    let word = self.known_rows_at[known as usize].word as usize;
+                    for w in 0..words {
+                        self.unknown[out + w] |= !self.known[word + w];
+                    }
+                }
+            });
+        }
+        self.unknown_ready = true;
     }
 
     /// The union of the candidates of every value a link group selects, computed once per
@@ -1221,6 +1277,7 @@ impl Transaction {
         let engine = self.engine.clone();
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
+        self.memo.unknown_ready = false;
         let items = &engine.rules.phases[usize::from(phase - 1)];
         let mut i = 0;
         let mut skip = 0u32;
@@ -1365,6 +1422,9 @@ impl Transaction {
     }
 
     fn eval_link(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
+        if self.memo.finds_nothing(rules, &self.d, link) {
+            return Vec::new();
+        }
         // A group whose values hold none of the link's literals cannot match: skip it
         // without looking at its values.
         if let Some(
