@@ -619,13 +619,21 @@ impl Memo {
 
     /// The row of known verdicts of a cacheable item's value, recalled on first use; `NONE`
     /// when the value is not remembered.
+    #[inline]
     fn known_row(&mut self, item: &Item2<'_>) -> u32 {
+        match self.known_rows.get(item.slot as usize) {
+            Some(&row) if row != UNSET => row,
+            _ => self.recall_row(item),
+        }
+    }
+
+    /// Recalls the row of known verdicts of a cacheable item's value (see
+    /// [`Memo::known_row`]).
+    #[inline(never)]
+    fn recall_row(&mut self, item: &Item2<'_>) -> u32 {
         let s = item.slot as usize;
         if self.known_rows.len() <= s {
             self.known_rows.resize(s + 1, UNSET);
-        }
-        if self.known_rows[s] != UNSET {
-            return self.known_rows[s];
         }
         let r = self.recall;
         let row = if r.capacity == 0 || item.value.len() > recall::LONGEST {
@@ -1552,7 +1560,11 @@ impl Transaction {
                 key,
                 op,
             } => {
-                let key = lower_key(key.expand(|v, k| self.d.lookup(v, k)));
+                let key = match key.literal() {
+                    // Lower-cased when the rule was parsed.
+                    Some(k) => Cow::Borrowed(k),
+                    None => lower_key(key.expand(|v, k| self.d.lookup(v, k))),
+                };
                 let value = match op {
                     SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
                         m.expand(|v, k| self.d.lookup(v, k))
