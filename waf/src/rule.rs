@@ -132,21 +132,22 @@ pub fn has_bits(set: &[u64], filter: Filter) -> bool {
 
 /// Whether bits `first..first + count` of `set` are all set.
 pub fn all_bits(set: &[u64], first: u32, count: u32) -> bool {
-    let (mut bit, end) = (first, first + count);
-    while bit < end {
-        let (word, shift) = ((bit / 64) as usize, bit % 64);
-        let n = (64 - shift).min(end - bit);
-        let mask = if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << shift
-        };
-        if set[word] & mask != mask {
-            return false;
-        }
-        bit += n;
+    if count == 0 {
+        return true;
     }
-    true
+    let last = first + count - 1;
+    let (first_word, last_word) = ((first / 64) as usize, (last / 64) as usize);
+    let head = u64::MAX << (first % 64);
+    let tail = u64::MAX >> (63 - last % 64);
+    if first_word == last_word {
+        let mask = head & tail;
+        return set[first_word] & mask == mask;
+    }
+    set[first_word] & head == head
+        && set[first_word + 1..last_word]
+            .iter()
+            .all(|&w| w == u64::MAX)
+        && set[last_word] & tail == tail
 }
 
 /// Builds one automaton of literals with their bits.
@@ -892,5 +893,33 @@ impl<'a> Builder<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_bits;
+
+    #[test]
+    fn all_bits_tests_exactly_the_range() {
+        // Every range of up to 200 bits over three words, with one bit cleared anywhere
+        // (or none), against the bit-by-bit answer.
+        for cleared in (0..192).map(Some).chain([None]) {
+            let mut set = [u64::MAX; 3];
+            if let Some(c) = cleared {
+                set[c / 64] &= !(1 << (c % 64));
+            }
+            for first in 0..192u32 {
+                for count in 0..=(192 - first) {
+                    let expected = (first..first + count)
+                        .all(|b| set[(b / 64) as usize] & (1 << (b % 64)) != 0);
+                    assert_eq!(
+                        all_bits(&set, first, count),
+                        expected,
+                        "{cleared:?} {first} {count}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1450,9 +1450,20 @@ impl Transaction {
             Some(m) => m.expand(|v, k| self.d.lookup(v, k)),
             None => Cow::Borrowed(b""),
         };
+        let want_caps = link.capture && !link.negated;
+        if let [t] = link.targets.as_slice()
+            && t.var == Var::Tx
+            && t.exclusions.is_empty()
+            && link.transforms.is_empty()
+            && !link.multi_match
+            && !want_caps
+            && !(starter && self.removed_targets.contains_key(&ri))
+            && let Selector::Key(key) = &t.selector
+        {
+            return self.eval_tx_key(link, t, key, &arg);
+        }
         let mut hits = Vec::new();
         let mut caps = Vec::new();
-        let want_caps = link.capture && !link.negated;
         let d = &self.d;
         let memo = &mut self.memo;
         let removed_targets: &[(Var, Selector)] = if starter && !self.removed_targets.is_empty() {
@@ -1548,6 +1559,24 @@ impl Transaction {
                 {
                     memo.learn(&item, bit);
                 }
+            });
+        }
+        hits
+    }
+
+    /// Evaluates a link on one `TX` variable (or its count), untransformed: what
+    /// `eval_link` does for it, without going through the collection's values one by one
+    /// (CRS reads a `TX` variable this way about a hundred times per request, mostly
+    /// `TX:DETECTION_PARANOIA_LEVEL` to skip the rules above the paranoia level).
+    fn eval_tx_key(&self, link: &Link, t: &Target, key: &str, arg: &[u8]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let value = self.d.tx.get(key);
+        if t.count {
+            let n: &[u8] = if value.is_some() { b"1" } else { b"0" };
+            test_value(link, arg, n, None, &mut hits, || count_name(t));
+        } else if let Some(value) = value {
+            test_value(link, arg, value, None, &mut hits, || {
+                var_key_name(t.var.name(), key)
             });
         }
         hits
