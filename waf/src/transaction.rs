@@ -1683,7 +1683,7 @@ fn test_value(
 ) {
     let hit = match captures {
         Some(caps) => (link.operator.matches(value, arg, Some(&mut *caps)) != link.negated)
-            .then(|| Some(caps.clone())),
+            .then(|| Some(std::mem::take(caps))),
         None => (link.operator.matches(value, arg, None) != link.negated).then_some(None),
     };
     if let Some(captures) = hit {
@@ -1721,7 +1721,13 @@ fn lower_key(key: Cow<'_, [u8]>) -> Cow<'_, str> {
             Ok(s) if !s.bytes().any(|c| c.is_ascii_uppercase()) => Cow::Borrowed(s),
             _ => Cow::Owned(String::from_utf8_lossy(b).to_ascii_lowercase()),
         },
-        Cow::Owned(o) => Cow::Owned(String::from_utf8_lossy(&o).to_ascii_lowercase()),
+        Cow::Owned(o) => {
+            // An expanded key is lower-cased in its own buffer.
+            let mut key = String::from_utf8(o)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            key.make_ascii_lowercase();
+            Cow::Owned(key)
+        }
     }
 }
 
