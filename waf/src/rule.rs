@@ -437,7 +437,10 @@ impl RuleSet {
                     .operator
                     .argument()
                     .is_none_or(|m| m.literal().is_some());
-                link.steady = !above && constant && link.targets.iter().all(is_steady);
+                link.steady = !above
+                    && constant
+                    && !link.targets.is_empty()
+                    && link.targets.iter().all(is_steady);
                 if link.steady {
                     for t in &link.targets {
                         let row = &mut self.recall_var_rows[t.var as usize];
