@@ -983,7 +983,7 @@ impl Transaction {
             d.args_get.push(Entry::new(k, v, &mut d.next_slot));
         }
         let mut content_type = String::new();
-        for (k, v) in &headers {
+        for (k, v) in headers {
             if k.eq_ignore_ascii_case("cookie") {
                 for c in v.split(|&b| b == b';') {
                     let c = c.trim_ascii();
@@ -1002,10 +1002,9 @@ impl Transaction {
                 }
             }
             if k.eq_ignore_ascii_case("content-type") && content_type.is_empty() {
-                content_type = String::from_utf8_lossy(v).into_owned();
+                content_type = String::from_utf8_lossy(&v).into_owned();
             }
-            d.headers
-                .push(Entry::new(k.clone(), v.clone(), &mut d.next_slot));
+            d.headers.push(Entry::new(k, v, &mut d.next_slot));
         }
         d.set_scalar(Var::RequestMethod, method.clone());
         d.set_scalar(Var::RequestProtocol, protocol.clone());
