@@ -1,7 +1,7 @@
 //! The public API on small requests: phases, block and detect modes, exclusions, custom
 //! rules and the verdict.
 
-use portcullis_waf::{Decision, Exclusion, Mode, RequestFacts, WafSettings};
+use portcullis_waf::{Decision, Exclusion, Mode, RequestFacts, WafEngine, WafSettings};
 
 use crate::util::{engine, get};
 
@@ -211,4 +211,33 @@ fn the_engine_is_shared_across_threads_and_transactions_move_between_them() {
     for h in handles {
         assert!(h.join().unwrap());
     }
+}
+
+#[test]
+fn a_value_known_to_find_nothing_does_not_hide_a_new_one_beside_it() {
+    // Two links read ARGS: one with a literal prefilter, one without (libinjection). Once
+    // `q=hello` is known to both, a request that repeats it is skipped by them, but a new
+    // value in ARGS beside it (or in its place) is inspected again.
+    let e = WafEngine::custom_only(&WafSettings {
+        custom_rules: Some(
+            "SecRule ARGS \"@rx attack\" \"id:1,phase:2,deny,status:403\"\n\
+             SecRule ARGS \"@detectSQLi\" \"id:2,phase:2,deny,status:406\""
+                .into(),
+        ),
+        ..WafSettings::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let decide = |uri: &str| {
+        let mut tx = e.transaction(get(uri));
+        tx.process_request_headers();
+        tx.process_request_body(b"").decision
+    };
+    for _ in 0..3 {
+        assert_eq!(decide("/?q=hello"), Decision::Allow);
+    }
+    let blocked = |status, rule_id| Decision::Block { status, rule_id };
+    assert_eq!(decide("/?q=hello&r=an+attack"), blocked(403, 1));
+    assert_eq!(decide("/?q=hello&r=1'+OR+1=1--"), blocked(406, 2));
+    assert_eq!(decide("/?q=attack"), blocked(403, 1));
+    assert_eq!(decide("/?q=hello"), Decision::Allow);
 }
