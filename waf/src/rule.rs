@@ -437,10 +437,8 @@ impl RuleSet {
                     .operator
                     .argument()
                     .is_none_or(|m| m.literal().is_some());
-                link.steady = !above
-                    && constant
-                    && !link.targets.is_empty()
-                    && link.targets.iter().all(is_steady);
+                let recallable = !above && constant && link.targets.iter().any(is_steady);
+                link.steady = recallable && link.targets.iter().all(is_steady);
                 if link.steady {
                     for t in &link.targets {
                         let row = &mut self.recall_var_rows[t.var as usize];
@@ -455,7 +453,7 @@ impl RuleSet {
                         }
                     }
                 }
-                if !above && constant && link.targets.iter().any(is_steady) {
+                if recallable {
                     let group = link.filter.and_then(|f| f.group);
                     let set = group.map_or(u32::MAX, |g| self.group_sets[g as usize]);
                     planned.push((set, group.unwrap_or(u32::MAX), r, l));
@@ -905,7 +903,7 @@ mod tests {
 
     #[test]
     fn all_bits_tests_exactly_the_range() {
-        // Every range of up to 200 bits over three words, with one bit cleared anywhere
+        // Every range of up to 192 bits over three words, with one bit cleared anywhere
         // (or none), against the bit-by-bit answer.
         for cleared in (0..192).map(Some).chain([None]) {
             let mut set = [u64::MAX; 3];

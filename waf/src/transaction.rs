@@ -1450,13 +1450,18 @@ impl Transaction {
             None => Cow::Borrowed(b""),
         };
         let want_caps = link.capture && !link.negated;
+        let removed_targets: &[(Var, Selector)] = if starter && !self.removed_targets.is_empty() {
+            self.removed_targets.get(&ri).map_or(&[], Vec::as_slice)
+        } else {
+            &[]
+        };
         if let [t] = link.targets.as_slice()
             && t.var == Var::Tx
             && t.exclusions.is_empty()
+            && removed_targets.is_empty()
             && link.transforms.is_empty()
             && !link.multi_match
             && !want_caps
-            && !(starter && self.removed_targets.contains_key(&ri))
             && let Selector::Key(key) = &t.selector
         {
             return self.eval_tx_key(link, t, key, &arg);
@@ -1465,11 +1470,6 @@ impl Transaction {
         let mut caps = Vec::new();
         let d = &self.d;
         let memo = &mut self.memo;
-        let removed_targets: &[(Var, Selector)] = if starter && !self.removed_targets.is_empty() {
-            self.removed_targets.get(&ri).map_or(&[], Vec::as_slice)
-        } else {
-            &[]
-        };
         for t in &link.targets {
             let extra_t: Vec<&Selector> = if removed_targets.is_empty() {
                 Vec::new()
@@ -1668,8 +1668,6 @@ impl Transaction {
 /// The `TX` keys of a `capture`'s groups.
 const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
-/// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
-/// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
 /// Runs a link's operator on one value; a match (a non-match for `!@op`) is a hit, with
 /// the operator's captures when `captures` is given.
 fn test_value(
@@ -1694,6 +1692,8 @@ fn test_value(
     }
 }
 
+/// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
+/// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
 fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
     let slot = match map.get_mut(&*key) {
         Some(slot) => slot,
