@@ -9,7 +9,7 @@ use crate::actions::{EngineMode, RuleRef, Severity, parse_target_ref};
 use crate::error::{ErrorKind, LoadError, RuleError};
 use crate::operators::DataFiles;
 use crate::parser::lex;
-use crate::rule::{Builder, Item, RuleSet};
+use crate::rule::{Builder, Item, RuleSet, resolve_skip_after};
 use crate::transaction::Transaction;
 use crate::variables::{Selector, Var, add_exclusion};
 
@@ -499,6 +499,7 @@ fn apply_exclusions(
             for phase in &mut rules.phases {
                 phase.retain(|it| !matches!(it, Item::Rule(i) if selected.contains(i)));
             }
+            resolve_skip_after(rules);
         } else {
             for &i in &selected {
                 for (v, s) in &targets {

@@ -538,8 +538,9 @@ fn resolve_ctl_rules(rules: &mut [Rule]) {
     }
 }
 
-/// Fills in where evaluation goes on after each rule with `skipAfter`.
-fn resolve_skip_after(set: &mut RuleSet) {
+/// Fills in where evaluation goes on after each rule with `skipAfter`: again whenever
+/// items are removed from a phase, since the positions move.
+pub fn resolve_skip_after(set: &mut RuleSet) {
     for items in &set.phases {
         let mut markers: HashMap<&str, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {

@@ -148,6 +148,36 @@ fn exclusions_remove_rules_or_targets_on_their_paths() {
 }
 
 #[test]
+fn a_rule_excluded_everywhere_does_not_shift_where_skip_after_lands() {
+    let settings = WafSettings {
+        custom_rules: Some(
+            "SecRule ARGS:a \"@streq x\" \"id:1001,phase:1,pass,nolog\"\n\
+             SecRule ARGS:a \"@streq y\" \"id:1002,phase:1,pass,nolog,skipAfter:END\"\n\
+             SecRule ARGS:a \"@streq y\" \"id:1003,phase:1,deny,status:418\"\n\
+             SecMarker END\n\
+             SecRule ARGS:a \"@streq y\" \"id:1004,phase:1,deny,status:451\"\n"
+                .into(),
+        ),
+        exclusions: vec![Exclusion {
+            rule_ids: vec![(1001, 1001)],
+            ..Exclusion::default()
+        }],
+        ..WafSettings::default()
+    };
+    let e = WafEngine::custom_only(&settings).unwrap();
+    let mut tx = e.transaction(get("/?a=y"));
+    // 1002 skips 1003 and lands on 1004, the rule after the marker, as it would had 1001
+    // never been loaded.
+    assert_eq!(
+        tx.process_request_headers().decision,
+        Decision::Block {
+            status: 451,
+            rule_id: 1004
+        }
+    );
+}
+
+#[test]
 fn custom_rules_run_with_the_crs() {
     let e = engine(&WafSettings {
         custom_rules: Some(
