@@ -98,6 +98,16 @@ pub enum SetOp {
     Delete,
 }
 
+impl SetOp {
+    /// The value written, added or subtracted; `None` for a deletion.
+    pub fn value(&self) -> Option<&Macro> {
+        match self {
+            SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => Some(m),
+            SetOp::Delete => None,
+        }
+    }
+}
+
 /// A request body processor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyProcessor {

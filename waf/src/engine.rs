@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::actions::{EngineMode, RuleRef, Severity, parse_target_ref};
 use crate::error::{ErrorKind, LoadError, RuleError};
+use crate::fold::{Folding, fold};
 use crate::operators::DataFiles;
 use crate::parser::lex;
 use crate::rule::{Builder, Item, RuleSet, resolve_skip_after};
@@ -125,6 +126,8 @@ pub(crate) struct Compiled {
     pub(crate) inspect_responses: bool,
     pub(crate) response_mime_types: Vec<String>,
     pub(crate) path_exclusions: Vec<PathExclusion>,
+    /// The rules decided at load and the `TX` each transaction starts with.
+    pub(crate) folding: Folding,
     /// This engine's number, unique in the process and growing: what a thread remembers of
     /// values is about one engine (see [`crate::recall`]).
     pub(crate) number: u64,
@@ -143,6 +146,14 @@ impl Compiled {
 #[derive(Clone, Debug)]
 pub struct WafEngine {
     inner: Arc<Compiled>,
+}
+
+#[cfg(test)]
+impl WafEngine {
+    /// The compiled rules, for the crate's unit tests.
+    pub(crate) fn compiled(&self) -> &Compiled {
+        &self.inner
+    }
 }
 
 /// What the proxy knows about a request before its body.
@@ -419,26 +430,32 @@ fn compile(
     rules.plan_recall(settings.executing_paranoia_level);
     /// The number of the next engine compiled.
     static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
-    Ok(WafEngine {
-        inner: Arc::new(Compiled {
-            rules,
-            mode: match settings.mode {
-                Mode::Block => EngineMode::On,
-                Mode::Detect => EngineMode::DetectionOnly,
-            },
-            request_body_limit: settings.request_body_limit,
-            inspect_responses: settings.inspect_responses,
-            response_mime_types: settings
-                .response_mime_types
-                .iter()
-                .map(|m| m.to_ascii_lowercase())
-                .collect(),
-            path_exclusions,
-            number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
-            remembered_values: settings.remembered_values,
-            unique: AtomicU64::new(1),
-        }),
-    })
+    let folding = Folding::none(&rules);
+    let mut inner = Arc::new(Compiled {
+        rules,
+        mode: match settings.mode {
+            Mode::Block => EngineMode::On,
+            Mode::Detect => EngineMode::DetectionOnly,
+        },
+        request_body_limit: settings.request_body_limit,
+        inspect_responses: settings.inspect_responses,
+        response_mime_types: settings
+            .response_mime_types
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .collect(),
+        path_exclusions,
+        folding,
+        number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
+        remembered_values: settings.remembered_values,
+        unique: AtomicU64::new(1),
+    });
+    let folding = fold(&inner);
+    // The probe transaction `fold` ran has ended: nothing else holds the engine yet.
+    if let Some(compiled) = Arc::get_mut(&mut inner) {
+        compiled.folding = folding;
+    }
+    Ok(WafEngine { inner })
 }
 
 fn validate(s: &WafSettings) -> Result<(), LoadError> {

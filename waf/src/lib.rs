@@ -21,6 +21,7 @@ pub mod actions;
 pub mod body;
 mod engine;
 pub mod error;
+mod fold;
 pub mod macros;
 pub mod operators;
 pub mod parser;

@@ -54,6 +54,22 @@ impl Macro {
         }
     }
 
+    /// The variables the text refers to, each with its key (lower-cased) when it has one.
+    pub fn references(&self) -> impl Iterator<Item = (Var, Option<&str>)> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(v, k) => Some((*v, k.as_deref())),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// The literal text every expansion starts with.
+    pub fn literal_prefix(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Literal(s)) => s,
+            _ => "",
+        }
+    }
+
     /// Expands the references with `lookup` (absent values expand to nothing).
     pub fn expand<'a, F, V>(&'a self, lookup: F) -> Cow<'a, [u8]>
     where
@@ -98,5 +114,16 @@ mod tests {
     fn unknown_variable_is_an_error() {
         assert!(Macro::parse("%{nope.x}").is_err());
         assert_eq!(Macro::parse("plain").unwrap().literal(), Some("plain"));
+    }
+
+    #[test]
+    fn references_and_literal_prefix() {
+        let m = Macro::parse("header_%{tx.0}_%{MATCHED_VAR}").unwrap();
+        assert_eq!(m.literal_prefix(), "header_");
+        assert_eq!(
+            m.references().collect::<Vec<_>>(),
+            [(Var::Tx, Some("0")), (Var::MatchedVar, None)]
+        );
+        assert_eq!(Macro::parse("%{tx.a}b").unwrap().literal_prefix(), "");
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
+use crate::fold::Fold;
 use crate::operators::atoi;
 use crate::recall;
 use crate::rule::{Filter, Item, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
@@ -123,7 +124,7 @@ fn keyed<'a>(
 /// and updates; read in key order when a target selects more than one key. Keys can come
 /// from the request (CRS names `TX` variables after header names), so the hasher is seeded
 /// per process; foldhash rather than SipHash, which cost 6% of a request.
-type VarMap = HashMap<String, Vec<u8>, foldhash::fast::RandomState>;
+pub(crate) type VarMap = HashMap<String, Vec<u8>, foldhash::fast::RandomState>;
 
 fn map_items<'a>(map: &'a VarMap, t: &Target, extra: &[&Selector], out: &mut dyn FnMut(Item2<'a>)) {
     let mut push = |k: &'a String, v: &'a Vec<u8>| {
@@ -940,9 +941,8 @@ impl Transaction {
         // Slot 0 is the empty value every unset scalar reads as.
         let mut d = Data {
             next_slot: 1,
-            // The CRS sets about a hundred `TX` variables per request: room for them up
-            // front instead of growing the table seven times.
-            tx: VarMap::with_capacity_and_hasher(256, Default::default()),
+            // What the rules decided at load set (see `fold`).
+            tx: engine.folding.tx.clone(),
             ..Data::default()
         };
         let RequestFacts {
@@ -1302,8 +1302,22 @@ impl Transaction {
                 continue;
             }
             let rule = &engine.rules.rules[ri];
-            if !self.eval_rule(&engine.rules, ri, rule) {
-                continue;
+            match engine.folding.rules[ri] {
+                Fold::Run => {
+                    if !self.eval_rule(&engine.rules, ri, rule) {
+                        continue;
+                    }
+                }
+                Fold::Never => continue,
+                // Its `setvar`s are in the `TX` this transaction started with, and it
+                // neither logs nor disrupts: only its jump is left.
+                Fold::Always => {
+                    if let Some(to) = rule.skip_to {
+                        i = to;
+                    }
+                    skip = rule.skip;
+                    continue;
+                }
             }
             if let Some(to) = rule.skip_to {
                 i = to;
@@ -1318,6 +1332,18 @@ impl Transaction {
                 return;
             }
         }
+    }
+
+    /// Evaluates rule `ri` on its own, outside its phase: how [`crate::fold`] decides a rule
+    /// at load. Returns whether it matched.
+    pub(crate) fn probe_rule(&mut self, ri: usize) -> bool {
+        let engine = self.engine.clone();
+        self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri])
+    }
+
+    /// This transaction's `TX`.
+    pub(crate) fn tx(&mut self) -> &mut VarMap {
+        &mut self.d.tx
     }
 
     fn disrupt(&mut self, rule: &Rule) -> Flow {

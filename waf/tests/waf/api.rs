@@ -148,6 +148,37 @@ fn exclusions_remove_rules_or_targets_on_their_paths() {
 }
 
 #[test]
+fn a_custom_rule_that_raises_the_paranoia_level_per_request_is_obeyed() {
+    // The CRS's paranoia-level gates read `TX:detection_paranoia_level`; a custom rule
+    // (loaded before the CRS files) that sets it from the request keeps them per request.
+    let e = engine(&WafSettings {
+        custom_rules: Some(
+            "SecRule REQUEST_HEADERS:X-Paranoia \"@streq 4\" \
+             \"id:1000,phase:1,pass,nolog,setvar:tx.detection_paranoia_level=4\""
+                .into(),
+        ),
+        ..WafSettings::default()
+    });
+    let ids = |paranoid: bool| {
+        // No Accept header: rule 920300, paranoia level 3.
+        let mut facts = RequestFacts::new("GET", "/Items", "HTTP/1.1")
+            .header("Host", "media.example.org")
+            .header(
+                "User-Agent",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0",
+            );
+        if paranoid {
+            facts = facts.header("X-Paranoia", "4");
+        }
+        let mut tx = e.transaction(facts);
+        tx.process_request_headers();
+        tx.process_request_body(b"").rule_ids()
+    };
+    assert!(!ids(false).contains(&920300), "{:?}", ids(false));
+    assert!(ids(true).contains(&920300), "{:?}", ids(true));
+}
+
+#[test]
 fn a_rule_excluded_everywhere_does_not_shift_where_skip_after_lands() {
     let settings = WafSettings {
         custom_rules: Some(

@@ -1,0 +1,494 @@
+//! Rules the configuration decides, evaluated once at load instead of on every request.
+//!
+//! CRS reads its configuration through `TX` on every request: some thirty rules of
+//! `REQUEST-901` set what the setup left unset, and each rule file opens with rules that
+//! compare `TX:DETECTION_PARANOIA_LEVEL` with the levels of its rules and skip those above
+//! it. Such a rule comes out the same on every request when
+//! - it reads only literal `TX` keys (targets, counts, macros) that no rule evaluated per
+//!   request can have written before it;
+//! - its only actions are `setvar`s on literal `TX` keys that no rule evaluated per request
+//!   can have read or written before it;
+//! - no rule evaluated per request before it can skip it (`skipAfter`, `skip`), and no
+//!   `ctl` run before it or path exclusion can remove its `TX` targets, or remove it when
+//!   it has `setvar`s (a removed rule is passed over per request, its jump not taken);
+//! - a match of it is neither logged nor disruptive.
+//!
+//! [`fold`] walks the request phases in the order they run, evaluates each such rule once
+//! on a probe transaction and notes whether it matched ([`Fold`]); every transaction then
+//! starts with the `TX` the probe ended with ([`Folding::tx`]), passes over a rule that
+//! never matches and takes the jump of one that always does. Moving a decided rule's
+//! `setvar`s to the start of the transaction changes nothing a rule can see, by the second
+//! condition. After a rule evaluated per request that can end the phase (`allow`,
+//! `ctl:ruleEngine`) nothing more is decided; the response phases are not walked.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::actions::{Ctl, Disruptive, Effect};
+use crate::engine::{Compiled, RequestFacts};
+use crate::macros::Macro;
+use crate::rule::{Item, Rule, RuleSet};
+use crate::transaction::{Transaction, VarMap};
+use crate::variables::{Selector, Var};
+
+/// What the configuration decides about a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fold {
+    /// Evaluated on each request.
+    Run,
+    /// Never matches.
+    Never,
+    /// Always matches; its `setvar`s are in [`Folding::tx`], what is left is its jump.
+    Always,
+}
+
+/// The rules decided at load, and the `TX` every transaction starts with.
+#[derive(Debug, Default)]
+pub(crate) struct Folding {
+    /// Per rule index.
+    pub(crate) rules: Vec<Fold>,
+    /// `TX` after the `setvar`s of the rules that always match.
+    pub(crate) tx: VarMap,
+}
+
+impl Folding {
+    /// Nothing decided: every rule of `rules` runs on each request.
+    pub(crate) fn none(rules: &RuleSet) -> Folding {
+        Folding {
+            rules: vec![Fold::Run; rules.rules.len()],
+            tx: VarMap::default(),
+        }
+    }
+}
+
+/// The `TX` keys a rule reads and writes, when it touches nothing else (see the module's
+/// conditions); `None` otherwise.
+fn tx_only(rule: &Rule) -> Option<(Vec<&str>, Vec<&str>)> {
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    fn tx_refs<'a>(m: &'a Macro, reads: &mut Vec<&'a str>) -> Option<()> {
+        for (var, key) in m.references() {
+            reads.push(key.filter(|_| var == Var::Tx)?);
+        }
+        Some(())
+    }
+    for link in &rule.links {
+        if link.capture {
+            return None;
+        }
+        for t in &link.targets {
+            let Selector::Key(k) = &t.selector else {
+                return None;
+            };
+            if t.var != Var::Tx || !t.exclusions.is_empty() {
+                return None;
+            }
+            reads.push(k.as_str());
+        }
+        if let Some(m) = link.operator.argument() {
+            tx_refs(m, &mut reads)?;
+        }
+        for e in &link.effects {
+            let Effect::SetVar {
+                collection,
+                key,
+                op,
+            } = e
+            else {
+                return None;
+            };
+            if matches!(collection, Var::Ip | Var::Global | Var::Env) {
+                return None;
+            }
+            writes.push(key.literal()?);
+            if let Some(m) = op.value() {
+                tx_refs(m, &mut reads)?;
+            }
+        }
+    }
+    Some((reads, writes))
+}
+
+/// What the rules left to each request have read and written of `TX` so far.
+#[derive(Default)]
+struct Touched {
+    read_keys: HashSet<String>,
+    read_selectors: Vec<Selector>,
+    read_all: bool,
+    written_keys: HashSet<String>,
+    /// Keys built by macros: each starts with one of these (all keys for an empty one).
+    written_prefixes: Vec<String>,
+    /// Per rule index: whether a `ctl` run before, or a path exclusion, may remove it.
+    removable: Vec<bool>,
+    /// Per rule index: whether a `ctl` run before, or a path exclusion, may remove one of
+    /// its `TX` targets.
+    retargetable: Vec<bool>,
+}
+
+impl Touched {
+    /// Nothing read or written yet; the rules and targets `engine`'s path exclusions may
+    /// remove.
+    fn new(engine: &Compiled) -> Touched {
+        let n = engine.rules.rules.len();
+        let mut touched = Touched {
+            removable: vec![false; n],
+            retargetable: vec![false; n],
+            ..Touched::default()
+        };
+        for ex in &engine.path_exclusions {
+            if ex.targets.is_empty() {
+                ex.rules.iter().for_each(|&i| touched.removable[i] = true);
+            } else if ex.targets.iter().any(|(v, _)| *v == Var::Tx) {
+                ex.rules
+                    .iter()
+                    .for_each(|&i| touched.retargetable[i] = true);
+            }
+        }
+        touched
+    }
+
+    /// Whether `key` holds the same value on every request here.
+    fn known(&self, key: &str) -> bool {
+        !self.written_keys.contains(key)
+            && !self
+                .written_prefixes
+                .iter()
+                .any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Whether no rule left to each request has read `key` yet.
+    fn unread(&self, key: &str) -> bool {
+        !self.read_all
+            && !self.read_keys.contains(key)
+            && !self.read_selectors.iter().any(|s| s.matches(key))
+    }
+
+    fn read_macro(&mut self, m: &Macro) {
+        for (var, key) in m.references() {
+            match (var, key) {
+                (Var::Tx, Some(k)) => {
+                    self.read_keys.insert(k.to_string());
+                }
+                (Var::Tx, None) => self.read_all = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Notes what a rule evaluated per request may read and write.
+    fn record(&mut self, rule: &Rule) {
+        for m in rule.msg.iter().chain(&rule.logdata) {
+            self.read_macro(m);
+        }
+        for link in &rule.links {
+            for t in link.targets.iter().filter(|t| t.var == Var::Tx) {
+                match &t.selector {
+                    Selector::Key(k) => {
+                        self.read_keys.insert(k.clone());
+                    }
+                    Selector::All => self.read_all = true,
+                    s @ Selector::Regex(_) => self.read_selectors.push(s.clone()),
+                }
+            }
+            if let Some(m) = link.operator.argument() {
+                self.read_macro(m);
+            }
+            if link.capture {
+                self.written_keys
+                    .extend((0..10).map(|n: u8| char::from(b'0' + n).to_string()));
+            }
+            for e in &link.effects {
+                match e {
+                    Effect::SetVar {
+                        collection,
+                        key,
+                        op,
+                    } => {
+                        self.read_macro(key);
+                        if let Some(m) = op.value() {
+                            self.read_macro(m);
+                        }
+                        if matches!(collection, Var::Ip | Var::Global | Var::Env) {
+                            continue;
+                        }
+                        match key.literal() {
+                            Some(k) => {
+                                self.written_keys.insert(k.to_string());
+                            }
+                            None => self
+                                .written_prefixes
+                                .push(key.literal_prefix().to_ascii_lowercase()),
+                        }
+                    }
+                    Effect::SetEnv(k, v) => {
+                        self.read_macro(k);
+                        self.read_macro(v);
+                    }
+                    Effect::Ctl(Ctl::RemoveRules(_, rules)) => {
+                        rules.iter().for_each(|&i| self.removable[i] = true);
+                    }
+                    Effect::Ctl(Ctl::RemoveTarget(_, rules, Var::Tx, _)) => {
+                        rules.iter().for_each(|&i| self.retargetable[i] = true);
+                    }
+                    Effect::InitCol(_) | Effect::Ctl(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Whether a rule evaluated per request may end its phase or every later one.
+fn may_stop(rule: &Rule) -> bool {
+    matches!(rule.disruptive, Disruptive::Allow(_))
+        || rule.links.iter().any(|l| {
+            l.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Ctl(Ctl::RuleEngine(_))))
+        })
+}
+
+/// Whether a rule's first link reads the matched variables, which hold the last match of
+/// an earlier rule there: then a decided rule must not match, or the value would be lost.
+fn reads_earlier_match(rule: &Rule) -> bool {
+    let matched = |v: Var| {
+        matches!(
+            v,
+            Var::MatchedVar | Var::MatchedVarName | Var::MatchedVars | Var::MatchedVarsNames
+        )
+    };
+    rule.links.first().is_some_and(|l| {
+        l.targets.iter().any(|t| matched(t.var))
+            || l.operator
+                .argument()
+                .is_some_and(|m| m.references().any(|(v, _)| matched(v)))
+    })
+}
+
+/// Decides what the configuration decides in `engine`'s request phases (see the module).
+pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
+    let rules = &engine.rules;
+    let mut decided = vec![Fold::Run; rules.rules.len()];
+    let may_match = !rules.rules.iter().any(reads_earlier_match);
+    let mut touched = Touched::new(engine);
+    let mut probe = Transaction::new(engine.clone(), RequestFacts::new("GET", "/", "HTTP/1.1"));
+    'phases: for items in &rules.phases[..2] {
+        let mut i = 0;
+        // Rules before this position may be skipped by a rule evaluated per request.
+        let mut shadow = 0;
+        let mut skip = 0u32;
+        while i < items.len() {
+            let Item::Rule(ri) = items[i] else {
+                i += 1;
+                continue;
+            };
+            let at = i;
+            i += 1;
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            let rule = &rules.rules[ri];
+            // A rule a `ctl` may remove is passed over then, its jump not taken: one that
+            // writes is left to run, one that does not may be decided.
+            let removable = touched.removable[ri];
+            let fold = (at >= shadow && !touched.retargetable[ri])
+                .then(|| tx_only(rule))
+                .flatten()
+                .filter(|(reads, writes)| {
+                    reads.iter().all(|k| touched.known(k))
+                        && (writes.is_empty() || !removable)
+                        && writes.iter().all(|k| touched.known(k) && touched.unread(k))
+                })
+                .and_then(|_| {
+                    let before = probe.tx().clone();
+                    let matched = probe.probe_rule(ri);
+                    let keeps = if matched {
+                        may_match
+                            && !(rule.log && rule.id != 0)
+                            && matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block)
+                    } else {
+                        // A chain whose first links matched has run their `setvar`s.
+                        *probe.tx() == before && (may_match || rule.links.len() == 1)
+                    };
+                    if !keeps {
+                        *probe.tx() = before;
+                    }
+                    keeps.then_some(if matched { Fold::Always } else { Fold::Never })
+                });
+            if let Some(f) = fold {
+                decided[ri] = f;
+            }
+            match fold {
+                Some(Fold::Always) if !removable => {
+                    if let Some(to) = rule.skip_to {
+                        i = to;
+                    }
+                    skip = rule.skip;
+                    continue;
+                }
+                Some(Fold::Always) => {}
+                Some(_) => continue,
+                None => {
+                    touched.record(rule);
+                    if may_stop(rule) {
+                        break 'phases;
+                    }
+                }
+            }
+            // The rules it may skip may run or not.
+            if let Some(to) = rule.skip_to {
+                shadow = shadow.max(to);
+            }
+            if rule.skip > 0 {
+                let mut left = rule.skip;
+                let mut end = i;
+                while end < items.len() && left > 0 {
+                    if matches!(items[end], Item::Rule(_)) {
+                        left -= 1;
+                    }
+                    end += 1;
+                }
+                shadow = shadow.max(end);
+            }
+        }
+    }
+    // Room for the hundred or so variables CRS sets per request, so that a transaction's
+    // copy does not grow its table seven times.
+    let mut tx = VarMap::with_capacity_and_hasher(256, Default::default());
+    tx.extend(probe.tx().drain());
+    Folding { rules: decided, tx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Decision, WafEngine, WafSettings};
+
+    /// An engine of `rules` alone.
+    fn engine(rules: &str) -> WafEngine {
+        WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(rules.into()),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// What was decided of each rule, by id.
+    fn decided(e: &WafEngine) -> Vec<(u32, Fold)> {
+        let c = e.compiled();
+        c.rules
+            .rules
+            .iter()
+            .zip(&c.folding.rules)
+            .map(|(r, f)| (r.id, *f))
+            .collect()
+    }
+
+    /// The decision on a request to `uri` with `headers`, after both request phases.
+    fn decision(e: &WafEngine, uri: &str, headers: &[(&str, &str)]) -> Decision {
+        let mut facts = RequestFacts::new("GET", uri, "HTTP/1.1");
+        for (k, v) in headers {
+            facts = facts.header(k, *v);
+        }
+        let mut tx = e.transaction(facts);
+        tx.process_request_headers();
+        tx.process_request_body(b"").decision
+    }
+
+    fn block(status: u16, rule_id: u32) -> Decision {
+        Decision::Block { status, rule_id }
+    }
+
+    #[test]
+    fn configuration_rules_are_decided_and_request_rules_are_not() {
+        let e = engine(
+            "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.level=2\"\n\
+             SecRule TX:level \"@lt 3\" \"id:2,phase:1,pass,nolog,skipAfter:END\"\n\
+             SecRule ARGS \"@streq a\" \"id:3,phase:1,deny,status:403\"\n\
+             SecMarker END\n\
+             SecRule TX:level \"@gt 3\" \"id:4,phase:1,deny,status:403\"\n\
+             SecRule REQUEST_HEADERS:x \"@streq y\" \"id:5,phase:1,pass,nolog,setvar:tx.level=5\"\n\
+             SecRule TX:level \"@ge 5\" \"id:6,phase:2,deny,status:409\"\n",
+        );
+        use Fold::*;
+        assert_eq!(
+            decided(&e),
+            [
+                (1, Always),
+                (2, Always),
+                (3, Run),
+                (4, Never),
+                (5, Run),
+                (6, Run)
+            ]
+        );
+        assert_eq!(
+            e.compiled().folding.tx.get("level").map(Vec::as_slice),
+            Some(&b"2"[..])
+        );
+        assert_eq!(decision(&e, "/?q=a", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/", &[("x", "y")]), block(409, 6));
+    }
+
+    #[test]
+    fn rules_that_may_be_skipped_or_removed_per_request_are_left_to_run() {
+        let e = engine(
+            "SecRule ARGS:s \"@streq 1\" \"id:10,phase:1,pass,nolog,skipAfter:M\"\n\
+             SecAction \"id:11,phase:1,pass,nolog,setvar:tx.x=1\"\n\
+             SecMarker M\n\
+             SecRule ARGS:r \"@streq 1\" \"id:12,phase:1,pass,nolog,\
+                ctl:ruleRemoveById=13,ctl:ruleRemoveById=14\"\n\
+             SecAction \"id:13,phase:1,pass,nolog,setvar:tx.y=1\"\n\
+             SecAction \"id:14,phase:1,pass,nolog,skipAfter:N\"\n\
+             SecRule ARGS:q \"@streq 1\" \"id:15,phase:1,deny,status:403\"\n\
+             SecMarker N\n\
+             SecRule TX:y \"@eq 1\" \"id:16,phase:2,deny,status:409\"\n",
+        );
+        use Fold::*;
+        // 11 may be skipped, 13 may be removed and sets `TX`; 14 may be removed but only
+        // jumps, so it is decided, and what it jumps over is left to run.
+        assert_eq!(
+            decided(&e),
+            [
+                (10, Run),
+                (11, Run),
+                (12, Run),
+                (13, Run),
+                (14, Always),
+                (15, Run),
+                (16, Run)
+            ]
+        );
+        assert_eq!(decision(&e, "/?q=1", &[]), block(409, 16));
+        assert_eq!(decision(&e, "/?q=1&r=1", &[]), block(403, 15));
+        assert_eq!(decision(&e, "/?r=1", &[]), Decision::Allow);
+    }
+
+    #[test]
+    fn a_setvar_read_before_it_or_run_by_a_chain_that_fails_is_left_to_run() {
+        let e = engine(
+            "SecRule ARGS:a \"@streq %{tx.z}\" \"id:20,phase:1,deny,status:403\"\n\
+             SecAction \"id:21,phase:1,pass,nolog,setvar:tx.z=1\"\n\
+             SecRule &TX:k \"@eq 0\" \"id:30,phase:1,pass,nolog,chain,setvar:tx.p=1\"\n\
+                SecRule &TX:k \"@eq 1\" \"setvar:tx.q=1\"\n\
+             SecRule TX:p \"@eq 1\" \"id:31,phase:2,deny,status:410\"\n",
+        );
+        use Fold::*;
+        assert_eq!(decided(&e), [(20, Run), (21, Run), (30, Run), (31, Run)]);
+        // `TX:z` is still unset when rule 20 compares: "1" is not "", the chain's first
+        // link has set `TX:p`.
+        assert_eq!(decision(&e, "/?a=1", &[]), block(410, 31));
+    }
+
+    #[test]
+    fn nothing_is_decided_after_a_rule_that_may_end_the_phase() {
+        let e = engine(
+            "SecRule ARGS:ok \"@streq 1\" \"id:40,phase:1,allow:phase\"\n\
+             SecAction \"id:41,phase:1,pass,nolog,setvar:tx.w=1\"\n\
+             SecRule TX:w \"@eq 1\" \"id:42,phase:2,deny,status:403\"\n",
+        );
+        assert!(decided(&e).iter().all(|(_, f)| *f == Fold::Run));
+        assert_eq!(decision(&e, "/?ok=1", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/", &[]), block(403, 42));
+    }
+}
