@@ -149,6 +149,10 @@ fn cases() -> Vec<Case> {
     };
     vec![
         one(
+            "benign: bare (GET, no query: the headers alone)",
+            jellyfin("GET", "/System/Info/Public", None),
+        ),
+        one(
             "benign: library browse (GET, 9 query args)",
             library_browse("4b2c8d0e3f1a4e6b9c7d5e3f1a2b4c6d", 0),
         ),

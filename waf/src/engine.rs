@@ -426,6 +426,7 @@ fn compile(
         }
     };
     let path_exclusions = apply_exclusions(&mut rules, &settings.exclusions)?;
+    rules.plan_tx_keys();
     rules.plan_prefilter(settings.executing_paranoia_level);
     rules.plan_recall(settings.executing_paranoia_level);
     /// The number of the next engine compiled.

@@ -308,6 +308,15 @@ impl Operator {
     pub fn matches(&self, value: &[u8], arg: &[u8], captures: Option<&mut Vec<Vec<u8>>>) -> bool {
         match self {
             Operator::Rx { regex: re, .. } => match captures {
+                // Without groups the match is the only capture: one search finds it.
+                Some(out) if re.captures_len() == 1 => match re.find(value) {
+                    Some(m) => {
+                        out.clear();
+                        out.push(m.as_bytes().to_vec());
+                        true
+                    }
+                    None => false,
+                },
                 // Captures cost an allocation: only for values that match.
                 Some(out) if re.is_match(value) => match re.captures(value) {
                     Some(c) => {
@@ -551,6 +560,10 @@ mod tests {
         let mut caps = Vec::new();
         assert!(op("rx", "a(b+)c").matches(b"xabbc", b"", Some(&mut caps)));
         assert_eq!(caps, vec![b"abbc".to_vec(), b"bb".to_vec()]);
+        // Without groups, the match alone.
+        assert!(op("rx", "b+").matches(b"abbc", b"", Some(&mut caps)));
+        assert_eq!(caps, vec![b"bb".to_vec()]);
+        assert!(!op("rx", "^b").matches(b"abbc", b"", Some(&mut caps)));
     }
 
     #[test]

@@ -181,6 +181,9 @@ fn automaton(mut literals: Vec<(Vec<u8>, u32)>) -> Option<(AhoCorasick, Vec<Owne
         .map(|m| (m, owners))
 }
 
+/// The `TX` keys of a `capture`'s groups.
+pub const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+
 /// A rule with its chain.
 #[derive(Debug)]
 pub struct Rule {
@@ -334,6 +337,39 @@ fn target_key(t: &Target) -> String {
 }
 
 impl RuleSet {
+    /// Gives each `TX` target selected by a regex the keys it matches among the literal
+    /// names `setvar` writes and `capture` fills, so that reading it looks these up instead of
+    /// testing every `TX` key (CRS holds about a hundred).
+    pub fn plan_tx_keys(&mut self) {
+        let mut literal: Vec<String> = CAPTURE_KEYS.iter().map(|k| k.to_string()).collect();
+        for link in self.rules.iter().flat_map(|r| &r.links) {
+            for e in &link.effects {
+                if let Effect::SetVar {
+                    collection: Var::Tx,
+                    key,
+                    ..
+                } = e
+                    && let Some(k) = key.literal()
+                {
+                    literal.push(k.to_string());
+                }
+            }
+        }
+        literal.sort_unstable();
+        literal.dedup();
+        for t in self
+            .rules
+            .iter_mut()
+            .flat_map(|r| &mut r.links)
+            .flat_map(|l| &mut l.targets)
+            .filter(|t| t.var == Var::Tx)
+        {
+            if let Selector::Regex(re) = &mut t.selector {
+                re.tx_keys = literal.iter().filter(|k| re.is_match(k)).cloned().collect();
+            }
+        }
+    }
+
     /// Builds the literal prefilter, once every target is final (after updates and
     /// exclusions): each link whose operator has literals (`@rx` with required literals,
     /// `@pm`), is not negated and counts no collection gets a bit per literal set, and a

@@ -12,9 +12,9 @@ use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::fold::Fold;
 use crate::operators::atoi;
 use crate::recall;
-use crate::rule::{Filter, Item, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
+use crate::rule::{CAPTURE_KEYS, Filter, Item, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
-use crate::variables::{Selector, Target, Var};
+use crate::variables::{KeyRegex, Selector, Target, Var};
 
 /// A keyed value of a collection.
 #[derive(Clone, Debug)]
@@ -85,6 +85,9 @@ struct Data {
     xml_attrs_slot: u32,
     response_headers: Vec<Entry>,
     tx: VarMap,
+    /// The `TX` keys written under names built by macros, which the regexes of `TX` targets
+    /// have not been matched against at load (see [`KeyRegex::tx_keys`]).
+    tx_built: Vec<String>,
     ip: VarMap,
     global: VarMap,
     env: VarMap,
@@ -155,6 +158,37 @@ fn map_items<'a>(map: &'a VarMap, t: &Target, extra: &[&Selector], out: &mut dyn
 }
 
 impl Data {
+    /// The `TX` values a regex selects, in key order: among the literal keys it matched at
+    /// load those set now, and the keys built by macros it matches.
+    fn tx_selected<'a>(
+        &'a self,
+        re: &KeyRegex,
+        t: &Target,
+        extra: &[&Selector],
+        out: &mut dyn FnMut(Item2<'a>),
+    ) {
+        let mut selected: Vec<(&'a String, &'a Vec<u8>)> = re
+            .tx_keys
+            .iter()
+            .chain(self.tx_built.iter().filter(|k| re.is_match(k)))
+            .filter_map(|k| self.tx.get_key_value(k))
+            .collect();
+        if !self.tx_built.is_empty() {
+            selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            selected.dedup_by(|a, b| a.0 == b.0);
+        }
+        for (k, v) in selected {
+            if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
+                continue;
+            }
+            out(Item2 {
+                slot: NONE,
+                key: k,
+                value: Cow::Borrowed(v),
+            });
+        }
+    }
+
     /// Calls `out` with each value a target selects, but those `extra` excludes.
     fn items<'a>(&'a self, t: &Target, extra: &[&Selector], out: &mut dyn FnMut(Item2<'a>)) {
         let list = |v: &'a [Vec<u8>], first: u32, out: &mut dyn FnMut(Item2<'a>)| {
@@ -197,7 +231,10 @@ impl Data {
                     list(&self.xml_attrs, self.xml_attrs_slot, out);
                 }
             },
-            Var::Tx => map_items(&self.tx, t, extra, out),
+            Var::Tx => match &t.selector {
+                Selector::Regex(re) => self.tx_selected(re, t, extra, out),
+                _ => map_items(&self.tx, t, extra, out),
+            },
             Var::Ip => map_items(&self.ip, t, extra, out),
             Var::Global => map_items(&self.global, t, extra, out),
             Var::Env => map_items(&self.env, t, extra, out),
@@ -1617,7 +1654,13 @@ impl Transaction {
                 let key = match key.literal() {
                     // Lower-cased when the rule was parsed.
                     Some(k) => Cow::Borrowed(k),
-                    None => lower_key(key.expand(|v, k| self.d.lookup(v, k))),
+                    None => {
+                        let k = lower_key(key.expand(|v, k| self.d.lookup(v, k)));
+                        if *collection == Var::Tx && !self.d.tx.contains_key(&*k) {
+                            self.d.tx_built.push(k.to_string());
+                        }
+                        k
+                    }
                 };
                 let value = match op {
                     SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
@@ -1690,9 +1733,6 @@ impl Transaction {
         }
     }
 }
-
-/// The `TX` keys of a `capture`'s groups.
-const CAPTURE_KEYS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
 /// Runs a link's operator on one value; a match (a non-match for `!@op`) is a hit, with
 /// the operator's captures when `captures` is given.

@@ -143,6 +143,10 @@ pub struct KeyRegex {
     literal: String,
     /// Whether matches start with the literal.
     anchored: bool,
+    /// For a `TX` target: the keys it matches among those rules write under literal names,
+    /// in order, filled once the rule set is complete ([`crate::rule::RuleSet::plan_tx_keys`]).
+    /// Keys written under names built by macros are matched when read.
+    pub tx_keys: Vec<String>,
 }
 
 impl KeyRegex {
@@ -168,6 +172,7 @@ impl KeyRegex {
             regex,
             literal: literal.to_ascii_lowercase(),
             anchored,
+            tx_keys: Vec::new(),
         })
     }
 

@@ -179,6 +179,39 @@ fn a_custom_rule_that_raises_the_paranoia_level_per_request_is_obeyed() {
 }
 
 #[test]
+fn a_tx_regex_target_reads_literal_and_built_keys_in_key_order() {
+    let settings = WafSettings {
+        custom_rules: Some(
+            "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.pick_c=3,setvar:tx.other=9\"\n\
+             SecRule ARGS:n \"@rx ^(.*)$\" \"id:2,phase:1,pass,nolog,capture,\
+                setvar:tx.pick_%{tx.1}=1\"\n\
+             SecRule TX:/^pick_/ \"@rx .\" \"id:3,phase:1,pass,log,msg:'first'\"\n\
+             SecRule &TX:/^pick_/ \"@eq 2\" \"id:4,phase:1,deny,status:418\"\n"
+                .into(),
+        ),
+        ..WafSettings::default()
+    };
+    let e = WafEngine::custom_only(&settings).unwrap();
+    let run = |uri: &str| {
+        let mut tx = e.transaction(get(uri));
+        tx.process_request_headers()
+    };
+    // `pick_b`, built from the argument, is read before `pick_c`.
+    let v = run("/?n=B");
+    assert_eq!(
+        v.decision,
+        Decision::Block {
+            status: 418,
+            rule_id: 4
+        }
+    );
+    assert_eq!(v.matched[0].variable, "TX:pick_b");
+    let v = run("/");
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.matched[0].variable, "TX:pick_c");
+}
+
+#[test]
 fn a_rule_excluded_everywhere_does_not_shift_where_skip_after_lands() {
     let settings = WafSettings {
         custom_rules: Some(
