@@ -79,7 +79,16 @@ impl Macro {
         if let Some(l) = self.literal() {
             return Cow::Borrowed(l.as_bytes());
         }
-        let mut out = Vec::new();
+        // Room for the literal parts and a short value or two: one allocation, mostly.
+        let literal: usize = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.len(),
+                Part::Var(..) => 16,
+            })
+            .sum();
+        let mut out = Vec::with_capacity(literal);
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.extend_from_slice(s.as_bytes()),

@@ -167,12 +167,14 @@ impl Data {
         extra: &[&Selector],
         out: &mut dyn FnMut(Item2<'a>),
     ) {
-        let mut selected: Vec<(&'a String, &'a Vec<u8>)> = re
-            .tx_keys
-            .iter()
-            .chain(self.tx_built.iter().filter(|k| re.is_match(k)))
-            .filter_map(|k| self.tx.get_key_value(k))
-            .collect();
+        let mut selected: Vec<(&'a String, &'a Vec<u8>)> =
+            Vec::with_capacity(re.tx_keys.len() + self.tx_built.len());
+        selected.extend(
+            re.tx_keys
+                .iter()
+                .chain(self.tx_built.iter().filter(|k| re.is_match(k)))
+                .filter_map(|k| self.tx.get_key_value(k)),
+        );
         if !self.tx_built.is_empty() {
             selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
             selected.dedup_by(|a, b| a.0 == b.0);

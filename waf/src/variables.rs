@@ -143,6 +143,8 @@ pub struct KeyRegex {
     literal: String,
     /// Whether matches start with the literal.
     anchored: bool,
+    /// Whether the expression is the literal alone (after `^`): then the literal decides.
+    whole: bool,
     /// For a `TX` target: the keys it matches among those rules write under literal names,
     /// in order, filled once the rule set is complete ([`crate::rule::RuleSet::plan_tx_keys`]).
     /// Keys written under names built by macros are matched when read.
@@ -170,6 +172,7 @@ impl KeyRegex {
         }
         Ok(KeyRegex {
             regex,
+            whole: !literal.is_empty() && literal.len() == body.len(),
             literal: literal.to_ascii_lowercase(),
             anchored,
             tx_keys: Vec::new(),
@@ -186,8 +189,8 @@ impl KeyRegex {
             } else {
                 key_lower.contains(&self.literal)
             };
-            if !found {
-                return false;
+            if !found || self.whole {
+                return found;
             }
         }
         self.regex.is_match(key_lower.as_bytes())
@@ -334,6 +337,10 @@ mod tests {
             "^abc*",
             "^ab|cd",
             "^x[0-9]+",
+            "header_name",
+            "^ab-c",
+            "^abc$",
+            "abc\\d",
         ] {
             let r = KeyRegex::new(source).unwrap();
             for key in [
@@ -347,6 +354,10 @@ mod tests {
                 "x12",
                 "",
                 "other",
+                "ab-c",
+                "abc",
+                "abc1",
+                "xabc1",
             ] {
                 assert_eq!(
                     r.is_match(key),
@@ -355,6 +366,9 @@ mod tests {
                 );
             }
         }
+        let whole = |s: &str| KeyRegex::new(s).unwrap().whole;
+        assert!(whole("^__utm") && whole("header_name") && whole("^ab-c"));
+        assert!(!whole("^abc$") && !whole("^abc*") && !whole("abc\\d") && !whole("^ab|cd"));
     }
 
     #[test]
