@@ -4,20 +4,21 @@
 //! `REQUEST-901` set what the setup left unset, and each rule file opens with rules that
 //! compare `TX:DETECTION_PARANOIA_LEVEL` with the levels of its rules and skip those above
 //! it. Such a rule comes out the same on every request when
-//! - it reads only literal `TX` keys (targets, counts, macros) that no rule evaluated per
-//!   request can have written before it;
-//! - its only actions are `setvar`s on literal `TX` keys that no rule evaluated per request
-//!   can have read or written before it;
+//! - its tests read only literal `TX` keys (targets, counts, operator macros) that no rule
+//!   evaluated per request can have written before it;
 //! - no rule evaluated per request before it can skip it (`skipAfter`, `skip`), and no
-//!   `ctl` run before it or path exclusion can remove its `TX` targets, or remove it when
-//!   it has `setvar`s (a removed rule is passed over per request, its jump not taken);
-//! - a match of it is neither logged nor disruptive.
+//!   `ctl` run before it or path exclusion can remove its `TX` targets;
+//! - it never matches (then its actions never run; with a single test), or it always
+//!   matches, neither logged nor disruptive, and its only actions are `setvar`s that read
+//!   such keys and write literal `TX` keys no rule evaluated per request can have read or
+//!   written before it, and no `ctl` or exclusion can remove it (a removed rule is passed
+//!   over per request, its jump not taken).
 //!
 //! [`fold`] walks the request phases in the order they run, evaluates each such rule once
 //! on a probe transaction and notes whether it matched ([`Fold`]); every transaction then
 //! starts with the `TX` the probe ended with ([`Folding::tx`]), passes over a rule that
 //! never matches and takes the jump of one that always does. Moving a decided rule's
-//! `setvar`s to the start of the transaction changes nothing a rule can see, by the second
+//! `setvar`s to the start of the transaction changes nothing a rule can see, by the last
 //! condition. After a rule evaluated per request that can end the phase (`allow`,
 //! `ctl:ruleEngine`) nothing more is decided; the response phases are not walked.
 
@@ -61,17 +62,28 @@ impl Folding {
     }
 }
 
-/// The `TX` keys a rule reads and writes, when it touches nothing else (see the module's
-/// conditions); `None` otherwise.
-fn tx_only(rule: &Rule) -> Option<(Vec<&str>, Vec<&str>)> {
-    let mut reads = Vec::new();
-    let mut writes = Vec::new();
-    fn tx_refs<'a>(m: &'a Macro, reads: &mut Vec<&'a str>) -> Option<()> {
-        for (var, key) in m.references() {
-            reads.push(key.filter(|_| var == Var::Tx)?);
-        }
-        Some(())
+/// What a rule touches of `TX`, when its tests read nothing else.
+struct TxUse<'a> {
+    /// The keys its targets and operator arguments read.
+    tests: Vec<&'a str>,
+    /// The keys its actions read and write, when they are only `setvar`s on literal `TX`
+    /// keys with `TX` macros.
+    effects: Option<(Vec<&'a str>, Vec<&'a str>)>,
+}
+
+/// The `TX` keys a macro reads, or `None` when it reads anything else.
+fn tx_refs<'a>(m: &'a Macro, reads: &mut Vec<&'a str>) -> Option<()> {
+    for (var, key) in m.references() {
+        reads.push(key.filter(|_| var == Var::Tx)?);
     }
+    Some(())
+}
+
+/// What `rule` touches of `TX`, or `None` when its tests read anything else or it
+/// captures.
+fn tx_use(rule: &Rule) -> Option<TxUse<'_>> {
+    let mut tests = Vec::new();
+    let mut effects = Some((Vec::new(), Vec::new()));
     for link in &rule.links {
         if link.capture {
             return None;
@@ -83,30 +95,33 @@ fn tx_only(rule: &Rule) -> Option<(Vec<&str>, Vec<&str>)> {
             if t.var != Var::Tx || !t.exclusions.is_empty() {
                 return None;
             }
-            reads.push(k.as_str());
+            tests.push(k.as_str());
         }
         if let Some(m) = link.operator.argument() {
-            tx_refs(m, &mut reads)?;
+            tx_refs(m, &mut tests)?;
         }
         for e in &link.effects {
-            let Effect::SetVar {
-                collection,
-                key,
-                op,
-            } = e
-            else {
-                return None;
-            };
-            if matches!(collection, Var::Ip | Var::Global | Var::Env) {
-                return None;
-            }
-            writes.push(key.literal()?);
-            if let Some(m) = op.value() {
-                tx_refs(m, &mut reads)?;
-            }
+            effects = effects.and_then(|(mut reads, mut writes)| {
+                let Effect::SetVar {
+                    collection,
+                    key,
+                    op,
+                } = e
+                else {
+                    return None;
+                };
+                if matches!(collection, Var::Ip | Var::Global | Var::Env) {
+                    return None;
+                }
+                writes.push(key.literal()?);
+                if let Some(m) = op.value() {
+                    tx_refs(m, &mut reads)?;
+                }
+                Some((reads, writes))
+            });
         }
     }
-    Some((reads, writes))
+    Some(TxUse { tests, effects })
 }
 
 /// What the rules left to each request have read and written of `TX` so far.
@@ -292,18 +307,26 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
             // writes is left to run, one that does not may be decided.
             let removable = touched.removable[ri];
             let fold = (at >= shadow && !touched.retargetable[ri])
-                .then(|| tx_only(rule))
+                .then(|| tx_use(rule))
                 .flatten()
-                .filter(|(reads, writes)| {
-                    reads.iter().all(|k| touched.known(k))
-                        && (writes.is_empty() || !removable)
-                        && writes.iter().all(|k| touched.known(k) && touched.unread(k))
-                })
-                .and_then(|_| {
+                .filter(|u| u.tests.iter().all(|k| touched.known(k)))
+                .and_then(|u| {
+                    // Whether its actions may be moved to the start of the transaction; a
+                    // rule of one link whose actions may not is still decided when it never
+                    // matches (its actions never run).
+                    let movable = u.effects.is_some_and(|(reads, writes)| {
+                        reads.iter().all(|k| touched.known(k))
+                            && (writes.is_empty() || !removable)
+                            && writes.iter().all(|k| touched.known(k) && touched.unread(k))
+                    });
+                    if !movable && rule.links.len() > 1 {
+                        return None;
+                    }
                     let before = probe.tx().clone();
                     let matched = probe.probe_rule(ri);
                     let keeps = if matched {
-                        may_match
+                        movable
+                            && may_match
                             && !(rule.log && rule.id != 0)
                             && matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block)
                     } else {
@@ -408,9 +431,13 @@ mod tests {
              SecMarker END\n\
              SecRule TX:level \"@gt 3\" \"id:4,phase:1,deny,status:403\"\n\
              SecRule REQUEST_HEADERS:x \"@streq y\" \"id:5,phase:1,pass,nolog,setvar:tx.level=5\"\n\
-             SecRule TX:level \"@ge 5\" \"id:6,phase:2,deny,status:409\"\n",
+             SecRule TX:level \"@ge 5\" \"id:6,phase:2,deny,status:409\"\n\
+             SecRule &TX:mode \"@eq 0\" \"id:7,phase:2,pass,nolog,setvar:tx.sum=+%{tx.level}\"\n\
+             SecRule &TX:mode \"@eq 1\" \"id:8,phase:2,pass,nolog,setvar:tx.sum=+%{tx.level}\"\n\
+             SecRule TX:sum \"@eq 2\" \"id:9,phase:2,deny,status:402\"\n",
         );
         use Fold::*;
+        // 7 always matches but adds what 5 may change: it runs; 8 never matches.
         assert_eq!(
             decided(&e),
             [
@@ -419,14 +446,17 @@ mod tests {
                 (3, Run),
                 (4, Never),
                 (5, Run),
-                (6, Run)
+                (6, Run),
+                (7, Run),
+                (8, Never),
+                (9, Run)
             ]
         );
         assert_eq!(
             e.compiled().folding.tx.get("level").map(Vec::as_slice),
             Some(&b"2"[..])
         );
-        assert_eq!(decision(&e, "/?q=a", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/?q=a", &[]), block(402, 9));
         assert_eq!(decision(&e, "/", &[("x", "y")]), block(409, 6));
     }
 
