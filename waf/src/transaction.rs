@@ -838,11 +838,19 @@ impl Memo {
 
     /// One pass over the values of every variable of [`RuleSet::recall_vars`]: per
     /// variable, the links some value is not known to find nothing in.
+    /// After the transaction's first pass, the rows of the variables fixed when it started
+    /// are kept: knowledge only grows, so they over-estimate at worst.
     fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
         let words = self.recall.words;
-        self.unknown.clear();
-        self.unknown.resize(rules.recall_vars.len() * words, 0);
+        let first = self.unknown.is_empty();
+        if first {
+            self.unknown.resize(rules.recall_vars.len() * words, 0);
+        }
         for (row, t) in rules.recall_vars.iter().enumerate() {
+            if !first && t.var.is_fixed() {
+                continue;
+            }
+            self.unknown[row * words..(row + 1) * words].fill(0);
             d.items(t, &[], &mut |item| {
                 let known = if item.cacheable() {
                     self.known_row(&item)

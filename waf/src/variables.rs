@@ -99,6 +99,32 @@ variables! {
 }
 
 impl Var {
+    /// Whether the values of this variable are set from the request line, the headers and
+    /// the connection when a transaction starts, and never change.
+    pub fn is_fixed(self) -> bool {
+        matches!(
+            self,
+            Var::ArgsGet
+                | Var::ArgsGetNames
+                | Var::RequestHeaders
+                | Var::RequestHeadersNames
+                | Var::RequestCookies
+                | Var::RequestCookiesNames
+                | Var::RequestUri
+                | Var::RequestUriRaw
+                | Var::RequestFilename
+                | Var::RequestBasename
+                | Var::RequestLine
+                | Var::RequestMethod
+                | Var::RequestProtocol
+                | Var::QueryString
+                | Var::RemoteAddr
+                | Var::RemotePort
+                | Var::ServerPort
+                | Var::UniqueId
+        )
+    }
+
     /// Whether the values of this variable change while a phase runs, so that transformed
     /// values must not be cached.
     pub fn is_volatile(self) -> bool {
