@@ -49,7 +49,7 @@ pub(crate) struct Folding {
     /// Per rule index.
     pub(crate) rules: Vec<Fold>,
     /// `TX` after the `setvar`s of the rules that always match.
-    pub(crate) tx: VarMap,
+    pub(crate) tx: Arc<VarMap>,
 }
 
 impl Folding {
@@ -57,7 +57,7 @@ impl Folding {
     pub(crate) fn none(rules: &RuleSet) -> Folding {
         Folding {
             rules: vec![Fold::Run; rules.rules.len()],
-            tx: VarMap::default(),
+            tx: Arc::default(),
         }
     }
 }
@@ -375,11 +375,11 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
             }
         }
     }
-    // Room for the hundred or so variables CRS sets per request, so that a transaction's
-    // copy does not grow its table seven times.
-    let mut tx = VarMap::with_capacity_and_hasher(256, Default::default());
-    tx.extend(probe.tx().drain());
-    Folding { rules: decided, tx }
+    let tx = std::mem::take(probe.tx()).into_map();
+    Folding {
+        rules: decided,
+        tx: Arc::new(tx),
+    }
 }
 
 #[cfg(test)]

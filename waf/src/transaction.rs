@@ -84,7 +84,7 @@ struct Data {
     xml_text_slot: u32,
     xml_attrs_slot: u32,
     response_headers: Vec<Entry>,
-    tx: VarMap,
+    tx: TxVars,
     /// The `TX` keys written under names built by macros, which the regexes of `TX` targets
     /// have not been matched against at load (see [`KeyRegex::tx_keys`]).
     tx_built: Vec<String>,
@@ -129,7 +129,120 @@ fn keyed<'a>(
 /// per process; foldhash rather than SipHash, which cost 6% of a request.
 pub(crate) type VarMap = HashMap<String, Vec<u8>, foldhash::fast::RandomState>;
 
-fn map_items<'a>(map: &'a VarMap, t: &Target, extra: &[&Selector], out: &mut dyn FnMut(Item2<'a>)) {
+/// `TX` of one transaction: what the rules decided at load set, shared by every
+/// transaction of the engine (see [`crate::fold`]), under what this transaction has set or
+/// deleted. Copying the shared part into each transaction cost more than reading through
+/// two tables.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct TxVars {
+    /// The values set at load.
+    base: Arc<VarMap>,
+    /// This transaction's values: `None` for a key of `base` it deleted.
+    own: HashMap<String, Option<Vec<u8>>, foldhash::fast::RandomState>,
+}
+
+impl TxVars {
+    /// A transaction's `TX`, starting with `base`.
+    pub(crate) fn new(base: Arc<VarMap>) -> TxVars {
+        TxVars {
+            base,
+            // About fifty keys are set per request (scores, names built from headers).
+            own: HashMap::with_capacity_and_hasher(64, Default::default()),
+        }
+    }
+
+    /// A key and its value.
+    fn get_key_value(&self, key: &str) -> Option<(&String, &Vec<u8>)> {
+        match self.own.get_key_value(key) {
+            Some((k, v)) => v.as_ref().map(|v| (k, v)),
+            None => self.base.get_key_value(key),
+        }
+    }
+
+    /// A key's value.
+    pub(crate) fn get(&self, key: &str) -> Option<&Vec<u8>> {
+        self.get_key_value(key).map(|(_, v)| v)
+    }
+
+    /// Every key and its value, in no order.
+    fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        let own = self
+            .own
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+        let base = self
+            .base
+            .iter()
+            .filter(|(k, _)| !self.own.contains_key(k.as_str()));
+        own.chain(base)
+    }
+
+    /// Sets a key to what `fill` writes into its emptied value.
+    fn set(&mut self, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
+        let slot = match self.own.get_mut(&*key) {
+            Some(slot) => slot.get_or_insert_default(),
+            None => self
+                .own
+                .entry(key.into_owned())
+                .or_default()
+                .get_or_insert_default(),
+        };
+        slot.clear();
+        fill(slot);
+    }
+
+    /// Deletes a key.
+    fn remove(&mut self, key: &str) {
+        if self.base.contains_key(key) {
+            self.own.insert(key.to_string(), None);
+        } else {
+            self.own.remove(key);
+        }
+    }
+
+    /// Everything set, as one table: what the rules decided at load leave.
+    pub(crate) fn into_map(self) -> VarMap {
+        let mut map = (*self.base).clone();
+        for (k, v) in self.own {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        map
+    }
+}
+
+/// A collection [`map_items`] reads.
+trait Named {
+    fn get_key_value(&self, key: &str) -> Option<(&String, &Vec<u8>)>;
+    fn entries(&self) -> impl Iterator<Item = (&String, &Vec<u8>)>;
+}
+
+impl Named for VarMap {
+    fn get_key_value(&self, key: &str) -> Option<(&String, &Vec<u8>)> {
+        HashMap::get_key_value(self, key)
+    }
+    fn entries(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.iter()
+    }
+}
+
+impl Named for TxVars {
+    fn get_key_value(&self, key: &str) -> Option<(&String, &Vec<u8>)> {
+        TxVars::get_key_value(self, key)
+    }
+    fn entries(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.iter()
+    }
+}
+
+fn map_items<'a>(
+    map: &'a impl Named,
+    t: &Target,
+    extra: &[&Selector],
+    out: &mut dyn FnMut(Item2<'a>),
+) {
     let mut push = |k: &'a String, v: &'a Vec<u8>| {
         if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
             return;
@@ -148,7 +261,7 @@ fn map_items<'a>(map: &'a VarMap, t: &Target, extra: &[&Selector], out: &mut dyn
         }
         sel => {
             let mut selected: Vec<(&'a String, &'a Vec<u8>)> =
-                map.iter().filter(|(k, _)| sel.matches(k)).collect();
+                map.entries().filter(|(k, _)| sel.matches(k)).collect();
             selected.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (k, v) in selected {
                 push(k, v);
@@ -989,7 +1102,7 @@ impl Transaction {
         let mut d = Data {
             next_slot: 1,
             // What the rules decided at load set (see `fold`).
-            tx: engine.folding.tx.clone(),
+            tx: TxVars::new(engine.folding.tx.clone()),
             ..Data::default()
         };
         let RequestFacts {
@@ -1389,7 +1502,7 @@ impl Transaction {
     }
 
     /// This transaction's `TX`.
-    pub(crate) fn tx(&mut self) -> &mut VarMap {
+    pub(crate) fn tx(&mut self) -> &mut TxVars {
         &mut self.d.tx
     }
 
@@ -1459,7 +1572,7 @@ impl Transaction {
                 self.set_matched(hit);
                 if let Some(c) = &hit.captures {
                     for (key, v) in CAPTURE_KEYS.iter().zip(c) {
-                        set_var(&mut self.d.tx, Cow::Borrowed(key), |slot| {
+                        self.d.tx.set(Cow::Borrowed(key), |slot| {
                             slot.extend_from_slice(v);
                         });
                     }
@@ -1666,7 +1779,7 @@ impl Transaction {
                     Some(k) => Cow::Borrowed(k),
                     None => {
                         let k = lower_key(key.expand(|v, k| self.d.lookup(v, k)));
-                        if *collection == Var::Tx && !self.d.tx.contains_key(&*k) {
+                        if *collection == Var::Tx && self.d.tx.get(&k).is_none() {
                             self.d.tx_built.push(k.to_string());
                         }
                         k
@@ -1679,31 +1792,41 @@ impl Transaction {
                     SetOp::Delete => Cow::Borrowed(&b""[..]),
                 };
                 let map = match collection {
-                    Var::Ip => &mut self.d.ip,
-                    Var::Global => &mut self.d.global,
-                    Var::Env => &mut self.d.env,
-                    _ => &mut self.d.tx,
+                    Var::Ip => Some(&mut self.d.ip),
+                    Var::Global => Some(&mut self.d.global),
+                    Var::Env => Some(&mut self.d.env),
+                    _ => None,
                 };
-                let number = |cur: Option<&Vec<u8>>, sign: i64| {
-                    cur.map_or(0, |c| atoi(c))
+                let current = match &map {
+                    Some(m) => m.get(&*key),
+                    None => self.d.tx.get(&key),
+                };
+                let number = |sign: i64| {
+                    current
+                        .map_or(0, |c| atoi(c))
                         .saturating_add(sign.saturating_mul(atoi(&value)))
                 };
                 let new = match op {
-                    SetOp::Delete => {
-                        map.remove(&*key);
-                        return;
-                    }
+                    SetOp::Delete => None,
                     SetOp::Set(_) => None,
-                    SetOp::Add(_) => Some(number(map.get(&*key), 1)),
-                    SetOp::Sub(_) => Some(number(map.get(&*key), -1)),
+                    SetOp::Add(_) => Some(number(1)),
+                    SetOp::Sub(_) => Some(number(-1)),
                 };
-                set_var(map, key, |slot| match new {
+                let fill = |slot: &mut Vec<u8>| match new {
                     None => slot.extend_from_slice(&value),
                     Some(n) => {
                         use std::io::Write as _;
                         let _ = write!(slot, "{n}");
                     }
-                });
+                };
+                match (map, op) {
+                    (Some(m), SetOp::Delete) => {
+                        m.remove(&*key);
+                    }
+                    (None, SetOp::Delete) => self.d.tx.remove(&key),
+                    (Some(m), _) => set_var(m, key, fill),
+                    (None, _) => self.d.tx.set(key, fill),
+                }
             }
             Effect::SetEnv(k, v) => {
                 let k = String::from_utf8_lossy(&k.expand(|a, b| self.d.lookup(a, b)))
@@ -1898,5 +2021,34 @@ fn processor_for(content_type: &str) -> Option<BodyProcessor> {
         Some(BodyProcessor::Xml)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_reads_through_to_the_shared_values_and_hides_what_it_changed() {
+        let base: VarMap = [("a", "1"), ("b", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut tx = TxVars::new(Arc::new(base));
+        tx.set(Cow::Borrowed("a"), |v| v.extend_from_slice(b"10"));
+        tx.set(Cow::Borrowed("c"), |v| v.extend_from_slice(b"3"));
+        tx.remove("b");
+        tx.remove("nothing");
+        assert_eq!(tx.get("a").map(Vec::as_slice), Some(&b"10"[..]));
+        assert_eq!(tx.get("b"), None);
+        assert_eq!(tx.get("c").map(Vec::as_slice), Some(&b"3"[..]));
+        let mut keys: Vec<&String> = tx.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "c"]);
+        // Deleted, then set again.
+        tx.set(Cow::Borrowed("b"), |v| v.extend_from_slice(b"4"));
+        let map = tx.into_map();
+        assert_eq!(map.len(), 3);
+        assert_eq!(map["b"], b"4");
     }
 }
