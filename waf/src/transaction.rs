@@ -1175,11 +1175,11 @@ impl Transaction {
         d.set_scalar(Var::RequestBasename, basename);
         d.set_scalar(Var::QueryString, query.unwrap_or_default());
         d.set_scalar(Var::RemoteAddr, client_addr.to_string());
-        d.set_scalar(Var::RemotePort, client_port.to_string());
-        d.set_scalar(Var::ServerPort, server_port.to_string());
+        d.set_scalar(Var::RemotePort, itoa::Buffer::new().format(client_port));
+        d.set_scalar(Var::ServerPort, itoa::Buffer::new().format(server_port));
         d.set_scalar(Var::UniqueId, engine.next_unique_id());
         let combined: usize = d.args_get.iter().map(|e| e.key.len() + e.value.len()).sum();
-        d.set_scalar(Var::ArgsCombinedSize, combined.to_string());
+        d.set_scalar(Var::ArgsCombinedSize, itoa::Buffer::new().format(combined));
         let body_processor = processor_for(&content_type);
         if let Some(p) = body_processor {
             d.set_scalar(Var::ReqbodyProcessor, p.name());
@@ -1339,8 +1339,10 @@ impl Transaction {
     }
 
     fn parse_request_body(&mut self, body: &[u8]) {
-        self.d
-            .set_scalar(Var::RequestBodyLength, body.len().to_string());
+        self.d.set_scalar(
+            Var::RequestBodyLength,
+            itoa::Buffer::new().format(body.len()),
+        );
         let mut processor = self.body_processor;
         if processor.is_none() && self.force_body_variable {
             processor = Some(BodyProcessor::UrlEncoded);
@@ -1677,8 +1679,9 @@ impl Transaction {
             if t.count {
                 let mut n = 0usize;
                 d.items(t, &extra_t, &mut |_| n += 1);
-                let value = n.to_string().into_bytes();
-                test_value(link, &arg, &value, None, &mut hits, || count_name(t));
+                let mut digits = itoa::Buffer::new();
+                let value = digits.format(n).as_bytes();
+                test_value(link, &arg, value, None, &mut hits, || count_name(t));
                 continue;
             }
             d.items(t, &extra_t, &mut |item| {
@@ -1814,10 +1817,7 @@ impl Transaction {
                 };
                 let fill = |slot: &mut Vec<u8>| match new {
                     None => slot.extend_from_slice(&value),
-                    Some(n) => {
-                        use std::io::Write as _;
-                        let _ = write!(slot, "{n}");
-                    }
+                    Some(n) => slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 };
                 match (map, op) {
                     (Some(m), SetOp::Delete) => {

@@ -212,6 +212,35 @@ fn a_tx_regex_target_reads_literal_and_built_keys_in_key_order() {
 }
 
 #[test]
+fn unique_ids_are_sixteen_hex_digits_counting_up() {
+    let settings = WafSettings {
+        custom_rules: Some(
+            "SecRule UNIQUE_ID \"!@rx ^[0-9a-f]{16}$\" \"id:1,phase:1,deny,status:500\"\n\
+             SecRule UNIQUE_ID \"@streq 000000000000000a\" \"id:2,phase:1,deny,status:403\"\n"
+                .into(),
+        ),
+        ..WafSettings::default()
+    };
+    let e = WafEngine::custom_only(&settings).unwrap();
+    // Every id has the form (rule 1 passes); one of eleven in a row is `...0a` (rule 2).
+    let decisions: Vec<Decision> = (0..11)
+        .map(|_| e.transaction(get("/")).process_request_headers().decision)
+        .collect();
+    let blocked: Vec<&Decision> = decisions
+        .iter()
+        .filter(|d| **d != Decision::Allow)
+        .collect();
+    assert_eq!(
+        blocked,
+        [&Decision::Block {
+            status: 403,
+            rule_id: 2
+        }],
+        "{decisions:?}"
+    );
+}
+
+#[test]
 fn a_rule_excluded_everywhere_does_not_shift_where_skip_after_lands() {
     let settings = WafSettings {
         custom_rules: Some(
