@@ -161,7 +161,7 @@ pub enum Ctl {
     /// rules named, resolved once the rule set is complete.
     RemoveRules(RuleRef, Vec<usize>),
     /// `ruleRemoveTargetById`, `ruleRemoveTargetByTag`, `ruleRemoveTargetByMsg`, with the
-    /// indices of the rules named.
+    /// indices of the rules named (ascending).
     RemoveTarget(RuleRef, Vec<usize>, Var, Selector),
     /// `ruleEngine`.
     RuleEngine(EngineMode),

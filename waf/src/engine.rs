@@ -109,7 +109,7 @@ impl Default for WafSettings {
     }
 }
 
-/// An exclusion that applies on some paths, resolved to rule indices.
+/// An exclusion that applies on some paths, resolved to rule indices (ascending).
 #[derive(Debug)]
 pub(crate) struct PathExclusion {
     pub(crate) paths: Vec<String>,

@@ -59,6 +59,22 @@ impl Item2<'_> {
     }
 }
 
+/// A removal of targets in force in a transaction, by where it is written in the engine: a
+/// `ctl` that ran (its rule index, link and action) or a path exclusion that applies. Kept
+/// once, not copied to each rule it names (CRS's 941010 names the 33 XSS rules on nearly
+/// every request); a starter link looks its rule up in the removal's sorted rule list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetRemoval {
+    /// `ctl:ruleRemoveTarget*`.
+    Ctl {
+        rule: usize,
+        link: usize,
+        effect: usize,
+    },
+    /// A path exclusion of targets.
+    Path(usize),
+}
+
 /// A value that matched.
 #[derive(Clone, Debug)]
 struct Hit {
@@ -1083,7 +1099,7 @@ pub struct Transaction {
     mode: EngineMode,
     removed: Vec<bool>,
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
-    removed_targets: HashMap<usize, Vec<(Var, Selector)>, BuildHasherDefault<MixHasher>>,
+    target_removals: Vec<TargetRemoval>,
     matches: Vec<Match>,
     decision: Decision,
     body_processor: Option<BodyProcessor>,
@@ -1194,7 +1210,7 @@ impl Transaction {
                 words: engine.rules.recall_words,
             }),
             removed: vec![false; rule_count],
-            removed_targets: HashMap::default(),
+            target_removals: Vec::new(),
             matches: Vec::new(),
             decision: Decision::Allow,
             body_processor,
@@ -1219,23 +1235,42 @@ impl Transaction {
             .scalar(Var::RequestFilename)
             .cloned()
             .unwrap_or_default();
-        for ex in &engine.path_exclusions {
+        for (n, ex) in engine.path_exclusions.iter().enumerate() {
             if !ex.paths.iter().any(|p| path.starts_with(p.as_bytes())) {
                 continue;
             }
-            for &i in &ex.rules {
-                if ex.targets.is_empty() {
+            if ex.targets.is_empty() {
+                for &i in &ex.rules {
                     self.removed[i] = true;
-                } else {
-                    for (v, s) in &ex.targets {
-                        self.removed_targets
-                            .entry(i)
-                            .or_default()
-                            .push((*v, s.clone()));
+                }
+            } else {
+                self.target_removals.push(TargetRemoval::Path(n));
+            }
+        }
+    }
+
+    /// The targets the removals in force take from rule `ri`.
+    fn removed_targets<'e>(&self, engine: &'e Compiled, ri: usize) -> Vec<(Var, &'e Selector)> {
+        let mut out = Vec::new();
+        for r in &self.target_removals {
+            match *r {
+                TargetRemoval::Ctl { rule, link, effect } => {
+                    if let Effect::Ctl(Ctl::RemoveTarget(_, rules, v, s)) =
+                        &engine.rules.rules[rule].links[link].effects[effect]
+                        && rules.binary_search(&ri).is_ok()
+                    {
+                        out.push((*v, s));
+                    }
+                }
+                TargetRemoval::Path(n) => {
+                    let ex = &engine.path_exclusions[n];
+                    if ex.rules.binary_search(&ri).is_ok() {
+                        out.extend(ex.targets.iter().map(|(v, s)| (*v, s)));
                     }
                 }
             }
         }
+        out
     }
 
     /// Phase 1: the request line and headers.
@@ -1558,8 +1593,8 @@ impl Transaction {
                     value: Vec::new(),
                     captures: None,
                 });
-                for e in &link.effects {
-                    self.effect(e);
+                for (k, e) in link.effects.iter().enumerate() {
+                    self.effect(e, (ri, n, k));
                 }
                 if logs && first.is_none() {
                     first = Some(String::new());
@@ -1579,8 +1614,8 @@ impl Transaction {
                         });
                     }
                 }
-                for e in &link.effects {
-                    self.effect(e);
+                for (k, e) in link.effects.iter().enumerate() {
+                    self.effect(e, (ri, n, k));
                 }
             }
             if logs && first.is_none() {
@@ -1638,10 +1673,12 @@ impl Transaction {
             None => Cow::Borrowed(b""),
         };
         let want_caps = link.capture && !link.negated;
-        let removed_targets: &[(Var, Selector)] = if starter && !self.removed_targets.is_empty() {
-            self.removed_targets.get(&ri).map_or(&[], Vec::as_slice)
+        let engine = Arc::clone(&self.engine);
+        let removed_targets: Vec<(Var, &Selector)> = if starter && !self.target_removals.is_empty()
+        {
+            self.removed_targets(&engine, ri)
         } else {
-            &[]
+            Vec::new()
         };
         if let [t] = link.targets.as_slice()
             && t.var == Var::Tx
@@ -1670,7 +1707,7 @@ impl Transaction {
                             || (*v == Var::ArgsNames
                                 && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames))
                     })
-                    .map(|(_, s)| s)
+                    .map(|(_, s)| *s)
                     .collect()
             };
             if extra_t.iter().any(|s| matches!(s, Selector::All)) {
@@ -1770,7 +1807,8 @@ impl Transaction {
         hits
     }
 
-    fn effect(&mut self, e: &Effect) {
+    /// Runs a per-match action; `at` is where it is written (rule index, link, action).
+    fn effect(&mut self, e: &Effect, at: (usize, usize, usize)) {
         match e {
             Effect::SetVar {
                 collection,
@@ -1835,23 +1873,22 @@ impl Transaction {
                 self.d.env.insert(k, v);
             }
             Effect::InitCol(_) => {}
-            Effect::Ctl(c) => self.ctl(c),
+            Effect::Ctl(c) => self.ctl(c, at),
         }
     }
 
-    fn ctl(&mut self, c: &Ctl) {
+    fn ctl(&mut self, c: &Ctl, (rule, link, effect): (usize, usize, usize)) {
         match c {
             Ctl::RemoveRules(_, rules) => {
                 for &i in rules {
                     self.removed[i] = true;
                 }
             }
-            Ctl::RemoveTarget(_, rules, v, s) => {
-                for &i in rules {
-                    self.removed_targets
-                        .entry(i)
-                        .or_default()
-                        .push((*v, s.clone()));
+            Ctl::RemoveTarget(..) => {
+                // Run again for each value its rule matched, it removes nothing more.
+                let removal = TargetRemoval::Ctl { rule, link, effect };
+                if !self.target_removals.contains(&removal) {
+                    self.target_removals.push(removal);
                 }
             }
             Ctl::RuleEngine(m) => self.mode = *m,
