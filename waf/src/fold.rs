@@ -28,7 +28,7 @@ use std::sync::Arc;
 use crate::actions::{Ctl, Disruptive, Effect};
 use crate::engine::{Compiled, RequestFacts};
 use crate::macros::Macro;
-use crate::rule::{Item, Rule, RuleSet};
+use crate::rule::{CAPTURE_KEYS, Item, Rule, RuleSet};
 use crate::transaction::{Transaction, VarMap};
 use crate::variables::{Selector, Var};
 
@@ -210,7 +210,7 @@ impl Touched {
             }
             if link.capture {
                 self.written_keys
-                    .extend((0..10).map(|n: u8| char::from(b'0' + n).to_string()));
+                    .extend(CAPTURE_KEYS.iter().map(|k| k.to_string()));
             }
             for e in &link.effects {
                 match e {

@@ -253,22 +253,31 @@ impl Named for TxVars {
     }
 }
 
+/// Gives `out` a named value unless the target's exclusions or `extra` exclude its key.
+fn named_item<'a>(
+    k: &'a str,
+    v: &'a [u8],
+    t: &Target,
+    extra: &[&Selector],
+    out: &mut dyn FnMut(Item2<'a>),
+) {
+    if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
+        return;
+    }
+    out(Item2 {
+        slot: NONE,
+        key: k,
+        value: Cow::Borrowed(v),
+    });
+}
+
 fn map_items<'a>(
     map: &'a impl Named,
     t: &Target,
     extra: &[&Selector],
     out: &mut dyn FnMut(Item2<'a>),
 ) {
-    let mut push = |k: &'a String, v: &'a Vec<u8>| {
-        if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
-            return;
-        }
-        out(Item2 {
-            slot: NONE,
-            key: k,
-            value: Cow::Borrowed(v),
-        });
-    };
+    let mut push = |k: &'a String, v: &'a Vec<u8>| named_item(k, v, t, extra, out);
     match &t.selector {
         Selector::Key(k) => {
             if let Some((k, v)) = map.get_key_value(k) {
@@ -309,14 +318,7 @@ impl Data {
             selected.dedup_by(|a, b| a.0 == b.0);
         }
         for (k, v) in selected {
-            if t.exclusions.iter().any(|x| x.matches(k)) || extra.iter().any(|x| x.matches(k)) {
-                continue;
-            }
-            out(Item2 {
-                slot: NONE,
-                key: k,
-                value: Cow::Borrowed(v),
-            });
+            named_item(k, v, t, extra, out);
         }
     }
 
@@ -1673,9 +1675,11 @@ impl Transaction {
             None => Cow::Borrowed(b""),
         };
         let want_caps = link.capture && !link.negated;
-        let engine = Arc::clone(&self.engine);
+        // The engine is held here only when a removal is in force: most links need none.
+        let engine: Arc<Compiled>;
         let removed_targets: Vec<(Var, &Selector)> = if starter && !self.target_removals.is_empty()
         {
+            engine = Arc::clone(&self.engine);
             self.removed_targets(&engine, ri)
         } else {
             Vec::new()
