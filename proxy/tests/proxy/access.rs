@@ -20,7 +20,7 @@ use ipnet::IpNet;
 
 use crate::util::{
     HOST, Proxy, RedisServer, Settings, VALID_APP_TOKEN, browser_dir, browser_script, empty,
-    fetch_from, free_port, origin_saw, scratch, trusted_proxy_ip, watchdog,
+    fetch_from, free_port, origin_saw, scratch, session_key_file, trusted_proxy_ip, watchdog,
 };
 
 /// An address the test database places in France.
@@ -182,12 +182,6 @@ pub fn country_database() -> PathBuf {
     PATH.clone()
 }
 
-fn key_file(name: &str, byte: u8) -> PathBuf {
-    let path = scratch().join(format!("session-key-{name}"));
-    std::fs::write(&path, vec![byte; 32]).unwrap();
-    path
-}
-
 /// The access section: France only, Alice and the family domain, codes by Mailpit.
 fn access_section(extra: &str) -> String {
     access_section_with("", extra)
@@ -221,7 +215,7 @@ fn access_section_with(otp_extra: &str, extra: &str) -> String {
 {extra}",
         db = country_database().display(),
         smtp = mailpit().smtp,
-        key = key_file("current", b'k').display(),
+        key = session_key_file("session-key-current", b'k').display(),
     )
 }
 

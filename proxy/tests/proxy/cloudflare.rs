@@ -28,8 +28,8 @@ use openssl::{
 use serde_json::{Value, json};
 
 use crate::util::{
-    Proxy, Settings, client_ip, empty, eventually, fetch_from, get, origin_saw, pki, scratch,
-    seen_headers, tls_acceptor,
+    Proxy, Settings, client_ip, empty, eventually, fetch_from, get, origin_saw, pki, seen_headers,
+    session_key_file, tls_acceptor,
 };
 
 const TEAM: &str = "myteam.cloudflareaccess.com";
@@ -183,12 +183,6 @@ impl KeyServer {
     }
 }
 
-fn key_file() -> std::path::PathBuf {
-    let path = scratch().join("cloudflare-session-key");
-    std::fs::write(&path, [b'c'; 32]).unwrap();
-    path
-}
-
 /// An edge behind Cloudflare Access that fetches the keys from `keys`, every `refresh`.
 fn edge_behind(keys: &KeyServer, refresh: &str) -> Proxy {
     Proxy::start(edge_behind_settings(keys, refresh))
@@ -213,7 +207,7 @@ fn edge_behind_settings(keys: &KeyServer, refresh: &str) -> Settings {
     jwksUrl: {url}
     jwksRefresh: {refresh}
 ",
-            key = key_file().display(),
+            key = session_key_file("cloudflare-session-key", b'c').display(),
             url = keys.url(),
         ),
         ..Settings::default()

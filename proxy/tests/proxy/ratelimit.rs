@@ -13,7 +13,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::util::{
-    HOST, Proxy, RedisServer, Settings, admin_get, empty, fetch_from, scratch, trusted_proxy_ip,
+    HOST, Proxy, RedisServer, Settings, admin_get, empty, fetch_from, session_key_file,
+    trusted_proxy_ip,
 };
 
 /// A client address of its own for each use, so tests sharing a Redis never share a key.
@@ -290,8 +291,7 @@ async fn every_replica_lists_the_bans_redis_holds_for_its_edge() {
 
 #[tokio::test]
 async fn limits_per_address_answer_before_the_challenge_access_and_waf() {
-    let key = scratch().join("order-session-key");
-    std::fs::write(&key, [b'o'; 32]).unwrap();
+    let key = session_key_file("order-session-key", b'o');
     let proxy = Proxy::start(Settings {
         extra: format!(
             "rateLimits:

@@ -9,7 +9,10 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener as StdTcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, LazyLock, Mutex},
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,6 +51,24 @@ pub fn scratch() -> &'static Path {
         dir
     });
     &DIR
+}
+
+/// A 32-byte session key file of `byte`, named `name` in [`scratch`].
+///
+/// Tests run in parallel and several start edges on the same key, so the file is
+/// written under a name of its own and renamed into place: an edge never reads it
+/// half written (a plain `fs::write` truncates first, and an edge starting then saw
+/// an empty key).
+pub fn session_key_file(name: &str, byte: u8) -> PathBuf {
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    let path = scratch().join(name);
+    let partial = scratch().join(format!(
+        "{name}.partial-{}",
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&partial, [byte; 32]).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    path
 }
 
 /// A test CA and the certificates it signed, written as PEM files.
