@@ -302,6 +302,25 @@ impl Operator {
         }
     }
 
+    /// The macro argument, to replace it with the text it always expands to.
+    pub fn argument_mut(&mut self) -> Option<&mut Macro> {
+        match self {
+            Operator::Streq(m)
+            | Operator::Contains(m)
+            | Operator::ContainsWord(m)
+            | Operator::BeginsWith(m)
+            | Operator::EndsWith(m)
+            | Operator::Within(m)
+            | Operator::StrMatch(m)
+            | Operator::Eq(m)
+            | Operator::Ge(m)
+            | Operator::Gt(m)
+            | Operator::Le(m)
+            | Operator::Lt(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Runs the operator on `value`, with `arg` the expanded macro argument (empty for
     /// operators without one). With `captures`, the capturing groups of `@rx` (and the
     /// matched phrase or fingerprint of `@pm`/`@detectSQLi`) are stored there, group 0 first.
@@ -409,17 +428,28 @@ fn sql_single_token(value: &[u8]) -> bool {
 /// instead of a comparison at every position (CRS's 920450 runs `@within` on a list for
 /// every request header).
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    // In a short haystack a short needle is compared where its first byte occurs: building a
-    // `memmem` searcher costs more than such a search (CRS's `@within` lists are a few
-    // hundred bytes). Both bounds cap the work (16 KiB of comparisons at worst); a long
-    // value from the request gets the searcher, linear whatever its bytes.
-    match needle {
-        [] => true,
-        [first, ..] if needle.len() <= 16 && hay.len() <= 1024 => {
-            memchr::memchr_iter(*first, hay).any(|i| hay[i..].starts_with(needle))
-        }
-        _ => memchr::memmem::find(hay, needle).is_some(),
+    // In a short haystack a short needle is compared where one of its bytes occurs:
+    // building a `memmem` searcher costs more than such a search (CRS's `@within` lists are
+    // a few hundred bytes). That byte is its first letter or digit: CRS wraps each entry of
+    // a list and each value it looks up in delimiters (`/proxy/`, `|text/html|`), which
+    // occur at every entry, while a letter occurs at few. Both bounds cap the work (16 KiB of
+    // comparisons at worst); a long value from the request gets the searcher, linear
+    // whatever its bytes.
+    if needle.is_empty() {
+        return true;
     }
+    if needle.len() <= 16 && hay.len() <= 1024 {
+        let at = needle
+            .iter()
+            .position(u8::is_ascii_alphanumeric)
+            .unwrap_or(0);
+        // Where the anchor occurs `at` bytes into the haystack, the needle would start at the
+        // haystack's start.
+        return hay.len() >= needle.len()
+            && memchr::memchr_iter(needle[at], &hay[at..=hay.len() - needle.len() + at])
+                .any(|start| hay[start..].starts_with(needle));
+    }
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Whether `needle` occurs in `hay` with no word character on either side.
@@ -575,6 +605,13 @@ mod tests {
         let long = b"0123456789abcdefghijklmnopqrstuvwxyz";
         assert!(contains(b"--0123456789abcdefghijklmnopqrstuvwxyz--", long));
         assert!(!contains(b"--0123456789abcdefghijklmnopqrstuvwxy--", long));
+        // Anchored on a letter after a delimiter, at the haystack's edges too.
+        assert!(contains(b"/proxy/ /expect/", b"/proxy/"));
+        assert!(contains(b"|text/html|", b"|text/html|"));
+        assert!(!contains(b"/proxy/ /expect/", b" /expect/ "));
+        assert!(contains(b"x", b"x"));
+        assert!(!contains(b"/x", b"/x/"));
+        assert!(contains(b"--//--", b"//"));
         let mut big = vec![b'a'; 4096];
         assert!(!contains(&big, b"ab"));
         big.push(b'b');
