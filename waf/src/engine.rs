@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::actions::{EngineMode, RuleRef, Severity, parse_target_ref};
 use crate::error::{ErrorKind, LoadError, RuleError};
 use crate::fold::{Folding, fold};
+use crate::macros::Macro;
 use crate::operators::DataFiles;
 use crate::parser::lex;
 use crate::rule::{Builder, Item, RuleSet, resolve_skip_after};
@@ -457,10 +458,27 @@ fn compile(
         remembered_values: settings.remembered_values,
         unique: AtomicU64::new(1),
     });
-    let folding = fold(&inner);
+    let (folding, arguments) = fold(&inner);
     // The probe transaction `fold` ran has ended: nothing else holds the engine yet.
     if let Some(compiled) = Arc::get_mut(&mut inner) {
         compiled.folding = folding;
+        if !arguments.is_empty() {
+            for a in arguments {
+                if let Some(m) = compiled.rules.rules[a.rule].links[a.link]
+                    .operator
+                    .argument_mut()
+                {
+                    *m = Macro::fixed(a.text);
+                }
+            }
+            // Links with a decided argument may now be remembered. The probe may have left
+            // what it learned under the old plan: the engine takes a new number, which
+            // nothing is remembered for.
+            compiled
+                .rules
+                .plan_recall(settings.executing_paranoia_level);
+            compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
+        }
     }
     Ok(WafEngine { inner })
 }

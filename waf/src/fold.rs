@@ -21,6 +21,13 @@
 //! `setvar`s to the start of the transaction changes nothing a rule can see, by the last
 //! condition. After a rule evaluated per request that can end the phase (`allow`,
 //! `ctl:ruleEngine`) nothing more is decided; the response phases are not walked.
+//!
+//! The same walk decides operator arguments: a rule evaluated per request whose argument
+//! reads only literal `TX` keys no rule evaluated per request can have written before it (or
+//! it itself) gets the text that argument always expands to ([`FixedArgument`]). Its
+//! verdict on a value then depends on the value alone, so what a thread remembers of values
+//! covers it (`@within %{tx.allowed_methods}` on `REQUEST_METHOD`, `@within
+//! %{tx.allowed_http_versions}` on `REQUEST_PROTOCOL`), and nothing is expanded per request.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -60,6 +67,15 @@ impl Folding {
             tx: Arc::default(),
         }
     }
+}
+
+/// An operator argument the configuration decides: rule `rule`'s link `link` always
+/// expands its argument to `text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FixedArgument {
+    pub(crate) rule: usize,
+    pub(crate) link: usize,
+    pub(crate) text: String,
 }
 
 /// What a rule touches of `TX`, when its tests read nothing else.
@@ -279,12 +295,43 @@ fn reads_earlier_match(rule: &Rule) -> bool {
     })
 }
 
-/// Decides what the configuration decides in `engine`'s request phases (see the module).
-pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
+/// The arguments of a rule evaluated per request (`ri`, already recorded in `touched`) that
+/// read only `TX` keys known here, expanded with the `TX` of `probe`.
+fn fixed_arguments(
+    ri: usize,
+    rule: &Rule,
+    touched: &Touched,
+    probe: &mut Transaction,
+    out: &mut Vec<FixedArgument>,
+) {
+    for (l, link) in rule.links.iter().enumerate() {
+        let Some(m) = link.operator.argument().filter(|m| m.literal().is_none()) else {
+            continue;
+        };
+        let mut reads = Vec::new();
+        if tx_refs(m, &mut reads).is_none() || !reads.iter().all(|k| touched.known(k)) {
+            continue;
+        }
+        let tx = probe.tx();
+        let text = m.expand(|_, k| k.and_then(|k| tx.get(k)));
+        if let Ok(text) = String::from_utf8(text.into_owned()) {
+            out.push(FixedArgument {
+                rule: ri,
+                link: l,
+                text,
+            });
+        }
+    }
+}
+
+/// Decides what the configuration decides in `engine`'s request phases (see the module):
+/// the rules, and the operator arguments of the rules left to each request.
+pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
     let rules = &engine.rules;
     let mut decided = vec![Fold::Run; rules.rules.len()];
     let may_match = !rules.rules.iter().any(reads_earlier_match);
     let mut touched = Touched::new(engine);
+    let mut arguments = Vec::new();
     let mut probe = Transaction::new(engine.clone(), RequestFacts::new("GET", "/", "HTTP/1.1"));
     'phases: for items in &rules.phases[..2] {
         let mut i = 0;
@@ -352,7 +399,10 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
                 Some(Fold::Always) => {}
                 Some(_) => continue,
                 None => {
+                    // Recorded first: an argument reading what the rule's own links write
+                    // (or capture) is left as it is.
                     touched.record(rule);
+                    fixed_arguments(ri, rule, &touched, &mut probe, &mut arguments);
                     if may_stop(rule) {
                         break 'phases;
                     }
@@ -376,10 +426,11 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> Folding {
         }
     }
     let tx = std::mem::take(probe.tx()).into_map();
-    Folding {
+    let folding = Folding {
         rules: decided,
         tx: Arc::new(tx),
-    }
+    };
+    (folding, arguments)
 }
 
 #[cfg(test)]
@@ -508,6 +559,56 @@ mod tests {
         // `TX:z` is still unset when rule 20 compares: "1" is not "", the chain's first
         // link has set `TX:p`.
         assert_eq!(decision(&e, "/?a=1", &[]), block(410, 31));
+    }
+
+    /// The argument of each rule's links, by id, where it is a literal.
+    fn arguments(e: &WafEngine) -> Vec<(u32, Vec<Option<&str>>)> {
+        e.compiled()
+            .rules
+            .rules
+            .iter()
+            .map(|r| {
+                let args = r
+                    .links
+                    .iter()
+                    .map(|l| l.operator.argument().and_then(Macro::literal));
+                (r.id, args.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn arguments_that_read_the_configuration_alone_are_decided() {
+        let e = engine(
+            "SecAction \"id:50,phase:1,pass,nolog,setvar:tx.allowed=GET HEAD\"\n\
+             SecRule REQUEST_METHOD \"!@within %{tx.allowed}\" \"id:51,phase:1,deny,status:405\"\n\
+             SecRule ARGS:m \"@streq post\" \"id:52,phase:1,pass,nolog,setvar:tx.allowed=POST\"\n\
+             SecRule REQUEST_METHOD \"!@within %{tx.allowed}\" \"id:53,phase:2,deny,status:403\"\n\
+             SecRule REQUEST_URI \"@rx ^/(\\w+)\" \"id:54,phase:2,capture,deny,status:418,chain\"\n\
+                SecRule ARGS:n \"@streq %{tx.1}\" \"t:none\"\n\
+             SecRule ARGS:k \"@streq x%{tx.allowed}\" \"id:55,phase:2,deny,status:409\"\n",
+        );
+        // 51 reads what the configuration set; 53 and 55 what 52 may change, 54's chain
+        // what its first link captures.
+        assert_eq!(
+            arguments(&e),
+            [
+                (50, vec![None]),
+                (51, vec![Some("GET HEAD")]),
+                (52, vec![Some("post")]),
+                (53, vec![None]),
+                (54, vec![None, None]),
+                (55, vec![None])
+            ]
+        );
+        assert_eq!(decision(&e, "/", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/?m=post", &[]), block(403, 53));
+        assert_eq!(decision(&e, "/?k=xGET%20HEAD", &[]), block(409, 55));
+        assert_eq!(decision(&e, "/?m=post&k=xPOST", &[]), block(403, 53));
+        let mut tx = e.transaction(RequestFacts::new("PUT", "/", "HTTP/1.1"));
+        assert_eq!(tx.process_request_headers().decision, block(405, 51));
+        assert_eq!(decision(&e, "/abc?n=abc", &[]), block(418, 54));
+        assert_eq!(decision(&e, "/abc?n=abd", &[]), Decision::Allow);
     }
 
     #[test]

@@ -45,6 +45,18 @@ impl Macro {
         Ok(Macro { parts })
     }
 
+    /// A text that references no variable: what a macro expands to when the values it
+    /// references are the same on every request (see [`crate::fold`]).
+    pub fn fixed(text: String) -> Macro {
+        Macro {
+            parts: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![Part::Literal(text)]
+            },
+        }
+    }
+
     /// The text when it references no variable.
     pub fn literal(&self) -> Option<&str> {
         match self.parts.as_slice() {
@@ -134,5 +146,11 @@ mod tests {
             [(Var::Tx, Some("0")), (Var::MatchedVar, None)]
         );
         assert_eq!(Macro::parse("%{tx.a}b").unwrap().literal_prefix(), "");
+    }
+
+    #[test]
+    fn a_fixed_text_is_its_literal() {
+        assert_eq!(Macro::fixed("GET HEAD".into()).literal(), Some("GET HEAD"));
+        assert_eq!(Macro::fixed(String::new()), Macro::parse("").unwrap());
     }
 }

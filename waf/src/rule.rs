@@ -458,7 +458,8 @@ impl RuleSet {
     /// whose verdict on a value depends on the value alone (its operator argument, if any,
     /// is a constant) and that inspects values that stay the same during a transaction,
     /// but the rules tagged above `paranoia_level`, which CRS skips at that level. Runs
-    /// after [`RuleSet::plan_prefilter`], whose groups it lists.
+    /// after [`RuleSet::plan_prefilter`], whose groups it lists; planned again when
+    /// arguments have been decided at load (see [`crate::fold`]).
     pub fn plan_recall(&mut self, paranoia_level: u8) {
         // The links of a group, and the groups of a target set, get consecutive bits, so
         // that whether all of them are known to find nothing in a value is a test of one
@@ -469,6 +470,7 @@ impl RuleSet {
         for (r, rule) in self.rules.iter_mut().enumerate() {
             let above = is_above(rule, paranoia_level);
             for (l, link) in rule.links.iter_mut().enumerate() {
+                link.recall = None;
                 let constant = link
                     .operator
                     .argument()
