@@ -22,6 +22,10 @@ pub enum Operator {
         /// Literal sets every match meets (a literal of each; lower-cased), most selective
         /// first; empty when none is known.
         literals: Vec<Vec<Vec<u8>>>,
+        /// Whether the expression is `^.*$`, which CRS uses to capture each value of a
+        /// collection whole: it matches exactly the values without a line feed (`.` is
+        /// any byte but `\n`, `$` the end of the value), and the match is the value.
+        whole_line: bool,
     },
     /// `@pm`, `@pmFromFile`: any of the phrases, without case.
     Pm {
@@ -184,7 +188,11 @@ impl Operator {
             "rx" => {
                 let (regex, unicode) = compile_rx(arg)?;
                 let literals = required_literals(regex.as_str(), unicode);
-                Operator::Rx { regex, literals }
+                Operator::Rx {
+                    whole_line: arg == "^.*$",
+                    regex,
+                    literals,
+                }
             }
             "pm" => {
                 let words: Vec<Vec<u8>> = arg
@@ -326,6 +334,16 @@ impl Operator {
     /// matched phrase or fingerprint of `@pm`/`@detectSQLi`) are stored there, group 0 first.
     pub fn matches(&self, value: &[u8], arg: &[u8], captures: Option<&mut Vec<Vec<u8>>>) -> bool {
         match self {
+            Operator::Rx {
+                whole_line: true, ..
+            } => {
+                let matches = !value.contains(&b'\n');
+                if let Some(out) = captures.filter(|_| matches) {
+                    out.clear();
+                    out.push(value.to_vec());
+                }
+                matches
+            }
             Operator::Rx { regex: re, .. } => match captures {
                 // Without groups the match is the only capture: one search finds it.
                 Some(out) if re.captures_len() == 1 => match re.find(value) {
@@ -616,6 +634,43 @@ mod tests {
         assert!(!contains(&big, b"ab"));
         big.push(b'b');
         assert!(contains(&big, b"ab"));
+    }
+
+    #[test]
+    fn a_whole_line_expression_matches_as_its_regex_does() {
+        let whole = op("rx", "^.*$");
+        assert!(matches!(
+            whole,
+            Operator::Rx {
+                whole_line: true,
+                ..
+            }
+        ));
+        let regex = compile_regex("^.*$").unwrap();
+        for value in [
+            &b""[..],
+            b"accept",
+            b"a\nb",
+            b"\n",
+            b"x\n",
+            b"\xff\xfe",
+            b"a\rb",
+        ] {
+            let mut caps = Vec::new();
+            let matched = whole.matches(value, b"", Some(&mut caps));
+            assert_eq!(matched, regex.is_match(value), "{value:?}");
+            if matched {
+                assert_eq!(caps, [regex.find(value).unwrap().as_bytes()], "{value:?}");
+            }
+            assert_eq!(whole.matches(value, b"", None), matched);
+        }
+        assert!(matches!(
+            op("rx", "^.*$x"),
+            Operator::Rx {
+                whole_line: false,
+                ..
+            }
+        ));
     }
 
     #[test]
