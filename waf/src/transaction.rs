@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
@@ -1186,13 +1187,21 @@ impl Transaction {
         }
         d.set_scalar(Var::RequestMethod, method.clone());
         d.set_scalar(Var::RequestProtocol, protocol.clone());
-        d.set_scalar(Var::RequestLine, format!("{method} {raw_uri} {protocol}"));
+        // Joined by hand: the formatting machinery cost more than the copies.
+        let mut line = Vec::with_capacity(method.len() + raw_uri.len() + protocol.len() + 2);
+        for (i, part) in [&method, &raw_uri, &protocol].into_iter().enumerate() {
+            if i > 0 {
+                line.push(b' ');
+            }
+            line.extend_from_slice(part.as_bytes());
+        }
+        d.set_scalar(Var::RequestLine, line);
         d.set_scalar(Var::RequestUri, uri.clone());
         d.set_scalar(Var::RequestUriRaw, raw_uri);
         d.set_scalar(Var::RequestFilename, path);
         d.set_scalar(Var::RequestBasename, basename);
         d.set_scalar(Var::QueryString, query.unwrap_or_default());
-        d.set_scalar(Var::RemoteAddr, client_addr.to_string());
+        d.set_scalar(Var::RemoteAddr, address_text(client_addr));
         d.set_scalar(Var::RemotePort, itoa::Buffer::new().format(client_port));
         d.set_scalar(Var::ServerPort, itoa::Buffer::new().format(server_port));
         d.set_scalar(Var::UniqueId, engine.next_unique_id());
@@ -1932,6 +1941,23 @@ fn test_value(
     }
 }
 
+/// An address as text; IPv4 written by hand (`Display` cost about 1 000 instructions).
+fn address_text(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut out = Vec::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+            out
+        }
+        IpAddr::V6(_) => addr.to_string().into_bytes(),
+    }
+}
+
 /// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
 /// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
 fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
@@ -2068,6 +2094,21 @@ fn processor_for(content_type: &str) -> Option<BodyProcessor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for a in [
+            "0.0.0.0",
+            "192.0.2.10",
+            "255.255.255.255",
+            "10.0.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(address_text(ip), ip.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn tx_reads_through_to_the_shared_values_and_hides_what_it_changed() {
