@@ -450,13 +450,13 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     // building a `memmem` searcher costs more than such a search (CRS's `@within` lists are
     // a few hundred bytes). That byte is its first letter or digit: CRS wraps each entry of
     // a list and each value it looks up in delimiters (`/proxy/`, `|text/html|`), which
-    // occur at every entry, while a letter occurs at few. Both bounds cap the work (16 KiB of
+    // occur at every entry, while a letter occurs at few. Both bounds cap the work (64 KiB of
     // comparisons at worst); a long value from the request gets the searcher, linear
     // whatever its bytes.
     if needle.is_empty() {
         return true;
     }
-    if needle.len() <= 16 && hay.len() <= 1024 {
+    if needle.len() <= 64 && hay.len() <= 1024 {
         let at = needle
             .iter()
             .position(u8::is_ascii_alphanumeric)

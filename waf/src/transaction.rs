@@ -194,18 +194,27 @@ impl TxVars {
         own.chain(base)
     }
 
-    /// Sets a key to what `fill` writes into its emptied value.
-    fn set(&mut self, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
-        let slot = match self.own.get_mut(&*key) {
-            Some(slot) => slot.get_or_insert_default(),
-            None => self
-                .own
-                .entry(key.into_owned())
-                .or_default()
-                .get_or_insert_default(),
+    /// Sets a key to what `fill` writes into its emptied value; returns whether the key
+    /// was not set before.
+    fn set(&mut self, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let (slot, new) = match self.own.get_mut(&*key) {
+            Some(slot) => {
+                let new = slot.is_none();
+                (slot.get_or_insert_default(), new)
+            }
+            None => {
+                let new = !self.base.contains_key(&*key);
+                let slot = self
+                    .own
+                    .entry(key.into_owned())
+                    .or_default()
+                    .get_or_insert_default();
+                (slot, new)
+            }
         };
         slot.clear();
         fill(slot);
+        new
     }
 
     /// Deletes a key.
@@ -1828,16 +1837,11 @@ impl Transaction {
                 key,
                 op,
             } => {
+                // Lower-cased when the rule was parsed.
+                let built = key.literal().is_none();
                 let key = match key.literal() {
-                    // Lower-cased when the rule was parsed.
                     Some(k) => Cow::Borrowed(k),
-                    None => {
-                        let k = lower_key(key.expand(|v, k| self.d.lookup(v, k)));
-                        if *collection == Var::Tx && self.d.tx.get(&k).is_none() {
-                            self.d.tx_built.push(k.to_string());
-                        }
-                        k
-                    }
+                    None => lower_key(key.expand(|v, k| self.d.lookup(v, k))),
                 };
                 let value = match op {
                     SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
@@ -1851,11 +1855,12 @@ impl Transaction {
                     Var::Env => Some(&mut self.d.env),
                     _ => None,
                 };
-                let current = match &map {
-                    Some(m) => m.get(&*key),
-                    None => self.d.tx.get(&key),
-                };
+                // The current value only matters to `+=` and `-=`.
                 let number = |sign: i64| {
+                    let current = match &map {
+                        Some(m) => m.get(&*key),
+                        None => self.d.tx.get(&key),
+                    };
                     current
                         .map_or(0, |c| atoi(c))
                         .saturating_add(sign.saturating_mul(atoi(&value)))
@@ -1876,7 +1881,16 @@ impl Transaction {
                     }
                     (None, SetOp::Delete) => self.d.tx.remove(&key),
                     (Some(m), _) => set_var(m, key, fill),
-                    (None, _) => self.d.tx.set(key, fill),
+                    (None, _) => {
+                        // A key built by a macro is listed for the regexes of `TX` targets
+                        // the first time it is set.
+                        let listed = built.then(|| key.to_string());
+                        if self.d.tx.set(key, fill)
+                            && let Some(k) = listed
+                        {
+                            self.d.tx_built.push(k);
+                        }
+                    }
                 }
             }
             Effect::SetEnv(k, v) => {
