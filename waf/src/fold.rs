@@ -8,7 +8,8 @@
 //!   evaluated per request can have written before it;
 //! - no rule evaluated per request before it can skip it (`skipAfter`, `skip`), and no
 //!   `ctl` run before it or path exclusion can remove its `TX` targets;
-//! - it never matches (then its actions never run; with a single test), or it always
+//! - it never matches (then its actions never run; with a single test, or a chain whose
+//!   first link alone meets the first condition and never matches), or it always
 //!   matches, neither logged nor disruptive, and its only actions are `setvar`s that read
 //!   such keys and write literal `TX` keys no rule evaluated per request can have read or
 //!   written before it, and no `ctl` or exclusion can remove it (a removed rule is passed
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use crate::actions::{Ctl, Disruptive, Effect};
 use crate::engine::{Compiled, RequestFacts};
 use crate::macros::Macro;
-use crate::rule::{CAPTURE_KEYS, Item, Rule, RuleSet};
+use crate::rule::{CAPTURE_KEYS, Item, Link, Rule, RuleSet};
 use crate::transaction::{Transaction, VarMap};
 use crate::variables::{Selector, Var};
 
@@ -95,27 +96,34 @@ fn tx_refs<'a>(m: &'a Macro, reads: &mut Vec<&'a str>) -> Option<()> {
     Some(())
 }
 
+/// Adds the `TX` keys a link's test reads (its targets, counts and operator macro) to
+/// `tests`, or returns `None` when it reads anything else or captures.
+fn link_tests<'a>(link: &'a Link, tests: &mut Vec<&'a str>) -> Option<()> {
+    if link.capture {
+        return None;
+    }
+    for t in &link.targets {
+        let Selector::Key(k) = &t.selector else {
+            return None;
+        };
+        if t.var != Var::Tx || !t.exclusions.is_empty() {
+            return None;
+        }
+        tests.push(k.as_str());
+    }
+    if let Some(m) = link.operator.argument() {
+        tx_refs(m, tests)?;
+    }
+    Some(())
+}
+
 /// What `rule` touches of `TX`, or `None` when its tests read anything else or it
 /// captures.
 fn tx_use(rule: &Rule) -> Option<TxUse<'_>> {
     let mut tests = Vec::new();
     let mut effects = Some((Vec::new(), Vec::new()));
     for link in &rule.links {
-        if link.capture {
-            return None;
-        }
-        for t in &link.targets {
-            let Selector::Key(k) = &t.selector else {
-                return None;
-            };
-            if t.var != Var::Tx || !t.exclusions.is_empty() {
-                return None;
-            }
-            tests.push(k.as_str());
-        }
-        if let Some(m) = link.operator.argument() {
-            tx_refs(m, &mut tests)?;
-        }
+        link_tests(link, &mut tests)?;
         for e in &link.effects {
             effects = effects.and_then(|(mut reads, mut writes)| {
                 let Effect::SetVar {
@@ -384,6 +392,22 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                         *probe.tx() = before;
                     }
                     keeps.then_some(if matched { Fold::Always } else { Fold::Never })
+                })
+                .or_else(|| {
+                    // A chain whose first link never matches never matches, whatever its
+                    // other links read: none of its actions ever runs.
+                    // (A link without targets is an action, which always matches.)
+                    let starter = rule
+                        .links
+                        .first()
+                        .filter(|l| rule.links.len() > 1 && !l.targets.is_empty())?;
+                    if at < shadow || touched.retargetable[ri] {
+                        return None;
+                    }
+                    let mut tests = Vec::new();
+                    link_tests(starter, &mut tests)?;
+                    (tests.iter().all(|k| touched.known(k)) && !probe.probe_starter(ri))
+                        .then_some(Fold::Never)
                 });
             if let Some(f) = fold {
                 decided[ri] = f;
@@ -559,6 +583,47 @@ mod tests {
         // `TX:z` is still unset when rule 20 compares: "1" is not "", the chain's first
         // link has set `TX:p`.
         assert_eq!(decision(&e, "/?a=1", &[]), block(410, 31));
+    }
+
+    #[test]
+    fn a_chain_whose_first_link_never_matches_is_decided_whatever_the_rest_reads() {
+        let e = engine(
+            "SecAction \"id:60,phase:1,pass,nolog,setvar:tx.limit=0\"\n\
+             SecRule &TX:max_args \"@eq 1\" \"id:61,phase:1,deny,status:413,chain\"\n\
+                SecRule &ARGS \"@gt %{tx.max_args}\" \"setvar:tx.score=+5\"\n\
+             SecRule &TX:limit \"@eq 1\" \"id:62,phase:1,deny,status:414,chain\"\n\
+                SecRule &ARGS \"@gt %{tx.limit}\" \"setvar:tx.score=+5\"\n\
+             SecRule ARGS:on \"@streq 1\" \"id:63,phase:1,pass,nolog,setvar:tx.max_args=1\"\n\
+             SecRule &TX:max_args \"@eq 1\" \"id:64,phase:2,deny,status:415,chain\"\n\
+                SecRule &ARGS \"@gt %{tx.max_args}\" \"t:none\"\n\
+             SecAction \"id:65,phase:2,pass,nolog,chain\"\n\
+                SecRule ARGS:x \"@streq 1\" \"setvar:tx.x=1\"\n",
+        );
+        use Fold::*;
+        // 61's first link never matches; 62's always does; 64's reads what 63 may set;
+        // 65 starts with an action.
+        assert_eq!(
+            decided(&e),
+            [
+                (60, Always),
+                (61, Never),
+                (62, Run),
+                (63, Run),
+                (64, Run),
+                (65, Run)
+            ]
+        );
+        assert_eq!(decision(&e, "/?a=1&b=2", &[]), block(414, 62));
+        assert_eq!(decision(&e, "/", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/?on=1&b=2", &[]), block(414, 62));
+        let e = engine(
+            "SecRule ARGS:on \"@streq 1\" \"id:70,phase:1,pass,nolog,setvar:tx.max_args=1\"\n\
+             SecRule &TX:max_args \"@eq 1\" \"id:71,phase:2,deny,status:415,chain\"\n\
+                SecRule &ARGS \"@gt %{tx.max_args}\" \"t:none\"\n",
+        );
+        assert_eq!(decided(&e), [(70, Run), (71, Run)]);
+        assert_eq!(decision(&e, "/?on=1&b=2", &[]), block(415, 71));
+        assert_eq!(decision(&e, "/?b=2&c=3", &[]), Decision::Allow);
     }
 
     /// The argument of each rule's links, by id, where it is a literal.

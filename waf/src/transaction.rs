@@ -1558,6 +1558,16 @@ impl Transaction {
         self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri])
     }
 
+    /// Evaluates the first link of rule `ri` alone, without its actions: whether the rule
+    /// can start matching (see [`crate::fold`]).
+    pub(crate) fn probe_starter(&mut self, ri: usize) -> bool {
+        let engine = self.engine.clone();
+        engine.rules.rules[ri]
+            .links
+            .first()
+            .is_some_and(|l| !self.eval_link(&engine.rules, ri, true, l).is_empty())
+    }
+
     /// This transaction's `TX`.
     pub(crate) fn tx(&mut self) -> &mut TxVars {
         &mut self.d.tx
