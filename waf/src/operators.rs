@@ -76,6 +76,25 @@ pub enum Operator {
     DetectXss,
 }
 
+/// The pattern of the operators with a macro argument, binding it to `$m`: one list for
+/// [`Operator::argument`] and [`Operator::argument_mut`].
+macro_rules! with_argument {
+    ($m:ident) => {
+        Operator::Streq($m)
+            | Operator::Contains($m)
+            | Operator::ContainsWord($m)
+            | Operator::BeginsWith($m)
+            | Operator::EndsWith($m)
+            | Operator::Within($m)
+            | Operator::StrMatch($m)
+            | Operator::Eq($m)
+            | Operator::Ge($m)
+            | Operator::Gt($m)
+            | Operator::Le($m)
+            | Operator::Lt($m)
+    };
+}
+
 /// The regex size limit: CRS's assembled expressions are large.
 const REGEX_SIZE_LIMIT: usize = 256 << 20;
 
@@ -294,18 +313,7 @@ impl Operator {
     /// The macro argument, for operators that expand one per evaluation.
     pub fn argument(&self) -> Option<&Macro> {
         match self {
-            Operator::Streq(m)
-            | Operator::Contains(m)
-            | Operator::ContainsWord(m)
-            | Operator::BeginsWith(m)
-            | Operator::EndsWith(m)
-            | Operator::Within(m)
-            | Operator::StrMatch(m)
-            | Operator::Eq(m)
-            | Operator::Ge(m)
-            | Operator::Gt(m)
-            | Operator::Le(m)
-            | Operator::Lt(m) => Some(m),
+            with_argument!(m) => Some(m),
             _ => None,
         }
     }
@@ -313,18 +321,7 @@ impl Operator {
     /// The macro argument, to replace it with the text it always expands to.
     pub fn argument_mut(&mut self) -> Option<&mut Macro> {
         match self {
-            Operator::Streq(m)
-            | Operator::Contains(m)
-            | Operator::ContainsWord(m)
-            | Operator::BeginsWith(m)
-            | Operator::EndsWith(m)
-            | Operator::Within(m)
-            | Operator::StrMatch(m)
-            | Operator::Eq(m)
-            | Operator::Ge(m)
-            | Operator::Gt(m)
-            | Operator::Le(m)
-            | Operator::Lt(m) => Some(m),
+            with_argument!(m) => Some(m),
             _ => None,
         }
     }
