@@ -458,8 +458,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
             .iter()
             .position(u8::is_ascii_alphanumeric)
             .unwrap_or(0);
-        // Where the anchor occurs `at` bytes into the haystack, the needle would start at the
-        // haystack's start.
+        // The anchor is searched from `at` bytes into the haystack, so an offset in that
+        // slice is where the needle would start in the whole haystack.
         return hay.len() >= needle.len()
             && memchr::memchr_iter(needle[at], &hay[at..=hay.len() - needle.len() + at])
                 .any(|start| hay[start..].starts_with(needle));

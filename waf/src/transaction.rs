@@ -1847,11 +1847,11 @@ impl Transaction {
                 key,
                 op,
             } => {
-                // Lower-cased when the rule was parsed.
-                let built = key.literal().is_none();
-                let key = match key.literal() {
-                    Some(k) => Cow::Borrowed(k),
-                    None => lower_key(key.expand(|v, k| self.d.lookup(v, k))),
+                // Whether the key is built by a macro (a literal one was lower-cased when
+                // the rule was parsed).
+                let (key, built) = match key.literal() {
+                    Some(k) => (Cow::Borrowed(k), false),
+                    None => (lower_key(key.expand(|v, k| self.d.lookup(v, k))), true),
                 };
                 let value = match op {
                     SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
