@@ -43,9 +43,11 @@ pub struct Link {
     /// and it inspects values that stay the same during a transaction.
     pub recall: Option<u32>,
     /// Whether it has a recall bit and every target is steady: it finds nothing in a phase
-    /// when every value of its targets' variables is known to it (see
-    /// [`RuleSet::recall_vars`]).
+    /// when every value its targets select is known to it (see
+    /// [`RuleSet::recall_targets`]).
     pub steady: bool,
+    /// When steady: per target, its row in [`RuleSet::recall_targets`].
+    pub recall_rows: Vec<u32>,
 }
 
 /// A link's place in the literal prefilter.
@@ -274,12 +276,11 @@ pub struct RuleSet {
     pub set_links: Vec<(u32, u32)>,
     /// The number of 64-bit words of what is remembered of one value.
     pub recall_words: usize,
-    /// The variables the links with [`Link::steady`] read, each a target of all its
-    /// values: one pass per phase over them says, per variable, which links some value
-    /// of it is not known to.
-    pub recall_vars: Vec<Target>,
-    /// Per variable (`Var as usize`): its place in `recall_vars`, or `u32::MAX`.
-    pub recall_var_rows: Vec<u32>,
+    /// The distinct targets of the links with [`Link::steady`], without their exclusions
+    /// (which only leave values out): one pass per phase over them says, per target,
+    /// which links some value it selects is not known to. A target of one key has a row
+    /// of its own, since only the links reading that key ever learn its values.
+    pub recall_targets: Vec<Target>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// `SecComponentSignature` values.
@@ -302,8 +303,7 @@ impl Default for RuleSet {
             group_links: Vec::new(),
             set_links: Vec::new(),
             recall_words: 0,
-            recall_vars: Vec::new(),
-            recall_var_rows: Vec::new(),
+            recall_targets: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
         }
@@ -465,8 +465,8 @@ impl RuleSet {
         // that whether all of them are known to find nothing in a value is a test of one
         // range.
         let mut planned: Vec<(u32, u32, usize, usize)> = Vec::new();
-        self.recall_vars.clear();
-        self.recall_var_rows = vec![u32::MAX; Var::ALL.len()];
+        self.recall_targets.clear();
+        let mut rows: HashMap<String, u32> = HashMap::new();
         for (r, rule) in self.rules.iter_mut().enumerate() {
             let above = is_above(rule, paranoia_level);
             for (l, link) in rule.links.iter_mut().enumerate() {
@@ -477,18 +477,21 @@ impl RuleSet {
                     .is_none_or(|m| m.literal().is_some());
                 let recallable = !above && constant && link.targets.iter().any(is_steady);
                 link.steady = recallable && link.targets.iter().all(is_steady);
+                link.recall_rows.clear();
                 if link.steady {
                     for t in &link.targets {
-                        let row = &mut self.recall_var_rows[t.var as usize];
-                        if *row == u32::MAX {
-                            *row = u32::try_from(self.recall_vars.len()).unwrap_or(u32::MAX);
-                            self.recall_vars.push(Target {
-                                var: t.var,
-                                selector: Selector::All,
-                                count: false,
-                                exclusions: Vec::new(),
-                            });
+                        let target = Target {
+                            var: t.var,
+                            selector: t.selector.clone(),
+                            count: false,
+                            exclusions: Vec::new(),
+                        };
+                        let next = u32::try_from(self.recall_targets.len()).unwrap_or(u32::MAX);
+                        let row = *rows.entry(target_key(&target)).or_insert(next);
+                        if row == next {
+                            self.recall_targets.push(target);
                         }
+                        link.recall_rows.push(row);
                     }
                 }
                 if recallable {
@@ -800,6 +803,7 @@ impl<'a> Builder<'a> {
             effects: actions.effects.clone(),
             recall: None,
             steady: false,
+            recall_rows: Vec::new(),
         };
         let chain = actions.chain;
         match self.pending.take() {

@@ -545,8 +545,8 @@ struct Memo {
     groups: Vec<u32>,
     /// Whether `unknown` holds this phase's rows.
     unknown_ready: bool,
-    /// Per variable of [`RuleSet::recall_vars`], a row of [`RuleSet::recall_words`]
-    /// words: the links some value of the variable is not known to find nothing in.
+    /// Per target of [`RuleSet::recall_targets`], a row of [`RuleSet::recall_words`]
+    /// words: the links some value of the target is not known to find nothing in.
     unknown: Vec<u64>,
     /// What the thread remembers of values is about which engine, and how much of it.
     recall: Recollection,
@@ -957,8 +957,8 @@ impl Memo {
     }
 
     /// Whether a link is known to find nothing in every value of its targets in this
-    /// phase: a steady link (see [`Link::steady`]) whose bit no value of its targets'
-    /// variables lacks.
+    /// phase: a steady link (see [`Link::steady`]) whose bit no value its targets select
+    /// lacks.
     fn finds_nothing(&mut self, rules: &RuleSet, d: &Data, link: &Link) -> bool {
         let Some(bit) = link
             .recall
@@ -971,23 +971,22 @@ impl Memo {
         }
         let words = self.recall.words;
         let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-        link.targets.iter().all(|t| {
-            let row = rules.recall_var_rows[t.var as usize] as usize;
-            self.unknown[row * words + word] & mask == 0
-        })
+        link.recall_rows
+            .iter()
+            .all(|&row| self.unknown[row as usize * words + word] & mask == 0)
     }
 
-    /// One pass over the values of every variable of [`RuleSet::recall_vars`]: per
-    /// variable, the links some value is not known to find nothing in.
+    /// One pass over the values of every target of [`RuleSet::recall_targets`]: per
+    /// target, the links some value is not known to find nothing in.
     /// After the transaction's first pass, the rows of the variables fixed when it started
     /// are kept: knowledge only grows, so they over-estimate at worst.
     fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
         let words = self.recall.words;
         let first = self.unknown.is_empty();
         if first {
-            self.unknown.resize(rules.recall_vars.len() * words, 0);
+            self.unknown.resize(rules.recall_targets.len() * words, 0);
         }
-        for (row, t) in rules.recall_vars.iter().enumerate() {
+        for (row, t) in rules.recall_targets.iter().enumerate() {
             if !first && t.var.is_fixed() {
                 continue;
             }

@@ -364,3 +364,33 @@ fn a_value_known_to_find_nothing_does_not_hide_a_new_one_beside_it() {
     assert_eq!(decide("/?q=attack"), blocked(403, 1));
     assert_eq!(decide("/?q=hello"), Decision::Allow);
 }
+
+#[test]
+fn a_header_known_to_find_nothing_does_not_hide_a_new_value_under_its_name() {
+    // Links that read one header learn only that header's values: once its value is known
+    // to them they are decided without looking, whatever the other headers hold, and a new
+    // value under the name is inspected again.
+    let e = WafEngine::custom_only(&WafSettings {
+        custom_rules: Some(
+            "SecRule REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:1,deny,status:403\"\n\
+             SecRule REQUEST_HEADERS:User-Agent \"@detectSQLi\" \"id:2,phase:1,deny,status:406\""
+                .into(),
+        ),
+        ..WafSettings::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let decide = |agent: &str, note: &str| {
+        let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
+            .header("Host", "media.example.org")
+            .header("User-Agent", agent)
+            .header("X-Note", note);
+        e.transaction(facts).process_request_headers().decision
+    };
+    for _ in 0..3 {
+        assert_eq!(decide("curl/8", "an attack, 1' OR 1=1--"), Decision::Allow);
+    }
+    let blocked = |status, rule_id| Decision::Block { status, rule_id };
+    assert_eq!(decide("an attack", "curl/8"), blocked(403, 1));
+    assert_eq!(decide("1' OR 1=1--", "curl/8"), blocked(406, 2));
+    assert_eq!(decide("curl/8", "an attack"), Decision::Allow);
+}
