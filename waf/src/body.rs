@@ -246,32 +246,147 @@ fn split_part(part: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     (headers, &[])
 }
 
-/// Flattens a JSON body into arguments named `json.key.0.sub`.
+/// Flattens a JSON body into arguments named `json.key.0.sub`, in the body's order (a
+/// repeated key gives one argument per occurrence, as ModSecurity and Coraza read it). The
+/// body is read once, straight into the arguments, without building its tree; an invalid
+/// body gives no arguments and the parser's error.
 pub fn parse_json(body: &[u8]) -> Parsed {
+    use serde::de::DeserializeSeed;
     let mut out = Parsed::default();
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => flatten("json", &v, &mut out.args),
-        Err(e) => out.error = Some(format!("json: {e}")),
+    let mut path = String::from("json");
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let read = JsonValue {
+        path: &mut path,
+        args: &mut out.args,
+    }
+    .deserialize(&mut reader)
+    .and_then(|()| reader.end());
+    if let Err(e) = read {
+        out.args.clear();
+        out.error = Some(format!("json: {e}"));
     }
     out
 }
 
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Vec<u8>)>) {
-    use serde_json::Value;
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                flatten(&format!("{prefix}.{k}"), v, out);
+/// A JSON value read into arguments named after `path` (restored when it returns).
+struct JsonValue<'a> {
+    path: &'a mut String,
+    args: &'a mut Vec<(String, Vec<u8>)>,
+}
+
+impl JsonValue<'_> {
+    fn push(self, value: impl Into<Vec<u8>>) {
+        self.args.push((self.path.clone(), value.into()));
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonValue<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonValue<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.push(if v { "true" } else { "false" });
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.push(itoa::Buffer::new().format(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.push(itoa::Buffer::new().format(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // Written as serde_json writes a number it read (JSON has no NaN or infinity).
+        let text = serde_json::Number::from_f64(v).map_or_else(String::new, |n| n.to_string());
+        self.push(text);
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.push(Vec::new());
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        let mut index = itoa::Buffer::new();
+        for i in 0usize.. {
+            self.path.push('.');
+            self.path.push_str(index.format(i));
+            let element = seq.next_element_seed(JsonValue {
+                path: self.path,
+                args: self.args,
+            });
+            self.path.truncate(len);
+            if element?.is_none() {
+                break;
             }
         }
-        Value::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                flatten(&format!("{prefix}.{i}"), v, out);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        loop {
+            self.path.push('.');
+            let key = map.next_key_seed(JsonKey(self.path));
+            if key.as_ref().map_or(true, Option::is_none) {
+                self.path.truncate(len);
+                key?;
+                break;
             }
+            let value = map.next_value_seed(JsonValue {
+                path: self.path,
+                args: self.args,
+            });
+            self.path.truncate(len);
+            value?;
         }
-        Value::String(s) => out.push((prefix.to_string(), s.clone().into_bytes())),
-        Value::Null => out.push((prefix.to_string(), Vec::new())),
-        other => out.push((prefix.to_string(), other.to_string().into_bytes())),
+        Ok(())
+    }
+}
+
+/// A JSON object's key, appended to an argument's name.
+struct JsonKey<'a>(&'a mut String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonKey<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonKey<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.0.push_str(v);
+        Ok(())
     }
 }
 
@@ -498,6 +613,34 @@ mod tests {
         assert_eq!(names, ["json.a.b.0", "json.a.b.1", "json.c", "json.d"]);
         assert_eq!(p.args[1].1, b"x".to_vec());
         assert!(parse_json(b"{nope").error.is_some());
+    }
+
+    #[test]
+    fn json_arguments_keep_the_body_order_the_repeats_and_the_numbers_as_read() {
+        let p = parse_json(
+            br#"{"z":-1,"a":[{"k":"v\u00e9"},[]],"z":2.5e3,"big":18446744073709551616,"e":{},"t":false}"#,
+        );
+        assert_eq!(p.error, None);
+        let args: Vec<_> = p
+            .args
+            .iter()
+            .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let want = [
+            ("json.z", "-1"),
+            ("json.a.0.k", "v\u{e9}"),
+            ("json.z", "2500.0"),
+            ("json.big", "1.8446744073709552e+19"),
+            ("json.t", "false"),
+        ];
+        let want: Vec<_> = want.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        assert_eq!(args, want);
+        let scalar = parse_json(b"\"only\"");
+        assert_eq!(scalar.args, [("json".to_string(), b"only".to_vec())]);
+        for bad in [&b"{nope"[..], b"[1,2", b"{\"a\":1} trailing", b"{\"a\":}"] {
+            let p = parse_json(bad);
+            assert!(p.error.is_some() && p.args.is_empty(), "{:?}", p.args);
+        }
     }
 
     #[test]
