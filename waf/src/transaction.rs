@@ -958,8 +958,14 @@ impl Memo {
 
     /// Whether a link is known to find nothing in every value of its targets in this
     /// phase: a steady link (see [`Link::steady`]) whose bit no value its targets select
-    /// lacks.
-    fn finds_nothing(&mut self, rules: &RuleSet, d: &Data, link: &Link) -> bool {
+    /// lacks, but in the variables `taken_whole` says are not read.
+    fn finds_nothing(
+        &mut self,
+        rules: &RuleSet,
+        d: &Data,
+        link: &Link,
+        taken_whole: impl Fn(Var) -> bool,
+    ) -> bool {
         let Some(bit) = link
             .recall
             .filter(|_| link.steady && self.recall.capacity > 0)
@@ -971,9 +977,14 @@ impl Memo {
         }
         let words = self.recall.words;
         let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-        link.recall_rows
-            .iter()
-            .all(|&row| self.unknown[row as usize * words + word] & mask == 0)
+        let known = |row: u32| self.unknown[row as usize * words + word] & mask == 0;
+        match link.recall_rows.iter().position(|&row| !known(row)) {
+            None => true,
+            Some(first) => link.recall_rows[first..]
+                .iter()
+                .zip(&link.targets[first..])
+                .all(|(&row, t)| known(row) || taken_whole(t.var)),
+        }
     }
 
     /// One pass over the values of every target of [`RuleSet::recall_targets`]: per
@@ -1266,30 +1277,6 @@ impl Transaction {
                 self.target_removals.push(TargetRemoval::Path(n));
             }
         }
-    }
-
-    /// The targets the removals in force take from rule `ri`.
-    fn removed_targets<'e>(&self, engine: &'e Compiled, ri: usize) -> Vec<(Var, &'e Selector)> {
-        let mut out = Vec::new();
-        for r in &self.target_removals {
-            match *r {
-                TargetRemoval::Ctl { rule, link, effect } => {
-                    if let Effect::Ctl(Ctl::RemoveTarget(_, rules, v, s)) =
-                        &engine.rules.rules[rule].links[link].effects[effect]
-                        && rules.binary_search(&ri).is_ok()
-                    {
-                        out.push((*v, s));
-                    }
-                }
-                TargetRemoval::Path(n) => {
-                    let ex = &engine.path_exclusions[n];
-                    if ex.rules.binary_search(&ri).is_ok() {
-                        out.extend(ex.targets.iter().map(|(v, s)| (*v, s)));
-                    }
-                }
-            }
-        }
-        out
     }
 
     /// Phase 1: the request line and headers.
@@ -1681,7 +1668,11 @@ impl Transaction {
     }
 
     fn eval_link(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
-        if self.memo.finds_nothing(rules, &self.d, link) {
+        // A `ctl` removal applies to a rule's first link; a target it takes whole is not
+        // read, so its values never learn the link's bit.
+        let (engine, removals) = (&self.engine, &self.target_removals);
+        let taken_whole = |var| starter && takes_whole(engine, removals, ri, var);
+        if self.memo.finds_nothing(rules, &self.d, link, taken_whole) {
             return Vec::new();
         }
         // A group whose values hold none of the link's literals cannot match: skip it
@@ -1707,7 +1698,7 @@ impl Transaction {
         let removed_targets: Vec<(Var, &Selector)> = if starter && !self.target_removals.is_empty()
         {
             engine = Arc::clone(&self.engine);
-            self.removed_targets(&engine, ri)
+            removed_targets(&engine, &self.target_removals, ri)
         } else {
             Vec::new()
         };
@@ -1732,12 +1723,7 @@ impl Transaction {
             } else {
                 removed_targets
                     .iter()
-                    .filter(|(v, _)| {
-                        *v == t.var
-                            || (*v == Var::Args && matches!(t.var, Var::ArgsGet | Var::ArgsPost))
-                            || (*v == Var::ArgsNames
-                                && matches!(t.var, Var::ArgsGetNames | Var::ArgsPostNames))
-                    })
+                    .filter(|(v, _)| removal_reaches(*v, t.var))
                     .map(|(_, s)| *s)
                     .collect()
             };
@@ -1938,6 +1924,60 @@ impl Transaction {
             Ctl::AuditLog => {}
         }
     }
+}
+
+/// The targets the removals in force take from rule `ri`.
+fn removed_targets<'e>(
+    engine: &'e Compiled,
+    removals: &[TargetRemoval],
+    ri: usize,
+) -> Vec<(Var, &'e Selector)> {
+    let mut out = Vec::new();
+    for r in removals {
+        match *r {
+            TargetRemoval::Ctl { rule, link, effect } => {
+                if let Effect::Ctl(Ctl::RemoveTarget(_, rules, v, s)) =
+                    &engine.rules.rules[rule].links[link].effects[effect]
+                    && rules.binary_search(&ri).is_ok()
+                {
+                    out.push((*v, s));
+                }
+            }
+            TargetRemoval::Path(n) => {
+                let ex = &engine.path_exclusions[n];
+                if ex.rules.binary_search(&ri).is_ok() {
+                    out.extend(ex.targets.iter().map(|(v, s)| (*v, s)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the removals in force take every value of `var` from rule `ri`.
+fn takes_whole(engine: &Compiled, removals: &[TargetRemoval], ri: usize, var: Var) -> bool {
+    removals.iter().any(|r| match *r {
+        TargetRemoval::Ctl { rule, link, effect } => matches!(
+            &engine.rules.rules[rule].links[link].effects[effect],
+            Effect::Ctl(Ctl::RemoveTarget(_, rules, v, Selector::All))
+                if removal_reaches(*v, var) && rules.binary_search(&ri).is_ok()
+        ),
+        TargetRemoval::Path(n) => {
+            let ex = &engine.path_exclusions[n];
+            ex.targets
+                .iter()
+                .any(|(v, s)| matches!(s, Selector::All) && removal_reaches(*v, var))
+                && ex.rules.binary_search(&ri).is_ok()
+        }
+    })
+}
+
+/// Whether a removal of variable `removed` takes values of `target` (removing `ARGS`
+/// removes `ARGS_GET` and `ARGS_POST`, and the same for their names).
+fn removal_reaches(removed: Var, target: Var) -> bool {
+    removed == target
+        || (removed == Var::Args && matches!(target, Var::ArgsGet | Var::ArgsPost))
+        || (removed == Var::ArgsNames && matches!(target, Var::ArgsGetNames | Var::ArgsPostNames))
 }
 
 /// Runs a link's operator on one value; a match (a non-match for `!@op`) is a hit, with

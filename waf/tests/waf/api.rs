@@ -394,3 +394,34 @@ fn a_header_known_to_find_nothing_does_not_hide_a_new_value_under_its_name() {
     assert_eq!(decide("1' OR 1=1--", "curl/8"), blocked(406, 2));
     assert_eq!(decide("curl/8", "an attack"), Decision::Allow);
 }
+
+#[test]
+fn a_target_a_ctl_removes_does_not_hide_new_values_of_the_others() {
+    // CRS's 941010 takes REQUEST_FILENAME from the XSS rules on nearly every request, so
+    // the path never learns their bits: they are decided from the targets they still read.
+    let e = WafEngine::custom_only(&WafSettings {
+        custom_rules: Some(
+            "SecRule REQUEST_METHOD \"@rx .\" \"id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=2;REQUEST_FILENAME\"\n\
+             SecRule REQUEST_FILENAME|ARGS \"@rx attack\" \"id:2,phase:2,deny,status:403\""
+                .into(),
+        ),
+        ..WafSettings::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let decide = |uri: &str| {
+        let mut tx = e.transaction(get(uri));
+        tx.process_request_headers();
+        tx.process_request_body(b"").decision
+    };
+    for _ in 0..3 {
+        assert_eq!(decide("/items?q=hello"), Decision::Allow);
+    }
+    assert_eq!(decide("/attack?q=hello"), Decision::Allow);
+    let blocked = Decision::Block {
+        status: 403,
+        rule_id: 2,
+    };
+    assert_eq!(decide("/items?q=an+attack"), blocked);
+    assert_eq!(decide("/attack?q=hello&r=attack"), blocked);
+    assert_eq!(decide("/items?q=hello"), Decision::Allow);
+}
