@@ -1507,7 +1507,14 @@ impl Transaction {
             let rule = &engine.rules.rules[ri];
             match engine.folding.rules[ri] {
                 Fold::Run => {
-                    if !self.eval_rule(&engine.rules, ri, rule) {
+                    // Most rules are decided by their first link being known to find
+                    // nothing: that test alone, without evaluating the rule.
+                    let tested = rule.links.first().is_some_and(|first| first.steady);
+                    if tested && self.finds_nothing(&engine.rules, ri, true, &rule.links[0]) {
+                        self.d.matched_vars.clear();
+                        continue;
+                    }
+                    if !self.eval_rule(&engine.rules, ri, rule, tested) {
                         continue;
                     }
                 }
@@ -1541,7 +1548,7 @@ impl Transaction {
     /// at load. Returns whether it matched.
     pub(crate) fn probe_rule(&mut self, ri: usize) -> bool {
         let engine = self.engine.clone();
-        self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri])
+        self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri], false)
     }
 
     /// Evaluates the first link of rule `ri` alone, without its actions: whether the rule
@@ -1551,7 +1558,7 @@ impl Transaction {
         engine.rules.rules[ri]
             .links
             .first()
-            .is_some_and(|l| !self.eval_link(&engine.rules, ri, true, l).is_empty())
+            .is_some_and(|l| !self.eval_link(&engine.rules, ri, true, false, l).is_empty())
     }
 
     /// This transaction's `TX`.
@@ -1591,8 +1598,9 @@ impl Transaction {
     }
 
     /// Evaluates a rule and its chain; on a match runs the per-match actions and records
-    /// the match. Returns whether it matched.
-    fn eval_rule(&mut self, rules: &RuleSet, ri: usize, rule: &Rule) -> bool {
+    /// the match. Returns whether it matched. `first_tested`: its first link is known not
+    /// to be decided by [`Transaction::finds_nothing`].
+    fn eval_rule(&mut self, rules: &RuleSet, ri: usize, rule: &Rule, first_tested: bool) -> bool {
         self.d.matched_vars.clear();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
@@ -1617,7 +1625,7 @@ impl Transaction {
                 }
                 continue;
             }
-            let h = self.eval_link(rules, ri, n == 0, link);
+            let h = self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link);
             if h.is_empty() {
                 return false;
             }
@@ -1667,12 +1675,27 @@ impl Transaction {
         self.d.set_volatile(Var::MatchedVarName, h.name.as_bytes());
     }
 
-    fn eval_link(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> Vec<Hit> {
+    /// Whether link `link` of rule `ri` (its first when `starter`) is known to find nothing
+    /// in this phase (see [`Memo::finds_nothing`]).
+    fn finds_nothing(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> bool {
         // A `ctl` removal applies to a rule's first link; a target it takes whole is not
         // read, so its values never learn the link's bit.
         let (engine, removals) = (&self.engine, &self.target_removals);
         let taken_whole = |var| starter && takes_whole(engine, removals, ri, var);
-        if self.memo.finds_nothing(rules, &self.d, link, taken_whole) {
+        self.memo.finds_nothing(rules, &self.d, link, taken_whole)
+    }
+
+    /// The values link `link` of rule `ri` matches (its first when `starter`; `tested`:
+    /// known not to be decided by [`Transaction::finds_nothing`]).
+    fn eval_link(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        starter: bool,
+        tested: bool,
+        link: &Link,
+    ) -> Vec<Hit> {
+        if !tested && self.finds_nothing(rules, ri, starter, link) {
             return Vec::new();
         }
         // A group whose values hold none of the link's literals cannot match: skip it
