@@ -14,6 +14,7 @@ use crate::parser::lex;
 use crate::rule::{Builder, Item, RuleSet, resolve_skip_after};
 use crate::transaction::Transaction;
 use crate::variables::{Selector, Var, add_exclusion};
+use crate::walk::Walk;
 
 /// Block requests over the threshold, or only report them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -129,6 +130,8 @@ pub(crate) struct Compiled {
     pub(crate) path_exclusions: Vec<PathExclusion>,
     /// The rules decided at load and the `TX` each transaction starts with.
     pub(crate) folding: Folding,
+    /// What each phase's walk reads first, made from `rules` and `folding`.
+    pub(crate) walk: Walk,
     /// This engine's number, unique in the process and growing: what a thread remembers of
     /// values is about one engine (see [`crate::recall`]).
     pub(crate) number: u64,
@@ -439,6 +442,7 @@ fn compile(
     /// The number of the next engine compiled.
     static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
     let folding = Folding::none(&rules);
+    let walk = Walk::new(&rules, &folding);
     let mut inner = Arc::new(Compiled {
         rules,
         mode: match settings.mode {
@@ -454,6 +458,7 @@ fn compile(
             .collect(),
         path_exclusions,
         folding,
+        walk,
         number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
         remembered_values: settings.remembered_values,
         unique: AtomicU64::new(1),
@@ -479,6 +484,7 @@ fn compile(
                 .plan_recall(settings.executing_paranoia_level);
             compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
         }
+        compiled.walk = Walk::new(&compiled.rules, &compiled.folding);
     }
     Ok(WafEngine { inner })
 }

@@ -31,6 +31,7 @@ pub mod rule;
 mod transaction;
 pub mod transforms;
 pub mod variables;
+mod walk;
 
 pub use engine::{
     AppProfile, Decision, Exclusion, Match, Mode, RequestFacts, Verdict, WafEngine, WafSettings,

@@ -13,9 +13,10 @@ use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::fold::Fold;
 use crate::operators::atoi;
 use crate::recall;
-use crate::rule::{CAPTURE_KEYS, Filter, Item, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
+use crate::rule::{CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{KeyRegex, Selector, Target, Var};
+use crate::walk;
 
 /// A keyed value of a collection.
 #[derive(Clone, Debug)]
@@ -956,34 +957,30 @@ impl Memo {
         set
     }
 
-    /// Whether a link is known to find nothing in every value of its targets in this
-    /// phase: a steady link (see [`Link::steady`]) whose bit no value its targets select
-    /// lacks, but in the variables `taken_whole` says are not read.
+    /// Whether a steady link (see [`Link::steady`]) with recall bit `bit` and recall rows
+    /// `rows` (one per target) is known to find nothing in every value of its targets in
+    /// this phase: no value its targets select lacks its bit, but in the targets
+    /// `taken_whole` (by index) says are not read.
     fn finds_nothing(
         &mut self,
         rules: &RuleSet,
         d: &Data,
-        link: &Link,
-        taken_whole: impl Fn(Var) -> bool,
+        bit: u32,
+        rows: &[u32],
+        taken_whole: impl Fn(usize) -> bool,
     ) -> bool {
-        let Some(bit) = link
-            .recall
-            .filter(|_| link.steady && self.recall.capacity > 0)
-        else {
+        if self.recall.capacity == 0 {
             return false;
-        };
+        }
         if !self.unknown_ready {
             self.learn_unknown(rules, d);
         }
         let words = self.recall.words;
         let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
         let known = |row: u32| self.unknown[row as usize * words + word] & mask == 0;
-        match link.recall_rows.iter().position(|&row| !known(row)) {
+        match rows.iter().position(|&row| !known(row)) {
             None => true,
-            Some(first) => link.recall_rows[first..]
-                .iter()
-                .zip(&link.targets[first..])
-                .all(|(&row, t)| known(row) || taken_whole(t.var)),
+            Some(first) => (first..rows.len()).all(|t| known(rows[t]) || taken_whole(t)),
         }
     }
 
@@ -1488,33 +1485,41 @@ impl Transaction {
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
         self.memo.unknown_ready = false;
-        let items = &engine.rules.phases[usize::from(phase - 1)];
+        let steps = &engine.walk.phases[usize::from(phase - 1)];
         let mut i = 0;
         let mut skip = 0u32;
-        while i < items.len() {
-            let Item::Rule(ri) = items[i] else {
-                i += 1;
-                continue;
-            };
+        while i < steps.len() {
+            let step = steps[i];
             i += 1;
+            if step.rule == walk::NONE {
+                continue;
+            }
             if skip > 0 {
                 skip -= 1;
                 continue;
             }
+            let ri = step.rule as usize;
             if self.removed[ri] {
                 continue;
             }
-            let rule = &engine.rules.rules[ri];
-            match engine.folding.rules[ri] {
+            match step.fold {
                 Fold::Run => {
                     // Most rules are decided by their first link being known to find
-                    // nothing: that test alone, without evaluating the rule.
-                    let tested = rule.links.first().is_some_and(|first| first.steady);
-                    if tested && self.finds_nothing(&engine.rules, ri, true, &rule.links[0]) {
+                    // nothing: that test alone, from the step, without reading the rule.
+                    let tested = step.bit != walk::NONE;
+                    if tested
+                        && self.first_finds_nothing(
+                            &engine.rules,
+                            ri,
+                            step.bit,
+                            engine.walk.rows(&step),
+                            true,
+                        )
+                    {
                         self.d.matched_vars.clear();
                         continue;
                     }
-                    if !self.eval_rule(&engine.rules, ri, rule, tested) {
+                    if !self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri], tested) {
                         continue;
                     }
                 }
@@ -1522,6 +1527,7 @@ impl Transaction {
                 // Its `setvar`s are in the `TX` this transaction started with, and it
                 // neither logs nor disrupts: only its jump is left.
                 Fold::Always => {
+                    let rule = &engine.rules.rules[ri];
                     if let Some(to) = rule.skip_to {
                         i = to;
                     }
@@ -1529,6 +1535,7 @@ impl Transaction {
                     continue;
                 }
             }
+            let rule = &engine.rules.rules[ri];
             if let Some(to) = rule.skip_to {
                 i = to;
             }
@@ -1678,11 +1685,35 @@ impl Transaction {
     /// Whether link `link` of rule `ri` (its first when `starter`) is known to find nothing
     /// in this phase (see [`Memo::finds_nothing`]).
     fn finds_nothing(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> bool {
+        match link.recall.filter(|_| link.steady) {
+            Some(bit) => self.first_finds_nothing(rules, ri, bit, &link.recall_rows, starter),
+            None => false,
+        }
+    }
+
+    /// [`Transaction::finds_nothing`] for the link of rule `ri` with recall bit `bit` and
+    /// recall rows `rows`, its first when `starter`.
+    fn first_finds_nothing(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        bit: u32,
+        rows: &[u32],
+        starter: bool,
+    ) -> bool {
         // A `ctl` removal applies to a rule's first link; a target it takes whole is not
         // read, so its values never learn the link's bit.
         let (engine, removals) = (&self.engine, &self.target_removals);
-        let taken_whole = |var| starter && takes_whole(engine, removals, ri, var);
-        self.memo.finds_nothing(rules, &self.d, link, taken_whole)
+        let taken_whole = |t: usize| {
+            starter
+                && !removals.is_empty()
+                && rules.rules[ri].links[0]
+                    .targets
+                    .get(t)
+                    .is_some_and(|t| takes_whole(engine, removals, ri, t.var))
+        };
+        self.memo
+            .finds_nothing(rules, &self.d, bit, rows, taken_whole)
     }
 
     /// The values link `link` of rule `ri` matches (its first when `starter`; `tested`:
