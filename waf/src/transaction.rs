@@ -1508,11 +1508,12 @@ impl Transaction {
                     // nothing: that test alone, from the step, without reading the rule.
                     let tested = step.bit != walk::NONE;
                     if tested
-                        && self.first_finds_nothing(
+                        && self.known_to_find_nothing(
                             &engine.rules,
                             ri,
                             step.bit,
                             engine.walk.rows(&step),
+                            |t| engine.walk.vars(&step)[t],
                             true,
                         )
                     {
@@ -1686,31 +1687,35 @@ impl Transaction {
     /// in this phase (see [`Memo::finds_nothing`]).
     fn finds_nothing(&mut self, rules: &RuleSet, ri: usize, starter: bool, link: &Link) -> bool {
         match link.recall.filter(|_| link.steady) {
-            Some(bit) => self.first_finds_nothing(rules, ri, bit, &link.recall_rows, starter),
+            Some(bit) => self.known_to_find_nothing(
+                rules,
+                ri,
+                bit,
+                &link.recall_rows,
+                |t| link.targets[t].var,
+                starter,
+            ),
             None => false,
         }
     }
 
-    /// [`Transaction::finds_nothing`] for the link of rule `ri` with recall bit `bit` and
-    /// recall rows `rows`, its first when `starter`.
-    fn first_finds_nothing(
+    /// [`Transaction::finds_nothing`] for the link of rule `ri` with recall bit `bit`,
+    /// recall rows `rows` and target variables `var_of` (by index), its first when
+    /// `starter`.
+    fn known_to_find_nothing(
         &mut self,
         rules: &RuleSet,
         ri: usize,
         bit: u32,
         rows: &[u32],
+        var_of: impl Fn(usize) -> Var,
         starter: bool,
     ) -> bool {
         // A `ctl` removal applies to a rule's first link; a target it takes whole is not
         // read, so its values never learn the link's bit.
         let (engine, removals) = (&self.engine, &self.target_removals);
         let taken_whole = |t: usize| {
-            starter
-                && !removals.is_empty()
-                && rules.rules[ri].links[0]
-                    .targets
-                    .get(t)
-                    .is_some_and(|t| takes_whole(engine, removals, ri, t.var))
+            starter && !removals.is_empty() && takes_whole(engine, removals, ri, var_of(t))
         };
         self.memo
             .finds_nothing(rules, &self.d, bit, rows, taken_whole)

@@ -7,6 +7,7 @@
 
 use crate::fold::{Fold, Folding};
 use crate::rule::{Item, RuleSet};
+use crate::variables::Var;
 
 /// "No rule" (a marker) or "no recall bit".
 pub(crate) const NONE: u32 = u32::MAX;
@@ -21,7 +22,7 @@ pub(crate) struct Step {
     /// Its first link's recall bit when that link is steady (see
     /// [`crate::rule::Link::steady`]), else [`NONE`].
     pub(crate) bit: u32,
-    /// Its first link's recall rows: a range of [`Walk::rows`].
+    /// Its first link's recall rows: a range of [`Walk::rows`] (and of [`Walk::vars`]).
     pub(crate) rows: (u32, u32),
 }
 
@@ -33,6 +34,9 @@ pub(crate) struct Walk {
     pub(crate) phases: [Vec<Step>; 5],
     /// The recall rows of the steps' first links, one after the other.
     pub(crate) rows: Vec<u32>,
+    /// The variable of each target whose row is in `rows`: a `ctl` that removes it is
+    /// checked without reading the rule.
+    pub(crate) vars: Vec<Var>,
 }
 
 impl Walk {
@@ -55,9 +59,9 @@ impl Walk {
                             .and_then(|l| l.recall)
                             .unwrap_or(NONE);
                         let start = walk.rows.len();
-                        if bit != NONE {
-                            walk.rows
-                                .extend(first.iter().flat_map(|l| l.recall_rows.iter()));
+                        if let Some(first) = first.filter(|_| bit != NONE) {
+                            walk.rows.extend(&first.recall_rows);
+                            walk.vars.extend(first.targets.iter().map(|t| t.var));
                         }
                         Step {
                             rule: u32::try_from(ri).unwrap_or(NONE),
@@ -79,6 +83,11 @@ impl Walk {
     /// The recall rows of a step.
     pub(crate) fn rows(&self, step: &Step) -> &[u32] {
         &self.rows[step.rows.0 as usize..step.rows.1 as usize]
+    }
+
+    /// The variables of a step's targets, in the order of its rows.
+    pub(crate) fn vars(&self, step: &Step) -> &[Var] {
+        &self.vars[step.rows.0 as usize..step.rows.1 as usize]
     }
 }
 
@@ -120,6 +129,8 @@ mod tests {
         assert_eq!(Some(steady.bit), first.recall);
         assert_eq!(c.walk.rows(&steady), first.recall_rows.as_slice());
         assert_eq!(c.walk.rows(&steady).len(), 2);
+        let vars: Vec<Var> = first.targets.iter().map(|t| t.var).collect();
+        assert_eq!(c.walk.vars(&steady), vars.as_slice());
         assert_eq!(steady.fold, Fold::Run);
         let (_, on_tx) = rule(2).unwrap_or_else(|| panic!("no step for rule 2"));
         assert_eq!((on_tx.bit, c.walk.rows(&on_tx)), (NONE, &[][..]));
