@@ -151,29 +151,75 @@ pub(crate) type VarMap = HashMap<String, Vec<u8>, foldhash::fast::RandomState>;
 /// transaction of the engine (see [`crate::fold`]), under what this transaction has set or
 /// deleted. Copying the shared part into each transaction cost more than reading through
 /// two tables.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TxVars {
     /// The values set at load.
     base: Arc<VarMap>,
-    /// This transaction's values: `None` for a key of `base` it deleted.
-    own: HashMap<String, Option<Vec<u8>>, foldhash::fast::RandomState>,
+    /// This transaction's keys, and keys earlier transactions of the thread set (most
+    /// requests set the same fifty or so): kept with their buffers, so that setting them
+    /// again allocates nothing.
+    own: HashMap<String, Own, foldhash::fast::RandomState>,
 }
+
+/// A key of [`TxVars::own`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Own {
+    /// Set by this transaction.
+    Set(Vec<u8>),
+    /// A key of the base this transaction deleted.
+    Deleted,
+    /// Not set by this transaction (left by an earlier one, or deleted): reads through to
+    /// the base. Keeps its buffer.
+    Unset(Vec<u8>),
+}
+
+thread_local! {
+    /// The `own` tables of finished transactions, for the next ones on the thread.
+    static SPARE_TX: std::cell::RefCell<Vec<HashMap<String, Own, foldhash::fast::RandomState>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most keys a finished transaction's table may hold to be kept for the next one
+/// (keys can be built from request headers: an unusual request must not grow it for good).
+const SPARE_TX_KEYS: usize = 256;
 
 impl TxVars {
     /// A transaction's `TX`, starting with `base`.
     pub(crate) fn new(base: Arc<VarMap>) -> TxVars {
-        TxVars {
-            base,
+        let own = SPARE_TX
+            .with(|spare| spare.borrow_mut().pop())
             // About fifty keys are set per request (scores, names built from headers).
-            own: HashMap::with_capacity_and_hasher(64, Default::default()),
+            .unwrap_or_else(|| HashMap::with_capacity_and_hasher(64, Default::default()));
+        TxVars { base, own }
+    }
+
+    /// Hands the table of this transaction's keys to the next transaction on the thread,
+    /// every key unset.
+    fn give_back(&mut self) {
+        let mut own = std::mem::take(&mut self.own);
+        if own.len() > SPARE_TX_KEYS {
+            return;
         }
+        for slot in own.values_mut() {
+            *slot = match std::mem::replace(slot, Own::Deleted) {
+                Own::Set(v) | Own::Unset(v) => Own::Unset(v),
+                Own::Deleted => Own::Unset(Vec::new()),
+            };
+        }
+        SPARE_TX.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < 4 {
+                spare.push(own);
+            }
+        });
     }
 
     /// A key and its value.
     fn get_key_value(&self, key: &str) -> Option<(&String, &Vec<u8>)> {
         match self.own.get_key_value(key) {
-            Some((k, v)) => v.as_ref().map(|v| (k, v)),
-            None => self.base.get_key_value(key),
+            Some((k, Own::Set(v))) => Some((k, v)),
+            Some((_, Own::Deleted)) => None,
+            Some((_, Own::Unset(_))) | None => self.base.get_key_value(key),
         }
     }
 
@@ -184,14 +230,14 @@ impl TxVars {
 
     /// Every key and its value, in no order.
     fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
-        let own = self
-            .own
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+        let own = self.own.iter().filter_map(|(k, v)| match v {
+            Own::Set(v) => Some((k, v)),
+            Own::Deleted | Own::Unset(_) => None,
+        });
         let base = self
             .base
             .iter()
-            .filter(|(k, _)| !self.own.contains_key(k.as_str()));
+            .filter(|(k, _)| matches!(self.own.get(k.as_str()), None | Some(Own::Unset(_))));
         own.chain(base)
     }
 
@@ -200,31 +246,58 @@ impl TxVars {
     fn set(&mut self, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
         let (slot, new) = match self.own.get_mut(&*key) {
             Some(slot) => {
-                let new = slot.is_none();
-                (slot.get_or_insert_default(), new)
+                let (buf, new) = match std::mem::replace(slot, Own::Deleted) {
+                    Own::Set(v) => (v, false),
+                    Own::Deleted => (Vec::new(), true),
+                    Own::Unset(v) => (v, !self.base.contains_key(&*key)),
+                };
+                *slot = Own::Set(buf);
+                (slot, new)
             }
             None => {
                 let new = !self.base.contains_key(&*key);
                 let slot = self
                     .own
                     .entry(key.into_owned())
-                    .or_default()
-                    .get_or_insert_default();
+                    .or_insert(Own::Set(Vec::new()));
                 (slot, new)
             }
         };
-        slot.clear();
-        fill(slot);
+        if let Own::Set(buf) = slot {
+            buf.clear();
+            fill(buf);
+        }
         new
     }
 
     /// Deletes a key.
     fn remove(&mut self, key: &str) {
-        if self.base.contains_key(key) {
-            self.own.insert(key.to_string(), None);
-        } else {
-            self.own.remove(key);
+        let in_base = self.base.contains_key(key);
+        match self.own.get_mut(key) {
+            Some(slot) => {
+                *slot = match std::mem::replace(slot, Own::Deleted) {
+                    _ if in_base => Own::Deleted,
+                    Own::Set(v) | Own::Unset(v) => Own::Unset(v),
+                    Own::Deleted => Own::Unset(Vec::new()),
+                };
+            }
+            None if in_base => {
+                self.own.insert(key.to_string(), Own::Deleted);
+            }
+            None => {}
         }
+    }
+
+    /// What this transaction set or deleted, by key.
+    fn changes(&self) -> std::collections::BTreeMap<&str, Option<&[u8]>> {
+        self.own
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Own::Set(v) => Some((k.as_str(), Some(v.as_slice()))),
+                Own::Deleted => Some((k.as_str(), None)),
+                Own::Unset(_) => None,
+            })
+            .collect()
     }
 
     /// Everything set, as one table: what the rules decided at load leave.
@@ -232,11 +305,23 @@ impl TxVars {
         let mut map = (*self.base).clone();
         for (k, v) in self.own {
             match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
-            };
+                Own::Set(v) => {
+                    map.insert(k, v);
+                }
+                Own::Deleted => {
+                    map.remove(&k);
+                }
+                Own::Unset(_) => {}
+            }
         }
         map
+    }
+}
+
+/// Two `TX`s are equal when they read the same: the same base, the same changes.
+impl PartialEq for TxVars {
+    fn eq(&self, other: &TxVars) -> bool {
+        self.base == other.base && self.changes() == other.changes()
     }
 }
 
@@ -1105,6 +1190,7 @@ impl Drop for Transaction {
     fn drop(&mut self) {
         self.memo.remember_learned();
         std::mem::take(&mut self.memo).give_back();
+        self.d.tx.give_back();
     }
 }
 
@@ -2254,5 +2340,36 @@ mod tests {
         let map = tx.into_map();
         assert_eq!(map.len(), 3);
         assert_eq!(map["b"], b"4");
+    }
+
+    #[test]
+    fn a_tx_table_handed_on_reads_as_new_and_keeps_its_buffers() {
+        let base: Arc<VarMap> = Arc::new(
+            [("a", "1"), ("b", "2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        );
+        let mut first = TxVars::new(base.clone());
+        assert!(!first.set(Cow::Borrowed("a"), |v| v.extend_from_slice(b"10")));
+        assert!(first.set(Cow::Borrowed("c"), |v| v.extend_from_slice(b"3")));
+        first.remove("b");
+        first.give_back();
+        // The next transaction on the thread gets the table: nothing of the first shows.
+        let mut next = TxVars::new(base.clone());
+        assert!(next.own.contains_key("c"), "the table was not handed on");
+        assert_eq!(next, TxVars::new(base.clone()));
+        assert_eq!(next.get("a").map(Vec::as_slice), Some(&b"1"[..]));
+        assert_eq!(next.get("b").map(Vec::as_slice), Some(&b"2"[..]));
+        assert_eq!(next.get("c"), None);
+        let mut keys: Vec<&String> = next.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "b"]);
+        // Setting a left key is new unless the base has it.
+        assert!(next.set(Cow::Borrowed("c"), |v| v.extend_from_slice(b"5")));
+        assert!(!next.set(Cow::Borrowed("b"), |v| v.extend_from_slice(b"6")));
+        next.remove("c");
+        assert_eq!(next.get("c"), None);
+        assert_eq!(next.clone().into_map().len(), 2);
     }
 }
