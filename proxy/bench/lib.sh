@@ -6,6 +6,10 @@
 #                           PROXY_CPU (the proxies' core) and LOAD_CPUS (wrk, origin, helpers)
 # bench_cert                a self-signed certificate for $HOST in $WORK/tls.{crt,key}
 # bench_origin PORT [CONF]  nginx serving $WORK/www on LOAD_CPUS, CONF inside its server block
+# nginx_proxy_server PORT [CONF]
+#                           an nginx server block: TLS on PORT with the bench certificate,
+#                           everything proxied to the upstream "origin" as the edge does it,
+#                           CONF inside its location
 # edge_document HTTPS ADMIN UPSTREAM [HTTP]
 #                           the edge document every Portcullis under test starts from
 # start_portcullis LABEL CONFIG [FLAGS...]
@@ -71,6 +75,29 @@ http {
 EOF
   taskset -c "$LOAD_CPUS" nginx -c "$WORK/origin.conf" -p "$WORK" &
   PIDS+=($!)
+}
+
+nginx_proxy_server() {
+  local port=$1 extra=${2:-}
+  cat <<EOF
+  server {
+    listen 127.0.0.1:$port ssl;
+    ssl_certificate $WORK/tls.crt;
+    ssl_certificate_key $WORK/tls.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_name $HOST;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Proto https;
+      proxy_buffering off;
+      $extra
+    }
+  }
+EOF
 }
 
 edge_document() {

@@ -40,23 +40,7 @@ http {
   access_log /dev/null;
   keepalive_requests 1000000;
   upstream origin { server 127.0.0.1:18080; keepalive 128; }
-  server {
-    listen 127.0.0.1:18443 ssl;
-    ssl_certificate $WORK/tls.crt;
-    ssl_certificate_key $WORK/tls.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    server_name $HOST;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_buffering off;
-      add_header Strict-Transport-Security "max-age=31536000" always;
-    }
-  }
+$(nginx_proxy_server 18443 'add_header Strict-Transport-Security "max-age=31536000" always;')
   server {
     listen 127.0.0.1:18081;
     return 308 https://$HOST\$request_uri;

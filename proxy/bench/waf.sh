@@ -74,22 +74,7 @@ http {
   modsecurity $modsec;
   $([ "$modsec" = on ] && echo "modsecurity_rules_file $WORK/modsec.conf;")
   upstream origin { server 127.0.0.1:18280; keepalive 128; }
-  server {
-    listen 127.0.0.1:$port ssl;
-    ssl_certificate $WORK/tls.crt;
-    ssl_certificate_key $WORK/tls.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    server_name $HOST;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Forwarded-Proto https;
-      proxy_buffering off;
-    }
-  }
+$(nginx_proxy_server "$port")
 }
 EOF
 }
