@@ -197,7 +197,7 @@ impl TxVars {
     /// every key unset.
     fn give_back(&mut self) {
         let mut own = std::mem::take(&mut self.own);
-        if own.len() > SPARE_TX_KEYS {
+        if own.len() > SPARE_TX_KEYS || own.capacity() == 0 {
             return;
         }
         for slot in own.values_mut() {
