@@ -3,7 +3,7 @@
 
 use portcullis_waf::{Decision, Exclusion, Mode, RequestFacts, WafEngine, WafSettings};
 
-use crate::util::{engine, get};
+use crate::util::{custom_engine, decide, engine, get};
 
 const ATTACK: &str =
     "/search?q=1%27%20OR%20%271%27%3D%271%27%20UNION%20SELECT%20password%20FROM%20users--";
@@ -341,20 +341,11 @@ fn a_value_known_to_find_nothing_does_not_hide_a_new_one_beside_it() {
     // Two links read ARGS: one with a literal prefilter, one without (libinjection). Once
     // `q=hello` is known to both, a request that repeats it is skipped by them, but a new
     // value in ARGS beside it (or in its place) is inspected again.
-    let e = WafEngine::custom_only(&WafSettings {
-        custom_rules: Some(
-            "SecRule ARGS \"@rx attack\" \"id:1,phase:2,deny,status:403\"\n\
-             SecRule ARGS \"@detectSQLi\" \"id:2,phase:2,deny,status:406\""
-                .into(),
-        ),
-        ..WafSettings::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let decide = |uri: &str| {
-        let mut tx = e.transaction(get(uri));
-        tx.process_request_headers();
-        tx.process_request_body(b"").decision
-    };
+    let e = custom_engine(
+        "SecRule ARGS \"@rx attack\" \"id:1,phase:2,deny,status:403\"\n\
+         SecRule ARGS \"@detectSQLi\" \"id:2,phase:2,deny,status:406\"",
+    );
+    let decide = |uri: &str| decide(&e, get(uri));
     for _ in 0..3 {
         assert_eq!(decide("/?q=hello"), Decision::Allow);
     }
@@ -370,21 +361,16 @@ fn a_header_known_to_find_nothing_does_not_hide_a_new_value_under_its_name() {
     // Links that read one header learn only that header's values: once its value is known
     // to them they are decided without looking, whatever the other headers hold, and a new
     // value under the name is inspected again.
-    let e = WafEngine::custom_only(&WafSettings {
-        custom_rules: Some(
-            "SecRule REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:1,deny,status:403\"\n\
-             SecRule REQUEST_HEADERS:User-Agent \"@detectSQLi\" \"id:2,phase:1,deny,status:406\""
-                .into(),
-        ),
-        ..WafSettings::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let e = custom_engine(
+        "SecRule REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:1,deny,status:403\"\n\
+         SecRule REQUEST_HEADERS:User-Agent \"@detectSQLi\" \"id:2,phase:1,deny,status:406\"",
+    );
     let decide = |agent: &str, note: &str| {
         let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
             .header("Host", "media.example.org")
             .header("User-Agent", agent)
             .header("X-Note", note);
-        e.transaction(facts).process_request_headers().decision
+        decide(&e, facts)
     };
     for _ in 0..3 {
         assert_eq!(decide("curl/8", "an attack, 1' OR 1=1--"), Decision::Allow);
@@ -399,20 +385,11 @@ fn a_header_known_to_find_nothing_does_not_hide_a_new_value_under_its_name() {
 fn a_target_a_ctl_removes_does_not_hide_new_values_of_the_others() {
     // CRS's 941010 takes REQUEST_FILENAME from the XSS rules on nearly every request, so
     // the path never learns their bits: they are decided from the targets they still read.
-    let e = WafEngine::custom_only(&WafSettings {
-        custom_rules: Some(
-            "SecRule REQUEST_METHOD \"@rx .\" \"id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=2;REQUEST_FILENAME\"\n\
-             SecRule REQUEST_FILENAME|ARGS \"@rx attack\" \"id:2,phase:2,deny,status:403\""
-                .into(),
-        ),
-        ..WafSettings::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let decide = |uri: &str| {
-        let mut tx = e.transaction(get(uri));
-        tx.process_request_headers();
-        tx.process_request_body(b"").decision
-    };
+    let e = custom_engine(
+        "SecRule REQUEST_METHOD \"@rx .\" \"id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=2;REQUEST_FILENAME\"\n\
+         SecRule REQUEST_FILENAME|ARGS \"@rx attack\" \"id:2,phase:2,deny,status:403\"",
+    );
+    let decide = |uri: &str| decide(&e, get(uri));
     for _ in 0..3 {
         assert_eq!(decide("/items?q=hello"), Decision::Allow);
     }

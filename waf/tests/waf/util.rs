@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use portcullis_waf::{RequestFacts, WafEngine, WafSettings};
+use portcullis_waf::{Decision, RequestFacts, WafEngine, WafSettings};
 
 /// The CRS v4 release the tests run (beside the checkout, in `shared/`).
 pub fn crs_dir() -> PathBuf {
@@ -18,6 +18,22 @@ pub fn crs_dir() -> PathBuf {
 /// An engine over the test CRS.
 pub fn engine(settings: &WafSettings) -> WafEngine {
     WafEngine::new(settings, &crs_dir()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An engine of `rules` (SecLang) alone, without the CRS.
+pub fn custom_engine(rules: &str) -> WafEngine {
+    WafEngine::custom_only(&WafSettings {
+        custom_rules: Some(rules.into()),
+        ..WafSettings::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The engine's decision on a request without a body, after both request phases.
+pub fn decide(engine: &WafEngine, request: RequestFacts) -> Decision {
+    let mut tx = engine.transaction(request);
+    tx.process_request_headers();
+    tx.process_request_body(b"").decision
 }
 
 /// A browser-like request.
