@@ -268,7 +268,8 @@ pub fn parse_json(body: &[u8]) -> Parsed {
     out
 }
 
-/// A JSON value read into arguments named after `path` (restored when it returns).
+/// A JSON value read into arguments named after `path` (restored when it returns `Ok`;
+/// after an error the whole body is dropped, `path` with it).
 struct JsonValue<'a> {
     path: &'a mut String,
     args: &'a mut Vec<(String, Vec<u8>)>,
@@ -336,9 +337,9 @@ impl<'de> serde::de::Visitor<'de> for JsonValue<'_> {
             let element = seq.next_element_seed(JsonValue {
                 path: self.path,
                 args: self.args,
-            });
+            })?;
             self.path.truncate(len);
-            if element?.is_none() {
+            if element.is_none() {
                 break;
             }
         }
@@ -349,20 +350,16 @@ impl<'de> serde::de::Visitor<'de> for JsonValue<'_> {
         let len = self.path.len();
         loop {
             self.path.push('.');
-            let key = map.next_key_seed(JsonKey(self.path));
-            if key.as_ref().map_or(true, Option::is_none) {
+            if map.next_key_seed(JsonKey(self.path))?.is_none() {
                 self.path.truncate(len);
-                key?;
-                break;
+                return Ok(());
             }
-            let value = map.next_value_seed(JsonValue {
+            map.next_value_seed(JsonValue {
                 path: self.path,
                 args: self.args,
-            });
+            })?;
             self.path.truncate(len);
-            value?;
         }
-        Ok(())
     }
 }
 
