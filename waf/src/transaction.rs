@@ -2099,7 +2099,11 @@ fn removed_targets<'e>(
     out
 }
 
-/// Whether the removals in force take every value of `var` from rule `ri`.
+/// Whether the removals in force take every value of `var` from rule `ri`. It reads the
+/// removals as [`removed_targets`] does, but tests the variable before searching the rule
+/// list and collects nothing: the walk asks it for many rules per request (written on top
+/// of `removed_targets` as an iterator, it cost 3 k instructions more per request, 9 k on
+/// a request of new values).
 fn takes_whole(engine: &Compiled, removals: &[TargetRemoval], ri: usize, var: Var) -> bool {
     removals.iter().any(|r| match *r {
         TargetRemoval::Ctl { rule, link, effect } => matches!(
