@@ -91,16 +91,18 @@ impl Macro {
         if let Some(l) = self.literal() {
             return Cow::Borrowed(l.as_bytes());
         }
-        // Room for the literal parts and a short value or two: one allocation, mostly.
-        let literal: usize = self
-            .parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.len(),
-                Part::Var(..) => 16,
-            })
-            .sum();
-        let mut out = Vec::with_capacity(literal);
+        let mut out = Vec::new();
+        self.expand_into(lookup, &mut out);
+        Cow::Owned(out)
+    }
+
+    /// Appends the expansion to `out` (see [`Macro::expand`]): what a caller with a buffer
+    /// to reuse calls.
+    pub fn expand_into<F, V>(&self, lookup: F, out: &mut Vec<u8>)
+    where
+        F: Fn(Var, Option<&str>) -> Option<V>,
+        V: AsRef<[u8]>,
+    {
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
@@ -111,7 +113,6 @@ impl Macro {
                 }
             }
         }
-        Cow::Owned(out)
     }
 }
 

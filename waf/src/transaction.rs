@@ -77,8 +77,9 @@ enum TargetRemoval {
     Path(usize),
 }
 
-/// A value that matched.
-#[derive(Clone, Debug)]
+/// A value that matched. Finished hits go back to [`Memo::spare_hits`], so that the next
+/// ones reuse their buffers.
+#[derive(Clone, Debug, Default)]
 struct Hit {
     name: String,
     value: Vec<u8>,
@@ -115,6 +116,8 @@ struct Data {
     /// The next free slot.
     next_slot: u32,
     matched_vars: Vec<Hit>,
+    /// The hits of the link being evaluated (a buffer reused from link to link).
+    link_hits: Vec<Hit>,
     rule_id: u32,
     rule_phase: u8,
 }
@@ -182,6 +185,9 @@ thread_local! {
 /// The most keys a finished transaction's table may hold to be kept for the next one
 /// (keys can be built from request headers: an unusual request must not grow it for good).
 const SPARE_TX_KEYS: usize = 256;
+
+/// The most finished hits kept for their buffers from one transaction to the next.
+const SPARE_HITS: usize = 256;
 
 impl TxVars {
     /// A transaction's `TX`, starting with `base`.
@@ -646,6 +652,9 @@ struct Memo {
     known: Vec<u64>,
     /// The bytes of the values with rows, to remember them by when the transaction ends.
     known_values: Vec<u8>,
+    /// Hits of earlier transactions, kept for their buffers (a transaction holds them in
+    /// [`Transaction::spare_hits`] while it runs).
+    spare_hits: Vec<Hit>,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -980,6 +989,7 @@ impl Memo {
             && self.steps.capacity() <= 1 << 12
             && self.known.capacity() <= 1 << 16
             && self.known_values.capacity() <= 1 << 16
+            && self.spare_hits.len() <= SPARE_HITS
     }
 }
 
@@ -1189,6 +1199,9 @@ enum Flow {
 impl Drop for Transaction {
     fn drop(&mut self) {
         self.memo.remember_learned();
+        self.clear_matched();
+        self.spare_hits.truncate(SPARE_HITS);
+        self.memo.spare_hits = std::mem::take(&mut self.spare_hits);
         std::mem::take(&mut self.memo).give_back();
         self.d.tx.give_back();
     }
@@ -1206,6 +1219,10 @@ pub struct Transaction {
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
     target_removals: Vec<TargetRemoval>,
     matches: Vec<Match>,
+    /// Finished hits, whose buffers the next ones reuse.
+    spare_hits: Vec<Hit>,
+    /// Buffers macros expand into: a `setvar`'s key and value, a link's argument.
+    scratch: (Vec<u8>, Vec<u8>),
     decision: Decision,
     body_processor: Option<BodyProcessor>,
     force_body_variable: bool,
@@ -1314,14 +1331,17 @@ impl Transaction {
             d.set_scalar(Var::ReqbodyProcessor, p.name());
         }
         let rule_count = engine.rules.rules.len();
+        let mut memo = Memo::take(Recollection {
+            engine: engine.number,
+            capacity: engine.remembered_values,
+            words: engine.rules.recall_words,
+        });
         let mut tx = Transaction {
             mode: engine.mode,
             d,
-            memo: Memo::take(Recollection {
-                engine: engine.number,
-                capacity: engine.remembered_values,
-                words: engine.rules.recall_words,
-            }),
+            spare_hits: std::mem::take(&mut memo.spare_hits),
+            scratch: Default::default(),
+            memo,
             removed: vec![false; rule_count],
             target_removals: Vec::new(),
             matches: Vec::new(),
@@ -1603,7 +1623,7 @@ impl Transaction {
                             true,
                         )
                     {
-                        self.d.matched_vars.clear();
+                        self.clear_matched();
                         continue;
                     }
                     if !self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri], tested) {
@@ -1649,10 +1669,11 @@ impl Transaction {
     /// can start matching (see [`crate::fold`]).
     pub(crate) fn probe_starter(&mut self, ri: usize) -> bool {
         let engine = self.engine.clone();
-        engine.rules.rules[ri]
-            .links
-            .first()
-            .is_some_and(|l| !self.eval_link(&engine.rules, ri, true, false, l).is_empty())
+        let mut hits = Vec::new();
+        if let Some(l) = engine.rules.rules[ri].links.first() {
+            self.eval_link(&engine.rules, ri, true, false, l, &mut hits);
+        }
+        !hits.is_empty()
     }
 
     /// This transaction's `TX`.
@@ -1695,7 +1716,7 @@ impl Transaction {
     /// the match. Returns whether it matched. `first_tested`: its first link is known not
     /// to be decided by [`Transaction::finds_nothing`].
     fn eval_rule(&mut self, rules: &RuleSet, ri: usize, rule: &Rule, first_tested: bool) -> bool {
-        self.d.matched_vars.clear();
+        self.clear_matched();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
         // Like ModSecurity and Coraza, each link's per-match actions run as soon as the link
@@ -1719,8 +1740,10 @@ impl Transaction {
                 }
                 continue;
             }
-            let h = self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link);
+            let mut h = std::mem::take(&mut self.d.link_hits);
+            self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link, &mut h);
             if h.is_empty() {
+                self.d.link_hits = h;
                 return false;
             }
             for hit in &h {
@@ -1739,9 +1762,14 @@ impl Transaction {
             if logs && first.is_none() {
                 first = h.first().map(|x| x.name.clone());
             }
-            self.d
-                .matched_vars
-                .extend(h.into_iter().filter(|x| !x.name.is_empty()));
+            for hit in h.drain(..) {
+                if hit.name.is_empty() {
+                    self.spare_hits.push(hit);
+                } else {
+                    self.d.matched_vars.push(hit);
+                }
+            }
+            self.d.link_hits = h;
         }
         if logs {
             let expand = |m: &Option<crate::macros::Macro>| {
@@ -1762,6 +1790,11 @@ impl Transaction {
             });
         }
         true
+    }
+
+    /// Empties `MATCHED_VARS`, keeping the hits' buffers for the next ones.
+    fn clear_matched(&mut self) {
+        self.spare_hits.append(&mut self.d.matched_vars);
     }
 
     fn set_matched(&mut self, h: &Hit) {
@@ -1816,9 +1849,10 @@ impl Transaction {
         starter: bool,
         tested: bool,
         link: &Link,
-    ) -> Vec<Hit> {
+        hits: &mut Vec<Hit>,
+    ) {
         if !tested && self.finds_nothing(rules, ri, starter, link) {
-            return Vec::new();
+            return;
         }
         // A group whose values hold none of the link's literals cannot match: skip it
         // without looking at its values.
@@ -1830,12 +1864,21 @@ impl Transaction {
         {
             let set = self.memo.group(rules, &self.d, group, link);
             if !candidate(&self.memo.pool, set, filter) {
-                return Vec::new();
+                return;
             }
         }
-        let arg: Cow<'_, [u8]> = match link.operator.argument() {
-            Some(m) => m.expand(|v, k| self.d.lookup(v, k)),
-            None => Cow::Borrowed(b""),
+        // A macro argument expands into a buffer reused from link to link.
+        let mut arg_buf = std::mem::take(&mut self.scratch.1);
+        let arg: &[u8] = match link.operator.argument() {
+            Some(m) => match m.literal() {
+                Some(l) => l.as_bytes(),
+                None => {
+                    arg_buf.clear();
+                    m.expand_into(|v, k| self.d.lookup(v, k), &mut arg_buf);
+                    &arg_buf
+                }
+            },
+            None => b"",
         };
         let want_caps = link.capture && !link.negated;
         // The engine is held here only when a removal is in force: most links need none.
@@ -1856,12 +1899,14 @@ impl Transaction {
             && !want_caps
             && let Selector::Key(key) = &t.selector
         {
-            return self.eval_tx_key(link, t, key, &arg);
+            self.eval_tx_key(link, t, key, arg, hits);
+            self.scratch.1 = arg_buf;
+            return;
         }
-        let mut hits = Vec::new();
         let mut caps = Vec::new();
         let d = &self.d;
         let memo = &mut self.memo;
+        let spare = &mut self.spare_hits;
         for t in &link.targets {
             let extra_t: Vec<&Selector> = if removed_targets.is_empty() {
                 Vec::new()
@@ -1880,7 +1925,7 @@ impl Transaction {
                 d.items(t, &extra_t, &mut |_| n += 1);
                 let mut digits = itoa::Buffer::new();
                 let value = digits.format(n).as_bytes();
-                test_value(link, &arg, value, None, &mut hits, || count_name(t));
+                test_value(link, arg, value, None, (hits, spare), |n| count_name(n, t));
                 continue;
             }
             d.items(t, &extra_t, &mut |item| {
@@ -1894,18 +1939,18 @@ impl Transaction {
                 }
                 let before = hits.len();
                 'evaluate: {
-                    let name = || {
-                        if item.key.is_empty() && !t.var.is_collection() {
-                            t.var.name().to_string()
-                        } else {
-                            var_key_name(t.var.name(), item.key)
+                    let name = |out: &mut String| {
+                        out.push_str(t.var.name());
+                        if !item.key.is_empty() || t.var.is_collection() {
+                            out.push(':');
+                            out.push_str(item.key);
                         }
                     };
                     if link.multi_match {
                         if !item.cacheable() {
                             for v in apply_chain_multi(&link.transforms, &item.value) {
                                 let cap = want_caps.then_some(&mut caps);
-                                test_value(link, &arg, &v, cap, &mut hits, name);
+                                test_value(link, arg, &v, cap, (hits, spare), name);
                             }
                             break 'evaluate;
                         }
@@ -1918,7 +1963,7 @@ impl Transaction {
                             }
                             let v = memo.bytes(&item, buf);
                             let cap = want_caps.then_some(&mut caps);
-                            test_value(link, &arg, v, cap, &mut hits, name);
+                            test_value(link, arg, v, cap, (hits, spare), name);
                         }
                         break 'evaluate;
                     }
@@ -1939,7 +1984,7 @@ impl Transaction {
                         &owned
                     };
                     let cap = want_caps.then_some(&mut caps);
-                    test_value(link, &arg, value, cap, &mut hits, name);
+                    test_value(link, arg, value, cap, (hits, spare), name);
                 }
                 if let Some(bit) = recall_bit
                     && hits.len() == before
@@ -1948,25 +1993,24 @@ impl Transaction {
                 }
             });
         }
-        hits
+        self.scratch.1 = arg_buf;
     }
 
     /// Evaluates a link on one `TX` variable (or its count), untransformed: what
     /// `eval_link` does for it, without going through the collection's values one by one
     /// (CRS reads a `TX` variable this way about a hundred times per request, mostly
     /// `TX:DETECTION_PARANOIA_LEVEL` to skip the rules above the paranoia level).
-    fn eval_tx_key(&self, link: &Link, t: &Target, key: &str, arg: &[u8]) -> Vec<Hit> {
-        let mut hits = Vec::new();
+    fn eval_tx_key(&mut self, link: &Link, t: &Target, key: &str, arg: &[u8], hits: &mut Vec<Hit>) {
         let value = self.d.tx.get(key);
+        let spare = &mut self.spare_hits;
         if t.count {
             let n: &[u8] = if value.is_some() { b"1" } else { b"0" };
-            test_value(link, arg, n, None, &mut hits, || count_name(t));
+            test_value(link, arg, n, None, (hits, spare), |n| count_name(n, t));
         } else if let Some(value) = value {
-            test_value(link, arg, value, None, &mut hits, || {
-                var_key_name(t.var.name(), key)
+            test_value(link, arg, value, None, (hits, spare), |n| {
+                push_var_key_name(n, t.var.name(), key);
             });
         }
-        hits
     }
 
     /// Runs a per-match action; `at` is where it is written (rule index, link, action).
@@ -1977,17 +2021,34 @@ impl Transaction {
                 key,
                 op,
             } => {
+                // Macros expand into the transaction's scratch buffers: most `setvar`s
+                // then allocate nothing.
+                let (mut key_buf, mut value_buf) = std::mem::take(&mut self.scratch);
                 // Whether the key is built by a macro (a literal one was lower-cased when
                 // the rule was parsed).
                 let (key, built) = match key.literal() {
                     Some(k) => (Cow::Borrowed(k), false),
-                    None => (lower_key(key.expand(|v, k| self.d.lookup(v, k))), true),
-                };
-                let value = match op {
-                    SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
-                        m.expand(|v, k| self.d.lookup(v, k))
+                    None => {
+                        key_buf.clear();
+                        key.expand_into(|v, k| self.d.lookup(v, k), &mut key_buf);
+                        key_buf.make_ascii_lowercase();
+                        let key = match std::str::from_utf8(&key_buf) {
+                            Ok(k) => Cow::Borrowed(k),
+                            Err(_) => String::from_utf8_lossy(&key_buf).into_owned().into(),
+                        };
+                        (key, true)
                     }
-                    SetOp::Delete => Cow::Borrowed(&b""[..]),
+                };
+                let value: &[u8] = match op {
+                    SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => match m.literal() {
+                        Some(l) => l.as_bytes(),
+                        None => {
+                            value_buf.clear();
+                            m.expand_into(|v, k| self.d.lookup(v, k), &mut value_buf);
+                            &value_buf
+                        }
+                    },
+                    SetOp::Delete => b"",
                 };
                 let map = match collection {
                     Var::Ip => Some(&mut self.d.ip),
@@ -2003,7 +2064,7 @@ impl Transaction {
                     };
                     current
                         .map_or(0, |c| atoi(c))
-                        .saturating_add(sign.saturating_mul(atoi(&value)))
+                        .saturating_add(sign.saturating_mul(atoi(value)))
                 };
                 let new = match op {
                     SetOp::Delete => None,
@@ -2012,7 +2073,7 @@ impl Transaction {
                     SetOp::Sub(_) => Some(number(-1)),
                 };
                 let fill = |slot: &mut Vec<u8>| match new {
-                    None => slot.extend_from_slice(&value),
+                    None => slot.extend_from_slice(value),
                     Some(n) => slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                 };
                 match (map, op) {
@@ -2024,14 +2085,12 @@ impl Transaction {
                     (None, _) => {
                         // A key built by a macro is listed for the regexes of `TX` targets
                         // the first time it is set.
-                        let listed = built.then(|| key.to_string());
-                        if self.d.tx.set(key, fill)
-                            && let Some(k) = listed
-                        {
-                            self.d.tx_built.push(k);
+                        if self.d.tx.set(key.clone(), fill) && built {
+                            self.d.tx_built.push(key.into_owned());
                         }
                     }
                 }
+                self.scratch = (key_buf, value_buf);
             }
             Effect::SetEnv(k, v) => {
                 let k = String::from_utf8_lossy(&k.expand(|a, b| self.d.lookup(a, b)))
@@ -2136,8 +2195,8 @@ fn test_value(
     arg: &[u8],
     value: &[u8],
     captures: Option<&mut Vec<Vec<u8>>>,
-    hits: &mut Vec<Hit>,
-    name: impl Fn() -> String,
+    (hits, spare): (&mut Vec<Hit>, &mut Vec<Hit>),
+    name: impl Fn(&mut String),
 ) {
     let hit = match captures {
         Some(caps) => (link.operator.matches(value, arg, Some(&mut *caps)) != link.negated)
@@ -2145,11 +2204,13 @@ fn test_value(
         None => (link.operator.matches(value, arg, None) != link.negated).then_some(None),
     };
     if let Some(captures) = hit {
-        hits.push(Hit {
-            name: name(),
-            value: value.to_vec(),
-            captures,
-        });
+        let mut hit = spare.pop().unwrap_or_default();
+        hit.name.clear();
+        name(&mut hit.name);
+        hit.value.clear();
+        hit.value.extend_from_slice(value);
+        hit.captures = captures;
+        hits.push(hit);
     }
 }
 
@@ -2181,37 +2242,19 @@ fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>))
     fill(slot);
 }
 
-/// `VAR:key`, the name of a matched value (without `format!`, which costs several times
-/// more on this path that runs for every match).
-fn var_key_name(var: &str, key: &str) -> String {
-    let mut name = String::with_capacity(var.len() + 1 + key.len());
-    name.push_str(var);
-    name.push(':');
-    name.push_str(key);
-    name
+/// Writes `VAR:key`, the name of a matched value (without `format!`, which costs several
+/// times more on this path that runs for every match).
+fn push_var_key_name(out: &mut String, var: &str, key: &str) {
+    out.push_str(var);
+    out.push(':');
+    out.push_str(key);
 }
 
-/// A `setvar`/`setenv` key as stored: lower case, borrowed when it already is.
-fn lower_key(key: Cow<'_, [u8]>) -> Cow<'_, str> {
-    match key {
-        Cow::Borrowed(b) => match std::str::from_utf8(b) {
-            Ok(s) if !s.bytes().any(|c| c.is_ascii_uppercase()) => Cow::Borrowed(s),
-            _ => Cow::Owned(String::from_utf8_lossy(b).to_ascii_lowercase()),
-        },
-        Cow::Owned(o) => {
-            // An expanded key is lower-cased in its own buffer.
-            let mut key = String::from_utf8(o)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            key.make_ascii_lowercase();
-            Cow::Owned(key)
-        }
-    }
-}
-
-fn count_name(t: &Target) -> String {
+/// Writes the name of a count (`&VAR` or `&VAR:key`) as a matched value.
+fn count_name(out: &mut String, t: &Target) {
     match &t.selector {
-        Selector::Key(k) => var_key_name(t.var.name(), k),
-        _ => t.var.name().to_string(),
+        Selector::Key(k) => push_var_key_name(out, t.var.name(), k),
+        _ => out.push_str(t.var.name()),
     }
 }
 

@@ -402,3 +402,31 @@ fn a_target_a_ctl_removes_does_not_hide_new_values_of_the_others() {
     assert_eq!(decide("/attack?q=hello&r=attack"), blocked);
     assert_eq!(decide("/items?q=hello"), Decision::Allow);
 }
+
+#[test]
+fn a_match_reads_its_own_name_and_value_after_longer_ones_before_it() {
+    // Finished matches hand their buffers to the next ones (within a transaction and to
+    // the next on the thread): nothing of a longer earlier match may show through.
+    let e = custom_engine(
+        "SecRule ARGS \"@rx .\" \"id:1,phase:1,pass,nolog\"\n\
+         SecRule ARGS:b \"@rx .\" \"id:2,phase:1,pass,log,msg:'%{MATCHED_VAR_NAME}=%{MATCHED_VAR}'\"",
+    );
+    let logged = |uri: &str| {
+        let mut tx = e.transaction(get(uri));
+        let verdict = tx.process_request_headers();
+        verdict
+            .matched
+            .iter()
+            .map(|m| (m.msg.clone(), m.variable.clone()))
+            .collect::<Vec<_>>()
+    };
+    let b = vec![("ARGS:b=1".to_string(), "ARGS:b".to_string())];
+    for _ in 0..3 {
+        assert_eq!(
+            logged("/?a_much_longer_argument_name=a+longer+value&b=1"),
+            b
+        );
+        assert_eq!(logged("/?b=1"), b);
+        assert_eq!(logged("/?b=12")[0].0, "ARGS:b=12");
+    }
+}
