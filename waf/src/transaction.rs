@@ -567,7 +567,14 @@ impl Data {
     }
 
     fn set_scalar(&mut self, var: Var, value: impl Into<Vec<u8>>) {
-        *self.scalar_mut(var) = Some(value.into());
+        self.set_scalar_to(var, value.into());
+    }
+
+    /// [`Data::set_scalar`], once in the code: a transaction sets about fifteen scalars
+    /// as it starts, and a copy inlined at each call would be code to fetch for each.
+    #[inline(never)]
+    fn set_scalar_to(&mut self, var: Var, value: Vec<u8>) {
+        *self.scalar_mut(var) = Some(value);
         if !var.is_volatile() {
             self.scalar_slots[var as usize] = self.take_slots(1);
         }
