@@ -10,13 +10,12 @@ use std::sync::Arc;
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
-use crate::fold::Fold;
 use crate::operators::atoi;
 use crate::recall;
 use crate::rule::{CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{KeyRegex, Selector, Target, Var};
-use crate::walk;
+use crate::walk::{self, Kind};
 
 /// A keyed value of a collection.
 #[derive(Clone, Debug)]
@@ -1604,7 +1603,7 @@ impl Transaction {
         while i < steps.len() {
             let step = steps[i];
             i += 1;
-            if step.rule == walk::NONE {
+            if step.kind == Kind::Marker {
                 continue;
             }
             if skip > 0 {
@@ -1615,18 +1614,18 @@ impl Transaction {
             if self.removed[ri] {
                 continue;
             }
-            match step.fold {
-                Fold::Run => {
+            match step.kind {
+                Kind::Run { bit, rows } => {
                     // Most rules are decided by their first link being known to find
                     // nothing: that test alone, from the step, without reading the rule.
-                    let tested = step.bit != walk::NONE;
+                    let tested = bit != walk::NONE;
                     if tested
                         && self.known_to_find_nothing(
                             &engine.rules,
                             ri,
-                            step.bit,
-                            engine.walk.rows(&step),
-                            |t| engine.walk.vars(&step)[t],
+                            bit,
+                            engine.walk.rows(rows),
+                            |t| engine.walk.vars(rows)[t],
                             true,
                         )
                     {
@@ -1637,15 +1636,14 @@ impl Transaction {
                         continue;
                     }
                 }
-                Fold::Never => continue,
+                Kind::Marker | Kind::Never => continue,
                 // Its `setvar`s are in the `TX` this transaction started with, and it
                 // neither logs nor disrupts: only its jump is left.
-                Fold::Always => {
-                    let rule = &engine.rules.rules[ri];
-                    if let Some(to) = rule.skip_to {
-                        i = to;
+                Kind::Always { to, skip: over } => {
+                    if to != walk::NONE {
+                        i = to as usize;
                     }
-                    skip = rule.skip;
+                    skip = over;
                     continue;
                 }
             }

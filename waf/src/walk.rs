@@ -1,9 +1,11 @@
 //! What a phase's walk over its rules reads first: one small record per item, laid out in
 //! the phase's order. Most rules of a request are decided by the memory of values (their
 //! first link is known to find nothing in every value it reads) or at load (see
-//! [`crate::fold`]); the walk decides those from these records alone, without touching the
-//! rules themselves, which lie scattered over the heap (in the edge the CPU caches hold
-//! TLS and proxy state between two requests, so every line a request reads is a miss).
+//! [`crate::fold`]: a rule that never matches is passed over, one that always matches
+//! leaves only its jump, which the record holds); the walk decides those from these
+//! records alone, without touching the rules themselves, which lie scattered over the heap
+//! (in the edge the CPU caches hold TLS and proxy state between two requests, so every
+//! line a request reads is a miss).
 
 use crate::fold::{Fold, Folding};
 use crate::rule::{Item, RuleSet};
@@ -17,13 +19,29 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub(crate) struct Step {
     /// The rule's index, or [`NONE`] for a marker.
     pub(crate) rule: u32,
-    /// What the configuration decides about it.
-    pub(crate) fold: Fold,
-    /// Its first link's recall bit when that link is steady (see
-    /// [`crate::rule::Link::steady`]), else [`NONE`].
-    pub(crate) bit: u32,
-    /// Its first link's recall rows: a range of [`Walk::rows`] (and of [`Walk::vars`]).
-    pub(crate) rows: (u32, u32),
+    /// What the walk does there.
+    pub(crate) kind: Kind,
+}
+
+/// What the walk does at an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A marker: nothing.
+    Marker,
+    /// A rule the configuration decides never matches ([`Fold::Never`]): passed over.
+    Never,
+    /// A rule the configuration decides always matches ([`Fold::Always`]): its jump,
+    /// to item `to` ([`NONE`]: none) and over `skip` rules, is all that is left of it.
+    Always { to: u32, skip: u32 },
+    /// A rule evaluated per request.
+    Run {
+        /// Its first link's recall bit when that link is steady (see
+        /// [`crate::rule::Link::steady`]), else [`NONE`].
+        bit: u32,
+        /// Its first link's recall rows: a range of [`Walk::rows`] (and of
+        /// [`Walk::vars`]).
+        rows: (u32, u32),
+    },
 }
 
 /// The steps of phases 1-5, parallel to [`RuleSet::phases`] (a jump's item index is a step
@@ -48,29 +66,42 @@ impl Walk {
                 let step = match *item {
                     Item::Marker(_) => Step {
                         rule: NONE,
-                        fold: Fold::Never,
-                        bit: NONE,
-                        rows: (0, 0),
+                        kind: Kind::Marker,
                     },
                     Item::Rule(ri) => {
-                        let first = rules.rules[ri].links.first();
-                        let bit = first
-                            .filter(|l| l.steady)
-                            .and_then(|l| l.recall)
-                            .unwrap_or(NONE);
-                        let start = walk.rows.len();
-                        if let Some(first) = first.filter(|_| bit != NONE) {
-                            walk.rows.extend(&first.recall_rows);
-                            walk.vars.extend(first.targets.iter().map(|t| t.var));
-                        }
+                        let rule = &rules.rules[ri];
+                        let kind = match folding.rules.get(ri).copied().unwrap_or(Fold::Run) {
+                            Fold::Never => Kind::Never,
+                            Fold::Always => Kind::Always {
+                                to: rule
+                                    .skip_to
+                                    .and_then(|to| u32::try_from(to).ok())
+                                    .unwrap_or(NONE),
+                                skip: rule.skip,
+                            },
+                            Fold::Run => {
+                                let first = rule.links.first();
+                                let bit = first
+                                    .filter(|l| l.steady)
+                                    .and_then(|l| l.recall)
+                                    .unwrap_or(NONE);
+                                let start = walk.rows.len();
+                                if let Some(first) = first.filter(|_| bit != NONE) {
+                                    walk.rows.extend(&first.recall_rows);
+                                    walk.vars.extend(first.targets.iter().map(|t| t.var));
+                                }
+                                Kind::Run {
+                                    bit,
+                                    rows: (
+                                        u32::try_from(start).unwrap_or(NONE),
+                                        u32::try_from(walk.rows.len()).unwrap_or(NONE),
+                                    ),
+                                }
+                            }
+                        };
                         Step {
                             rule: u32::try_from(ri).unwrap_or(NONE),
-                            fold: folding.rules.get(ri).copied().unwrap_or(Fold::Run),
-                            bit,
-                            rows: (
-                                u32::try_from(start).unwrap_or(NONE),
-                                u32::try_from(walk.rows.len()).unwrap_or(NONE),
-                            ),
+                            kind,
                         }
                     }
                 };
@@ -80,14 +111,15 @@ impl Walk {
         walk
     }
 
-    /// The recall rows of a step.
-    pub(crate) fn rows(&self, step: &Step) -> &[u32] {
-        &self.rows[step.rows.0 as usize..step.rows.1 as usize]
+    /// The recall rows of a [`Kind::Run`] step with rows `rows`.
+    pub(crate) fn rows(&self, rows: (u32, u32)) -> &[u32] {
+        &self.rows[rows.0 as usize..rows.1 as usize]
     }
 
-    /// The variables of a step's targets, in the order of its rows.
-    pub(crate) fn vars(&self, step: &Step) -> &[Var] {
-        &self.vars[step.rows.0 as usize..step.rows.1 as usize]
+    /// The variables of the targets of a [`Kind::Run`] step with rows `rows`, in their
+    /// order.
+    pub(crate) fn vars(&self, rows: (u32, u32)) -> &[Var] {
+        &self.vars[rows.0 as usize..rows.1 as usize]
     }
 }
 
@@ -100,10 +132,12 @@ mod tests {
     fn steps_follow_the_items_and_carry_what_decides_a_rule_without_it() {
         let engine = WafEngine::custom_only(&WafSettings {
             custom_rules: Some(
-                "SecRule ARGS|REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:2,deny\"\n\
-                 SecMarker END\n\
+                "SecRule ARGS|REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:2,deny,setvar:tx.score=+6\"\n\
                  SecRule TX:score \"@gt 5\" \"id:2,phase:2,deny\"\n\
-                 SecAction \"id:3,phase:2,pass,nolog,setvar:tx.level=1\""
+                 SecAction \"id:3,phase:2,pass,nolog,setvar:tx.level=1,skipAfter:END\"\n\
+                 SecRule ARGS \"@rx skipped\" \"id:5,phase:2,deny\"\n\
+                 SecMarker END\n\
+                 SecRule TX:level \"@lt 1\" \"id:4,phase:2,deny\""
                     .into(),
             ),
             ..WafSettings::default()
@@ -125,17 +159,36 @@ mod tests {
                 })
         };
         let (ri, steady) = rule(1).unwrap_or_else(|| panic!("no step for rule 1"));
+        let Kind::Run { bit, rows } = steady.kind else {
+            panic!("rule 1 is not run: {steady:?}");
+        };
         let first = &c.rules.rules[ri].links[0];
-        assert_eq!(Some(steady.bit), first.recall);
-        assert_eq!(c.walk.rows(&steady), first.recall_rows.as_slice());
-        assert_eq!(c.walk.rows(&steady).len(), 2);
+        assert_eq!(Some(bit), first.recall);
+        assert_eq!(c.walk.rows(rows), first.recall_rows.as_slice());
+        assert_eq!(c.walk.rows(rows).len(), 2);
         let vars: Vec<Var> = first.targets.iter().map(|t| t.var).collect();
-        assert_eq!(c.walk.vars(&steady), vars.as_slice());
-        assert_eq!(steady.fold, Fold::Run);
+        assert_eq!(c.walk.vars(rows), vars.as_slice());
         let (_, on_tx) = rule(2).unwrap_or_else(|| panic!("no step for rule 2"));
-        assert_eq!((on_tx.bit, c.walk.rows(&on_tx)), (NONE, &[][..]));
+        let Kind::Run { bit, rows } = on_tx.kind else {
+            panic!("rule 2 is not run: {on_tx:?}");
+        };
+        assert_eq!((bit, c.walk.rows(rows)), (NONE, &[][..]));
+        // An action that always matches is its jump: to the item after the marker.
         let (_, action) = rule(3).unwrap_or_else(|| panic!("no step for rule 3"));
-        assert_eq!(action.fold, Fold::Always);
-        assert!(steps.iter().any(|s| s.rule == NONE));
+        let marker = steps
+            .iter()
+            .position(|s| s.kind == Kind::Marker)
+            .unwrap_or_else(|| panic!("no marker step"));
+        assert_eq!(
+            action.kind,
+            Kind::Always {
+                to: u32::try_from(marker + 1).unwrap_or(NONE),
+                skip: 0
+            }
+        );
+        // A rule reading what the configuration set is decided at load.
+        let (_, decided) = rule(4).unwrap_or_else(|| panic!("no step for rule 4"));
+        assert_eq!(decided.kind, Kind::Never);
+        assert_eq!(steps[marker].rule, NONE);
     }
 }
