@@ -1221,6 +1221,7 @@ pub struct Transaction {
     d: Data,
     memo: Memo,
     mode: EngineMode,
+    /// Per rule index: removed from this transaction (empty until a rule is).
     removed: Vec<bool>,
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
     target_removals: Vec<TargetRemoval>,
@@ -1336,7 +1337,6 @@ impl Transaction {
         if let Some(p) = body_processor {
             d.set_scalar(Var::ReqbodyProcessor, p.name());
         }
-        let rule_count = engine.rules.rules.len();
         let mut memo = Memo::take(Recollection {
             engine: engine.number,
             capacity: engine.remembered_values,
@@ -1348,7 +1348,7 @@ impl Transaction {
             spare_hits: std::mem::take(&mut memo.spare_hits),
             scratch: Default::default(),
             memo,
-            removed: vec![false; rule_count],
+            removed: Vec::new(),
             target_removals: Vec::new(),
             matches: Vec::new(),
             decision: Decision::Allow,
@@ -1380,7 +1380,7 @@ impl Transaction {
             }
             if ex.targets.is_empty() {
                 for &i in &ex.rules {
-                    self.removed[i] = true;
+                    self.remove_rule(i);
                 }
             } else {
                 self.target_removals.push(TargetRemoval::Path(n));
@@ -1611,7 +1611,7 @@ impl Transaction {
                 continue;
             }
             let ri = step.rule as usize;
-            if self.removed[ri] {
+            if self.removed.get(ri) == Some(&true) {
                 continue;
             }
             match step.kind {
@@ -2108,11 +2108,19 @@ impl Transaction {
         }
     }
 
+    /// Removes rule `ri` from this transaction.
+    fn remove_rule(&mut self, ri: usize) {
+        if self.removed.is_empty() {
+            self.removed.resize(self.engine.rules.rules.len(), false);
+        }
+        self.removed[ri] = true;
+    }
+
     fn ctl(&mut self, c: &Ctl, (rule, link, effect): (usize, usize, usize)) {
         match c {
             Ctl::RemoveRules(_, rules) => {
                 for &i in rules {
-                    self.removed[i] = true;
+                    self.remove_rule(i);
                 }
             }
             Ctl::RemoveTarget(..) => {
