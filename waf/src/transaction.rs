@@ -1649,7 +1649,7 @@ impl Transaction {
             }
             let rule = &engine.rules.rules[ri];
             if let Some(to) = rule.skip_to {
-                i = to;
+                i = engine.walk.landing(phase, to);
             }
             skip = rule.skip;
             match self.disrupt(rule) {

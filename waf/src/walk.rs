@@ -31,7 +31,7 @@ pub(crate) enum Kind {
     /// A rule the configuration decides never matches ([`Fold::Never`]): passed over.
     Never,
     /// A rule the configuration decides always matches ([`Fold::Always`]): its jump,
-    /// to item `to` ([`NONE`]: none) and over `skip` rules, is all that is left of it.
+    /// to step `to` ([`NONE`]: none) and over `skip` rules, is all that is left of it.
     Always { to: u32, skip: u32 },
     /// A rule evaluated per request.
     Run {
@@ -44,12 +44,16 @@ pub(crate) enum Kind {
     },
 }
 
-/// The steps of phases 1-5, parallel to [`RuleSet::phases`] (a jump's item index is a step
-/// index).
+/// The steps of phases 1-5, in the order of [`RuleSet::phases`]. Markers and rules that
+/// never match do nothing and have no step, but in a phase with a rule that skips a
+/// number of rules (`skip`), which counts them.
 #[derive(Debug, Default)]
 pub(crate) struct Walk {
-    /// Per phase, one step per item.
+    /// Per phase, its steps.
     pub(crate) phases: [Vec<Step>; 5],
+    /// Per phase and item: the index of the first step at or after it (one more entry for
+    /// the end): where a jump to the item lands.
+    pub(crate) step_of: [Vec<u32>; 5],
     /// The recall rows of the steps' first links, one after the other.
     pub(crate) rows: Vec<u32>,
     /// The variable of each target whose row is in `rows`: a `ctl` that removes it is
@@ -61,7 +65,8 @@ impl Walk {
     /// The walk of `rules` as `folding` decides them; made again whenever either changes.
     pub(crate) fn new(rules: &RuleSet, folding: &Folding) -> Walk {
         let mut walk = Walk::default();
-        for (steps, items) in walk.phases.iter_mut().zip(&rules.phases) {
+        for (phase, items) in rules.phases.iter().enumerate() {
+            let mut all = Vec::with_capacity(items.len());
             for item in items {
                 let step = match *item {
                     Item::Marker(_) => Step {
@@ -105,10 +110,35 @@ impl Walk {
                         }
                     }
                 };
-                steps.push(step);
+                all.push(step);
             }
+            let counted = items
+                .iter()
+                .any(|item| matches!(item, Item::Rule(ri) if rules.rules[*ri].skip > 0));
+            let mut steps = Vec::with_capacity(all.len());
+            let step_of = &mut walk.step_of[phase];
+            for step in all {
+                step_of.push(u32::try_from(steps.len()).unwrap_or(NONE));
+                if counted || !matches!(step.kind, Kind::Marker | Kind::Never) {
+                    steps.push(step);
+                }
+            }
+            step_of.push(u32::try_from(steps.len()).unwrap_or(NONE));
+            for step in &mut steps {
+                if let Kind::Always { to, .. } = &mut step.kind
+                    && *to != NONE
+                {
+                    *to = step_of[*to as usize];
+                }
+            }
+            walk.phases[phase] = steps;
         }
         walk
+    }
+
+    /// Where a jump to item `to` of phase `phase` (1-5) lands: a step index.
+    pub(crate) fn landing(&self, phase: u8, to: usize) -> usize {
+        self.step_of[usize::from(phase - 1)][to] as usize
     }
 
     /// The recall rows of a [`Kind::Run`] step with rows `rows`.
@@ -145,7 +175,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let c = engine.compiled();
         let steps = &c.walk.phases[1];
-        assert_eq!(steps.len(), c.rules.phases[1].len());
+        // The marker and rule 4, decided never to match, have no step.
+        assert_eq!(steps.len(), c.rules.phases[1].len() - 2);
+        assert!(steps.iter().all(|s| s.rule != NONE));
         let rule = |id| {
             c.rules
                 .rules
@@ -173,22 +205,38 @@ mod tests {
             panic!("rule 2 is not run: {on_tx:?}");
         };
         assert_eq!((bit, c.walk.rows(rows)), (NONE, &[][..]));
-        // An action that always matches is its jump: to the item after the marker.
+        // An action that always matches is its jump: past the marker, where rule 4, the
+        // item after it, has no step.
         let (_, action) = rule(3).unwrap_or_else(|| panic!("no step for rule 3"));
-        let marker = steps
-            .iter()
-            .position(|s| s.kind == Kind::Marker)
-            .unwrap_or_else(|| panic!("no marker step"));
-        assert_eq!(
-            action.kind,
-            Kind::Always {
-                to: u32::try_from(marker + 1).unwrap_or(NONE),
-                skip: 0
-            }
-        );
-        // A rule reading what the configuration set is decided at load.
-        let (_, decided) = rule(4).unwrap_or_else(|| panic!("no step for rule 4"));
-        assert_eq!(decided.kind, Kind::Never);
-        assert_eq!(steps[marker].rule, NONE);
+        let end = u32::try_from(steps.len()).unwrap_or(NONE);
+        assert_eq!(action.kind, Kind::Always { to: end, skip: 0 });
+        assert!(rule(4).is_none());
+        let items = c.rules.phases[1].len();
+        assert_eq!(c.walk.landing(2, items - 1), steps.len());
+        assert_eq!(c.walk.landing(2, items), steps.len());
+    }
+
+    #[test]
+    fn a_phase_with_a_rule_that_skips_a_number_of_rules_keeps_a_step_per_item() {
+        // `skip` counts rules, those decided never to match among them (2 here is decided:
+        // no rule before it can skip it).
+        let engine = WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(
+                "SecRule TX:unset \"@rx .\" \"id:2,phase:2,deny\"\n\
+                 SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,nolog,skip:1\"\n\
+                 SecMarker END\n\
+                 SecRule ARGS \"@rx b\" \"id:3,phase:1,pass,nolog,skipAfter:END1\"\n\
+                 SecMarker END1"
+                    .into(),
+            ),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = engine.compiled();
+        assert_eq!(c.walk.phases[1].len(), c.rules.phases[1].len());
+        assert!(c.walk.phases[1].iter().any(|s| s.kind == Kind::Never));
+        assert!(c.walk.phases[1].iter().any(|s| s.kind == Kind::Marker));
+        // Phase 1 counts nothing: its marker has no step.
+        assert_eq!(c.walk.phases[0].len(), 1);
     }
 }

@@ -430,3 +430,26 @@ fn a_match_reads_its_own_name_and_value_after_longer_ones_before_it() {
         assert_eq!(logged("/?b=12")[0].0, "ARGS:b=12");
     }
 }
+
+#[test]
+fn jumps_land_on_the_rule_after_their_marker_past_rules_decided_at_load() {
+    // Markers and rules the configuration decides never to match have no place in the
+    // walk: a jump over or onto them lands where it would have.
+    let e = custom_engine(
+        "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.level=1,skipAfter:SETUP\"\n\
+         SecRule ARGS \"@rx .\" \"id:2,phase:1,deny,status:400\"\n\
+         SecMarker SETUP\n\
+         SecRule TX:level \"@lt 1\" \"id:3,phase:1,deny,status:401\"\n\
+         SecRule ARGS:a \"@streq jump\" \"id:4,phase:1,pass,nolog,skipAfter:END\"\n\
+         SecRule TX:level \"@gt 1\" \"id:5,phase:1,deny,status:402\"\n\
+         SecRule ARGS:a \"@rx .\" \"id:6,phase:1,deny,status:403\"\n\
+         SecMarker END\n\
+         SecRule TX:level \"@eq 5\" \"id:7,phase:1,deny,status:404\"\n\
+         SecRule ARGS:b \"@rx .\" \"id:8,phase:1,deny,status:418\"",
+    );
+    let block = |status, rule_id| Decision::Block { status, rule_id };
+    assert_eq!(decide(&e, get("/")), Decision::Allow);
+    assert_eq!(decide(&e, get("/?a=stay")), block(403, 6));
+    assert_eq!(decide(&e, get("/?a=jump")), Decision::Allow);
+    assert_eq!(decide(&e, get("/?a=jump&b=1")), block(418, 8));
+}
