@@ -659,7 +659,7 @@ struct Memo {
     /// The bytes of the values with rows, to remember them by when the transaction ends.
     known_values: Vec<u8>,
     /// Hits of earlier transactions, kept for their buffers (a transaction holds them in
-    /// [`Transaction::spare_hits`] while it runs).
+    /// [`Transaction::spare_hits`] while it runs, and hands back at most [`SPARE_HITS`]).
     spare_hits: Vec<Hit>,
 }
 
@@ -995,7 +995,6 @@ impl Memo {
             && self.steps.capacity() <= 1 << 12
             && self.known.capacity() <= 1 << 16
             && self.known_values.capacity() <= 1 << 16
-            && self.spare_hits.len() <= SPARE_HITS
     }
 }
 
@@ -1945,10 +1944,10 @@ impl Transaction {
                 let before = hits.len();
                 'evaluate: {
                     let name = |out: &mut String| {
-                        out.push_str(t.var.name());
-                        if !item.key.is_empty() || t.var.is_collection() {
-                            out.push(':');
-                            out.push_str(item.key);
+                        if item.key.is_empty() && !t.var.is_collection() {
+                            out.push_str(t.var.name());
+                        } else {
+                            push_var_key_name(out, t.var.name(), item.key);
                         }
                     };
                     if link.multi_match {
