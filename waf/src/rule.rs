@@ -133,6 +133,7 @@ pub fn has_bits(set: &[u64], filter: Filter) -> bool {
 }
 
 /// Whether bits `first..first + count` of `set` are all set.
+#[inline]
 pub fn all_bits(set: &[u64], first: u32, count: u32) -> bool {
     if count == 0 {
         return true;

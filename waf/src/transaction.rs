@@ -579,6 +579,19 @@ impl Data {
         }
     }
 
+    /// Sets a scalar that often holds what `like` holds, sharing its slot when it does,
+    /// so that what the memo learns of the value (transformations, scans, known verdicts)
+    /// is worked out once.
+    fn set_scalar_like(&mut self, var: Var, value: Vec<u8>, like: Var) {
+        if self.scalar(like) == Some(&value) {
+            let slot = self.scalar_slots[like as usize];
+            *self.scalar_mut(var) = Some(value);
+            self.scalar_slots[var as usize] = slot;
+        } else {
+            self.set_scalar_to(var, value);
+        }
+    }
+
     /// Reserves `n` consecutive slots and returns the first.
     fn take_slots(&mut self, n: usize) -> u32 {
         let first = self.next_slot;
@@ -648,7 +661,8 @@ struct Memo {
     unknown: Vec<u64>,
     /// What the thread remembers of values is about which engine, and how much of it.
     recall: Recollection,
-    /// Per slot: its row in `known_rows_at`, `UNSET` until first needed, or `NONE` for a
+    /// Per slot: the first word of its row in `known` (its row in `known_rows_at` is that
+    /// word over [`Recollection::words`]), `UNSET` until first needed, or `NONE` for a
     /// value that is not remembered (too long).
     known_rows: Vec<u32>,
     /// The rows, in the order they were made.
@@ -671,11 +685,10 @@ struct Recollection {
     words: usize,
 }
 
-/// A value's row of known verdicts.
+/// A value's row of known verdicts (its words in [`Memo::known`] are in the order of the
+/// rows).
 #[derive(Clone, Copy, Debug)]
 struct KnownRow {
-    /// Its first word in [`Memo::known`].
-    word: u32,
     /// Where the value's bytes are in [`Memo::known_values`].
     value: (u32, u32),
     /// Whether this transaction learned something of the value.
@@ -899,12 +912,12 @@ impl Memo {
         self.known_values.clear();
     }
 
-    /// The row of known verdicts of a cacheable item's value, recalled on first use; `NONE`
-    /// when the value is not remembered.
+    /// The first word of the row of known verdicts of a cacheable item's value, recalled
+    /// on first use; `NONE` when the value is not remembered.
     #[inline]
     fn known_row(&mut self, item: &Item2<'_>) -> u32 {
         match self.known_rows.get(item.slot as usize) {
-            Some(&row) if row != UNSET => row,
+            Some(&word) if word != UNSET => word,
             _ => self.recall_row(item),
         }
     }
@@ -927,22 +940,26 @@ impl Memo {
             let start = self.known_values.len();
             self.known_values.extend_from_slice(&item.value);
             self.known_rows_at.push(KnownRow {
-                word: u32::try_from(word).unwrap_or(NONE),
                 value: (
                     u32::try_from(start).unwrap_or(NONE),
                     u32::try_from(self.known_values.len()).unwrap_or(NONE),
                 ),
                 learned: false,
             });
-            u32::try_from(self.known_rows_at.len() - 1).unwrap_or(NONE)
+            u32::try_from(word).unwrap_or(NONE)
         };
         self.known_rows[s] = row;
         row
     }
 
     /// Whether the link with recall bit `bit` is known to find nothing in the item's value.
+    #[inline]
     fn is_known(&mut self, item: &Item2<'_>, bit: u32) -> bool {
-        self.knows_all(item, bit, 1)
+        if !item.cacheable() {
+            return false;
+        }
+        let word = self.known_row(item);
+        word != NONE && self.known[(word + bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
 
     /// Whether the links with recall bits `first..first + count` are all known to find
@@ -951,11 +968,8 @@ impl Memo {
         if !item.cacheable() {
             return false;
         }
-        let row = self.known_row(item);
-        row != NONE && {
-            let word = self.known_rows_at[row as usize].word as usize;
-            all_bits(&self.known[word..word + self.recall.words], first, count)
-        }
+        let word = self.known_row(item);
+        word != NONE && all_bits(&self.known[word as usize..], first, count)
     }
 
     /// Records that the link with recall bit `bit` finds nothing in the item's value.
@@ -963,20 +977,22 @@ impl Memo {
         if !item.cacheable() {
             return;
         }
-        let row = self.known_row(item);
-        if row == NONE {
+        let word = self.known_row(item);
+        if word == NONE {
             return;
         }
-        let at = &mut self.known_rows_at[row as usize];
-        at.learned = true;
-        self.known[(at.word + bit / 64) as usize] |= 1 << (bit % 64);
+        self.known_rows_at[word as usize / self.recall.words].learned = true;
+        self.known[(word + bit / 64) as usize] |= 1 << (bit % 64);
     }
 
     /// Hands what this transaction learned of values to the thread's memory of them.
     fn remember_learned(&self) {
         let r = self.recall;
-        for at in self.known_rows_at.iter().filter(|at| at.learned) {
-            let word = at.word as usize;
+        for (row, at) in self.known_rows_at.iter().enumerate() {
+            if !at.learned {
+                continue;
+            }
+            let word = row * r.words;
             recall::remember(
                 r.engine,
                 r.capacity,
@@ -1109,7 +1125,7 @@ impl Memo {
                 if known == NONE {
                     self.unknown[out..out + words].fill(u64::MAX);
                 } else {
-                    let word = self.known_rows_at[known as usize].word as usize;
+                    let word = known as usize;
                     for w in 0..words {
                         self.unknown[out + w] |= !self.known[word + w];
                     }
@@ -1322,7 +1338,8 @@ impl Transaction {
         }
         d.set_scalar(Var::RequestLine, line);
         d.set_scalar(Var::RequestUri, uri.clone());
-        d.set_scalar(Var::RequestUriRaw, raw_uri);
+        // The same as the URI unless the request line held an absolute URI.
+        d.set_scalar_like(Var::RequestUriRaw, raw_uri.into_bytes(), Var::RequestUri);
         d.set_scalar(Var::RequestFilename, path);
         d.set_scalar(Var::RequestBasename, basename);
         d.set_scalar(Var::QueryString, query.unwrap_or_default());

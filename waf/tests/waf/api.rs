@@ -453,3 +453,22 @@ fn jumps_land_on_the_rule_after_their_marker_past_rules_decided_at_load() {
     assert_eq!(decide(&e, get("/?a=jump")), Decision::Allow);
     assert_eq!(decide(&e, get("/?a=jump&b=1")), block(418, 8));
 }
+
+#[test]
+fn the_raw_uri_is_inspected_as_sent_when_it_differs_from_the_uri() {
+    // REQUEST_URI_RAW shares what the engine learns of REQUEST_URI only when they hold
+    // the same bytes: an absolute-form target keeps its host in the raw form alone.
+    let e = custom_engine(
+        "SecRule REQUEST_URI \"@contains evil\" \"id:1,phase:1,pass,nolog\"\n\
+         SecRule REQUEST_URI_RAW \"@contains evil\" \"id:2,phase:1,deny,status:403\"",
+    );
+    let blocked = Decision::Block {
+        status: 403,
+        rule_id: 2,
+    };
+    for _ in 0..2 {
+        assert_eq!(decide(&e, get("/x")), Decision::Allow);
+        assert_eq!(decide(&e, get("/evil")), blocked);
+        assert_eq!(decide(&e, get("http://evil.example/x")), blocked);
+    }
+}
