@@ -1091,13 +1091,18 @@ impl Memo {
         if !self.unknown_ready {
             self.learn_unknown(rules, d);
         }
-        let words = self.recall.words;
-        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-        let known = |row: u32| self.unknown[row as usize * words + word] & mask == 0;
+        let known = |row: u32| self.target_finds_nothing(row, bit);
         match rows.iter().position(|&row| !known(row)) {
             None => true,
             Some(first) => (first..rows.len()).all(|t| known(rows[t]) || taken_whole(t)),
         }
+    }
+
+    /// Whether the link with recall bit `bit` is known to find nothing in any value of the
+    /// target with recall row `row`, by this phase's rows (see [`Memo::learn_unknown`]).
+    fn target_finds_nothing(&self, row: u32, bit: u32) -> bool {
+        let word = row as usize * self.recall.words + (bit / 64) as usize;
+        self.unknown[word] & (1 << (bit % 64)) == 0
     }
 
     /// One pass over the values of every target of [`RuleSet::recall_targets`]: per
@@ -1928,7 +1933,18 @@ impl Transaction {
         let d = &self.d;
         let memo = &mut self.memo;
         let spare = &mut self.spare_hits;
-        for t in &link.targets {
+        // This phase's rows of what is known of each target's values, when made: a target
+        // whose every value the link is known to find nothing in is passed whole.
+        let known_targets = link
+            .recall
+            .filter(|_| link.steady && memo.unknown_ready)
+            .map(|bit| (bit, &link.recall_rows));
+        for (ti, t) in link.targets.iter().enumerate() {
+            if let Some((bit, rows)) = known_targets
+                && memo.target_finds_nothing(rows[ti], bit)
+            {
+                continue;
+            }
             let extra_t: Vec<&Selector> = if removed_targets.is_empty() {
                 Vec::new()
             } else {
