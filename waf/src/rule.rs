@@ -132,16 +132,26 @@ pub fn has_bits(set: &[u64], filter: Filter) -> bool {
     all_bits(set, filter.bit, filter.bits)
 }
 
+/// The words of bits `first..first + count` (`count` > 0) and the masks of the first and
+/// last of them.
+#[inline]
+fn bit_range(first: u32, count: u32) -> (usize, usize, u64, u64) {
+    let last = first + count - 1;
+    (
+        (first / 64) as usize,
+        (last / 64) as usize,
+        u64::MAX << (first % 64),
+        u64::MAX >> (63 - last % 64),
+    )
+}
+
 /// Whether bits `first..first + count` of `set` are all set.
 #[inline]
 pub fn all_bits(set: &[u64], first: u32, count: u32) -> bool {
     if count == 0 {
         return true;
     }
-    let last = first + count - 1;
-    let (first_word, last_word) = ((first / 64) as usize, (last / 64) as usize);
-    let head = u64::MAX << (first % 64);
-    let tail = u64::MAX >> (63 - last % 64);
+    let (first_word, last_word, head, tail) = bit_range(first, count);
     if first_word == last_word {
         let mask = head & tail;
         return set[first_word] & mask == mask;
@@ -151,6 +161,21 @@ pub fn all_bits(set: &[u64], first: u32, count: u32) -> bool {
             .iter()
             .all(|&w| w == u64::MAX)
         && set[last_word] & tail == tail
+}
+
+/// Whether any of bits `first..first + count` of `set` is set.
+#[inline]
+pub fn any_bits(set: &[u64], first: u32, count: u32) -> bool {
+    if count == 0 {
+        return false;
+    }
+    let (first_word, last_word, head, tail) = bit_range(first, count);
+    if first_word == last_word {
+        return set[first_word] & head & tail != 0;
+    }
+    set[first_word] & head != 0
+        || set[first_word + 1..last_word].iter().any(|&w| w != 0)
+        || set[last_word] & tail != 0
 }
 
 /// Builds one automaton of literals with their bits.
@@ -943,7 +968,7 @@ impl<'a> Builder<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::all_bits;
+    use super::{all_bits, any_bits};
 
     #[test]
     fn all_bits_tests_exactly_the_range() {
@@ -962,6 +987,29 @@ mod tests {
                         all_bits(&set, first, count),
                         expected,
                         "{cleared:?} {first} {count}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_bits_tests_exactly_the_range() {
+        // Every range of up to 192 bits over three words, with one bit set anywhere (or
+        // none), against the bit-by-bit answer.
+        for set_bit in (0..192).map(Some).chain([None]) {
+            let mut set = [0u64; 3];
+            if let Some(b) = set_bit {
+                set[b / 64] |= 1 << (b % 64);
+            }
+            for first in 0..192u32 {
+                for count in 0..=(192 - first) {
+                    let expected = (first..first + count)
+                        .any(|b| set[(b / 64) as usize] & (1 << (b % 64)) != 0);
+                    assert_eq!(
+                        any_bits(&set, first, count),
+                        expected,
+                        "{set_bit:?} {first} {count}"
                     );
                 }
             }

@@ -12,7 +12,9 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
 use crate::recall;
-use crate::rule::{CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, has_bits};
+use crate::rule::{
+    CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, any_bits, has_bits,
+};
 use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
 use crate::variables::{KeyRegex, Selector, Target, Var};
 use crate::walk::{self, Kind};
@@ -1105,6 +1107,17 @@ impl Memo {
         self.unknown[word] & (1 << (bit % 64)) == 0
     }
 
+    /// Whether some value of the target with recall row `row` is not known to find
+    /// nothing to one of the links with recall bits `first..first + count`, by this
+    /// phase's rows.
+    fn target_unknown_to_any(&self, row: u32, first: u32, count: u32) -> bool {
+        any_bits(
+            &self.unknown[row as usize * self.recall.words..],
+            first,
+            count,
+        )
+    }
+
     /// One pass over the values of every target of [`RuleSet::recall_targets`]: per
     /// target, the links some value is not known to find nothing in.
     /// After the transaction's first pass, the rows of the variables fixed when it started
@@ -1180,7 +1193,16 @@ impl Memo {
             self.groups[g as usize] = u32::try_from(off).unwrap_or(NONE);
         }
         let (first, count) = rules.set_links[set as usize];
-        for t in &link.targets {
+        // This phase's rows of what is known of each target's values, when made: a target
+        // whose every value every link of the set is known to find nothing in adds
+        // nothing.
+        let known_targets = (self.unknown_ready && link.steady).then_some(&link.recall_rows);
+        for (ti, t) in link.targets.iter().enumerate() {
+            if let Some(rows) = known_targets
+                && !self.target_unknown_to_any(rows[ti], first, count)
+            {
+                continue;
+            }
             d.items(t, &[], &mut |item| {
                 if self.knows_all(&item, first, count) {
                     return;
