@@ -417,7 +417,9 @@ impl Operator {
                     false
                 }
             }
-            Operator::DetectXss => libinjectionrs::detect_xss(value).is_injection(),
+            Operator::DetectXss => {
+                xss_possible(value) && libinjectionrs::detect_xss(value).is_injection()
+            }
         }
     }
 }
@@ -437,6 +439,17 @@ fn sql_single_token(value: &[u8]) -> bool {
         Some(_) => value.iter().all(u8::is_ascii_digit),
         None => false,
     }
+}
+
+/// Whether libinjection's XSS check can find anything in `value`. Each of its findings
+/// is a token of its HTML5 tokenizer: a tag, doctype or comment, which begins at a `<`, or
+/// an attribute's value after a blacklisted name, which only an `=` after the name
+/// starts (in each of the five contexts it reads a value in, the quoted ones starting
+/// inside a value that follows no name). A value with neither byte, as ids, numbers and
+/// most text are, is never XSS to it; the tests run the real check on such values built
+/// from what it looks for.
+fn xss_possible(value: &[u8]) -> bool {
+    memchr::memchr2(b'<', b'=', value).is_some()
 }
 
 /// Whether `needle` occurs in `hay` (`@contains`, `@within`), with a substring search
@@ -603,6 +616,104 @@ mod tests {
         }
         for not_one in ["1a", "a b", "a,b", "a-b", "a.b", "_a", "", "1'", "a'"] {
             assert!(!sql_single_token(not_one.as_bytes()), "{not_one}");
+        }
+    }
+
+    #[test]
+    fn libinjection_finds_no_xss_without_a_tag_or_an_attribute_value() {
+        // What its check looks for, and what moves its tokenizer between states, joined at
+        // random into values without `<` or `=`: none is XSS to it.
+        const PARTS: &[&str] = &[
+            "script",
+            "SCRIPT",
+            "iframe",
+            "svg",
+            "style",
+            "img",
+            "object",
+            "embed",
+            "xml",
+            "onerror",
+            "onload",
+            "OnMouseOver",
+            "href",
+            "src",
+            "formaction",
+            "xmlns",
+            "xlink:href",
+            "attributeName",
+            "values",
+            "to",
+            "from",
+            "by",
+            "data:",
+            "javascript:",
+            "JaVaScRiPt:",
+            "vbscript:",
+            "view-source:",
+            "alert(1)",
+            "DOCTYPE",
+            "!DOCTYPE",
+            "[if",
+            "import",
+            "IMPORT",
+            "ENTITY",
+            "?",
+            "!",
+            "--",
+            "-->",
+            "]]>",
+            "%>",
+            "'",
+            "\"",
+            "`",
+            ">",
+            "/>",
+            "/",
+            " ",
+            "\t",
+            "\n",
+            "\r",
+            "\u{b}",
+            "\u{c}",
+            "\0",
+            "&#",
+            "&lt;",
+            ";",
+            ":",
+            "(",
+            ")",
+            "x",
+            "1",
+            "a1b2c3d4e5f60718",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        };
+        for _ in 0..50_000 {
+            let value: String = (0..1 + next(8)).map(|_| PARTS[next(PARTS.len())]).collect();
+            assert!(!xss_possible(value.as_bytes()));
+            assert!(
+                !libinjectionrs::detect_xss(value.as_bytes()).is_injection(),
+                "{value:?}"
+            );
+        }
+        // With either byte the check runs, and finds what it looks for.
+        for xss in [
+            "<script>alert(1)</script>",
+            "x onerror=alert(1)",
+            "' onload=x",
+            "<!DOCTYPE x>",
+        ] {
+            assert!(xss_possible(xss.as_bytes()));
+            assert!(
+                libinjectionrs::detect_xss(xss.as_bytes()).is_injection(),
+                "{xss}"
+            );
         }
     }
 
