@@ -663,10 +663,10 @@ struct Memo {
     unknown: Vec<u64>,
     /// What the thread remembers of values is about which engine, and how much of it.
     recall: Recollection,
-    /// Per slot: the first word of its row in `known` (its row in `known_rows_at` is that
-    /// word over [`Recollection::words`]), `UNSET` until first needed, or `NONE` for a
-    /// value that is not remembered (too long).
-    known_rows: Vec<u32>,
+    /// Per slot: the first word of its row in `known`, `UNSET` until first needed, or
+    /// `NONE` for a value that is not remembered (too long); and the row's index in
+    /// `known_rows_at` (the word over the row's width, kept to spare a division).
+    known_rows: Vec<(u32, u32)>,
     /// The rows, in the order they were made.
     known_rows_at: Vec<KnownRow>,
     /// Rows of [`RuleSet::recall_words`] words: per link with a recall bit, whether it is
@@ -919,7 +919,7 @@ impl Memo {
     #[inline]
     fn known_row(&mut self, item: &Item2<'_>) -> u32 {
         match self.known_rows.get(item.slot as usize) {
-            Some(&word) if word != UNSET => word,
+            Some(&(word, _)) if word != UNSET => word,
             _ => self.recall_row(item),
         }
     }
@@ -930,9 +930,10 @@ impl Memo {
     fn recall_row(&mut self, item: &Item2<'_>) -> u32 {
         let s = item.slot as usize;
         if self.known_rows.len() <= s {
-            self.known_rows.resize(s + 1, UNSET);
+            self.known_rows.resize(s + 1, (UNSET, UNSET));
         }
         let r = self.recall;
+        let at = u32::try_from(self.known_rows_at.len()).unwrap_or(NONE);
         let row = if r.capacity == 0 || item.value.len() > recall::LONGEST {
             NONE
         } else {
@@ -950,7 +951,7 @@ impl Memo {
             });
             u32::try_from(word).unwrap_or(NONE)
         };
-        self.known_rows[s] = row;
+        self.known_rows[s] = (row, at);
         row
     }
 
@@ -983,7 +984,8 @@ impl Memo {
         if word == NONE {
             return;
         }
-        self.known_rows_at[word as usize / self.recall.words].learned = true;
+        let at = self.known_rows[item.slot as usize].1;
+        self.known_rows_at[at as usize].learned = true;
         self.known[(word + bit / 64) as usize] |= 1 << (bit % 64);
     }
 
@@ -2416,6 +2418,23 @@ fn processor_for(content_type: &str) -> Option<BodyProcessor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_transaction_learns_of_a_value_is_remembered_for_the_next() {
+        let engine = crate::WafEngine::custom_only(&crate::WafSettings {
+            custom_rules: Some("SecRule ARGS \"@contains evil\" \"id:1,phase:1,deny\"".into()),
+            ..crate::WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut tx =
+            engine.transaction(RequestFacts::new("GET", "/?q=new-and-harmless", "HTTP/1.1"));
+        tx.process_request_headers();
+        let (number, capacity) = (tx.engine.number, tx.engine.remembered_values);
+        let mut known = vec![0u64; tx.engine.rules.recall_words];
+        drop(tx);
+        recall::recall(number, capacity, b"new-and-harmless", &mut known);
+        assert!(known.iter().any(|&w| w != 0), "nothing was remembered");
+    }
 
     #[test]
     fn addresses_read_as_display_writes_them() {
