@@ -1,15 +1,18 @@
 //! The engine's cost per request at paranoia level 1: benign Jellyfin-like requests
 //! (query strings, a JSON body), attacks, and a client's session of requests that differ in
-//! their ids, search terms and positions, as long as the run, so that every request measured
-//! is new to the engine (as in the edge, where ids and positions do not come back). Each case runs twice: with the engine remembering
-//! values (`WafSettings::remembered_values`, the default), where a repeated request finds
-//! every value known, and without, where every value is inspected as if new. Run with
+//! their ids, search terms and positions, as long as the run, so that every request
+//! measured is new to the engine (as in the edge, where ids and positions do not come
+//! back). Each case runs twice: with the engine remembering values
+//! (`WafSettings::remembered_values`, the default), where a repeated request finds every
+//! value known, and without, where every value is inspected as if new. Run with
 //! `cargo bench -p portcullis-waf`; `WAF_BENCH_ITERS` sets the requests per case,
 //! `WAF_BENCH_CASE` a text the names of the cases to run contain, `WAF_BENCH_MEMORY=off` or
-//! `on` runs one setting only, and `WAF_BENCH_EVICT_MIB` the size of a buffer read through
-//! between requests, so each request starts with the CPU caches holding something else, as
-//! in the edge, where TLS and proxying run between two requests (only the requests are
-//! timed, by wall clock). Under `cargo test` it runs each case once.
+//! `on` runs one setting only, `WAF_BENCH_SESSION_KIND` (0 library pages, 1 searches,
+//! 2 playback progress, 3 poster images) makes the session of that kind of request alone,
+//! and `WAF_BENCH_EVICT_MIB` the size of a buffer read through between requests, so each
+//! request starts with the CPU caches holding something else, as in the edge, where TLS and
+//! proxying run between two requests (only the requests are timed, by wall clock). Under
+//! `cargo test` it runs each case once.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -117,8 +120,9 @@ impl Ids {
 }
 
 /// What one client sends while browsing, searching and playing: the same headers on
-/// every request, ids, image tags, search terms and positions that change.
-fn session(requests: usize) -> Vec<Request> {
+/// every request, ids, image tags, search terms and positions that change; one kind of
+/// request only when `kind` says which (see the crate's doc).
+fn session(requests: usize, kind: Option<usize>) -> Vec<Request> {
     const TERMS: [&str; 8] = [
         "the%20matrix",
         "alien",
@@ -134,7 +138,7 @@ fn session(requests: usize) -> Vec<Request> {
     let play_session = format!("{:012x}", ids.next() >> 16);
     let playing = ids.item();
     (0..requests)
-        .map(|n| match n % 4 {
+        .map(|n| match kind.unwrap_or(n % 4) {
             0 => library_browse(&user, (ids.next() % 20) as u32 * 100),
             1 => search(TERMS[(ids.next() % 8) as usize]),
             2 => playback_progress(&playing, ids.next() % 100_000_000_000, &play_session),
@@ -143,8 +147,9 @@ fn session(requests: usize) -> Vec<Request> {
         .collect()
 }
 
-/// The cases; the session has one request for each of `requests` sent.
-fn cases(requests: usize) -> Vec<Case> {
+/// The cases; the session has one request for each of `requests` sent, of one kind when
+/// `session_kind` says which.
+fn cases(requests: usize, session_kind: Option<usize>) -> Vec<Case> {
     let one = |name, request| Case {
         name,
         requests: vec![request],
@@ -169,7 +174,7 @@ fn cases(requests: usize) -> Vec<Case> {
         ),
         Case {
             name: "benign: a client's session, every request new",
-            requests: session(requests),
+            requests: session(requests, session_kind),
         },
         one(
             "attack: SQL injection in the query",
@@ -291,7 +296,10 @@ fn main() {
         "µs CPU".to_string()
     };
     println!("per request, {unit}, remembering values {memory:?} (empty: on, then off):");
-    for case in cases(warm_up(iters) + iters)
+    let session_kind: Option<usize> = std::env::var("WAF_BENCH_SESSION_KIND")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for case in cases(warm_up(iters) + iters, session_kind)
         .iter()
         .filter(|c| c.name.contains(&only))
     {
