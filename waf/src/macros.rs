@@ -96,8 +96,22 @@ impl Macro {
         Cow::Owned(out)
     }
 
-    /// Appends the expansion to `out` (see [`Macro::expand`]): what a caller with a buffer
-    /// to reuse calls.
+    /// The expansion (see [`Macro::expand`]): the literal itself, or the expansion written
+    /// into `buf`, emptied first: what a caller with a buffer to reuse calls.
+    pub fn expand_in<'a, F, V>(&'a self, lookup: F, buf: &'a mut Vec<u8>) -> &'a [u8]
+    where
+        F: Fn(Var, Option<&str>) -> Option<V>,
+        V: AsRef<[u8]>,
+    {
+        if let Some(l) = self.literal() {
+            return l.as_bytes();
+        }
+        buf.clear();
+        self.expand_into(lookup, buf);
+        buf
+    }
+
+    /// Appends the expansion to `out` (see [`Macro::expand`]).
     pub fn expand_into<F, V>(&self, lookup: F, out: &mut Vec<u8>)
     where
         F: Fn(Var, Option<&str>) -> Option<V>,
@@ -130,6 +144,17 @@ mod tests {
             _ => None,
         });
         assert_eq!(&*out, b"score 5 on ARGS:a!");
+    }
+
+    #[test]
+    fn expansion_in_a_reused_buffer_starts_afresh_and_a_literal_needs_none() {
+        let lookup = |_: Var, _: Option<&str>| Some(b"5".to_vec());
+        let mut buf = b"left from before".to_vec();
+        let m = Macro::parse("score %{tx.anomaly_score}").unwrap();
+        assert_eq!(m.expand_in(lookup, &mut buf), b"score 5");
+        let plain = Macro::parse("plain").unwrap();
+        assert_eq!(plain.expand_in(lookup, &mut buf), b"plain");
+        assert_eq!(buf, b"score 5", "a literal was written into the buffer");
     }
 
     #[test]

@@ -933,10 +933,10 @@ impl Memo {
             self.known_rows.resize(s + 1, (UNSET, UNSET));
         }
         let r = self.recall;
-        let at = u32::try_from(self.known_rows_at.len()).unwrap_or(NONE);
-        let row = if r.capacity == 0 || item.value.len() > recall::LONGEST {
-            NONE
+        let (row, at) = if r.capacity == 0 || item.value.len() > recall::LONGEST {
+            (NONE, NONE)
         } else {
+            let at = u32::try_from(self.known_rows_at.len()).unwrap_or(NONE);
             let word = self.known.len();
             self.known.resize(word + r.words, 0);
             recall::recall(r.engine, r.capacity, &item.value, &mut self.known[word..]);
@@ -949,7 +949,7 @@ impl Memo {
                 ),
                 learned: false,
             });
-            u32::try_from(word).unwrap_or(NONE)
+            (u32::try_from(word).unwrap_or(NONE), at)
         };
         self.known_rows[s] = (row, at);
         row
@@ -1920,14 +1920,7 @@ impl Transaction {
         // A macro argument expands into a buffer reused from link to link.
         let mut arg_buf = std::mem::take(&mut self.scratch.1);
         let arg: &[u8] = match link.operator.argument() {
-            Some(m) => match m.literal() {
-                Some(l) => l.as_bytes(),
-                None => {
-                    arg_buf.clear();
-                    m.expand_into(|v, k| self.d.lookup(v, k), &mut arg_buf);
-                    &arg_buf
-                }
-            },
+            Some(m) => m.expand_in(|v, k| self.d.lookup(v, k), &mut arg_buf),
             None => b"",
         };
         let want_caps = link.capture && !link.negated;
@@ -2101,14 +2094,9 @@ impl Transaction {
                     }
                 };
                 let value: &[u8] = match op {
-                    SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => match m.literal() {
-                        Some(l) => l.as_bytes(),
-                        None => {
-                            value_buf.clear();
-                            m.expand_into(|v, k| self.d.lookup(v, k), &mut value_buf);
-                            &value_buf
-                        }
-                    },
+                    SetOp::Set(m) | SetOp::Add(m) | SetOp::Sub(m) => {
+                        m.expand_in(|v, k| self.d.lookup(v, k), &mut value_buf)
+                    }
                     SetOp::Delete => b"",
                 };
                 let map = match collection {
