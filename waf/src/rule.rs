@@ -981,46 +981,30 @@ mod tests {
     use super::{all_bits, any_bits};
 
     #[test]
-    fn all_bits_tests_exactly_the_range() {
-        // Every range of up to 192 bits over three words, with one bit cleared anywhere
-        // (or none), against the bit-by-bit answer.
-        for cleared in (0..192).map(Some).chain([None]) {
-            let mut set = [u64::MAX; 3];
-            if let Some(c) = cleared {
-                set[c / 64] &= !(1 << (c % 64));
-            }
-            for first in 0..192u32 {
-                for count in 0..=(192 - first) {
-                    let expected = (first..first + count)
-                        .all(|b| set[(b / 64) as usize] & (1 << (b % 64)) != 0);
-                    assert_eq!(
-                        all_bits(&set, first, count),
-                        expected,
-                        "{cleared:?} {first} {count}"
-                    );
+    fn all_bits_and_any_bits_test_exactly_the_range() {
+        // Every range of up to 192 bits over three words, in sets with every bit set but one
+        // (or none) and with no bit set but one (or none), against the bit-by-bit answers.
+        for flipped in (0..192).map(Some).chain([None]) {
+            for fill in [u64::MAX, 0] {
+                let mut set = [fill; 3];
+                if let Some(b) = flipped {
+                    set[b / 64] ^= 1 << (b % 64);
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn any_bits_tests_exactly_the_range() {
-        // Every range of up to 192 bits over three words, with one bit set anywhere (or
-        // none), against the bit-by-bit answer.
-        for set_bit in (0..192).map(Some).chain([None]) {
-            let mut set = [0u64; 3];
-            if let Some(b) = set_bit {
-                set[b / 64] |= 1 << (b % 64);
-            }
-            for first in 0..192u32 {
-                for count in 0..=(192 - first) {
-                    let expected = (first..first + count)
-                        .any(|b| set[(b / 64) as usize] & (1 << (b % 64)) != 0);
-                    assert_eq!(
-                        any_bits(&set, first, count),
-                        expected,
-                        "{set_bit:?} {first} {count}"
-                    );
+                let bit = |b: u32| set[(b / 64) as usize] & (1 << (b % 64)) != 0;
+                for first in 0..192u32 {
+                    for count in 0..=(192 - first) {
+                        let range = first..first + count;
+                        assert_eq!(
+                            all_bits(&set, first, count),
+                            range.clone().all(bit),
+                            "all {fill:x} {flipped:?} {first} {count}"
+                        );
+                        assert_eq!(
+                            any_bits(&set, first, count),
+                            range.clone().any(bit),
+                            "any {fill:x} {flipped:?} {first} {count}"
+                        );
+                    }
                 }
             }
         }
