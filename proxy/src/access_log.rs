@@ -115,32 +115,45 @@ pub fn scrub_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Writes `text` as a JSON string.
+/// The bytes [`json_string`] escapes: JSON's (`"`, `\\`, control characters), and DEL.
+const ESCAPED: [bool; 256] = {
+    let mut escaped = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        escaped[b] = true;
+        b += 1;
+    }
+    escaped[b'"' as usize] = true;
+    escaped[b'\\' as usize] = true;
+    escaped[0x7f] = true;
+    escaped
+};
+
+/// Writes `text` as a JSON string: runs without escapes are copied whole.
 fn json_string(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in text.as_bytes().iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&text.as_bytes()[start..i]);
-        if escape.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
+    while let Some(offset) = bytes[start..].iter().position(|&b| ESCAPED[usize::from(b)]) {
+        let i = start + offset;
+        out.extend_from_slice(&bytes[start..i]);
+        match bytes[i] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
         }
         start = i + 1;
     }
-    out.extend_from_slice(&text.as_bytes()[start..]);
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 
@@ -342,6 +355,25 @@ mod tests {
             UNIX_EPOCH + Duration::from_millis(951_782_400_999),
         );
         assert_eq!(out, b"2000-02-29T00:00:00.999Z");
+    }
+
+    #[test]
+    fn every_character_survives_a_json_string() {
+        let text: String = (0..=0x7f_u8)
+            .map(char::from)
+            .chain("é→🔒".chars())
+            .collect();
+        let mut out = Vec::new();
+        json_string(&mut out, &text);
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, text);
+        let written = String::from_utf8(out).unwrap();
+        for escape in [
+            "\\u0000", "\\u001f", "\\u007f", "\\n", "\\t", "\\\"", "\\\\",
+        ] {
+            assert!(written.contains(escape), "{escape} in {written}");
+        }
+        assert!(written.ends_with("~\\u007fé→🔒\""), "{written}");
     }
 
     #[test]
