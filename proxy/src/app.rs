@@ -10,11 +10,13 @@
 //! 3. on the HTTPS listener, runs the TLS handshake with the acceptor of the policy in force
 //!    (within `timeouts.headerRead`), so a renewed certificate applies to the next handshake,
 //!    and gives HTTP/1.1 connections one TLS record per small response ([`crate::coalesce`]);
-//! 4. serves HTTP/2 through Pingora, or HTTP/1.1 request by request with a deadline on each
-//!    request head: from the moment the edge waits for a request until its head has arrived,
-//!    at most `timeouts.headerRead` may pass (slowloris; also the keep-alive idle time).
-//!    Pingora's own timeout applies per read only, so a client trickling a byte at a time
-//!    would otherwise never be cut.
+//! 4. on the plain-HTTP listener, hands the connection to [`redirect`], which answers every
+//!    request with the redirect to HTTPS;
+//! 5. on the HTTPS listener, serves HTTP/2 through Pingora's proxy, or HTTP/1.1 request by
+//!    request with a deadline on each request head: from the moment the edge waits for a
+//!    request until its head has arrived, at most `timeouts.headerRead` may pass (slowloris;
+//!    also the keep-alive idle time). Pingora's own timeout applies per read only, so a
+//!    client trickling a byte at a time would otherwise never be cut.
 
 use std::{
     os::fd::AsRawFd,
@@ -37,7 +39,7 @@ use pingora::{
     server::ShutdownWatch,
 };
 
-use crate::{coalesce::Coalesced, edge::Edge, edge::Role, proxy_protocol, state::Shared};
+use crate::{coalesce::Coalesced, edge::Edge, proxy_protocol, redirect, state::Shared};
 
 /// Tells connection setup that a request head has arrived, from inside the proxy
 /// (`on_connection_reuse`).
@@ -55,20 +57,34 @@ impl HeaderWatch {
     }
 }
 
-/// One listener's connection handling around the proxy.
+/// What a listener serves once a connection is admitted.
+pub enum Role {
+    /// TLS, then the proxy and every layer.
+    Https(Arc<HttpProxy<Edge>>),
+    /// Plain HTTP: the redirect to HTTPS and nothing else ([`redirect`]).
+    Redirect,
+}
+
+/// One listener's connection handling.
 pub struct EdgeApp {
-    proxy: Arc<HttpProxy<Edge>>,
     shared: Arc<Shared>,
     role: Role,
 }
 
 impl EdgeApp {
-    /// Connection handling for `proxy`, serving `role`.
-    pub fn new(proxy: HttpProxy<Edge>, shared: Arc<Shared>, role: Role) -> Self {
+    /// The HTTPS listener's connection handling, in front of `proxy`.
+    pub fn https(proxy: HttpProxy<Edge>, shared: Arc<Shared>) -> Self {
         Self {
-            proxy: Arc::new(proxy),
             shared,
-            role,
+            role: Role::Https(Arc::new(proxy)),
+        }
+    }
+
+    /// The plain-HTTP listener's connection handling.
+    pub const fn redirect(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            role: Role::Redirect,
         }
     }
 
@@ -80,8 +96,14 @@ impl EdgeApp {
             .inc();
     }
 
-    /// Serves HTTP/1.1 requests one after the other, each head within the deadline.
-    async fn serve_http1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+    /// Serves HTTP/1.1 requests through `proxy` one after the other, each head within the
+    /// deadline.
+    async fn serve_http1(
+        &self,
+        proxy: &Arc<HttpProxy<Edge>>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) {
         let header_read = self.shared.policy.load().timeouts.header_read;
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(if *shutdown.borrow() {
@@ -92,7 +114,7 @@ impl EdgeApp {
         loop {
             let watch = Arc::new(HeaderWatch::default());
             session.set_connection_user_context(Some(Box::new(Arc::clone(&watch))));
-            let request = self.proxy.process_new_http(session, shutdown);
+            let request = proxy.process_new_http(session, shutdown);
             let deadline = async {
                 tokio::time::sleep(header_read).await;
                 if watch.has_head() {
@@ -189,38 +211,45 @@ impl ServerApp for EdgeApp {
             };
         self.shared.metrics.connections_open.inc();
         let _open = OpenConnection(&self.shared.metrics.connections_open);
-        let stream: Stream = match self.role {
-            Role::Https => {
-                match tokio::time::timeout(deadline, handshake(&policy.tls_acceptor, *tcp)).await {
-                    // HTTP/2 frames its own writes; HTTP/1.1 responses go out as one TLS
-                    // record where they fit in one.
-                    Ok(Ok(tls)) if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) => {
-                        Box::new(tls)
-                    }
-                    Ok(Ok(tls)) => Box::new(Coalesced::new(tls)),
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "TLS handshake failed");
-                        self.dropped("tls-handshake");
-                        return None;
-                    }
-                    Err(_) => {
-                        self.dropped("tls-handshake-timeout");
-                        return None;
-                    }
+        let Role::Https(proxy) = &self.role else {
+            drop(policy);
+            if let Err(error) = redirect::serve(&self.shared, tcp, peer, shutdown).await {
+                if error.is_timeout() {
+                    self.dropped("header-timeout");
+                } else {
+                    tracing::debug!(%error, "connection closed");
                 }
             }
-            Role::Redirect => tcp,
+            return None;
         };
+        let stream: Stream =
+            match tokio::time::timeout(deadline, handshake(&policy.tls_acceptor, *tcp)).await {
+                // HTTP/2 frames its own writes; HTTP/1.1 responses go out as one TLS record
+                // where they fit in one.
+                Ok(Ok(tls)) if matches!(tls.selected_alpn_proto(), Some(ALPN::H2)) => Box::new(tls),
+                Ok(Ok(tls)) => Box::new(Coalesced::new(tls)),
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed");
+                    self.dropped("tls-handshake");
+                    return None;
+                }
+                Err(_) => {
+                    self.dropped("tls-handshake-timeout");
+                    return None;
+                }
+            };
         drop(policy);
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            ServerApp::process_new(&self.proxy, stream, shutdown).await;
+            ServerApp::process_new(proxy, stream, shutdown).await;
         } else {
-            self.serve_http1(stream, shutdown).await;
+            self.serve_http1(proxy, stream, shutdown).await;
         }
         None
     }
 
     async fn cleanup(&self) {
-        self.proxy.http_cleanup().await;
+        if let Role::Https(proxy) = &self.role {
+            proxy.http_cleanup().await;
+        }
     }
 }

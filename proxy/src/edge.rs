@@ -4,7 +4,7 @@
 //! Phases: `new_ctx` takes the policy for the whole request and a request id;
 //! `on_connection_reuse` tells connection setup that the request head arrived (the header
 //! deadline, [`crate::app`]); `request_filter` resolves the client ([`client_identity`]) and
-//! runs the layers on the head (the plain-HTTP listener only redirects, [`tls`]);
+//! runs the layers on the head (the plain-HTTP listener is not a proxy: [`crate::redirect`]);
 //! `request_body_filter` runs them on the body as it streams; `upstream_peer` and
 //! `upstream_request_filter` pick the origin and write the forwarding headers
 //! ([`upstream`]); `response_filter` adds HSTS and strips `Server`/`X-Powered-By`;
@@ -47,34 +47,23 @@ use crate::{
         KeyFacts, Rule, Stage,
         gcra::{Op, Outcome as LimitOutcome},
     },
-    request_id::RequestId,
+    request_id::{RequestId, X_REQUEST_ID},
     state::Shared,
-    tls,
     upstream::{self, CLIENT_FORWARDING_HEADERS, X_FORWARDED_FOR},
     verdict::{Body, Decision, DecisionKind, LayerId, Reason, Response, Verdict},
     waf,
 };
 
-/// Which listener a proxy serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The HTTPS listener: every layer, then the upstream.
-    Https,
-    /// The plain-HTTP listener: a 308 to HTTPS and nothing else.
-    Redirect,
-}
-
-/// The edge proxy.
+/// The edge proxy, behind the HTTPS listener.
 #[derive(Debug)]
 pub struct Edge {
     shared: Arc<Shared>,
-    role: Role,
 }
 
 impl Edge {
-    /// The proxy of one listener.
-    pub const fn new(shared: Arc<Shared>, role: Role) -> Self {
-        Self { shared, role }
+    /// The proxy of the HTTPS listener.
+    pub const fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
     }
 }
 
@@ -157,13 +146,8 @@ const X_POWERED_BY: http::HeaderName = http::HeaderName::from_static("x-powered-
 // in: Pingora copies a `HeaderName` it has no title case for into a new buffer on each
 // insert, and borrows a static string.
 /// Every response names its request, so a user can quote it and an admin find the log line.
-const X_REQUEST_ID: &str = "x-request-id";
 const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
 const LOCATION: &str = "location";
-
-fn request_id_value(id: &RequestId) -> HeaderValue {
-    HeaderValue::from_bytes(id.as_bytes()).unwrap_or(HeaderValue::from_static("unknown"))
-}
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
@@ -232,16 +216,14 @@ impl Edge {
             } => (content_type, bytes),
         };
         let mut head = ResponseHeader::build(response.status, Some(6 + response.headers.len()))?;
-        head.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
+        head.insert_header(X_REQUEST_ID, ctx.request_id.header_value())?;
         head.insert_header(header::CONTENT_TYPE, content_type)?;
         head.insert_header(header::CONTENT_LENGTH, body.len())?;
         head.insert_header(header::CACHE_CONTROL, "no-store")?;
         for (name, value) in response.headers {
             head.append_header(name, value)?;
         }
-        if self.role == Role::Https {
-            head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
-        }
+        head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
         if response.close {
             session.set_keepalive(None);
         }
@@ -274,12 +256,10 @@ impl Edge {
             }
             Verdict::Redirect(redirect, _) => {
                 let mut head = ResponseHeader::build(redirect.status, Some(4))?;
-                head.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
+                head.insert_header(X_REQUEST_ID, ctx.request_id.header_value())?;
                 head.insert_header(LOCATION, redirect.location)?;
                 head.insert_header(header::CONTENT_LENGTH, 0)?;
-                if self.role == Role::Https {
-                    head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
-                }
+                head.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
                 session.write_response_header(Box::new(head), true).await?;
                 Ok(true)
             }
@@ -1079,15 +1059,6 @@ impl ProxyHttp for Edge {
                     .map(HeaderValue::as_bytes),
             )
         });
-        if self.role == Role::Redirect {
-            let target = session
-                .req_header()
-                .uri
-                .path_and_query()
-                .map_or("/", |target| target.as_str());
-            let verdict = tls::https_redirect(&policy.host, target);
-            return self.apply(session, ctx, LayerId::Tls, verdict).await;
-        }
         if session.is_upgrade_req() {
             // A websocket's client side may be quiet for long; the upstream read timeout
             // bounds it instead.
@@ -1199,7 +1170,7 @@ impl ProxyHttp for Edge {
         let client = ctx
             .client_ip
             .map_or(HeaderValue::from_static("unknown"), header_value_of_ip);
-        let request_id = request_id_value(&ctx.request_id);
+        let request_id = ctx.request_id.header_value();
         for (name, value) in
             upstream::forwarding_headers(&client, &ctx.policy.host_header, &request_id)
         {
@@ -1264,13 +1235,11 @@ impl ProxyHttp for Edge {
                 upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
             }
         }
-        upstream_response.insert_header(X_REQUEST_ID, request_id_value(&ctx.request_id))?;
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.header_value())?;
         if let Some(cookie) = ctx.set_cookie.take() {
             upstream_response.append_header(header::SET_COOKIE, cookie)?;
         }
-        if self.role == Role::Https {
-            upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
-        }
+        upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, ctx.policy.hsts.clone())?;
         Ok(())
     }
 

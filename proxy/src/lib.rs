@@ -4,7 +4,7 @@
 //! | layer | module | where it runs |
 //! | --- | --- | --- |
 //! | 1. connection guards | [`connection_guard`], [`app`] | connection setup |
-//! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`], [`coalesce`] | connection setup, `request_filter`, `response_filter` |
+//! | 2. TLS termination, plain-HTTP redirect, HSTS | [`tls`], [`app`], [`coalesce`], [`redirect`] | connection setup, the plain-HTTP listener, `response_filter` |
 //! | 3. client identity (trusted proxies, PROXY protocol) | [`client_identity`], [`proxy_protocol`] | connection setup, `request_filter` |
 //! | 4. request hygiene | [`hygiene`] | `request_filter`, `request_body_filter` |
 //! | 5. app-aware rules (Jellyfin) | [`app_rules`] | `request_filter` |
@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxy_protocol;
 pub mod ratelimit;
+pub mod redirect;
 pub mod redis_link;
 pub mod reload;
 pub mod request_id;

@@ -5,6 +5,7 @@
 //! finaliser), so two requests of one process never share an id and ids do not reveal how
 //! many requests the edge has served.
 
+use http::HeaderValue;
 use std::{
     fmt,
     hash::{BuildHasher, RandomState},
@@ -71,7 +72,15 @@ impl RequestId {
     pub const fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The id as the value of an `X-Request-Id` header.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("unknown"))
+    }
 }
+
+/// The response header that carries the request id, as it is written.
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

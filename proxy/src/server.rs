@@ -24,7 +24,7 @@ use crate::{
     app::EdgeApp,
     ban_sync::BanSync,
     cloudflare_keys::KeyRefresher,
-    edge::{Edge, Role},
+    edge::Edge,
     reload::{self, ConfigWatcher, LoadError},
     state::Shared,
 };
@@ -90,27 +90,32 @@ pub fn server_conf(
     }
 }
 
-fn listener_service(
+fn https_service(
     conf: &Arc<ServerConf>,
     shared: &Arc<Shared>,
-    role: Role,
     address: std::net::SocketAddr,
     threads: usize,
 ) -> Service<EdgeApp> {
-    let mut proxy = http_proxy(conf, Edge::new(Arc::clone(shared), role));
+    let mut proxy = http_proxy(conf, Edge::new(Arc::clone(shared)));
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(shared.policy.load().timeouts.header_read);
     proxy.server_options = Some(options);
-    let name = match role {
-        Role::Https => "portcullis https",
-        Role::Redirect => "portcullis http redirect",
-    };
     let mut service = Service::new(
-        name.to_owned(),
-        EdgeApp::new(proxy, Arc::clone(shared), role),
+        "portcullis https".to_owned(),
+        EdgeApp::https(proxy, Arc::clone(shared)),
     );
     service.add_tcp(&address.to_string());
     service.threads = Some(threads);
+    service
+}
+
+fn redirect_service(shared: &Arc<Shared>, address: std::net::SocketAddr) -> Service<EdgeApp> {
+    let mut service = Service::new(
+        "portcullis http redirect".to_owned(),
+        EdgeApp::redirect(Arc::clone(shared)),
+    );
+    service.add_tcp(&address.to_string());
+    service.threads = Some(1);
     service
 }
 
@@ -147,15 +152,9 @@ pub fn run(args: Args) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = Arc::clone(&server.configuration);
-    server.add_service(listener_service(
-        &conf,
-        &shared,
-        Role::Https,
-        listen.https,
-        threads,
-    ));
+    server.add_service(https_service(&conf, &shared, listen.https, threads));
     if let Some(http) = listen.http {
-        server.add_service(listener_service(&conf, &shared, Role::Redirect, http, 1));
+        server.add_service(redirect_service(&shared, http));
     }
     let mut admin = background_service(
         "portcullis admin",

@@ -8,7 +8,7 @@
 //! theirs. The handshake itself runs in connection setup ([`crate::app`]) with the
 //! `timeouts.headerRead` deadline. HSTS is added to every HTTPS response in
 //! `response_filter` and to the edge's own responses. The plain-HTTP listener answers
-//! every request with [`https_redirect`] in `request_filter`.
+//! every request with [`https_redirect`] ([`crate::redirect`]).
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use pingora::tls::{
     x509::X509,
 };
 
-use crate::verdict::{Reason, Redirect, Verdict};
+use crate::verdict::{Reason, Redirect};
 
 /// TLS 1.2 cipher suites: ECDHE key exchange with AEAD ciphers only (Mozilla's
 /// "intermediate" list without the finite-field DHE suites). TLS 1.3 keeps OpenSSL's
@@ -133,33 +133,26 @@ pub fn hsts(max_age: std::time::Duration) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("max-age=31536000"))
 }
 
+/// Why the plain-HTTP listener answered as it did, for the log.
+pub const HTTPS_ONLY: Reason = Reason::new("https-only", "plain HTTP is redirected to HTTPS");
+
 /// The plain-HTTP listener's only answer: 308 to the same path on `https://host`.
 ///
 /// The target is the configured host, never the client's `Host`, so the redirect cannot be
 /// pointed elsewhere. A request target that is not a path (`*`, absolute form) goes to `/`.
-pub fn https_redirect(host: &str, target: &str) -> Verdict {
+pub fn https_redirect(host: &str, target: &str) -> Redirect {
     let path = if target.starts_with('/') { target } else { "/" };
     // Joined by hand: this runs for every plain-HTTP request.
     let mut location = String::with_capacity("https://".len() + host.len() + path.len());
     location.push_str("https://");
     location.push_str(host);
     location.push_str(path);
-    match HeaderValue::from_str(&location) {
-        Ok(location) => Verdict::Redirect(
-            Redirect {
-                status: StatusCode::PERMANENT_REDIRECT,
-                location,
-            },
-            Reason::new("https-only", "plain HTTP is redirected to HTTPS"),
-        ),
-        Err(_) => Verdict::Redirect(
-            Redirect {
-                status: StatusCode::PERMANENT_REDIRECT,
-                location: HeaderValue::from_str(&format!("https://{host}/"))
-                    .unwrap_or(HeaderValue::from_static("/")),
-            },
-            Reason::new("https-only", "plain HTTP is redirected to HTTPS"),
-        ),
+    let location = HeaderValue::from_str(&location).unwrap_or_else(|_| {
+        HeaderValue::from_str(&format!("https://{host}/")).unwrap_or(HeaderValue::from_static("/"))
+    });
+    Redirect {
+        status: StatusCode::PERMANENT_REDIRECT,
+        location,
     }
 }
 
@@ -167,14 +160,9 @@ pub fn https_redirect(host: &str, target: &str) -> Verdict {
 mod tests {
     use super::*;
 
-    fn location(verdict: Verdict) -> String {
-        match verdict {
-            Verdict::Redirect(redirect, _) => {
-                assert_eq!(redirect.status, StatusCode::PERMANENT_REDIRECT);
-                redirect.location.to_str().unwrap().to_owned()
-            }
-            other => panic!("expected a redirect, got {other:?}"),
-        }
+    fn location(redirect: Redirect) -> String {
+        assert_eq!(redirect.status, StatusCode::PERMANENT_REDIRECT);
+        redirect.location.to_str().unwrap().to_owned()
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! TLS termination: the plain-HTTP redirect, HSTS, HTTP/2, certificate renewal.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Version;
 use http_body_util::BodyExt;
 use rustls::pki_types::{CertificateDer, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::util::{
     Conn, HOST, Proxy, Settings, client_ip, empty, fetch, get, pki, raw_tcp, raw_tls, shared,
@@ -25,6 +29,89 @@ async fn plain_http_only_redirects_to_the_same_path_on_https() {
         "{text}"
     );
     assert!(!lower.contains("strict-transport-security"), "{text}");
+}
+
+#[tokio::test]
+async fn plain_http_answers_request_after_request_on_one_connection() {
+    let mut tcp = TcpStream::connect(shared().http()).await.unwrap();
+    tcp.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
+        .await
+        .expect("the connection was not closed after the second answer")
+        .unwrap();
+    let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{out}");
+    let mut ids = Vec::new();
+    for (answer, path) in answers.iter().zip(["/a", "/b?c=d"]) {
+        let lower = answer.to_ascii_lowercase();
+        assert!(lower.starts_with("308"), "{out}");
+        assert!(
+            lower.contains(&format!("location: https://{HOST}{path}\r\n")),
+            "{out}"
+        );
+        let id = lower
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .expect("no request id")
+            .to_owned();
+        ids.push(id);
+    }
+    assert!(
+        answers[0]
+            .to_ascii_lowercase()
+            .contains("content-length: 0\r\n"),
+        "{out}"
+    );
+    assert_ne!(ids[0], ids[1]);
+    for (id, (method, path)) in ids.iter().zip([("GET", "/a"), ("HEAD", "/b?c=d")]) {
+        let line = shared().access_log_line(id).await;
+        assert_eq!(line["method"], method);
+        assert_eq!(line["path"], path);
+        assert_eq!(line["status"], 308);
+        assert_eq!(line["layer"], "tls");
+        assert_eq!(line["decision"], "redirect");
+        assert_eq!(line["rule"], "https-only");
+    }
+}
+
+#[tokio::test]
+async fn a_plain_http_head_trickled_line_by_line_is_cut_at_the_deadline() {
+    let proxy = shared();
+    let timeouts = "portcullis_connections_dropped_total{reason=\"header-timeout\"}";
+    let before = proxy.metric(timeouts).await.unwrap_or(0.0);
+    let mut tcp = TcpStream::connect(proxy.http()).await.unwrap();
+    let start = Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut cut = None;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if tcp
+            .write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = Some(start.elapsed());
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await
+        {
+            assert!(matches!(read, Ok(0) | Err(_)), "no response is expected");
+            cut = Some(start.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("the slow request head was never cut");
+    assert!(
+        cut >= Duration::from_millis(1800) && cut < Duration::from_secs(5),
+        "cut after {cut:?}; headerRead is 2s"
+    );
+    assert!(proxy.metric(timeouts).await.unwrap() > before);
 }
 
 #[tokio::test]
