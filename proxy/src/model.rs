@@ -123,6 +123,16 @@ pub struct ConnectionLimits {
     pub max_per_ip: usize,
 }
 
+/// Bounds on a request head, for the plain-HTTP listener, whose HTTP parser enforces them
+/// ([`crate::redirect`]); on HTTPS the hygiene layer checks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most header fields (`limits.maxHeaderCount`).
+    pub max_headers: usize,
+    /// Most bytes of head (`limits.maxHeaderBytes`).
+    pub max_bytes: usize,
+}
+
 /// The compiled policy.
 pub struct Policy {
     /// `namespace/name@generation` of the MediaServer it was rendered from.
@@ -147,6 +157,8 @@ pub struct Policy {
     pub trusted_proxies: TrustedProxies,
     /// Connection caps.
     pub connections: ConnectionLimits,
+    /// Request head bounds of the plain-HTTP listener.
+    pub head_limits: HeadLimits,
     /// Timeouts on the client side.
     pub timeouts: Timeouts,
     /// The upstream.
@@ -295,6 +307,10 @@ impl TryFrom<EdgeConfig> for Policy {
             connections: ConnectionLimits {
                 max_total: usize_of(doc.limits.max_connections),
                 max_per_ip: usize_of(doc.limits.max_connections_per_ip),
+            },
+            head_limits: HeadLimits {
+                max_headers: usize_of(doc.limits.max_header_count),
+                max_bytes: usize_of(doc.limits.max_header_bytes.bytes()),
             },
             timeouts: Timeouts {
                 header_read: timeouts.header_read.get(),

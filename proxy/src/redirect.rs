@@ -8,9 +8,11 @@
 //! instructions per redirect (`proxy/README.md`, "What each tuning bought").
 //!
 //! Limits, as hyper enforces them: each request head within `timeouts.headerRead` from the
-//! moment the listener waits for it (slowloris; also the keep-alive idle time); hyper's own
-//! bounds on the head (100 headers, about 400 KiB: 431 beyond; a target over 64 KiB: 414). A
-//! request body is not read: the connection closes after the answer instead.
+//! moment the listener waits for it (slowloris; also the keep-alive idle time), with at most
+//! `limits.maxHeaderCount` header fields and `limits.maxHeaderBytes` bytes (431 beyond; hyper
+//! reads at least 8 KiB, so a smaller byte limit counts as 8 KiB here), and a target of at
+//! most 64 KiB (414). A request body is not read: the connection closes after the answer
+//! instead.
 
 use std::{
     convert::Infallible,
@@ -36,6 +38,9 @@ use crate::{
     verdict::{DecisionKind, LayerId},
 };
 
+/// The smallest read buffer hyper accepts.
+const SMALLEST_READ_BUFFER: usize = 8 * 1024;
+
 /// `X-Request-Id`, parsed once.
 const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 
@@ -51,10 +56,14 @@ pub async fn serve(
     peer: Option<IpAddr>,
     shutdown: &ShutdownWatch,
 ) -> Result<(), hyper::Error> {
+    let policy = shared.policy.load();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.policy.load().timeouts.header_read);
+        .header_read_timeout(policy.timeouts.header_read)
+        .max_headers(policy.head_limits.max_headers)
+        .max_buf_size(policy.head_limits.max_bytes.max(SMALLEST_READ_BUFFER));
+    drop(policy);
     let connection = builder.serve_connection(
         TokioIo::new(stream),
         service_fn(|request| ready(Ok::<_, Infallible>(answer(shared, &request, peer)))),

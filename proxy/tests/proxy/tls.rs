@@ -78,6 +78,27 @@ async fn plain_http_answers_request_after_request_on_one_connection() {
 }
 
 #[tokio::test]
+async fn plain_http_heads_over_the_documents_limits_get_431() {
+    // maxHeaderCount is 30 in the tests' document.
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..29 {
+        head.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    let (status, text) = raw_tcp(shared().http(), format!("{head}\r\n").as_bytes()).await;
+    assert_eq!(status, 308, "{text}");
+    head.push_str("X-One-Too-Many: v\r\n");
+    let (status, text) = raw_tcp(shared().http(), format!("{head}\r\n").as_bytes()).await;
+    assert_eq!(status, 431, "{text}");
+    // maxHeaderBytes is 4 KiB, under hyper's smallest buffer: 8 KiB is the bound here.
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+        "v".repeat(9000)
+    );
+    let (status, text) = raw_tcp(shared().http(), long.as_bytes()).await;
+    assert_eq!(status, 431, "{text}");
+}
+
+#[tokio::test]
 async fn a_plain_http_head_trickled_line_by_line_is_cut_at_the_deadline() {
     let proxy = shared();
     let timeouts = "portcullis_connections_dropped_total{reason=\"header-timeout\"}";
