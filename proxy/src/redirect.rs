@@ -4,8 +4,8 @@
 //! This listener proxies nothing and runs no other layer, so it does not go through
 //! Pingora's proxy (request context, phases, response head building for one fixed answer):
 //! hyper's HTTP/1.1 server connection serves it, on the connection Pingora's listener
-//! accepted and [`crate::app`] admitted (PROXY protocol, connection caps). That halves the
-//! instructions per redirect (`proxy/README.md`, "What each tuning bought").
+//! accepted and [`crate::app`] admitted (PROXY protocol, connection caps). That takes two
+//! thirds off the instructions per redirect (`proxy/README.md`, "What each tuning bought").
 //!
 //! Limits, as hyper enforces them: each request head within `timeouts.headerRead` from the
 //! moment the listener waits for it (slowloris; also the keep-alive idle time), with at most
