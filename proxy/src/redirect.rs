@@ -11,8 +11,8 @@
 //! moment the listener waits for it (slowloris; also the keep-alive idle time), with at most
 //! `limits.maxHeaderCount` header fields and `limits.maxHeaderBytes` bytes (431 beyond; hyper
 //! reads at least 8 KiB, so a smaller byte limit counts as 8 KiB here), and a target of at
-//! most 64 KiB (414). A request body is not read: the connection closes after the answer
-//! instead.
+//! most 64 KiB (414). A request body is discarded unread, never taken for the next request
+//! (hyper closes the connection rather than read a long one).
 
 use std::{
     convert::Infallible,

@@ -78,6 +78,30 @@ async fn plain_http_answers_request_after_request_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_body_sent_over_plain_http_is_discarded_not_read_as_a_request() {
+    let mut tcp = TcpStream::connect(shared().http()).await.unwrap();
+    tcp.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
+        .await
+        .expect("the connection was not closed")
+        .unwrap();
+    assert!(!out.contains("/smuggled"), "{out}");
+    let locations: Vec<&str> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("location: "))
+        .collect();
+    // The second request is answered too unless hyper closed the connection after the body.
+    assert!(
+        locations == [format!("https://{HOST}/a")]
+            || locations == [format!("https://{HOST}/a"), format!("https://{HOST}/b")],
+        "{out}"
+    );
+}
+
+#[tokio::test]
 async fn plain_http_heads_over_the_documents_limits_get_431() {
     // maxHeaderCount is 30 in the tests' document.
     let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
