@@ -6,9 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use crate::util::{HOST, Proxy, Settings, client_ip, fetch, shared, tls_from};
+use crate::util::{HOST, Proxy, Settings, client_ip, fetch, shared, tls_from, trickle_until_cut};
 
 #[tokio::test]
 async fn one_address_cannot_hold_more_than_its_share() {
@@ -78,33 +78,14 @@ async fn the_total_is_capped() {
 
 #[tokio::test]
 async fn a_request_head_trickled_byte_by_byte_is_cut_at_the_deadline() {
-    let mut tls = tls_from(client_ip(), shared().https(), &[b"http/1.1"])
+    let tls = tls_from(client_ip(), shared().https(), &[b"http/1.1"])
         .await
         .unwrap();
-    let start = Instant::now();
-    tls.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut cut = None;
-    for i in 0..40 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if tls
-            .write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            cut = Some(start.elapsed());
-            break;
-        }
-        let mut byte = [0u8; 1];
-        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tls.read(&mut byte)).await
-        {
-            assert!(matches!(read, Ok(0) | Err(_)), "no response is expected");
-            cut = Some(start.elapsed());
-            break;
-        }
-    }
-    let cut = cut.expect("the slow request head was never cut");
+    let cut = trickle_until_cut(
+        tls,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes(),
+    )
+    .await;
     assert!(
         cut >= Duration::from_millis(1800) && cut < Duration::from_secs(5),
         "cut after {cut:?}; headerRead is 2s"

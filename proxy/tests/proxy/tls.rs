@@ -1,18 +1,15 @@
 //! TLS termination: the plain-HTTP redirect, HSTS, HTTP/2, certificate renewal.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Version;
 use http_body_util::BodyExt;
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
 use crate::util::{
-    Conn, HOST, Proxy, Settings, client_ip, empty, fetch, get, pki, raw_tcp, raw_tls, shared,
-    tls_from,
+    Conn, HOST, Proxy, Settings, client_ip, empty, fetch, get, pki, raw_tcp, raw_tcp_until_closed,
+    raw_tls, shared, tls_from, trickle_until_cut,
 };
 
 #[tokio::test]
@@ -33,15 +30,11 @@ async fn plain_http_only_redirects_to_the_same_path_on_https() {
 
 #[tokio::test]
 async fn plain_http_answers_request_after_request_on_one_connection() {
-    let mut tcp = TcpStream::connect(shared().http()).await.unwrap();
-    tcp.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
-        .await
-        .expect("the connection was not closed after the second answer")
-        .unwrap();
+    let out = raw_tcp_until_closed(
+        shared().http(),
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nHEAD /b?c=d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
     assert_eq!(answers.len(), 2, "{out}");
     let mut ids = Vec::new();
@@ -79,15 +72,11 @@ async fn plain_http_answers_request_after_request_on_one_connection() {
 
 #[tokio::test]
 async fn a_body_sent_over_plain_http_is_discarded_not_read_as_a_request() {
-    let mut tcp = TcpStream::connect(shared().http()).await.unwrap();
-    tcp.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
-        .await
-        .expect("the connection was not closed")
-        .unwrap();
+    let out = raw_tcp_until_closed(
+        shared().http(),
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(!out.contains("/smuggled"), "{out}");
     let locations: Vec<&str> = out
         .lines()
@@ -127,31 +116,8 @@ async fn a_plain_http_head_trickled_line_by_line_is_cut_at_the_deadline() {
     let proxy = shared();
     let timeouts = "portcullis_connections_dropped_total{reason=\"header-timeout\"}";
     let before = proxy.metric(timeouts).await.unwrap_or(0.0);
-    let mut tcp = TcpStream::connect(proxy.http()).await.unwrap();
-    let start = Instant::now();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let mut cut = None;
-    for i in 0..40 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if tcp
-            .write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            cut = Some(start.elapsed());
-            break;
-        }
-        let mut byte = [0u8; 1];
-        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut byte)).await
-        {
-            assert!(matches!(read, Ok(0) | Err(_)), "no response is expected");
-            cut = Some(start.elapsed());
-            break;
-        }
-    }
-    let cut = cut.expect("the slow request head was never cut");
+    let tcp = TcpStream::connect(proxy.http()).await.unwrap();
+    let cut = trickle_until_cut(tcp, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert!(
         cut >= Duration::from_millis(1800) && cut < Duration::from_secs(5),
         "cut after {cut:?}; headerRead is 2s"

@@ -1236,6 +1236,48 @@ pub async fn raw_tcp(address: SocketAddr, request: &[u8]) -> (u16, String) {
     raw_exchange(TcpStream::connect(address).await.unwrap(), request).await
 }
 
+/// Writes `request` over plain TCP and reads until the server closes the connection;
+/// panics if it is still open after 5 s. The whole response text.
+pub async fn raw_tcp_until_closed(address: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(address).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
+        .await
+        .expect("the connection was not closed")
+        .unwrap();
+    out
+}
+
+/// Writes `head`, the start of a request head, then another header line every 200 ms
+/// until the edge cuts the connection without answering; how long after the first write
+/// it did. Panics if it answers, or has not cut within 8 s.
+pub async fn trickle_until_cut(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    head: &[u8],
+) -> Duration {
+    let start = Instant::now();
+    stream.write_all(head).await.unwrap();
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if stream
+            .write_all(format!("X-Slow-{i}: x\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return start.elapsed();
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte)).await
+        {
+            assert!(matches!(read, Ok(0) | Err(_)), "no response is expected");
+            return start.elapsed();
+        }
+    }
+    panic!("the slow request head was never cut");
+}
+
 /// Writes `request`, reads until the server closes or 3 s pass, and returns the status and
 /// the whole response text.
 async fn raw_exchange(
