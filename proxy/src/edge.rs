@@ -144,8 +144,7 @@ fn access_request(request: &RequestHeader) -> AccessRequest<'_> {
 const X_POWERED_BY: http::HeaderName = http::HeaderName::from_static("x-powered-by");
 // Header names the edge writes on every response, as `&'static str` in the case they go out
 // in: Pingora copies a `HeaderName` it has no title case for into a new buffer on each
-// insert, and borrows a static string.
-/// Every response names its request, so a user can quote it and an admin find the log line.
+// insert, and borrows a static string (`X-Request-Id` is [`X_REQUEST_ID`]).
 const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
 const LOCATION: &str = "location";
 

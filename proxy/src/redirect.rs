@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, Response, header::LOCATION};
+use http::{HeaderValue, Request, Response, header::LOCATION};
 use http_body_util::Empty;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -31,7 +31,7 @@ use pingora::{protocols::Stream, server::ShutdownWatch};
 use crate::{
     access_log::{self, AccessRecord},
     client_identity,
-    request_id::X_REQUEST_ID,
+    request_id::X_REQUEST_ID_NAME,
     state::Shared,
     tls,
     upstream::X_FORWARDED_FOR,
@@ -40,9 +40,6 @@ use crate::{
 
 /// The smallest read buffer hyper accepts.
 const SMALLEST_READ_BUFFER: usize = 8 * 1024;
-
-/// `X-Request-Id`, parsed once.
-const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 
 /// Serves the plain-HTTP requests of one connection from `peer` until the client closes it,
 /// a limit cuts it, or the edge shuts down (the request in progress is answered first).

@@ -5,7 +5,7 @@
 //! finaliser), so two requests of one process never share an id and ids do not reveal how
 //! many requests the edge has served.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use std::{
     fmt,
     hash::{BuildHasher, RandomState},
@@ -79,8 +79,13 @@ impl RequestId {
     }
 }
 
-/// The response header that carries the request id, as it is written.
+/// The header that carries the request id: every response names its request, so a user
+/// can quote it and an admin find the log line. A static string in the case it goes out
+/// in, which Pingora's header API takes without copying it.
 pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// [`X_REQUEST_ID`] as a parsed name, for `http` header maps.
+pub const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

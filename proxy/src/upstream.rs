@@ -22,7 +22,7 @@ use pingora::{
     protocols::tls::CaType, upstreams::peer::HttpPeer,
 };
 
-use crate::access::app_token::TokenStatus;
+use crate::{access::app_token::TokenStatus, request_id::X_REQUEST_ID};
 
 /// The compiled upstream.
 #[derive(Debug)]
@@ -261,7 +261,7 @@ pub fn forwarding_headers(
         ("x-real-ip", client_ip.clone()),
         ("x-forwarded-proto", HeaderValue::from_static("https")),
         ("x-forwarded-host", host.clone()),
-        ("x-request-id", request_id.clone()),
+        (X_REQUEST_ID, request_id.clone()),
     ]
 }
 
