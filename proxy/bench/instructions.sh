@@ -7,18 +7,23 @@
 # run.sh. For HTTPS /small (proxied) and the plain-HTTP 308, wrk (8 keep-alive connections)
 # warms the path up, the counters are zeroed, wrk runs again, and the script prints the
 # instructions per request: the whole process, then the edge's hooks (inclusive) and
-# OpenSSL's reads and writes. Kernel time is not counted; copies done with `rep movsb` count
+# OpenSSL's reads and writes. Then the same HTTPS request is counted, the same way, through
+# the bare Pingora proxy (proxy/examples/bare_pingora.rs) and through nginx (one process,
+# run.sh's proxy configuration): what Pingora's proxy path takes by itself, and what nginx
+# takes for the same job. Kernel time is not counted; copies done with `rep movsb` count
 # one instruction per iteration, so memcpy weighs more here than in time. Under callgrind the
 # proxy serves a few hundred requests per second; the counts repeat within about 1%.
 #
-# Needs: wrk, nginx, openssl, valgrind (apt-get install -y wrk nginx valgrind), and a release
-# build (see run.sh). Usage: proxy/bench/instructions.sh [seconds per run, default 15]
+# Needs: wrk, nginx, openssl, valgrind (apt-get install -y wrk nginx valgrind), and the
+# release builds (see run.sh). Usage: proxy/bench/instructions.sh [seconds per run, default 15]
 set -euo pipefail
 
 DURATION="${1:-15}"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 bench_init instructions wrk nginx openssl valgrind callgrind_control callgrind_annotate taskset
+BARE="${BARE_PINGORA_BIN:-$(dirname "$BIN")/examples/bare_pingora}"
+[ -x "$BARE" ] || { echo "missing release build: $BARE" >&2; exit 1; }
 
 bench_cert
 mkdir -p "$WORK/www"
@@ -27,16 +32,46 @@ bench_origin 18080
 edge_document 19443 19090 18080 19081 >"$WORK/edge.yaml"
 wait_port 18080
 
-taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$WORK/callgrind.%p" \
-  "$BIN" --config "$WORK/edge.yaml" --threads 1 >/dev/null 2>"$WORK/portcullis.err" &
-PROXY=$!
-PIDS+=("$PROXY")
-# Starting under valgrind takes a while.
-for port in 19443 19081; do
-  for _ in 1 2 3 4 5 6; do wait_port "$port" 2>/dev/null && break; done
-  wait_port "$port"
-done
+# under_callgrind LABEL PORT... -- COMMAND...: starts COMMAND on the proxy CPU under
+# callgrind, counting nothing yet; its pid in PROXY once it listens on every PORT.
+under_callgrind() {
+  local label=$1 ports=()
+  shift
+  while [ "$1" != -- ]; do ports+=("$1"); shift; done
+  shift
+  taskset -c "$PROXY_CPU" valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$WORK/callgrind.%p" "$@" >/dev/null 2>"$WORK/$label.err" &
+  PROXY=$!
+  PIDS+=("$PROXY")
+  # Starting under valgrind takes a while.
+  for port in "${ports[@]}"; do
+    for _ in 1 2 3 4 5 6; do wait_port "$port" 2>/dev/null && break; done
+    wait_port "$port"
+  done
+}
+
+# stop_counted: ends the process under callgrind before the next one takes the CPU.
+stop_counted() {
+  kill "$PROXY" 2>/dev/null || true
+  wait "$PROXY" 2>/dev/null || true
+}
+
+# The bench's nginx as one process (no master), so that callgrind follows its worker.
+cat >"$WORK/nginx-proxy.conf" <<EOF
+user root;
+worker_processes 1;
+master_process off;
+daemon off;
+pid $WORK/nginx-proxy.pid;
+error_log $WORK/nginx-proxy.err warn;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:18080; keepalive 128; }
+$(nginx_proxy_server 18443 'add_header Strict-Transport-Security "max-age=31536000" always;')
+}
+EOF
 
 # count NAME URL
 count() {
@@ -57,12 +92,21 @@ count() {
       hook = $0; sub(/.*ProxyHttp>::/, "", hook); sub(/::\{\{closure\}\}.*/, "", hook); sub(/ .*/, "", hook)
       if (!(hook in seen)) { seen[hook] = 1; printf "    %-44s %8.0f\n", "edge " hook, per($1) }
     }
-    /\?\?\?:(SSL_read_ex|SSL_write_ex|portcullis_proxy::access_log::write_line) / {
+    /\?\?\?:(SSL_read(_ex)?|SSL_write(_ex)?|portcullis_proxy::access_log::write_line) / {
       f = $0; sub(/.*\?\?\?:/, "", f); sub(/ .*/, "", f)
       printf "    %-44s %8.0f\n", f, per($1)
     }'
 }
 
 echo "User-space instructions per request (callgrind; inclusive costs below each total):"
+under_callgrind portcullis 19443 19081 -- "$BIN" --config "$WORK/edge.yaml" --threads 1
 count "https /small" "https://127.0.0.1:19443/small"
 count "http 308" "http://127.0.0.1:19081/small"
+stop_counted
+under_callgrind bare-pingora 21443 -- \
+  "$BARE" 127.0.0.1:21443 "$WORK/tls.crt" "$WORK/tls.key" 127.0.0.1:18080 1
+count "bare Pingora https" "https://127.0.0.1:21443/small"
+stop_counted
+under_callgrind nginx 18443 -- nginx -c "$WORK/nginx-proxy.conf" -p "$WORK"
+count "nginx https" "https://127.0.0.1:18443/small"
+stop_counted

@@ -6,11 +6,15 @@
 # request for small keep-alive responses at 32 and 256 connections over HTTPS (same
 # certificate) and over plain HTTP (where both only answer 308, Portcullis's plain-HTTP
 # listener does nothing else), large-file throughput, and peak RSS. Portcullis runs once
-# more with work stealing on, to show what turning it off buys. The script prints a
-# Markdown table and ratios; it never asserts a time.
+# more with work stealing on, to show what turning it off buys. Over HTTPS a bare Pingora
+# proxy (proxy/examples/bare_pingora.rs: the same job as the bench's nginx, nothing of
+# Portcullis) runs too, so the table separates what Pingora's proxy path costs from what
+# the edge's layers add. The script prints a Markdown table and ratios; it never asserts a
+# time.
 #
-# Needs: wrk, nginx, openssl, taskset (apt-get install -y wrk nginx), and a release build:
-#   CARGO_TARGET_DIR=target-proxy cargo build --release -p portcullis-proxy
+# Needs: wrk, nginx, openssl, taskset (apt-get install -y wrk nginx), and release builds:
+#   CARGO_TARGET_DIR=target-proxy cargo build --release -p portcullis-proxy \
+#     --bin portcullis-proxy --example bare_pingora
 # Usage: proxy/bench/run.sh [seconds per run, default 8]
 set -euo pipefail
 
@@ -18,6 +22,8 @@ DURATION="${1:-8}"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 bench_init bench wrk nginx openssl taskset
+BARE="${BARE_PINGORA_BIN:-$(dirname "$BIN")/examples/bare_pingora}"
+[ -x "$BARE" ] || { echo "missing release build: $BARE" >&2; exit 1; }
 
 # --- test material -------------------------------------------------------------------------
 bench_cert
@@ -89,7 +95,11 @@ start_portcullis portcullis "$WORK/edge.yaml"
 PORTCULLIS=$STARTED
 start_portcullis portcullis-work-stealing "$WORK/edge-ws.yaml" --work-stealing
 PORTCULLIS_WS=$STARTED
-for port in 18443 18081 19443 19081 20443; do wait_port "$port"; done
+taskset -c "$PROXY_CPU" "$BARE" 127.0.0.1:21443 "$WORK/tls.crt" "$WORK/tls.key" 127.0.0.1:18080 1 \
+  >/dev/null 2>"$WORK/bare-pingora.err" &
+BARE_PINGORA=$!
+PIDS+=("$BARE_PINGORA")
+for port in 18443 18081 19443 19081 20443 21443; do wait_port "$port"; done
 sleep 1
 NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
 
@@ -99,6 +109,9 @@ for workload in "https small 32" "https small 256" "http small 32" "http small 2
   if [ "$scheme" = https ]; then n=18443 p=19443; else n=18081 p=19081; fi
   run nginx "$NGINX_WORKER" "$scheme://127.0.0.1:$n/$path" "$conns"
   run portcullis "$PORTCULLIS" "$scheme://127.0.0.1:$p/$path" "$conns"
+  if [ "$scheme" = https ] && [ "$path" = small ]; then
+    run bare-pingora "$BARE_PINGORA" "https://127.0.0.1:21443/$path" "$conns"
+  fi
   if [ "$workload" = "https small 32" ]; then
     run portcullis-work-stealing "$PORTCULLIS_WS" "https://127.0.0.1:20443/$path" "$conns"
   fi
@@ -107,6 +120,7 @@ done
 echo "nginx	rss_kib	$(hwm "$NGINX_WORKER")" >>"$WORK/rss.tsv"
 echo "portcullis	rss_kib	$(hwm "$PORTCULLIS")" >>"$WORK/rss.tsv"
 echo "portcullis-work-stealing	rss_kib	$(hwm "$PORTCULLIS_WS")" >>"$WORK/rss.tsv"
+echo "bare-pingora	rss_kib	$(hwm "$BARE_PINGORA")" >>"$WORK/rss.tsv"
 
 echo
 echo "| proxy | workload | conns | req/s | p50 | p99 | CPU µs/req | transfer/s | CPU ms/MiB |"
@@ -133,3 +147,19 @@ awk -F'\t' '
   $1 == "portcullis" && $3 == 32 && $2 ~ /https.*small/ { off = $4; offcpu = $7 }
   END { if (ws > 0) printf "  work stealing off vs on (https /small c32): %.2fx requests/s, %.2fx CPU/req\n", off / ws, offcpu / wscpu }
 ' "$RESULTS"
+echo
+echo "Over HTTPS, bare Pingora against nginx (what Pingora's proxy path allows) and Portcullis"
+echo "against bare Pingora (what the edge's layers cost on top):"
+awk -F'\t' '
+  { key = $3; sub(/.*\//, "", $2) }
+  $2 != "small" || $1 ~ /work-stealing/ { next }
+  { rps[$1, key] = $4; cpu[$1, key] = $7; seen[key] = 1 }
+  END {
+    for (key in seen) {
+      if (rps["nginx", key] > 0 && rps["bare-pingora", key] > 0 && cpu["bare-pingora", key] > 0)
+        printf "  c%-4s bare Pingora / nginx: req/s %.2fx, CPU/req %.2fx;   Portcullis / bare Pingora: req/s %.2fx, CPU/req %.2fx\n",
+          key, rps["bare-pingora", key] / rps["nginx", key], cpu["bare-pingora", key] / cpu["nginx", key],
+          rps["portcullis", key] / rps["bare-pingora", key], cpu["portcullis", key] / cpu["bare-pingora", key]
+    }
+  }
+' <(grep -P '^[^\t]+\thttps://' "$RESULTS")
