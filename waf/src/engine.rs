@@ -141,14 +141,18 @@ pub(crate) struct Compiled {
 }
 
 impl Compiled {
-    /// The next transaction's `UNIQUE_ID`: 16 hex digits (written by hand, the formatting
-    /// machinery cost more than the rest of it).
+    /// The next transaction's `UNIQUE_ID`: 16 hex digits (written by hand into a byte
+    /// array: the formatting machinery, or pushing the digits one `char` at a time, cost
+    /// more than the rest of it).
     pub(crate) fn next_unique_id(&self) -> String {
         let n = self.unique.fetch_add(1, Ordering::Relaxed);
-        (0..16)
-            .rev()
-            .map(|i| char::from(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]))
-            .collect()
+        let mut digits = [0u8; 16];
+        for (i, digit) in digits.iter_mut().rev().enumerate() {
+            *digit = b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize];
+        }
+        std::str::from_utf8(&digits)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 }
 

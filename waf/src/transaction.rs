@@ -1304,9 +1304,15 @@ impl Transaction {
             server_port,
         } = facts;
         let raw_uri = uri.clone();
-        // An absolute-form target keeps only its path for REQUEST_URI.
-        let uri = match uri.find("://") {
-            Some(i) if !uri.starts_with('/') => {
+        // An absolute-form target keeps only its path for REQUEST_URI (an origin-form one,
+        // nearly every request, is not searched for a scheme).
+        let absolute = if uri.starts_with('/') {
+            None
+        } else {
+            uri.find("://")
+        };
+        let uri = match absolute {
+            Some(i) => {
                 let rest = &uri[i + 3..];
                 rest.find('/')
                     .map_or_else(|| "/".to_string(), |p| rest[p..].to_string())
