@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use async_trait::async_trait;
+use clap::Parser;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::{HttpPeer, ProxyHttp, Result, Session};
@@ -69,48 +70,28 @@ impl ProxyHttp for BareProxy {
     }
 }
 
-/// The command line: listen address, certificate and key files, origin, worker threads.
+/// The command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bare_pingora",
+    about = "Pingora alone, the baseline of proxy/bench"
+)]
 struct Args {
+    /// The HTTPS listen address, e.g. 127.0.0.1:21443.
     listen: String,
+    /// The certificate chain (PEM).
     cert_file: String,
+    /// Its private key (PEM).
     key_file: String,
+    /// The origin every request goes to, e.g. 127.0.0.1:18080.
     origin: SocketAddr,
+    /// Worker threads.
+    #[arg(default_value_t = 1)]
     threads: usize,
 }
 
-fn parse_args() -> std::result::Result<Args, String> {
-    let usage = "usage: bare_pingora LISTEN CERT_FILE KEY_FILE ORIGIN [THREADS]";
-    let mut args = std::env::args().skip(1);
-    let mut next = || args.next().ok_or_else(|| usage.to_owned());
-    let listen = next()?;
-    let cert_file = next()?;
-    let key_file = next()?;
-    let origin = next()?
-        .parse()
-        .map_err(|error| format!("ORIGIN is not an address: {error}"))?;
-    let threads = match next() {
-        Ok(threads) => threads
-            .parse()
-            .map_err(|error| format!("THREADS is not a number: {error}"))?,
-        Err(_) => 1,
-    };
-    Ok(Args {
-        listen,
-        cert_file,
-        key_file,
-        origin,
-        threads,
-    })
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let args = Args::parse();
     let mut server = Server::new_with_opt_and_conf(
         None,
         ServerConf {
