@@ -22,8 +22,7 @@ DURATION="${1:-15}"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 bench_init instructions wrk nginx openssl valgrind callgrind_control callgrind_annotate taskset
-BARE="${BARE_PINGORA_BIN:-$(dirname "$BIN")/examples/bare_pingora}"
-[ -x "$BARE" ] || { echo "missing release build: $BARE" >&2; exit 1; }
+need_bare_pingora
 
 bench_cert
 mkdir -p "$WORK/www"

@@ -16,12 +16,16 @@
 #                           one Portcullis worker on PROXY_CPU; its pid in STARTED
 # wait_port PORT            waits until something listens on 127.0.0.1:PORT
 # ticks PID, hwm PID        CPU ticks (user+system) and peak RSS (KiB) of a process; CLK ticks/s
+# need_bare_pingora         checks that the bare Pingora baseline ($BARE) is built
 #
 # The release build is $ROOT/target-proxy/release/portcullis-proxy unless PORTCULLIS_PROXY_BIN
 # names another:   CARGO_TARGET_DIR=target-proxy cargo build --release -p portcullis-proxy
+# The bare Pingora baseline (run.sh, instructions.sh) is the example beside it unless
+# BARE_PINGORA_BIN names another: add `--example bare_pingora` to that build.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BIN="${PORTCULLIS_PROXY_BIN:-$ROOT/target-proxy/release/portcullis-proxy}"
+BARE="${BARE_PINGORA_BIN:-$(dirname "$BIN")/examples/bare_pingora}"
 HOST=media.bench
 PIDS=()
 CLK=$(getconf CLK_TCK)
@@ -130,6 +134,10 @@ start_portcullis() {
     >/dev/null 2>"$WORK/$label.err" &
   STARTED=$!
   PIDS+=("$STARTED")
+}
+
+need_bare_pingora() {
+  [ -x "$BARE" ] || { echo "missing release build: $BARE" >&2; exit 1; }
 }
 
 wait_port() {

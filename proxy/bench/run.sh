@@ -22,8 +22,7 @@ DURATION="${1:-8}"
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 bench_init bench wrk nginx openssl taskset
-BARE="${BARE_PINGORA_BIN:-$(dirname "$BIN")/examples/bare_pingora}"
-[ -x "$BARE" ] || { echo "missing release build: $BARE" >&2; exit 1; }
+need_bare_pingora
 
 # --- test material -------------------------------------------------------------------------
 bench_cert
