@@ -56,21 +56,7 @@ stop_counted() {
 }
 
 # The bench's nginx as one process (no master), so that callgrind follows its worker.
-cat >"$WORK/nginx-proxy.conf" <<EOF
-user root;
-worker_processes 1;
-master_process off;
-daemon off;
-pid $WORK/nginx-proxy.pid;
-error_log $WORK/nginx-proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log /dev/null;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:18080; keepalive 128; }
-$(nginx_proxy_server 18443 'add_header Strict-Transport-Security "max-age=31536000" always;')
-}
-EOF
+nginx_proxy_config "master_process off;" >"$WORK/nginx-proxy.conf"
 
 # count NAME URL
 count() {

@@ -10,6 +10,10 @@
 #                           an nginx server block: TLS on PORT with the bench certificate,
 #                           everything proxied to the upstream "origin" as the edge does it,
 #                           CONF inside its location
+# nginx_proxy_config [MAIN] [HTTP]
+#                           run.sh's whole nginx proxy configuration (one worker, no access
+#                           log, the origin on 18080 kept alive, HTTPS on 18443 adding HSTS),
+#                           MAIN among the main directives, HTTP inside the http block
 # edge_document HTTPS ADMIN UPSTREAM [HTTP]
 #                           the edge document every Portcullis under test starts from
 # start_portcullis LABEL CONFIG [FLAGS...]
@@ -101,6 +105,26 @@ nginx_proxy_server() {
       $extra
     }
   }
+EOF
+}
+
+nginx_proxy_config() {
+  local main=${1:-} http=${2:-}
+  cat <<EOF
+user root;
+worker_processes 1;
+daemon off;
+$main
+pid $WORK/nginx-proxy.pid;
+error_log $WORK/nginx-proxy.err warn;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null;
+  keepalive_requests 1000000;
+  upstream origin { server 127.0.0.1:18080; keepalive 128; }
+$(nginx_proxy_server 18443 'add_header Strict-Transport-Security "max-age=31536000" always;')
+$http
+}
 EOF
 }
 

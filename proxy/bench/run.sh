@@ -34,24 +34,10 @@ head -c $((256 * 1024 * 1024)) /dev/zero >"$WORK/www/large"
 bench_origin 18080
 
 # --- nginx as the reverse proxy, one worker on the proxy CPU -----------------------------------
-cat >"$WORK/nginx-proxy.conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $WORK/nginx-proxy.pid;
-error_log $WORK/nginx-proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log /dev/null;
-  keepalive_requests 1000000;
-  upstream origin { server 127.0.0.1:18080; keepalive 128; }
-$(nginx_proxy_server 18443 'add_header Strict-Transport-Security "max-age=31536000" always;')
-  server {
+nginx_proxy_config "" "  server {
     listen 127.0.0.1:18081;
     return 308 https://$HOST\$request_uri;
-  }
-}
-EOF
+  }" >"$WORK/nginx-proxy.conf"
 
 # --- Portcullis ----------------------------------------------------------------------------
 edge_document 19443 19090 18080 19081 >"$WORK/edge.yaml"
