@@ -11,8 +11,11 @@
 //! 2 playback progress, 3 poster images) makes the session of that kind of request alone,
 //! and `WAF_BENCH_EVICT_MIB` the size of a buffer read through between requests, so each
 //! request starts with the CPU caches holding something else, as in the edge, where TLS and
-//! proxying run between two requests (only the requests are timed, by wall clock). Under
-//! `cargo test` it runs each case once.
+//! proxying run between two requests (only the requests are timed, by wall clock).
+//! `WAF_BENCH_RULES` is SecLang loaded after the CRS as custom rules: with
+//! `SecRuleRemoveById 920450`, what the requests cost without a rule, hence what the rule
+//! costs (`waf/bench/rule-costs.sh` counts that with callgrind). Under `cargo test` it runs
+//! each case once.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -266,6 +269,7 @@ fn main() {
             let settings = WafSettings {
                 app_profile: Some(AppProfile::Jellyfin),
                 remembered_values,
+                custom_rules: std::env::var("WAF_BENCH_RULES").ok(),
                 ..WafSettings::default()
             };
             let start = Instant::now();
