@@ -29,6 +29,12 @@
 //! verdict on a value then depends on the value alone, so what a thread remembers of values
 //! covers it (`@within %{tx.allowed_methods}` on `REQUEST_METHOD`, `@within
 //! %{tx.allowed_http_versions}` on `REQUEST_PROTOCOL`), and nothing is expanded per request.
+//!
+//! And it decides first links: a rule evaluated per request whose first link reads only
+//! literal `TX` keys no rule evaluated per request can have written before it, and which
+//! matches, always matches the same values ([`Folding::starts`]). Each request takes those
+//! matches as they are and runs the rule's actions and the rest of its chain as usual (CRS's
+//! score sums: `TX:BLOCKING_PARANOIA_LEVEL "@ge 1"`, then a `setvar` adding a score).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -51,6 +57,10 @@ pub(crate) enum Fold {
     Always,
 }
 
+/// What the first link of a rule evaluated per request always matches, when the
+/// configuration decides it: the name and value of each match, as the link records them.
+pub(crate) type DecidedStart = Box<[(String, Vec<u8>)]>;
+
 /// The rules decided at load, and the `TX` every transaction starts with.
 #[derive(Debug, Default)]
 pub(crate) struct Folding {
@@ -58,6 +68,12 @@ pub(crate) struct Folding {
     pub(crate) rules: Vec<Fold>,
     /// `TX` after the `setvar`s of the rules that always match.
     pub(crate) tx: Arc<VarMap>,
+    /// Per rule index: for a rule evaluated per request whose first link reads only `TX`
+    /// keys the configuration decides and always matches (CRS's score sums,
+    /// `TX:BLOCKING_PARANOIA_LEVEL "@ge 1"` then a `setvar` adding a score), that link's
+    /// matches, which each request then takes as they are instead of evaluating the link;
+    /// its actions and the rest of its chain run as usual.
+    pub(crate) starts: Vec<Option<DecidedStart>>,
 }
 
 impl Folding {
@@ -66,6 +82,7 @@ impl Folding {
         Folding {
             rules: vec![Fold::Run; rules.rules.len()],
             tx: Arc::default(),
+            starts: vec![None; rules.rules.len()],
         }
     }
 }
@@ -332,11 +349,37 @@ fn fixed_arguments(
     }
 }
 
+/// The matches of the first link of rule `ri`, evaluated per request, when they are the
+/// same on every request: the link reads only `TX` keys no rule evaluated per request can
+/// have written before it (`touched`, which does not hold the rule yet), no `ctl` run
+/// before or path exclusion can remove one of its targets, and on `probe` it matches.
+/// Whether a rule evaluated per request before it skips it is decided per request as
+/// before: only the link's result is taken from here.
+fn decided_start(
+    ri: usize,
+    rule: &Rule,
+    touched: &Touched,
+    probe: &mut Transaction,
+) -> Option<DecidedStart> {
+    let starter = rule.links.first().filter(|l| !l.targets.is_empty())?;
+    if touched.retargetable[ri] {
+        return None;
+    }
+    let mut tests = Vec::new();
+    link_tests(starter, &mut tests)?;
+    if !tests.iter().all(|k| touched.known(k)) {
+        return None;
+    }
+    let hits = probe.starter_matches(ri);
+    (!hits.is_empty()).then(|| hits.into_boxed_slice())
+}
+
 /// Decides what the configuration decides in `engine`'s request phases (see the module):
 /// the rules, and the operator arguments of the rules left to each request.
 pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
     let rules = &engine.rules;
     let mut decided = vec![Fold::Run; rules.rules.len()];
+    let mut starts = vec![None; rules.rules.len()];
     let may_match = !rules.rules.iter().any(reads_earlier_match);
     let mut touched = Touched::new(engine);
     let mut arguments = Vec::new();
@@ -423,6 +466,8 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                 Some(Fold::Always) => {}
                 Some(_) => continue,
                 None => {
+                    // Before it is recorded: its first link runs before its actions.
+                    starts[ri] = decided_start(ri, rule, &touched, &mut probe);
                     // Recorded first: an argument reading what the rule's own links write
                     // (or capture) is left as it is.
                     touched.record(rule);
@@ -453,6 +498,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
     let folding = Folding {
         rules: decided,
         tx: Arc::new(tx),
+        starts,
     };
     (folding, arguments)
 }
@@ -583,6 +629,52 @@ mod tests {
         // `TX:z` is still unset when rule 20 compares: "1" is not "", the chain's first
         // link has set `TX:p`.
         assert_eq!(decision(&e, "/?a=1", &[]), block(410, 31));
+    }
+
+    #[test]
+    fn a_first_link_the_configuration_decides_is_taken_as_it_matches() {
+        let e = engine(
+            "SecAction \"id:70,phase:1,pass,nolog,setvar:tx.level=1\"\n\
+             SecRule ARGS:a \"@streq 1\" \"id:71,phase:1,pass,nolog,setvar:tx.score=+3\"\n\
+             SecRule TX:level \"@ge 1\" \"id:72,phase:2,pass,nolog,setvar:tx.total=+%{tx.score}\"\n\
+             SecRule TX:level \"@eq 1\" \"id:73,phase:2,pass,nolog,chain\"\n\
+                SecRule ARGS:c \"@streq %{MATCHED_VAR}\" \"setvar:tx.seen=1\"\n\
+             SecRule ARGS:b \"@streq 1\" \"id:74,phase:2,pass,nolog,setvar:tx.level=2\"\n\
+             SecRule TX:level \"@ge 1\" \"id:75,phase:2,pass,nolog,setvar:tx.total=+%{tx.score}\"\n\
+             SecRule TX:total \"@ge 6\" \"id:76,phase:2,deny,status:403\"\n\
+             SecRule TX:seen \"@eq 1\" \"id:78,phase:2,deny,status:405\"\n",
+        );
+        let c = e.compiled();
+        let starts: Vec<(u32, Option<&DecidedStart>)> = c
+            .rules
+            .rules
+            .iter()
+            .zip(&c.folding.starts)
+            .map(|(r, s)| (r.id, s.as_ref()))
+            .collect();
+        let level_1: DecidedStart = Box::new([("TX:level".to_string(), b"1".to_vec())]);
+        let level_1 = Some(&level_1);
+        // 72 and 73 read a level no rule before them can change: their first links are
+        // decided, the rest runs per request; 74 may change the level before 75.
+        assert_eq!(
+            starts,
+            [
+                (70, None),
+                (71, None),
+                (72, level_1),
+                (73, level_1),
+                (74, None),
+                (75, None),
+                (76, None),
+                (78, None)
+            ]
+        );
+        assert_eq!(decision(&e, "/?a=1", &[]), block(403, 76));
+        assert_eq!(decision(&e, "/?a=1&b=1", &[]), block(403, 76));
+        // 73's chain reads what its first link matched.
+        assert_eq!(decision(&e, "/?c=1", &[]), block(405, 78));
+        assert_eq!(decision(&e, "/?c=2", &[]), Decision::Allow);
+        assert_eq!(decision(&e, "/", &[]), Decision::Allow);
     }
 
     #[test]

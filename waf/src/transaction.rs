@@ -1683,7 +1683,8 @@ impl Transaction {
                         self.clear_matched();
                         continue;
                     }
-                    if !self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri], tested) {
+                    let start = engine.folding.starts[ri].as_deref();
+                    if !self.eval_rule(&engine.rules, ri, start, tested) {
                         continue;
                     }
                 }
@@ -1718,7 +1719,7 @@ impl Transaction {
     /// at load. Returns whether it matched.
     pub(crate) fn probe_rule(&mut self, ri: usize) -> bool {
         let engine = self.engine.clone();
-        self.eval_rule(&engine.rules, ri, &engine.rules.rules[ri], false)
+        self.eval_rule(&engine.rules, ri, None, false)
     }
 
     /// Evaluates the first link of rule `ri` alone, without its actions: whether the rule
@@ -1730,6 +1731,17 @@ impl Transaction {
             self.eval_link(&engine.rules, ri, true, false, l, &mut hits);
         }
         !hits.is_empty()
+    }
+
+    /// The matches (name and value) of the first link of rule `ri`, evaluated alone,
+    /// without its actions (see [`crate::fold`]).
+    pub(crate) fn starter_matches(&mut self, ri: usize) -> Vec<(String, Vec<u8>)> {
+        let engine = self.engine.clone();
+        let mut hits = Vec::new();
+        if let Some(l) = engine.rules.rules[ri].links.first() {
+            self.eval_link(&engine.rules, ri, true, false, l, &mut hits);
+        }
+        hits.into_iter().map(|h| (h.name, h.value)).collect()
     }
 
     /// This transaction's `TX`.
@@ -1768,10 +1780,19 @@ impl Transaction {
         }
     }
 
-    /// Evaluates a rule and its chain; on a match runs the per-match actions and records
-    /// the match. Returns whether it matched. `first_tested`: its first link is known not
-    /// to be decided by [`Transaction::finds_nothing`].
-    fn eval_rule(&mut self, rules: &RuleSet, ri: usize, rule: &Rule, first_tested: bool) -> bool {
+    /// Evaluates rule `ri` and its chain; on a match runs the per-match actions and records
+    /// the match. Returns whether it matched. `start`: the matches of its first link when
+    /// the configuration decides them (see [`crate::fold::Folding::starts`]), taken instead
+    /// of evaluating the link. `first_tested`: its first link is known not to be decided by
+    /// [`Transaction::finds_nothing`].
+    fn eval_rule(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        start: Option<&[(String, Vec<u8>)]>,
+        first_tested: bool,
+    ) -> bool {
+        let rule = &rules.rules[ri];
         self.clear_matched();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
@@ -1797,7 +1818,20 @@ impl Transaction {
                 continue;
             }
             let mut h = std::mem::take(&mut self.d.link_hits);
-            self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link, &mut h);
+            match start.filter(|_| n == 0) {
+                Some(decided) => {
+                    for (name, value) in decided {
+                        let mut hit = self.spare_hits.pop().unwrap_or_default();
+                        hit.name.clear();
+                        hit.name.push_str(name);
+                        hit.value.clear();
+                        hit.value.extend_from_slice(value);
+                        hit.captures = None;
+                        h.push(hit);
+                    }
+                }
+                None => self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link, &mut h),
+            }
             if h.is_empty() {
                 self.d.link_hits = h;
                 return false;
