@@ -317,6 +317,9 @@ pub struct RuleSet {
     /// which links some value it selects is not known to. A target of one key has a row
     /// of its own, since only the links reading that key ever learn its values.
     pub recall_targets: Vec<Target>,
+    /// Per target of [`RuleSet::recall_targets`]: the phases whose links read its row, as
+    /// bits (phase `p` is bit `p - 1`), so that a phase works out only the rows it reads.
+    pub recall_target_phases: Vec<u8>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// `SecComponentSignature` values.
@@ -340,6 +343,7 @@ impl Default for RuleSet {
             set_links: Vec::new(),
             recall_words: 0,
             recall_targets: Vec::new(),
+            recall_target_phases: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
         }
@@ -502,9 +506,11 @@ impl RuleSet {
         // range.
         let mut planned: Vec<(u32, u32, usize, usize)> = Vec::new();
         self.recall_targets.clear();
+        self.recall_target_phases.clear();
         let mut rows: HashMap<String, u32> = HashMap::new();
         for (r, rule) in self.rules.iter_mut().enumerate() {
             let above = is_above(rule, paranoia_level);
+            let phase_bit = phase_bit(rule.phase);
             for (l, link) in rule.links.iter_mut().enumerate() {
                 link.recall = None;
                 let constant = link
@@ -526,7 +532,9 @@ impl RuleSet {
                         let row = *rows.entry(target_key(&target)).or_insert(next);
                         if row == next {
                             self.recall_targets.push(target);
+                            self.recall_target_phases.push(0);
                         }
+                        self.recall_target_phases[row as usize] |= phase_bit;
                         link.recall_rows.push(row);
                     }
                 }
@@ -555,6 +563,11 @@ impl RuleSet {
         }
         self.recall_words = planned.len().div_ceil(64);
     }
+}
+
+/// Phase `phase` (1-5) as a bit of [`RuleSet::recall_target_phases`].
+pub fn phase_bit(phase: u8) -> u8 {
+    1 << (phase.clamp(1, 8) - 1)
 }
 
 /// Whether a rule is tagged `paranoia-level/N` above `paranoia_level`.

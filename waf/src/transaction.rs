@@ -658,6 +658,12 @@ struct Memo {
     groups: Vec<u32>,
     /// Whether `unknown` holds this phase's rows.
     unknown_ready: bool,
+    /// The phase running, as a bit of [`RuleSet::recall_target_phases`]; every bit outside
+    /// the phases (a rule evaluated alone, at load).
+    phase_bits: u8,
+    /// Per target of [`RuleSet::recall_targets`]: whether its row in `unknown` has been
+    /// worked out in this transaction.
+    rows_made: Vec<bool>,
     /// Per target of [`RuleSet::recall_targets`], a row of [`RuleSet::recall_words`]
     /// words: the links some value of the target is not known to find nothing in.
     unknown: Vec<u64>,
@@ -907,7 +913,9 @@ impl Memo {
         self.pool.clear();
         self.groups.clear();
         self.unknown_ready = false;
+        self.phase_bits = u8::MAX;
         self.unknown.clear();
+        self.rows_made.clear();
         self.known_rows.clear();
         self.known_rows_at.clear();
         self.known.clear();
@@ -1031,6 +1039,7 @@ impl Memo {
             .with(|spare| spare.borrow_mut().pop())
             .unwrap_or_default();
         memo.recall = recall;
+        memo.phase_bits = u8::MAX;
         memo
     }
 
@@ -1120,20 +1129,24 @@ impl Memo {
         )
     }
 
-    /// One pass over the values of every target of [`RuleSet::recall_targets`]: per
-    /// target, the links some value is not known to find nothing in.
-    /// After the transaction's first pass, the rows of the variables fixed when it started
-    /// are kept: knowledge only grows, so they over-estimate at worst.
+    /// One pass over the values of the targets of [`RuleSet::recall_targets`] whose rows
+    /// this phase's links read: per target, the links some value is not known to find
+    /// nothing in. The row of a variable fixed when the transaction started is worked out
+    /// once: knowledge only grows, so it over-estimates at worst.
     fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
         let words = self.recall.words;
-        let first = self.unknown.is_empty();
-        if first {
+        if self.unknown.is_empty() {
             self.unknown.resize(rules.recall_targets.len() * words, 0);
+            self.rows_made.clear();
+            self.rows_made.resize(rules.recall_targets.len(), false);
         }
         for (row, t) in rules.recall_targets.iter().enumerate() {
-            if !first && t.var.is_fixed() {
+            if rules.recall_target_phases[row] & self.phase_bits == 0
+                || (t.var.is_fixed() && self.rows_made[row])
+            {
                 continue;
             }
+            self.rows_made[row] = true;
             self.unknown[row * words..(row + 1) * words].fill(0);
             d.items(t, &[], &mut |item| {
                 let known = if item.cacheable() {
@@ -1648,6 +1661,7 @@ impl Transaction {
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
         self.memo.unknown_ready = false;
+        self.memo.phase_bits = crate::rule::phase_bit(phase);
         let steps = &engine.walk.phases[usize::from(phase - 1)];
         let mut i = 0;
         let mut skip = 0u32;
