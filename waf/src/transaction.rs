@@ -78,6 +78,44 @@ enum TargetRemoval {
     Path(usize),
 }
 
+/// The removals of targets in force in a transaction.
+#[derive(Debug)]
+struct Removals {
+    list: Vec<TargetRemoval>,
+    /// The lowest and highest rule index they name (`(usize::MAX, 0)` for none): a rule
+    /// outside is reached by none, which is decided without searching their rule lists
+    /// (CRS's 941010 names the XSS rules on nearly every request, and the walk asks about
+    /// every rule a request of new values evaluates).
+    span: (usize, usize),
+}
+
+impl Default for Removals {
+    fn default() -> Removals {
+        Removals {
+            list: Vec::new(),
+            span: (usize::MAX, 0),
+        }
+    }
+}
+
+impl Removals {
+    /// Puts `removal` in force (once); `rules`: the rule indexes it names, sorted.
+    fn add(&mut self, removal: TargetRemoval, rules: &[usize]) {
+        if self.list.contains(&removal) {
+            return;
+        }
+        self.list.push(removal);
+        if let (Some(&first), Some(&last)) = (rules.first(), rules.last()) {
+            self.span = (self.span.0.min(first), self.span.1.max(last));
+        }
+    }
+
+    /// Whether some removal in force may name rule `ri`.
+    fn may_reach(&self, ri: usize) -> bool {
+        (self.span.0..=self.span.1).contains(&ri)
+    }
+}
+
 /// A value that matched. Finished hits go back to [`Memo::spare_hits`], so that the next
 /// ones reuse their buffers.
 #[derive(Clone, Debug, Default)]
@@ -1281,7 +1319,7 @@ pub struct Transaction {
     /// Per rule index: removed from this transaction (empty until a rule is).
     removed: Vec<bool>,
     /// Per rule index: targets removed by `ctl` or path exclusions in this transaction.
-    target_removals: Vec<TargetRemoval>,
+    target_removals: Removals,
     matches: Vec<Match>,
     /// Finished hits, whose buffers the next ones reuse.
     spare_hits: Vec<Hit>,
@@ -1413,7 +1451,7 @@ impl Transaction {
             scratch: Default::default(),
             memo,
             removed: Vec::new(),
-            target_removals: Vec::new(),
+            target_removals: Removals::default(),
             matches: Vec::new(),
             decision: Decision::Allow,
             body_processor,
@@ -1447,7 +1485,7 @@ impl Transaction {
                     self.remove_rule(i);
                 }
             } else {
-                self.target_removals.push(TargetRemoval::Path(n));
+                self.target_removals.add(TargetRemoval::Path(n), &ex.rules);
             }
         }
     }
@@ -1698,6 +1736,10 @@ impl Transaction {
                         continue;
                     }
                     let start = engine.folding.starts[ri].as_deref();
+                    if start.is_none() && self.group_rules_out(&engine.rules, ri) {
+                        self.clear_matched();
+                        continue;
+                    }
                     if !self.eval_rule(&engine.rules, ri, start, tested) {
                         continue;
                     }
@@ -1726,6 +1768,27 @@ impl Transaction {
             if self.mode == EngineMode::Off {
                 return;
             }
+        }
+    }
+
+    /// Whether rule `ri` cannot match because the values of its first link's group hold
+    /// none of the link's literals (what [`Transaction::eval_link`] tests first), decided
+    /// without starting to evaluate the rule: most rules a request of new values does not
+    /// pass over by what is known of its values end here.
+    fn group_rules_out(&mut self, rules: &RuleSet, ri: usize) -> bool {
+        let Some(link) = rules.rules[ri].links.first() else {
+            return false;
+        };
+        match link.filter {
+            Some(
+                filter @ Filter {
+                    group: Some(group), ..
+                },
+            ) => {
+                let set = self.memo.group(rules, &self.d, group, link);
+                !candidate(&self.memo.pool, set, filter)
+            }
+            _ => false,
         }
     }
 
@@ -1937,9 +2000,7 @@ impl Transaction {
         // A `ctl` removal applies to a rule's first link; a target it takes whole is not
         // read, so its values never learn the link's bit.
         let (engine, removals) = (&self.engine, &self.target_removals);
-        let taken_whole = |t: usize| {
-            starter && !removals.is_empty() && takes_whole(engine, removals, ri, var_of(t))
-        };
+        let taken_whole = |t: usize| starter && takes_whole(engine, removals, ri, var_of(t));
         self.memo
             .finds_nothing(rules, &self.d, bit, rows, taken_whole)
     }
@@ -1980,13 +2041,13 @@ impl Transaction {
         let want_caps = link.capture && !link.negated;
         // The engine is held here only when a removal is in force: most links need none.
         let engine: Arc<Compiled>;
-        let removed_targets: Vec<(Var, &Selector)> = if starter && !self.target_removals.is_empty()
-        {
-            engine = Arc::clone(&self.engine);
-            removed_targets(&engine, &self.target_removals, ri)
-        } else {
-            Vec::new()
-        };
+        let removed_targets: Vec<(Var, &Selector)> =
+            if starter && self.target_removals.may_reach(ri) {
+                engine = Arc::clone(&self.engine);
+                removed_targets(&engine, &self.target_removals.list, ri)
+            } else {
+                Vec::new()
+            };
         if let [t] = link.targets.as_slice()
             && t.var == Var::Tx
             && t.exclusions.is_empty()
@@ -2221,12 +2282,10 @@ impl Transaction {
                     self.remove_rule(i);
                 }
             }
-            Ctl::RemoveTarget(..) => {
+            Ctl::RemoveTarget(_, rules, ..) => {
                 // Run again for each value its rule matched, it removes nothing more.
-                let removal = TargetRemoval::Ctl { rule, link, effect };
-                if !self.target_removals.contains(&removal) {
-                    self.target_removals.push(removal);
-                }
+                self.target_removals
+                    .add(TargetRemoval::Ctl { rule, link, effect }, rules);
             }
             Ctl::RuleEngine(m) => self.mode = *m,
             Ctl::RequestBodyProcessor(p) => {
@@ -2274,21 +2333,22 @@ fn removed_targets<'e>(
 /// list and collects nothing: the walk asks it for many rules per request (written on top
 /// of `removed_targets` as an iterator, it cost 3 k instructions more per request, 9 k on
 /// a request of new values).
-fn takes_whole(engine: &Compiled, removals: &[TargetRemoval], ri: usize, var: Var) -> bool {
-    removals.iter().any(|r| match *r {
-        TargetRemoval::Ctl { rule, link, effect } => matches!(
-            &engine.rules.rules[rule].links[link].effects[effect],
-            Effect::Ctl(Ctl::RemoveTarget(_, rules, v, Selector::All))
-                if removal_reaches(*v, var) && rules.binary_search(&ri).is_ok()
-        ),
-        TargetRemoval::Path(n) => {
-            let ex = &engine.path_exclusions[n];
-            ex.targets
-                .iter()
-                .any(|(v, s)| matches!(s, Selector::All) && removal_reaches(*v, var))
-                && ex.rules.binary_search(&ri).is_ok()
-        }
-    })
+fn takes_whole(engine: &Compiled, removals: &Removals, ri: usize, var: Var) -> bool {
+    removals.may_reach(ri)
+        && removals.list.iter().any(|r| match *r {
+            TargetRemoval::Ctl { rule, link, effect } => matches!(
+                &engine.rules.rules[rule].links[link].effects[effect],
+                Effect::Ctl(Ctl::RemoveTarget(_, rules, v, Selector::All))
+                    if removal_reaches(*v, var) && rules.binary_search(&ri).is_ok()
+            ),
+            TargetRemoval::Path(n) => {
+                let ex = &engine.path_exclusions[n];
+                ex.targets
+                    .iter()
+                    .any(|(v, s)| matches!(s, Selector::All) && removal_reaches(*v, var))
+                    && ex.rules.binary_search(&ri).is_ok()
+            }
+        })
 }
 
 /// Whether a removal of variable `removed` takes values of `target` (removing `ARGS`
