@@ -1721,8 +1721,7 @@ impl Transaction {
                 Kind::Run { bit, rows } => {
                     // Most rules are decided by their first link being known to find
                     // nothing: that test alone, from the step, without reading the rule.
-                    let tested = bit != walk::NONE;
-                    if tested
+                    if bit != walk::NONE
                         && self.known_to_find_nothing(
                             &engine.rules,
                             ri,
@@ -1740,7 +1739,8 @@ impl Transaction {
                         self.clear_matched();
                         continue;
                     }
-                    if !self.eval_rule(&engine.rules, ri, start, tested) {
+                    // Both tests of its first link are made: not again in `eval_link`.
+                    if !self.eval_rule(&engine.rules, ri, start, true) {
                         continue;
                     }
                 }
@@ -1860,8 +1860,8 @@ impl Transaction {
     /// Evaluates rule `ri` and its chain; on a match runs the per-match actions and records
     /// the match. Returns whether it matched. `start`: the matches of its first link when
     /// the configuration decides them (see [`crate::fold::Folding::starts`]), taken instead
-    /// of evaluating the link. `first_tested`: its first link is known not to be decided by
-    /// [`Transaction::finds_nothing`].
+    /// of evaluating the link. `first_tested`: its first link is known to be decided
+    /// neither by [`Transaction::finds_nothing`] nor by [`Transaction::group_rules_out`].
     fn eval_rule(
         &mut self,
         rules: &RuleSet,
@@ -2006,7 +2006,8 @@ impl Transaction {
     }
 
     /// The values link `link` of rule `ri` matches (its first when `starter`; `tested`:
-    /// known not to be decided by [`Transaction::finds_nothing`]).
+    /// known to be decided neither by [`Transaction::finds_nothing`] nor by its group's
+    /// candidates, the two tests made first here otherwise).
     fn eval_link(
         &mut self,
         rules: &RuleSet,
@@ -2021,11 +2022,12 @@ impl Transaction {
         }
         // A group whose values hold none of the link's literals cannot match: skip it
         // without looking at its values.
-        if let Some(
-            filter @ Filter {
-                group: Some(group), ..
-            },
-        ) = link.filter
+        if !tested
+            && let Some(
+                filter @ Filter {
+                    group: Some(group), ..
+                },
+            ) = link.filter
         {
             let set = self.memo.group(rules, &self.d, group, link);
             if !candidate(&self.memo.pool, set, filter) {
