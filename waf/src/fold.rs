@@ -449,7 +449,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                     }
                     let mut tests = Vec::new();
                     link_tests(starter, &mut tests)?;
-                    (tests.iter().all(|k| touched.known(k)) && !probe.probe_starter(ri))
+                    (tests.iter().all(|k| touched.known(k)) && probe.starter_matches(ri).is_empty())
                         .then_some(Fold::Never)
                 });
             if let Some(f) = fold {

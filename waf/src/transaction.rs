@@ -1799,19 +1799,9 @@ impl Transaction {
         self.eval_rule(&engine.rules, ri, None, false)
     }
 
-    /// Evaluates the first link of rule `ri` alone, without its actions: whether the rule
-    /// can start matching (see [`crate::fold`]).
-    pub(crate) fn probe_starter(&mut self, ri: usize) -> bool {
-        let engine = self.engine.clone();
-        let mut hits = Vec::new();
-        if let Some(l) = engine.rules.rules[ri].links.first() {
-            self.eval_link(&engine.rules, ri, true, false, l, &mut hits);
-        }
-        !hits.is_empty()
-    }
-
     /// The matches (name and value) of the first link of rule `ri`, evaluated alone,
-    /// without its actions (see [`crate::fold`]).
+    /// without its actions: whether the rule can start matching, and with what (see
+    /// [`crate::fold`]).
     pub(crate) fn starter_matches(&mut self, ri: usize) -> Vec<(String, Vec<u8>)> {
         let engine = self.engine.clone();
         let mut hits = Vec::new();
