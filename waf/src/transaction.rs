@@ -862,8 +862,12 @@ impl Memo {
                 return parent;
             }
         }
+        // A step from the value itself belongs to one chain only (the trie's root has one
+        // child per transformation), whose cell is this one: nothing to share through
+        // `steps`, which deeper chains whose parents left the value as it was still use.
         let key = (item.slot, parent, step.transform);
-        if let Some(&known) = self.steps.get(&key) {
+        let shared = step.parent != 0;
+        if shared && let Some(&known) = self.steps.get(&key) {
             self.table[cell] = known;
             return known;
         }
@@ -904,7 +908,9 @@ impl Memo {
                 known
             }
         };
-        self.steps.insert(key, buf);
+        if shared {
+            self.steps.insert(key, buf);
+        }
         self.table[cell] = buf;
         buf
     }
