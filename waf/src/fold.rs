@@ -349,25 +349,31 @@ fn fixed_arguments(
     }
 }
 
+/// Whether the first link of rule `ri` comes out the same on every request: it has targets
+/// (a link without is an action, which always matches), reads only `TX` keys no rule
+/// evaluated per request can have written before it (`touched`, which does not hold the
+/// rule yet), and no `ctl` run before or path exclusion can remove one of its targets.
+fn starter_decided(ri: usize, rule: &Rule, touched: &Touched) -> bool {
+    let Some(starter) = rule.links.first().filter(|l| !l.targets.is_empty()) else {
+        return false;
+    };
+    let mut tests = Vec::new();
+    !touched.retargetable[ri]
+        && link_tests(starter, &mut tests).is_some()
+        && tests.iter().all(|k| touched.known(k))
+}
+
 /// The matches of the first link of rule `ri`, evaluated per request, when they are the
-/// same on every request: the link reads only `TX` keys no rule evaluated per request can
-/// have written before it (`touched`, which does not hold the rule yet), no `ctl` run
-/// before or path exclusion can remove one of its targets, and on `probe` it matches.
-/// Whether a rule evaluated per request before it skips it is decided per request as
-/// before: only the link's result is taken from here.
+/// same on every request ([`starter_decided`]) and there are some on `probe`. Whether a
+/// rule evaluated per request before it skips it is decided per request as before: only
+/// the link's result is taken from here.
 fn decided_start(
     ri: usize,
     rule: &Rule,
     touched: &Touched,
     probe: &mut Transaction,
 ) -> Option<DecidedStart> {
-    let starter = rule.links.first().filter(|l| !l.targets.is_empty())?;
-    if touched.retargetable[ri] {
-        return None;
-    }
-    let mut tests = Vec::new();
-    link_tests(starter, &mut tests)?;
-    if !tests.iter().all(|k| touched.known(k)) {
+    if !starter_decided(ri, rule, touched) {
         return None;
     }
     let hits = probe.starter_matches(ri);
@@ -439,18 +445,11 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                 .or_else(|| {
                     // A chain whose first link never matches never matches, whatever its
                     // other links read: none of its actions ever runs.
-                    // (A link without targets is an action, which always matches.)
-                    let starter = rule
-                        .links
-                        .first()
-                        .filter(|l| rule.links.len() > 1 && !l.targets.is_empty())?;
-                    if at < shadow || touched.retargetable[ri] {
-                        return None;
-                    }
-                    let mut tests = Vec::new();
-                    link_tests(starter, &mut tests)?;
-                    (tests.iter().all(|k| touched.known(k)) && probe.starter_matches(ri).is_empty())
-                        .then_some(Fold::Never)
+                    (rule.links.len() > 1
+                        && at >= shadow
+                        && starter_decided(ri, rule, &touched)
+                        && probe.starter_matches(ri).is_empty())
+                    .then_some(Fold::Never)
                 });
             if let Some(f) = fold {
                 decided[ri] = f;
