@@ -699,9 +699,9 @@ struct Memo {
     /// The phase running, as a bit of [`RuleSet::recall_target_phases`]; every bit outside
     /// the phases (a rule evaluated alone, at load).
     phase_bits: u8,
-    /// Per target of [`RuleSet::recall_targets`]: whether its row in `unknown` has been
-    /// worked out in this transaction.
-    rows_made: Vec<bool>,
+    /// The phases (as [`Memo::phase_bits`]) that have worked out their rows of `unknown`
+    /// in this transaction: a target's row has been made when one of them reads it.
+    phases_learned: u8,
     /// Per target of [`RuleSet::recall_targets`], a row of [`RuleSet::recall_words`]
     /// words: the links some value of the target is not known to find nothing in.
     unknown: Vec<u64>,
@@ -957,9 +957,7 @@ impl Memo {
         self.pool.clear();
         self.groups.clear();
         self.unknown_ready = false;
-        self.phase_bits = u8::MAX;
         self.unknown.clear();
-        self.rows_made.clear();
         self.known_rows.clear();
         self.known_rows_at.clear();
         self.known.clear();
@@ -1181,16 +1179,15 @@ impl Memo {
         let words = self.recall.words;
         if self.unknown.is_empty() {
             self.unknown.resize(rules.recall_targets.len() * words, 0);
-            self.rows_made.clear();
-            self.rows_made.resize(rules.recall_targets.len(), false);
+            self.phases_learned = 0;
         }
         for (row, t) in rules.recall_targets.iter().enumerate() {
-            if rules.recall_target_phases[row] & self.phase_bits == 0
-                || (t.var.is_fixed() && self.rows_made[row])
+            let phases = rules.recall_target_phases[row];
+            if phases & self.phase_bits == 0
+                || (t.var.is_fixed() && phases & self.phases_learned != 0)
             {
                 continue;
             }
-            self.rows_made[row] = true;
             self.unknown[row * words..(row + 1) * words].fill(0);
             d.items(t, &[], &mut |item| {
                 let known = if item.cacheable() {
@@ -1209,6 +1206,7 @@ impl Memo {
                 }
             });
         }
+        self.phases_learned |= self.phase_bits;
         self.unknown_ready = true;
     }
 
