@@ -126,6 +126,25 @@ struct Hit {
     captures: Option<Vec<Vec<u8>>>,
 }
 
+impl Hit {
+    /// A match of `value` under the name `name` writes, in the buffers of a finished hit
+    /// from `spare` when there is one.
+    fn reusing(
+        spare: &mut Vec<Hit>,
+        name: impl FnOnce(&mut String),
+        value: &[u8],
+        captures: Option<Vec<Vec<u8>>>,
+    ) -> Hit {
+        let mut hit = spare.pop().unwrap_or_default();
+        hit.name.clear();
+        name(&mut hit.name);
+        hit.value.clear();
+        hit.value.extend_from_slice(value);
+        hit.captures = captures;
+        hit
+    }
+}
+
 /// The collections of one transaction.
 #[derive(Debug, Default)]
 struct Data {
@@ -1890,17 +1909,9 @@ impl Transaction {
             }
             let mut h = std::mem::take(&mut self.d.link_hits);
             match start.filter(|_| n == 0) {
-                Some(decided) => {
-                    for (name, value) in decided {
-                        let mut hit = self.spare_hits.pop().unwrap_or_default();
-                        hit.name.clear();
-                        hit.name.push_str(name);
-                        hit.value.clear();
-                        hit.value.extend_from_slice(value);
-                        hit.captures = None;
-                        h.push(hit);
-                    }
-                }
+                Some(decided) => h.extend(decided.iter().map(|(name, value)| {
+                    Hit::reusing(&mut self.spare_hits, |n| n.push_str(name), value, None)
+                })),
                 None => self.eval_link(rules, ri, n == 0, n == 0 && first_tested, link, &mut h),
             }
             if h.is_empty() {
@@ -2371,13 +2382,7 @@ fn test_value(
         None => (link.operator.matches(value, arg, None) != link.negated).then_some(None),
     };
     if let Some(captures) = hit {
-        let mut hit = spare.pop().unwrap_or_default();
-        hit.name.clear();
-        name(&mut hit.name);
-        hit.value.clear();
-        hit.value.extend_from_slice(value);
-        hit.captures = captures;
-        hits.push(hit);
+        hits.push(Hit::reusing(spare, name, value, captures));
     }
 }
 
