@@ -1741,7 +1741,7 @@ impl Transaction {
                 continue;
             }
             match step.kind {
-                Kind::Run { bit, rows } => {
+                Kind::Run { bit, rows, later } => {
                     // Most rules are decided by their first link being known to find
                     // nothing: that test alone, from the step, without reading the rule.
                     if bit != walk::NONE
@@ -1754,6 +1754,20 @@ impl Transaction {
                             true,
                         )
                     {
+                        self.clear_matched();
+                        continue;
+                    }
+                    // Nor can it match when a later link that decides it alone is known
+                    // to find nothing.
+                    if engine.walk.later(later).iter().any(|&(bit, rows)| {
+                        self.memo.finds_nothing(
+                            &engine.rules,
+                            &self.d,
+                            bit,
+                            engine.walk.rows(rows),
+                            |_| false,
+                        )
+                    }) {
                         self.clear_matched();
                         continue;
                     }

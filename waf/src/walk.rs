@@ -41,6 +41,8 @@ pub(crate) enum Kind {
         /// Its first link's recall rows: a range of [`Walk::rows`] (and of
         /// [`Walk::vars`]).
         rows: (u32, u32),
+        /// Its later links that decide the rule alone: a range of [`Walk::later`].
+        later: (u32, u32),
     },
 }
 
@@ -59,12 +61,20 @@ pub(crate) struct Walk {
     /// The variable of each target whose row is in `rows`: a `ctl` that removes it is
     /// checked without reading the rule.
     pub(crate) vars: Vec<Var>,
+    /// Later links (after the first) that are steady and follow only links without
+    /// per-match actions or captures, as their recall bit and a range of `rows`: when one
+    /// is known to find nothing, its rule cannot match, and passing it over changes nothing
+    /// a later rule can read (see [`reads_earlier_matches`]). CRS's protocol checks are
+    /// such chains: `GET` matches `REQUEST_METHOD`, and the `Content-Length` header it
+    /// chains to is absent.
+    pub(crate) later: Vec<(u32, (u32, u32))>,
 }
 
 impl Walk {
     /// The walk of `rules` as `folding` decides them; made again whenever either changes.
     pub(crate) fn new(rules: &RuleSet, folding: &Folding) -> Walk {
         let mut walk = Walk::default();
+        let later_decides = !reads_earlier_matches(rules);
         for (phase, items) in rules.phases.iter().enumerate() {
             let mut all = Vec::with_capacity(items.len());
             for item in items {
@@ -95,11 +105,17 @@ impl Walk {
                                     walk.rows.extend(&first.recall_rows);
                                     walk.vars.extend(first.targets.iter().map(|t| t.var));
                                 }
+                                let rows = walk.span(start);
+                                let first_later = walk.later.len();
+                                if later_decides {
+                                    walk.add_later(rule);
+                                }
                                 Kind::Run {
                                     bit,
-                                    rows: (
-                                        u32::try_from(start).unwrap_or(NONE),
-                                        u32::try_from(walk.rows.len()).unwrap_or(NONE),
+                                    rows,
+                                    later: (
+                                        u32::try_from(first_later).unwrap_or(NONE),
+                                        u32::try_from(walk.later.len()).unwrap_or(NONE),
                                     ),
                                 }
                             }
@@ -136,6 +152,40 @@ impl Walk {
         walk
     }
 
+    /// The rows added since `start`, as a range of [`Walk::rows`].
+    fn span(&self, start: usize) -> (u32, u32) {
+        (
+            u32::try_from(start).unwrap_or(NONE),
+            u32::try_from(self.rows.len()).unwrap_or(NONE),
+        )
+    }
+
+    /// Adds to [`Walk::later`] the later links of `rule` that decide it alone: steady,
+    /// after links that neither act nor capture on a match.
+    fn add_later(&mut self, rule: &crate::rule::Rule) {
+        for (n, link) in rule.links.iter().enumerate().skip(1) {
+            let before = &rule.links[..n];
+            if before
+                .iter()
+                .any(|l| l.capture || !l.effects.is_empty() || l.targets.is_empty())
+            {
+                break;
+            }
+            if let Some(bit) = link.recall.filter(|_| link.steady) {
+                let start = self.rows.len();
+                self.rows.extend(&link.recall_rows);
+                self.vars.extend(link.targets.iter().map(|t| t.var));
+                let rows = self.span(start);
+                self.later.push((bit, rows));
+            }
+        }
+    }
+
+    /// The later links of a [`Kind::Run`] step with range `later`.
+    pub(crate) fn later(&self, later: (u32, u32)) -> &[(u32, (u32, u32))] {
+        &self.later[later.0 as usize..later.1 as usize]
+    }
+
     /// Where a jump to item `to` of phase `phase` (1-5) lands: a step index.
     pub(crate) fn landing(&self, phase: u8, to: usize) -> usize {
         self.step_of[usize::from(phase - 1)][to] as usize
@@ -151,6 +201,26 @@ impl Walk {
     pub(crate) fn vars(&self, rows: (u32, u32)) -> &[Var] {
         &self.vars[rows.0 as usize..rows.1 as usize]
     }
+}
+
+/// Whether a rule's first link reads what the rule before it matched (`MATCHED_VAR` and
+/// the like, as a target or in its operator's argument): then a rule passed over because a
+/// later link finds nothing would leave what the rule before it matched where its first
+/// link's matches would have been, and [`Walk::later`] stays empty. CRS reads them in
+/// chained links only.
+fn reads_earlier_matches(rules: &RuleSet) -> bool {
+    let matched = |v: Var| {
+        matches!(
+            v,
+            Var::MatchedVar | Var::MatchedVarName | Var::MatchedVars | Var::MatchedVarsNames
+        )
+    };
+    rules.rules.iter().filter_map(|r| r.links.first()).any(|l| {
+        l.targets.iter().any(|t| matched(t.var))
+            || l.operator
+                .argument()
+                .is_some_and(|m| m.references().any(|(v, _)| matched(v)))
+    })
 }
 
 #[cfg(test)]
@@ -191,7 +261,7 @@ mod tests {
                 })
         };
         let (ri, steady) = rule(1).unwrap_or_else(|| panic!("no step for rule 1"));
-        let Kind::Run { bit, rows } = steady.kind else {
+        let Kind::Run { bit, rows, .. } = steady.kind else {
             panic!("rule 1 is not run: {steady:?}");
         };
         let first = &c.rules.rules[ri].links[0];
@@ -201,7 +271,7 @@ mod tests {
         let vars: Vec<Var> = first.targets.iter().map(|t| t.var).collect();
         assert_eq!(c.walk.vars(rows), vars.as_slice());
         let (_, on_tx) = rule(2).unwrap_or_else(|| panic!("no step for rule 2"));
-        let Kind::Run { bit, rows } = on_tx.kind else {
+        let Kind::Run { bit, rows, .. } = on_tx.kind else {
             panic!("rule 2 is not run: {on_tx:?}");
         };
         assert_eq!((bit, c.walk.rows(rows)), (NONE, &[][..]));
@@ -214,6 +284,63 @@ mod tests {
         let items = c.rules.phases[1].len();
         assert_eq!(c.walk.landing(2, items - 1), steps.len());
         assert_eq!(c.walk.landing(2, items), steps.len());
+    }
+
+    /// The later links of the step of the rule with id `id`, as their links' recall bits.
+    fn later_bits(c: &crate::engine::Compiled, id: u32) -> Vec<Option<u32>> {
+        let ri = c.rules.rules.iter().position(|r| r.id == id);
+        let step = c.walk.phases[0]
+            .iter()
+            .find(|s| Some(s.rule as usize) == ri);
+        match step.map(|s| s.kind) {
+            Some(Kind::Run { later, .. }) => {
+                c.walk.later(later).iter().map(|l| Some(l.0)).collect()
+            }
+            other => panic!("rule {id} is not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_later_link_decides_its_rule_when_the_links_before_it_leave_nothing() {
+        let engine = WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(
+                "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,deny,chain\"\n\
+                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\" \"chain\"\n\
+                 SecRule TX:x \"@eq 1\" \"chain\"\n\
+                 SecRule REQUEST_HEADERS:X-A \"@rx a\"\n\
+                 SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:2,phase:1,deny,setvar:tx.seen=1,chain\"\n\
+                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\"\n\
+                 SecRule REQUEST_METHOD \"@rx ^(GET)$\" \"id:3,phase:1,deny,capture,chain\"\n\
+                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\""
+                    .into(),
+            ),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = engine.compiled();
+        let links = |id: u32, n: usize| {
+            let rule = c.rules.rules.iter().find(|r| r.id == id);
+            rule.and_then(|r| r.links[n].recall)
+        };
+        // Rule 1: the Content-Length link and the X-A link (past `TX:x`, which is not
+        // steady, but leaves nothing either); rule 2 acts on its first link's matches and
+        // rule 3 captures them, so passing them over would lose what they leave.
+        assert_eq!(later_bits(c, 1), vec![links(1, 1), links(1, 3)]);
+        assert!(later_bits(c, 1).iter().all(Option::is_some));
+        assert_eq!(later_bits(c, 2), vec![]);
+        assert_eq!(later_bits(c, 3), vec![]);
+        // A first link that reads what the rule before it matched keeps every rule whole.
+        let engine = WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(
+                "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,pass,nolog,chain\"\n\
+                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\"\n\
+                 SecRule MATCHED_VAR \"@rx GET\" \"id:2,phase:1,deny\""
+                    .into(),
+            ),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(later_bits(engine.compiled(), 1), vec![]);
     }
 
     #[test]

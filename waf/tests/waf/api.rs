@@ -382,6 +382,36 @@ fn a_header_known_to_find_nothing_does_not_hide_a_new_value_under_its_name() {
 }
 
 #[test]
+fn a_chain_passed_over_by_a_later_link_matches_once_that_link_sees_a_new_value() {
+    // `GET` matches the first link on every request; the chained header link, known to
+    // find nothing in the header's usual value (or absent), decides the rule without it.
+    let e = custom_engine(
+        "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,deny,status:403,chain\"\n\
+         SecRule REQUEST_HEADERS:X-Note \"@rx attack\"",
+    );
+    let decide = |method: &str, note: Option<&str>| {
+        let mut facts =
+            RequestFacts::new(method, "/", "HTTP/1.1").header("Host", "media.example.org");
+        if let Some(note) = note {
+            facts = facts.header("X-Note", note);
+        }
+        decide(&e, facts)
+    };
+    for _ in 0..3 {
+        assert_eq!(decide("GET", Some("calm")), Decision::Allow);
+        assert_eq!(decide("GET", None), Decision::Allow);
+    }
+    let blocked = Decision::Block {
+        status: 403,
+        rule_id: 1,
+    };
+    assert_eq!(decide("GET", Some("an attack")), blocked);
+    assert_eq!(decide("POST", Some("an attack")), Decision::Allow);
+    assert_eq!(decide("GET", Some("calm")), Decision::Allow);
+    assert_eq!(decide("GET", Some("an attack")), blocked);
+}
+
+#[test]
 fn a_target_a_ctl_removes_does_not_hide_new_values_of_the_others() {
     // CRS's 941010 takes REQUEST_FILENAME from the XSS rules on nearly every request, so
     // the path never learns their bits: they are decided from the targets they still read.
