@@ -334,6 +334,23 @@ impl TxVars {
         new
     }
 
+    /// Adds `delta` to a key's value read as a number (`setvar:tx.key=+n`), in one lookup
+    /// of the key where this transaction has set it; returns whether the key was not set
+    /// before.
+    fn add(&mut self, key: Cow<'_, str>, delta: i64) -> bool {
+        let write = |slot: &mut Vec<u8>, n: i64| {
+            slot.clear();
+            slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        };
+        if let Some(Own::Set(buf)) = self.own.get_mut(&*key) {
+            let n = atoi(buf).saturating_add(delta);
+            write(buf, n);
+            return false;
+        }
+        let n = self.get(&key).map_or(0, |c| atoi(c)).saturating_add(delta);
+        self.set(key, |slot| write(slot, n))
+    }
+
     /// Deletes a key.
     fn remove(&mut self, key: &str) {
         let in_base = self.base.contains_key(key);
@@ -2241,39 +2258,42 @@ impl Transaction {
                     Var::Env => Some(&mut self.d.env),
                     _ => None,
                 };
-                // The current value only matters to `+=` and `-=`.
-                let number = |sign: i64| {
-                    let current = match &map {
-                        Some(m) => m.get(&*key),
-                        None => self.d.tx.get(&key),
-                    };
-                    current
-                        .map_or(0, |c| atoi(c))
-                        .saturating_add(sign.saturating_mul(atoi(value)))
+                // What `+=` and `-=` add to the current value.
+                let delta = match op {
+                    SetOp::Add(_) => Some(atoi(value)),
+                    SetOp::Sub(_) => Some((-1i64).saturating_mul(atoi(value))),
+                    SetOp::Set(_) | SetOp::Delete => None,
                 };
-                let new = match op {
-                    SetOp::Delete => None,
-                    SetOp::Set(_) => None,
-                    SetOp::Add(_) => Some(number(1)),
-                    SetOp::Sub(_) => Some(number(-1)),
-                };
-                let fill = |slot: &mut Vec<u8>| match new {
-                    None => slot.extend_from_slice(value),
-                    Some(n) => slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                };
-                match (map, op) {
-                    (Some(m), SetOp::Delete) => {
+                // A key built by a macro is listed for the regexes of `TX` targets the first
+                // time it is set.
+                let new_key = match (map, op, delta) {
+                    (Some(m), SetOp::Delete, _) => {
                         m.remove(&*key);
+                        false
                     }
-                    (None, SetOp::Delete) => self.d.tx.remove(&key),
-                    (Some(m), _) => set_var(m, key, fill),
-                    (None, _) => {
-                        // A key built by a macro is listed for the regexes of `TX` targets
-                        // the first time it is set.
-                        if self.d.tx.set(key.clone(), fill) && built {
-                            self.d.tx_built.push(key.into_owned());
-                        }
+                    (None, SetOp::Delete, _) => {
+                        self.d.tx.remove(&key);
+                        false
                     }
+                    (Some(m), _, Some(delta)) => {
+                        let n = m.get(&*key).map_or(0, |c| atoi(c)).saturating_add(delta);
+                        set_var(m, key.clone(), |slot| {
+                            slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                        });
+                        false
+                    }
+                    (Some(m), _, None) => {
+                        set_var(m, key.clone(), |slot| slot.extend_from_slice(value));
+                        false
+                    }
+                    (None, _, Some(delta)) => self.d.tx.add(key.clone(), delta),
+                    (None, _, None) => self
+                        .d
+                        .tx
+                        .set(key.clone(), |slot| slot.extend_from_slice(value)),
+                };
+                if new_key && built {
+                    self.d.tx_built.push(key.into_owned());
                 }
                 self.scratch = (key_buf, value_buf);
             }
@@ -2590,6 +2610,35 @@ mod tests {
         let map = tx.into_map();
         assert_eq!(map.len(), 3);
         assert_eq!(map["b"], b"4");
+    }
+
+    #[test]
+    fn adding_to_tx_reads_the_number_wherever_the_key_is_and_says_when_it_is_new() {
+        let base: VarMap = [("shared", "5"), ("text", "abc"), ("gone", "7")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let mut tx = TxVars::new(Arc::new(base));
+        let read =
+            |tx: &TxVars, k: &str| tx.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        // From the shared values, then from this transaction's own.
+        assert!(!tx.add(Cow::Borrowed("shared"), 3));
+        assert!(!tx.add(Cow::Borrowed("shared"), -10));
+        assert_eq!(read(&tx, "shared").as_deref(), Some("-2"));
+        // A key not set starts at 0; a value that is not a number reads as 0.
+        assert!(tx.add(Cow::Borrowed("fresh"), 4));
+        assert!(!tx.add(Cow::Borrowed("fresh"), 4));
+        assert_eq!(read(&tx, "fresh").as_deref(), Some("8"));
+        assert!(!tx.add(Cow::Borrowed("text"), 1));
+        assert_eq!(read(&tx, "text").as_deref(), Some("1"));
+        // A deleted shared key is new again.
+        tx.remove("gone");
+        assert!(tx.add(Cow::Borrowed("gone"), 2));
+        assert_eq!(read(&tx, "gone").as_deref(), Some("2"));
+        // Sums stop at the ends of the range.
+        assert!(tx.add(Cow::Borrowed("big"), i64::MAX));
+        assert!(!tx.add(Cow::Borrowed("big"), 1));
+        assert_eq!(read(&tx, "big"), Some(i64::MAX.to_string()));
     }
 
     #[test]
