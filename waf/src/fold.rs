@@ -305,7 +305,7 @@ fn may_stop(rule: &Rule) -> bool {
 
 /// Whether a rule's first link reads the matched variables, which hold the last match of
 /// an earlier rule there: then a decided rule must not match, or the value would be lost.
-fn reads_earlier_match(rule: &Rule) -> bool {
+pub(crate) fn reads_earlier_match(rule: &Rule) -> bool {
     let matched = |v: Var| {
         matches!(
             v,

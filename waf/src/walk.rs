@@ -64,7 +64,7 @@ pub(crate) struct Walk {
     /// Later links (after the first) that are steady and follow only links without
     /// per-match actions or captures, as their recall bit and a range of `rows`: when one
     /// is known to find nothing, its rule cannot match, and passing it over changes nothing
-    /// a later rule can read (see [`reads_earlier_matches`]). CRS's protocol checks are
+    /// a later rule can read (see [`crate::fold::reads_earlier_match`]). CRS's protocol checks are
     /// such chains: `GET` matches `REQUEST_METHOD`, and the `Content-Length` header it
     /// chains to is absent.
     pub(crate) later: Vec<(u32, (u32, u32))>,
@@ -74,7 +74,10 @@ impl Walk {
     /// The walk of `rules` as `folding` decides them; made again whenever either changes.
     pub(crate) fn new(rules: &RuleSet, folding: &Folding) -> Walk {
         let mut walk = Walk::default();
-        let later_decides = !reads_earlier_matches(rules);
+        // A rule passed over because a later link finds nothing would leave what the rule
+        // before it matched where its first link's matches would have been: only when no
+        // rule's first link reads that (CRS reads it in chained links only).
+        let later_decides = !rules.rules.iter().any(crate::fold::reads_earlier_match);
         for (phase, items) in rules.phases.iter().enumerate() {
             let mut all = Vec::with_capacity(items.len());
             for item in items {
@@ -201,26 +204,6 @@ impl Walk {
     pub(crate) fn vars(&self, rows: (u32, u32)) -> &[Var] {
         &self.vars[rows.0 as usize..rows.1 as usize]
     }
-}
-
-/// Whether a rule's first link reads what the rule before it matched (`MATCHED_VAR` and
-/// the like, as a target or in its operator's argument): then a rule passed over because a
-/// later link finds nothing would leave what the rule before it matched where its first
-/// link's matches would have been, and [`Walk::later`] stays empty. CRS reads them in
-/// chained links only.
-fn reads_earlier_matches(rules: &RuleSet) -> bool {
-    let matched = |v: Var| {
-        matches!(
-            v,
-            Var::MatchedVar | Var::MatchedVarName | Var::MatchedVars | Var::MatchedVarsNames
-        )
-    };
-    rules.rules.iter().filter_map(|r| r.links.first()).any(|l| {
-        l.targets.iter().any(|t| matched(t.var))
-            || l.operator
-                .argument()
-                .is_some_and(|m| m.references().any(|(v, _)| matched(v)))
-    })
 }
 
 #[cfg(test)]
