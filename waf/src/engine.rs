@@ -443,6 +443,7 @@ fn compile(
     rules.plan_tx_keys();
     rules.plan_prefilter(settings.executing_paranoia_level);
     rules.plan_recall(settings.executing_paranoia_level);
+    rules.plan_matched_var();
     /// The number of the next engine compiled.
     static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
     let folding = Folding::none(&rules);

@@ -255,6 +255,10 @@ pub struct Rule {
     pub skip: u32,
     /// Where the rule starts.
     pub location: Location,
+    /// Whether each match sets `MATCHED_VAR` and `MATCHED_VAR_NAME` as it is found (see
+    /// [`RuleSet::plan_matched_var`]); otherwise only the last one does, before `msg` and
+    /// `logdata` are written.
+    pub tracks_matched_var: bool,
 }
 
 impl Rule {
@@ -492,6 +496,36 @@ impl RuleSet {
         self.prefilter = Some(Prefilter {
             parts: [prefilter_part(rx), prefilter_part(pm)],
         });
+    }
+
+    /// Decides which rules set `MATCHED_VAR` and `MATCHED_VAR_NAME` on each match: those
+    /// whose links read either (as a target, in an operator's argument or in an action's
+    /// text). The others only need the last match's, for their `msg` and `logdata`, since
+    /// no other rule can see it: unless some rule's first link reads what the rule before
+    /// it matched, in which case every rule sets them on each match. CRS's score sums and
+    /// its restricted-header rule (five matches per request) read neither.
+    pub fn plan_matched_var(&mut self) {
+        let all = self.rules.iter().any(crate::fold::reads_earlier_match);
+        let reads = |m: &Macro| {
+            m.references()
+                .any(|(v, _)| matches!(v, Var::MatchedVar | Var::MatchedVarName))
+        };
+        for rule in &mut self.rules {
+            rule.tracks_matched_var = all
+                || rule.links.iter().any(|l| {
+                    l.targets
+                        .iter()
+                        .any(|t| matches!(t.var, Var::MatchedVar | Var::MatchedVarName))
+                        || l.operator.argument().is_some_and(reads)
+                        || l.effects.iter().any(|e| match e {
+                            Effect::SetVar { key, op, .. } => {
+                                reads(key) || op.value().is_some_and(reads)
+                            }
+                            Effect::SetEnv(k, v) => reads(k) || reads(v),
+                            Effect::InitCol(_) | Effect::Ctl(_) => false,
+                        })
+                });
+        }
     }
 
     /// Gives a bit in what is remembered of values (see [`crate::recall`]) to each link
@@ -921,6 +955,7 @@ impl<'a> Builder<'a> {
             skip_to: None,
             skip: a.skip,
             location: loc,
+            tracks_matched_var: true,
         };
         let idx = self.set.rules.len();
         self.set.rules.push(rule);
@@ -992,6 +1027,41 @@ impl<'a> Builder<'a> {
 #[cfg(test)]
 mod tests {
     use super::{all_bits, any_bits};
+    use crate::engine::{WafEngine, WafSettings};
+
+    /// Per rule id, whether it sets `MATCHED_VAR` on each match, for `rules` alone.
+    fn tracking(rules: &str) -> Vec<(u32, bool)> {
+        let engine = WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(rules.into()),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = engine.compiled();
+        c.rules
+            .rules
+            .iter()
+            .map(|r| (r.id, r.tracks_matched_var))
+            .collect()
+    }
+
+    #[test]
+    fn only_rules_whose_links_read_the_matched_variable_set_it_on_each_match() {
+        let rules = "SecRule ARGS \"@rx a\" \"id:1,phase:1,pass,msg:'%{MATCHED_VAR}',setvar:tx.a=%{tx.0}\"\n\
+             SecRule ARGS \"@rx a\" \"id:2,phase:1,pass,chain\"\n\
+             SecRule MATCHED_VAR_NAME \"@rx b\" \"t:none\"\n\
+             SecRule ARGS \"@rx a\" \"id:3,phase:1,pass,setvar:'tx.%{MATCHED_VAR_NAME}=1'\"\n\
+             SecRule ARGS \"@rx a\" \"id:4,phase:1,pass,chain\"\n\
+             SecRule ARGS \"@streq %{MATCHED_VAR}\" \"t:none\"\n\
+             SecAction \"id:5,phase:1,pass,setenv:x=%{matched_var}\"";
+        assert_eq!(
+            tracking(rules),
+            [(1, false), (2, true), (3, true), (4, true), (5, true)]
+        );
+        // A first link that reads what the rule before it matched: every rule sets it.
+        let rules = "SecRule ARGS \"@rx a\" \"id:1,phase:1,pass\"\n\
+             SecRule MATCHED_VAR \"@rx a\" \"id:2,phase:1,pass\"";
+        assert_eq!(tracking(rules), [(1, true), (2, true)]);
+    }
 
     #[test]
     fn all_bits_and_any_bits_test_exactly_the_range() {

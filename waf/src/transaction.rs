@@ -1957,15 +1957,18 @@ impl Transaction {
         // matches, before the next link is evaluated (CRS prepares `TX` values in chain
         // starters and scores in the last link).
         let logs = rule.log && rule.id != 0;
+        let tracks = rule.tracks_matched_var;
         let mut first: Option<String> = None;
+        // Whether the last match was an action's (of nothing) rather than the last of
+        // `MATCHED_VARS`: what `MATCHED_VAR` holds when the rule is logged.
+        let mut last_is_action = false;
         for (n, link) in rule.links.iter().enumerate() {
             if link.targets.is_empty() {
                 // An action (`SecAction`): one match of nothing.
-                self.set_matched(&Hit {
-                    name: String::new(),
-                    value: Vec::new(),
-                    captures: None,
-                });
+                last_is_action = true;
+                if tracks {
+                    self.set_matched(&Hit::default());
+                }
                 for (k, e) in link.effects.iter().enumerate() {
                     self.effect(e, (ri, n, k));
                 }
@@ -1985,8 +1988,11 @@ impl Transaction {
                 self.d.link_hits = h;
                 return false;
             }
+            last_is_action = false;
             for hit in &h {
-                self.set_matched(hit);
+                if tracks {
+                    self.set_matched(hit);
+                }
                 if let Some(c) = &hit.captures {
                     for (key, v) in CAPTURE_KEYS.iter().zip(c) {
                         self.d.tx.set(Cow::Borrowed(key), |slot| {
@@ -2011,6 +2017,9 @@ impl Transaction {
             self.d.link_hits = h;
         }
         if logs {
+            if !tracks {
+                self.set_last_matched(last_is_action);
+            }
             let expand = |m: &Option<crate::macros::Macro>| {
                 m.as_ref()
                     .map(|m| {
@@ -2039,6 +2048,18 @@ impl Transaction {
     fn set_matched(&mut self, h: &Hit) {
         self.d.set_volatile(Var::MatchedVar, &h.value);
         self.d.set_volatile(Var::MatchedVarName, h.name.as_bytes());
+    }
+
+    /// Sets `MATCHED_VAR` and `MATCHED_VAR_NAME` to the rule's last match, for a rule that
+    /// does not set them on each (see [`RuleSet::plan_matched_var`]): an action's match of
+    /// nothing when `action`, else the last of `MATCHED_VARS`.
+    fn set_last_matched(&mut self, action: bool) {
+        let matched = std::mem::take(&mut self.d.matched_vars);
+        match matched.last() {
+            Some(h) if !action => self.set_matched(h),
+            _ => self.set_matched(&Hit::default()),
+        }
+        self.d.matched_vars = matched;
     }
 
     /// Whether link `link` of rule `ri` (its first when `starter`) is known to find nothing

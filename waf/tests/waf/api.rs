@@ -462,6 +462,38 @@ fn a_match_reads_its_own_name_and_value_after_longer_ones_before_it() {
 }
 
 #[test]
+fn a_logged_rule_writes_its_last_match_whether_or_not_its_links_read_each() {
+    // Rule 1 reads no matched variable in its links: only its last match is written for
+    // its message; rule 2 reads MATCHED_VAR in its chain, so each match sets it (the
+    // chain's last match is MATCHED_VAR itself); the action (rule 3) matched nothing;
+    // rule 4 does not match.
+    let e = custom_engine(
+        "SecRule ARGS \"@rx ^a\" \"id:1,phase:1,pass,log,msg:'%{MATCHED_VAR_NAME}',logdata:'%{MATCHED_VAR}'\"\n\
+         SecRule ARGS \"@rx ^a\" \"id:2,phase:1,pass,log,msg:'%{MATCHED_VAR_NAME}',logdata:'%{MATCHED_VAR}',chain\"\n\
+         SecRule MATCHED_VAR \"@rx \\d\" \"t:none\"\n\
+         SecAction \"id:3,phase:1,pass,log,msg:'[%{MATCHED_VAR_NAME}]',logdata:'[%{MATCHED_VAR}]'\"\n\
+         SecRule ARGS:none \"@rx .\" \"id:4,phase:1,pass,log\"",
+    );
+    let logged = |uri: &str| {
+        let mut tx = e.transaction(get(uri));
+        let verdict = tx.process_request_headers();
+        verdict
+            .matched
+            .iter()
+            .map(|m| (m.id, m.msg.clone(), m.data.clone()))
+            .collect::<Vec<_>>()
+    };
+    let expected = vec![
+        (1, "ARGS:z".to_string(), "a2".to_string()),
+        (2, "MATCHED_VAR".to_string(), "a2".to_string()),
+        (3, "[]".to_string(), "[]".to_string()),
+    ];
+    for _ in 0..3 {
+        assert_eq!(logged("/?x=1&y=a1&z=a2&w=b"), expected);
+    }
+}
+
+#[test]
 fn jumps_land_on_the_rule_after_their_marker_past_rules_decided_at_load() {
     // Markers and rules the configuration decides never to match have no place in the
     // walk: a jump over or onto them lands where it would have.
