@@ -132,6 +132,9 @@ pub(crate) struct Compiled {
     pub(crate) folding: Folding,
     /// What each phase's walk reads first, made from `rules` and `folding`.
     pub(crate) walk: Walk,
+    /// Per rule index, what it reads when its outcomes are replayed (see
+    /// [`crate::replay`]), made from `rules` with its decided arguments.
+    pub(crate) replay: Vec<Option<crate::replay::Inputs>>,
     /// This engine's number, unique in the process and growing: what a thread remembers of
     /// values is about one engine (see [`crate::recall`]).
     pub(crate) number: u64,
@@ -448,6 +451,7 @@ fn compile(
     static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
     let folding = Folding::none(&rules);
     let walk = Walk::new(&rules, &folding);
+    let replay = crate::replay::plan(&rules);
     let mut inner = Arc::new(Compiled {
         rules,
         mode: match settings.mode {
@@ -464,6 +468,7 @@ fn compile(
         path_exclusions,
         folding,
         walk,
+        replay,
         number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
         remembered_values: settings.remembered_values,
         unique: AtomicU64::new(1),
@@ -490,6 +495,7 @@ fn compile(
             compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
         }
         compiled.walk = Walk::new(&compiled.rules, &compiled.folding);
+        compiled.replay = crate::replay::plan(&compiled.rules);
     }
     Ok(WafEngine { inner })
 }

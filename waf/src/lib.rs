@@ -27,6 +27,7 @@ pub mod operators;
 pub mod parser;
 pub mod prefilter;
 mod recall;
+mod replay;
 pub mod rule;
 mod transaction;
 pub mod transforms;

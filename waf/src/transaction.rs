@@ -12,6 +12,7 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
 use crate::recall;
+use crate::replay::{self, Change, Inputs};
 use crate::rule::{
     CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, any_bits, has_bits,
 };
@@ -787,6 +788,9 @@ struct Memo {
     /// Hits of earlier transactions, kept for their buffers (a transaction holds them in
     /// [`Transaction::spare_hits`] while it runs, and hands back at most [`SPARE_HITS`]).
     spare_hits: Vec<Hit>,
+    /// What replayable rules did in earlier transactions of the thread (see
+    /// [`crate::replay`]); kept when the memo is cleared.
+    outcomes: crate::replay::Outcomes,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -1395,6 +1399,9 @@ pub struct Transaction {
     spare_hits: Vec<Hit>,
     /// Buffers macros expand into: a `setvar`'s key and value, a link's argument.
     scratch: (Vec<u8>, Vec<u8>),
+    /// While a replayable rule is evaluated for the first time with its values: what it
+    /// changes, in order (see [`crate::replay`]).
+    journal: Option<Vec<Change>>,
     decision: Decision,
     body_processor: Option<BodyProcessor>,
     force_body_variable: bool,
@@ -1514,11 +1521,14 @@ impl Transaction {
             capacity: engine.remembered_values,
             words: engine.rules.recall_words,
         });
+        memo.outcomes
+            .prepare(engine.number, engine.rules.rules.len());
         let mut tx = Transaction {
             mode: engine.mode,
             d,
             spare_hits: std::mem::take(&mut memo.spare_hits),
             scratch: Default::default(),
+            journal: None,
             memo,
             removed: Vec::new(),
             target_removals: Removals::default(),
@@ -1830,7 +1840,15 @@ impl Transaction {
                         continue;
                     }
                     // Both tests of its first link are made: not again in `eval_link`.
-                    if !self.eval_rule(&engine.rules, ri, start, true) {
+                    let replayable = engine.replay[ri]
+                        .as_ref()
+                        .filter(|_| self.memo.recall.capacity > 0)
+                        .filter(|_| !self.target_removals.may_reach(ri));
+                    let matched = match replayable {
+                        Some(inputs) => self.eval_rule_remembered(&engine.rules, ri, inputs, start),
+                        None => self.eval_rule(&engine.rules, ri, start, true),
+                    };
+                    if !matched {
                         continue;
                     }
                 }
@@ -1937,6 +1955,94 @@ impl Transaction {
         }
     }
 
+    /// [`Transaction::eval_rule`] for a replayable rule (see [`crate::replay`]): what it did
+    /// from the same values in an earlier transaction of the thread is applied instead,
+    /// and what it does now is kept for the next.
+    fn eval_rule_remembered(
+        &mut self,
+        rules: &RuleSet,
+        ri: usize,
+        inputs: &Inputs,
+        start: Option<&[(String, Vec<u8>)]>,
+    ) -> bool {
+        if !self.memo.outcomes.wanted(ri) || !self.write_fingerprint(inputs) {
+            return self.eval_rule(rules, ri, start, true);
+        }
+        if let Some((at, outcome)) = self.memo.outcomes.take(ri) {
+            self.replay(rules, ri, &outcome);
+            let matched = outcome.matched;
+            self.memo.outcomes.put_back(ri, at, outcome);
+            return matched;
+        }
+        self.journal = Some(Vec::new());
+        let logged = self.matches.len();
+        let matched = self.eval_rule(rules, ri, start, true);
+        let changes = self.journal.take().unwrap_or_default();
+        if self.matches.len() == logged {
+            self.memo.outcomes.keep(ri, matched, changes);
+        }
+        matched
+    }
+
+    /// Writes what a replayable rule reads when it starts into the outcomes' fingerprint;
+    /// `false` when that is longer than [`replay::LONGEST_FINGERPRINT`].
+    fn write_fingerprint(&mut self, inputs: &Inputs) -> bool {
+        let mut fp = std::mem::take(&mut self.memo.outcomes.fingerprint);
+        fp.clear();
+        let d = &self.d;
+        for t in &inputs.targets {
+            d.items(t, &[], &mut |item| {
+                replay::write(&mut fp, item.key.as_bytes());
+                replay::write(&mut fp, &item.value);
+            });
+            replay::end(&mut fp);
+        }
+        for key in &inputs.tx_keys {
+            match d.tx.get(key) {
+                Some(v) => replay::write(&mut fp, v),
+                None => replay::end(&mut fp),
+            }
+        }
+        for (var, key) in &inputs.lookups {
+            match d.lookup(*var, key.as_deref()) {
+                Some(v) => replay::write(&mut fp, &v),
+                None => replay::end(&mut fp),
+            }
+        }
+        let fits = fp.len() <= replay::LONGEST_FINGERPRINT;
+        self.memo.outcomes.fingerprint = fp;
+        fits
+    }
+
+    /// Applies what rule `ri` did in an earlier transaction from the same values.
+    fn replay(&mut self, rules: &RuleSet, ri: usize, outcome: &replay::Outcome) {
+        let rule = &rules.rules[ri];
+        self.clear_matched();
+        self.d.rule_id = rule.id;
+        self.d.rule_phase = rule.phase;
+        for change in &outcome.changes {
+            match change {
+                Change::Set { key, value, built } => {
+                    let new = self
+                        .d
+                        .tx
+                        .set(Cow::Borrowed(key), |slot| slot.extend_from_slice(value));
+                    if new && *built {
+                        self.d.tx_built.push(key.clone());
+                    }
+                }
+                Change::Remove(key) => self.d.tx.remove(key),
+                Change::Ctl { link, effect } => {
+                    if let Some(Effect::Ctl(c)) =
+                        rule.links.get(*link).and_then(|l| l.effects.get(*effect))
+                    {
+                        self.ctl(c, (ri, *link, *effect));
+                    }
+                }
+            }
+        }
+    }
+
     /// Evaluates rule `ri` and its chain; on a match runs the per-match actions and records
     /// the match. Returns whether it matched. `start`: the matches of its first link when
     /// the configuration decides them (see [`crate::fold::Folding::starts`]), taken instead
@@ -1998,6 +2104,13 @@ impl Transaction {
                         self.d.tx.set(Cow::Borrowed(key), |slot| {
                             slot.extend_from_slice(v);
                         });
+                        if let Some(journal) = &mut self.journal {
+                            journal.push(Change::Set {
+                                key: (*key).to_string(),
+                                value: v.clone(),
+                                built: false,
+                            });
+                        }
                     }
                 }
                 for (k, e) in link.effects.iter().enumerate() {
@@ -2349,6 +2462,16 @@ impl Transaction {
                         .tx
                         .set(key.clone(), |slot| slot.extend_from_slice(value)),
                 };
+                if let Some(journal) = self.journal.as_mut().filter(|_| *collection == Var::Tx) {
+                    journal.push(match self.d.tx.get(&key) {
+                        Some(value) => Change::Set {
+                            key: key.clone().into_owned(),
+                            value: value.clone(),
+                            built,
+                        },
+                        None => Change::Remove(key.clone().into_owned()),
+                    });
+                }
                 if new_key && built {
                     self.d.tx_built.push(key.into_owned());
                 }
@@ -2361,7 +2484,15 @@ impl Transaction {
                 self.d.env.insert(k, v);
             }
             Effect::InitCol(_) => {}
-            Effect::Ctl(c) => self.ctl(c, at),
+            Effect::Ctl(c) => {
+                if let Some(journal) = &mut self.journal {
+                    journal.push(Change::Ctl {
+                        link: at.1,
+                        effect: at.2,
+                    });
+                }
+                self.ctl(c, at);
+            }
         }
     }
 

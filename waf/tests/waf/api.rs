@@ -494,6 +494,71 @@ fn a_logged_rule_writes_its_last_match_whether_or_not_its_links_read_each() {
 }
 
 #[test]
+fn a_rule_replayed_from_the_same_values_leaves_what_its_evaluation_left() {
+    // Rule 1 is CRS's restricted-header idiom: a capture and a key built from it per header
+    // name, then a chain over those keys that adds to a score. On repeated requests it is
+    // replayed; the rules after it read the keys it built, the score and the capture it
+    // left, and see them as if it had been evaluated.
+    let e = custom_engine(
+        "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:none,t:lowercase,setvar:'tx.h_%{tx.0}=/%{tx.0}/',chain\"\n\
+         SecRule TX:/^h_/ \"@within /x-bad/\" \"setvar:tx.score=+5\"\n\
+         SecRule TX:/^h_/ \"@streq /x-note/\" \"id:2,phase:1,deny,status:403\"\n\
+         SecRule TX:score \"@ge 5\" \"id:3,phase:1,deny,status:406\"\n\
+         SecRule TX:0 \"@streq x-last\" \"id:4,phase:1,deny,status:407\"",
+    );
+    let decide = |extra: Option<&str>| {
+        let mut facts = get("/").header("Host", "media.example.org");
+        if let Some(name) = extra {
+            facts = facts.header(name, "1");
+        }
+        decide(&e, facts)
+    };
+    let blocked = |status, rule_id| Decision::Block { status, rule_id };
+    for _ in 0..3 {
+        assert_eq!(decide(Some("X-Note")), blocked(403, 2));
+        assert_eq!(decide(Some("X-Bad")), blocked(406, 3));
+        assert_eq!(decide(Some("X-Last")), blocked(407, 4));
+        assert_eq!(decide(Some("X-Other")), Decision::Allow);
+        assert_eq!(decide(None), Decision::Allow);
+    }
+}
+
+#[test]
+fn a_replayed_rule_runs_its_ctl_again_and_reads_the_scores_it_adds_to() {
+    // Rule 1 removes rule 2 whenever X-Skip is yes; rule 3 adds a weight another rule took
+    // from a header to a score: both are replayed on repeated values, and read anew when
+    // the values change.
+    let e = custom_engine(
+        "SecRule REQUEST_HEADERS:X-Skip \"@streq yes\" \"id:1,phase:1,pass,nolog,ctl:ruleRemoveById=2\"\n\
+         SecRule REQUEST_HEADERS:X-Attack \"@rx .\" \"id:2,phase:1,deny,status:403\"\n\
+         SecRule REQUEST_HEADERS:X-Weight \"@rx ^(\\d)$\" \"id:4,phase:1,pass,nolog,capture,setvar:tx.weight=%{tx.1}\"\n\
+         SecRule REQUEST_METHOD \"@rx .\" \"id:5,phase:1,pass,nolog,setvar:tx.score=+%{tx.weight}\"\n\
+         SecRule TX:score \"@ge 5\" \"id:6,phase:1,deny,status:406\"",
+    );
+    let decide = |headers: &[(&str, &str)]| {
+        let mut facts = get("/").header("Host", "media.example.org");
+        for (k, v) in headers {
+            facts = facts.header(k, *v);
+        }
+        decide(&e, facts)
+    };
+    let blocked = |status, rule_id| Decision::Block { status, rule_id };
+    for _ in 0..3 {
+        assert_eq!(
+            decide(&[("X-Skip", "yes"), ("X-Attack", "1")]),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&[("X-Skip", "no"), ("X-Attack", "1")]),
+            blocked(403, 2)
+        );
+        assert_eq!(decide(&[("X-Weight", "3")]), Decision::Allow);
+        assert_eq!(decide(&[("X-Weight", "7")]), blocked(406, 6));
+        assert_eq!(decide(&[]), Decision::Allow);
+    }
+}
+
+#[test]
 fn jumps_land_on_the_rule_after_their_marker_past_rules_decided_at_load() {
     // Markers and rules the configuration decides never to match have no place in the
     // walk: a jump over or onto them lands where it would have.

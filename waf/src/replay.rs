@@ -1,0 +1,384 @@
+//! Rule outcomes replayed: a rule evaluated on every request (it matches, or reads `TX`, so
+//! what a thread remembers of values cannot pass over it) does the same thing whenever what
+//! it reads is the same. For such a rule, the values it can read when it starts (its
+//! targets' values, the `TX` keys and variables its macros and additions read) are written
+//! one after the other into a fingerprint; the first evaluation records what it changed
+//! (`TX` keys set or deleted, captures, `ctl`s run) and whether it matched, and a later
+//! transaction of the thread with the same fingerprint applies those changes instead of
+//! evaluating the rule. CRS's restricted-header rule (920450: a capture and a `setvar` per
+//! header name, then a chain over the `TX` keys it built) and its score sums are such rules:
+//! a client sends the same header names and, benign, the same scores on every request.
+//!
+//! What a rule does must depend on nothing but the fingerprint: rules that act on
+//! persistent collections (`IP`, `GLOBAL`), set environment variables, add to a `TX` key
+//! named by a macro, or disrupt other than by scoring (`deny`, `drop`, `allow`) are not
+//! replayed, nor is any rule when some first link reads what the rule before it matched
+//! (the matched variables a replayed rule leaves are not restored). An evaluation that logged
+//! a match is not kept (its log entry reads the matched values). A removal of targets in
+//! force for the rule, which changes what it reads, evaluates it as usual.
+
+use std::hash::BuildHasher;
+
+use crate::actions::{Disruptive, Effect, SetOp};
+use crate::macros::Macro;
+use crate::rule::RuleSet;
+use crate::variables::{Target, Var};
+
+/// What a replayable rule reads when it starts, in the order its fingerprint is written.
+#[derive(Debug, Default)]
+pub(crate) struct Inputs {
+    /// The targets of its links, each read whole.
+    pub(crate) targets: Vec<Target>,
+    /// The `TX` keys its macros read and its additions read before adding (lower case).
+    pub(crate) tx_keys: Vec<String>,
+    /// The other variables its macros read (but the matched variables, which it sets
+    /// before reading, and `RULE`, which is its own).
+    pub(crate) lookups: Vec<(Var, Option<String>)>,
+}
+
+/// Per rule index, what it reads when it is replayable (see the module's doc), planned
+/// once the rule set and its decided arguments are final.
+pub(crate) fn plan(rules: &RuleSet) -> Vec<Option<Inputs>> {
+    if rules.rules.iter().any(crate::fold::reads_earlier_match) {
+        return rules.rules.iter().map(|_| None).collect();
+    }
+    rules.rules.iter().map(inputs).collect()
+}
+
+/// What rule `rule` reads when it starts, or `None` when it is not replayable.
+fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
+    if !matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block) {
+        return None;
+    }
+    let mut inputs = Inputs::default();
+    let macro_reads = |m: &Macro, inputs: &mut Inputs| {
+        for (var, key) in m.references() {
+            match (var, key) {
+                (Var::Tx, Some(k)) => add_key(&mut inputs.tx_keys, k),
+                (Var::MatchedVar | Var::MatchedVarName, _) | (Var::Rule, _) => {}
+                (Var::MatchedVars | Var::MatchedVarsNames, _) => {}
+                (v, k) => {
+                    let read = (v, k.map(str::to_string));
+                    if !inputs.lookups.contains(&read) {
+                        inputs.lookups.push(read);
+                    }
+                }
+            }
+        }
+    };
+    for link in &rule.links {
+        inputs.targets.extend(link.targets.iter().cloned());
+        if let Some(m) = link.operator.argument() {
+            macro_reads(m, &mut inputs);
+        }
+        for effect in &link.effects {
+            match effect {
+                Effect::SetVar {
+                    collection: Var::Tx,
+                    key,
+                    op,
+                } => {
+                    macro_reads(key, &mut inputs);
+                    if let Some(value) = op.value() {
+                        macro_reads(value, &mut inputs);
+                    }
+                    if matches!(op, SetOp::Add(_) | SetOp::Sub(_)) {
+                        add_key(&mut inputs.tx_keys, key.literal()?);
+                    }
+                }
+                Effect::Ctl(_) => {}
+                Effect::SetVar { .. } | Effect::SetEnv(..) | Effect::InitCol(_) => return None,
+            }
+        }
+    }
+    Some(inputs)
+}
+
+/// Adds a `TX` key (as `TX` keys are stored: lower case) to `keys` once.
+fn add_key(keys: &mut Vec<String>, key: &str) {
+    let key = key.to_ascii_lowercase();
+    if !keys.contains(&key) {
+        keys.push(key);
+    }
+}
+
+/// One change a rule's evaluation made, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A `TX` key set to a value (by a `setvar` or a capture); `built`: its name was built
+    /// by a macro (listed for the regexes of `TX` targets when new).
+    Set {
+        key: String,
+        value: Vec<u8>,
+        built: bool,
+    },
+    /// A `TX` key deleted.
+    Remove(String),
+    /// The `ctl` of link `link`, action `effect`, run.
+    Ctl { link: usize, effect: usize },
+}
+
+/// What one evaluation of a rule did, with the fingerprint it started from.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    fingerprint: Vec<u8>,
+    /// The fingerprint's hash, compared first.
+    hash: u64,
+    /// How often it was applied since it was kept (halved whenever another outcome of
+    /// the rule replaces one): the least used is replaced.
+    uses: u32,
+    /// Whether the rule matched.
+    pub(crate) matched: bool,
+    /// What it changed, in order.
+    pub(crate) changes: Vec<Change>,
+}
+
+impl Outcome {
+    /// About the bytes it takes.
+    fn size(&self) -> usize {
+        let change = |c: &Change| match c {
+            Change::Set { key, value, .. } => key.len() + value.len(),
+            Change::Remove(key) => key.len(),
+            Change::Ctl { .. } => 0,
+        } + std::mem::size_of::<Change>();
+        self.fingerprint.len() + self.changes.iter().map(change).sum::<usize>()
+    }
+}
+
+/// The outcomes kept for one rule.
+#[derive(Debug, Default)]
+struct Kept {
+    outcomes: Vec<Outcome>,
+    /// Evaluations looked up, and those found.
+    tries: u32,
+    hits: u32,
+}
+
+/// The most outcomes kept per rule: the header sets of the clients of a server, say.
+const KEPT_PER_RULE: usize = 16;
+/// The longest fingerprint kept: a rule that reads more (a body) is evaluated as usual.
+pub(crate) const LONGEST_FINGERPRINT: usize = 2048;
+/// The most bytes of fingerprints and changes kept per thread's outcomes (of each of the
+/// few memos a thread keeps): beyond, no new outcome is kept.
+const MOST_BYTES: usize = 256 << 10;
+/// After this many lookups, a rule found less than a quarter of the time is no longer
+/// looked up on the thread: its values change from request to request.
+const TRIAL: u32 = 64;
+
+/// A thread's outcomes of replayable rules, for one engine.
+#[derive(Debug, Default)]
+pub(crate) struct Outcomes {
+    /// The engine they are of.
+    engine: u64,
+    /// Per rule index.
+    rules: Vec<Kept>,
+    /// What the kept outcomes take, about (see [`MOST_BYTES`]).
+    bytes: usize,
+    /// The fingerprint being written (a buffer reused from rule to rule).
+    pub(crate) fingerprint: Vec<u8>,
+    /// Its hash, once looked up.
+    hash: u64,
+}
+
+impl Outcomes {
+    /// Makes these the outcomes of engine `engine` with `rules` rules, forgetting those of
+    /// any other.
+    pub(crate) fn prepare(&mut self, engine: u64, rules: usize) {
+        if self.engine != engine || self.rules.len() != rules {
+            self.engine = engine;
+            self.rules.clear();
+            self.rules.resize_with(rules, Kept::default);
+            self.bytes = 0;
+        }
+    }
+
+    /// Whether rule `ri` is still looked up on this thread.
+    pub(crate) fn wanted(&self, ri: usize) -> bool {
+        self.rules
+            .get(ri)
+            .is_some_and(|k| k.tries < TRIAL || k.hits * 4 >= k.tries)
+    }
+
+    /// Takes the outcome of rule `ri` kept for the fingerprint written, to apply it (then
+    /// [`Outcomes::put_back`]); counts the lookup.
+    pub(crate) fn take(&mut self, ri: usize) -> Option<(usize, Outcome)> {
+        let kept = self.rules.get_mut(ri)?;
+        kept.tries = kept.tries.saturating_add(1);
+        self.hash = foldhash::fast::FixedState::with_seed(0).hash_one(&self.fingerprint[..]);
+        let at = kept
+            .outcomes
+            .iter()
+            .position(|o| o.hash == self.hash && o.fingerprint == self.fingerprint)?;
+        kept.hits = kept.hits.saturating_add(1);
+        let outcome = &mut kept.outcomes[at];
+        outcome.uses = outcome.uses.saturating_add(1);
+        Some((at, std::mem::take(outcome)))
+    }
+
+    /// Puts back an outcome [`Outcomes::take`] took.
+    pub(crate) fn put_back(&mut self, ri: usize, at: usize, outcome: Outcome) {
+        if let Some(slot) = self.rules.get_mut(ri).and_then(|k| k.outcomes.get_mut(at)) {
+            *slot = outcome;
+        }
+    }
+
+    /// Keeps what rule `ri` did from the fingerprint written and looked up.
+    pub(crate) fn keep(&mut self, ri: usize, matched: bool, changes: Vec<Change>) {
+        let Some(kept) = self.rules.get_mut(ri) else {
+            return;
+        };
+        let outcome = Outcome {
+            fingerprint: self.fingerprint.clone(),
+            hash: self.hash,
+            uses: 0,
+            matched,
+            changes,
+        };
+        let size = outcome.size();
+        if kept.outcomes.len() < KEPT_PER_RULE {
+            if self.bytes + size > MOST_BYTES {
+                return;
+            }
+            self.bytes += size;
+            kept.outcomes.push(outcome);
+        } else {
+            let Some(least) = (0..kept.outcomes.len()).min_by_key(|&i| kept.outcomes[i].uses)
+            else {
+                return;
+            };
+            let old = kept.outcomes[least].size();
+            if (self.bytes + size).saturating_sub(old) > MOST_BYTES {
+                return;
+            }
+            self.bytes = (self.bytes + size).saturating_sub(old);
+            kept.outcomes[least] = outcome;
+            for o in &mut kept.outcomes {
+                o.uses /= 2;
+            }
+        }
+    }
+}
+
+/// Writes one value into a fingerprint: its length, then its bytes.
+pub(crate) fn write(fingerprint: &mut Vec<u8>, value: &[u8]) {
+    fingerprint.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+    fingerprint.extend_from_slice(value);
+}
+
+/// Writes the end of a list (no value has this length) into a fingerprint.
+pub(crate) fn end(fingerprint: &mut Vec<u8>) {
+    fingerprint.extend_from_slice(&u32::MAX.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{WafEngine, WafSettings};
+
+    /// What a replayable rule reads, counted: its targets, its `TX` keys, its lookups.
+    type Read = (usize, Vec<String>, usize);
+
+    /// Per rule id, what it reads when replayable, for `rules` alone.
+    fn planned(rules: &str) -> Vec<(u32, Option<Read>)> {
+        let engine = WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(rules.into()),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = engine.compiled();
+        c.rules
+            .rules
+            .iter()
+            .zip(&c.replay)
+            .map(|(r, i)| {
+                let read = i
+                    .as_ref()
+                    .map(|i| (i.targets.len(), i.tx_keys.clone(), i.lookups.len()));
+                (r.id, read)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rules_that_read_and_change_only_the_transaction_are_replayable() {
+        let rules = "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,setvar:'tx.h_%{tx.0}=/%{tx.0}/',chain\"\n\
+             SecRule TX:/^h_/ \"@within %{tx.restricted}\" \"setvar:tx.Score=+%{tx.critical},ctl:ruleRemoveById=9\"\n\
+             SecRule ARGS \"@streq %{REQUEST_HEADERS.host}\" \"id:2,phase:2,block,setvar:tx.seen=%{matched_var}\"\n\
+             SecRule ARGS \"@rx a\" \"id:3,phase:2,deny\"\n\
+             SecRule ARGS \"@rx a\" \"id:4,phase:2,pass,setvar:ip.seen=1\"\n\
+             SecRule ARGS \"@rx a\" \"id:5,phase:2,pass,setenv:seen=1\"\n\
+             SecRule ARGS \"@rx a\" \"id:6,phase:2,pass,setvar:'tx.%{tx.name}=+1'\"\n\
+             SecRule ARGS \"@rx a\" \"id:7,phase:2,pass,setvar:'tx.%{tx.name}=1'\"\n\
+             SecAction \"id:9,phase:2,pass\"";
+        let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            planned(rules),
+            [
+                (
+                    1,
+                    // `tx.restricted`, which no rule sets, was decided at load.
+                    Some((2, keys(&["0", "critical", "score"]), 0))
+                ),
+                (2, Some((1, keys(&[]), 1))),
+                (3, None),
+                (4, None),
+                (5, None),
+                (6, None),
+                (7, Some((1, keys(&["name"]), 0))),
+                (9, Some((0, keys(&[]), 0))),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_rule_is_replayable_when_a_first_link_reads_an_earlier_match() {
+        let rules = "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\
+             SecRule MATCHED_VARS \"@rx a\" \"id:2,phase:2,pass\"";
+        assert_eq!(planned(rules), [(1, None), (2, None)]);
+    }
+
+    #[test]
+    fn the_least_used_outcome_makes_room_and_a_rule_seldom_found_is_let_go() {
+        let mut outcomes = Outcomes::default();
+        outcomes.prepare(7, 2);
+        let look = |o: &mut Outcomes, value: &[u8]| {
+            o.fingerprint.clear();
+            write(&mut o.fingerprint, value);
+            match o.take(0) {
+                Some((at, outcome)) => {
+                    let matched = outcome.matched;
+                    o.put_back(0, at, outcome);
+                    Some(matched)
+                }
+                None => None,
+            }
+        };
+        for n in 0..KEPT_PER_RULE {
+            let value = n.to_string();
+            assert_eq!(look(&mut outcomes, value.as_bytes()), None);
+            outcomes.keep(0, n % 2 == 0, Vec::new());
+        }
+        // All kept; "0" used twice more, then a new value replaces one used least.
+        assert_eq!(look(&mut outcomes, b"0"), Some(true));
+        assert_eq!(look(&mut outcomes, b"0"), Some(true));
+        assert_eq!(look(&mut outcomes, b"1"), Some(false));
+        assert_eq!(look(&mut outcomes, b"new"), None);
+        outcomes.keep(0, true, Vec::new());
+        assert_eq!(look(&mut outcomes, b"new"), Some(true));
+        assert_eq!(look(&mut outcomes, b"0"), Some(true));
+        assert_eq!(look(&mut outcomes, b"1"), Some(false));
+        // Another engine forgets them.
+        outcomes.prepare(8, 2);
+        assert_eq!(look(&mut outcomes, b"0"), None);
+        // A rule whose values never come back is let go after its trial.
+        assert!(outcomes.wanted(1));
+        for n in 0..TRIAL {
+            outcomes.fingerprint.clear();
+            write(&mut outcomes.fingerprint, n.to_string().as_bytes());
+            assert!(outcomes.take(1).is_none());
+            outcomes.keep(1, false, Vec::new());
+        }
+        assert!(!outcomes.wanted(1));
+        assert!(outcomes.wanted(0));
+    }
+}
