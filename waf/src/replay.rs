@@ -174,16 +174,32 @@ pub(crate) struct Outcomes {
     rules: Vec<Kept>,
     /// What the kept outcomes take, about (see [`MOST_BYTES`]).
     bytes: usize,
-    /// The fingerprint being written (a buffer reused from rule to rule).
-    pub(crate) fingerprint: Vec<u8>,
-    /// Its hash, once looked up.
-    hash: u64,
+}
+
+thread_local! {
+    /// The thread's outcomes: shared by the transactions the thread runs (an edge worker
+    /// has many in flight, each evaluating rules in turn, never two at once).
+    static OUTCOMES: std::cell::RefCell<Outcomes> = std::cell::RefCell::new(Outcomes::default());
+}
+
+/// Runs `f` on the thread's outcomes, made those of engine `engine` with `rules` rules.
+pub(crate) fn with_outcomes<R>(engine: u64, rules: usize, f: impl FnOnce(&mut Outcomes) -> R) -> R {
+    OUTCOMES.with(|o| {
+        let mut o = o.borrow_mut();
+        o.prepare(engine, rules);
+        f(&mut o)
+    })
+}
+
+/// The hash a fingerprint is looked up by.
+pub(crate) fn hash(fingerprint: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(0).hash_one(fingerprint)
 }
 
 impl Outcomes {
     /// Makes these the outcomes of engine `engine` with `rules` rules, forgetting those of
     /// any other.
-    pub(crate) fn prepare(&mut self, engine: u64, rules: usize) {
+    fn prepare(&mut self, engine: u64, rules: usize) {
         if self.engine != engine || self.rules.len() != rules {
             self.engine = engine;
             self.rules.clear();
@@ -199,20 +215,30 @@ impl Outcomes {
             .is_some_and(|k| k.tries < TRIAL || k.hits * 4 >= k.tries)
     }
 
-    /// Takes the outcome of rule `ri` kept for the fingerprint written, to apply it (then
-    /// [`Outcomes::put_back`]); counts the lookup.
-    pub(crate) fn take(&mut self, ri: usize) -> Option<(usize, Outcome)> {
+    /// Takes the outcome of rule `ri` kept for `fingerprint` (whose [`hash`] is `hash`),
+    /// to apply it (then [`Outcomes::put_back`]); counts the lookup.
+    pub(crate) fn take(
+        &mut self,
+        ri: usize,
+        fingerprint: &[u8],
+        hash: u64,
+    ) -> Option<(usize, Outcome)> {
         let kept = self.rules.get_mut(ri)?;
         kept.tries = kept.tries.saturating_add(1);
-        self.hash = foldhash::fast::FixedState::with_seed(0).hash_one(&self.fingerprint[..]);
         let at = kept
             .outcomes
             .iter()
-            .position(|o| o.hash == self.hash && o.fingerprint == self.fingerprint)?;
+            .position(|o| o.hash == hash && o.fingerprint == fingerprint)?;
         kept.hits = kept.hits.saturating_add(1);
         let outcome = &mut kept.outcomes[at];
         outcome.uses = outcome.uses.saturating_add(1);
         Some((at, std::mem::take(outcome)))
+    }
+
+    /// How often an outcome of rule `ri` was found.
+    #[cfg(test)]
+    pub(crate) fn hits(&self, ri: usize) -> u32 {
+        self.rules.get(ri).map_or(0, |k| k.hits)
     }
 
     /// Puts back an outcome [`Outcomes::take`] took.
@@ -222,14 +248,20 @@ impl Outcomes {
         }
     }
 
-    /// Keeps what rule `ri` did from the fingerprint written and looked up.
-    pub(crate) fn keep(&mut self, ri: usize, matched: bool, changes: Vec<Change>) {
+    /// Keeps what rule `ri` did from `fingerprint` (whose [`hash`] is `hash`).
+    pub(crate) fn keep(
+        &mut self,
+        ri: usize,
+        (fingerprint, hash): (&[u8], u64),
+        matched: bool,
+        changes: Vec<Change>,
+    ) {
         let Some(kept) = self.rules.get_mut(ri) else {
             return;
         };
         let outcome = Outcome {
-            fingerprint: self.fingerprint.clone(),
-            hash: self.hash,
+            fingerprint: fingerprint.to_vec(),
+            hash,
             uses: 0,
             matched,
             changes,
@@ -259,8 +291,12 @@ impl Outcomes {
     }
 }
 
-/// Writes one value into a fingerprint: its length, then its bytes.
+/// Writes one value into a fingerprint: its length, then its bytes; nothing once the
+/// fingerprint is longer than [`LONGEST_FINGERPRINT`] (it will not be used).
 pub(crate) fn write(fingerprint: &mut Vec<u8>, value: &[u8]) {
+    if fingerprint.len() > LONGEST_FINGERPRINT {
+        return;
+    }
     fingerprint.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
     fingerprint.extend_from_slice(value);
 }
@@ -342,9 +378,8 @@ mod tests {
         let mut outcomes = Outcomes::default();
         outcomes.prepare(7, 2);
         let look = |o: &mut Outcomes, value: &[u8]| {
-            o.fingerprint.clear();
-            write(&mut o.fingerprint, value);
-            match o.take(0) {
+            let fp = value.to_vec();
+            match o.take(0, &fp, hash(&fp)) {
                 Some((at, outcome)) => {
                     let matched = outcome.matched;
                     o.put_back(0, at, outcome);
@@ -353,17 +388,20 @@ mod tests {
                 None => None,
             }
         };
+        let keep = |o: &mut Outcomes, ri: usize, value: &[u8], matched: bool| {
+            o.keep(ri, (value, hash(value)), matched, Vec::new());
+        };
         for n in 0..KEPT_PER_RULE {
             let value = n.to_string();
             assert_eq!(look(&mut outcomes, value.as_bytes()), None);
-            outcomes.keep(0, n % 2 == 0, Vec::new());
+            keep(&mut outcomes, 0, value.as_bytes(), n % 2 == 0);
         }
         // All kept; "0" used twice more, then a new value replaces one used least.
         assert_eq!(look(&mut outcomes, b"0"), Some(true));
         assert_eq!(look(&mut outcomes, b"0"), Some(true));
         assert_eq!(look(&mut outcomes, b"1"), Some(false));
         assert_eq!(look(&mut outcomes, b"new"), None);
-        outcomes.keep(0, true, Vec::new());
+        keep(&mut outcomes, 0, b"new", true);
         assert_eq!(look(&mut outcomes, b"new"), Some(true));
         assert_eq!(look(&mut outcomes, b"0"), Some(true));
         assert_eq!(look(&mut outcomes, b"1"), Some(false));
@@ -373,10 +411,9 @@ mod tests {
         // A rule whose values never come back is let go after its trial.
         assert!(outcomes.wanted(1));
         for n in 0..TRIAL {
-            outcomes.fingerprint.clear();
-            write(&mut outcomes.fingerprint, n.to_string().as_bytes());
-            assert!(outcomes.take(1).is_none());
-            outcomes.keep(1, false, Vec::new());
+            let fp = n.to_string().into_bytes();
+            assert!(outcomes.take(1, &fp, hash(&fp)).is_none());
+            keep(&mut outcomes, 1, &fp, false);
         }
         assert!(!outcomes.wanted(1));
         assert!(outcomes.wanted(0));

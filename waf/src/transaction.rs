@@ -788,9 +788,8 @@ struct Memo {
     /// Hits of earlier transactions, kept for their buffers (a transaction holds them in
     /// [`Transaction::spare_hits`] while it runs, and hands back at most [`SPARE_HITS`]).
     spare_hits: Vec<Hit>,
-    /// What replayable rules did in earlier transactions of the thread (see
-    /// [`crate::replay`]); kept when the memo is cleared.
-    outcomes: crate::replay::Outcomes,
+    /// The fingerprint of a replayable rule being written (see [`crate::replay`]).
+    fingerprint: Vec<u8>,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -1521,8 +1520,6 @@ impl Transaction {
             capacity: engine.remembered_values,
             words: engine.rules.recall_words,
         });
-        memo.outcomes
-            .prepare(engine.number, engine.rules.rules.len());
         let mut tx = Transaction {
             mode: engine.mode,
             d,
@@ -1965,29 +1962,43 @@ impl Transaction {
         inputs: &Inputs,
         start: Option<&[(String, Vec<u8>)]>,
     ) -> bool {
-        if !self.memo.outcomes.wanted(ri) || !self.write_fingerprint(inputs) {
+        let (engine, count) = (self.engine.number, rules.rules.len());
+        if !replay::with_outcomes(engine, count, |o| o.wanted(ri))
+            || !self.write_fingerprint(inputs)
+        {
             return self.eval_rule(rules, ri, start, true);
         }
-        if let Some((at, outcome)) = self.memo.outcomes.take(ri) {
-            self.replay(rules, ri, &outcome);
-            let matched = outcome.matched;
-            self.memo.outcomes.put_back(ri, at, outcome);
-            return matched;
-        }
-        self.journal = Some(Vec::new());
-        let logged = self.matches.len();
-        let matched = self.eval_rule(rules, ri, start, true);
-        let changes = self.journal.take().unwrap_or_default();
-        if self.matches.len() == logged {
-            self.memo.outcomes.keep(ri, matched, changes);
-        }
+        let fp = std::mem::take(&mut self.memo.fingerprint);
+        let hash = replay::hash(&fp);
+        let found = replay::with_outcomes(engine, count, |o| o.take(ri, &fp, hash));
+        let matched = match found {
+            Some((at, outcome)) => {
+                self.replay(rules, ri, &outcome);
+                let matched = outcome.matched;
+                replay::with_outcomes(engine, count, |o| o.put_back(ri, at, outcome));
+                matched
+            }
+            None => {
+                self.journal = Some(Vec::new());
+                let logged = self.matches.len();
+                let matched = self.eval_rule(rules, ri, start, true);
+                let changes = self.journal.take().unwrap_or_default();
+                if self.matches.len() == logged {
+                    replay::with_outcomes(engine, count, |o| {
+                        o.keep(ri, (&fp, hash), matched, changes);
+                    });
+                }
+                matched
+            }
+        };
+        self.memo.fingerprint = fp;
         matched
     }
 
-    /// Writes what a replayable rule reads when it starts into the outcomes' fingerprint;
+    /// Writes what a replayable rule reads when it starts into the memo's fingerprint;
     /// `false` when that is longer than [`replay::LONGEST_FINGERPRINT`].
     fn write_fingerprint(&mut self, inputs: &Inputs) -> bool {
-        let mut fp = std::mem::take(&mut self.memo.outcomes.fingerprint);
+        let mut fp = std::mem::take(&mut self.memo.fingerprint);
         fp.clear();
         let d = &self.d;
         for t in &inputs.targets {
@@ -2010,7 +2021,7 @@ impl Transaction {
             }
         }
         let fits = fp.len() <= replay::LONGEST_FINGERPRINT;
-        self.memo.outcomes.fingerprint = fp;
+        self.memo.fingerprint = fp;
         fits
     }
 
@@ -2740,6 +2751,34 @@ mod tests {
         drop(tx);
         recall::recall(number, capacity, b"new-and-harmless", &mut known);
         assert!(known.iter().any(|&w| w != 0), "nothing was remembered");
+    }
+
+    #[test]
+    fn transactions_in_flight_together_on_a_thread_replay_what_the_first_did() {
+        // An edge worker holds many transactions at once: what a rule did in one is found
+        // by the others, whichever memo each took.
+        let engine = crate::WafEngine::custom_only(&crate::WafSettings {
+            custom_rules: Some(
+                "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=1'\""
+                    .into(),
+            ),
+            ..crate::WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let facts = || {
+            RequestFacts::new("GET", "/", "HTTP/1.1")
+                .header("Host", "media.example.org")
+                .header("Accept", "*/*")
+        };
+        let mut open: Vec<Transaction> = (0..12).map(|_| engine.transaction(facts())).collect();
+        for tx in &mut open {
+            tx.process_request_headers();
+            assert_eq!(tx.tx_var("h_accept").as_deref(), Some("1"));
+            assert_eq!(tx.tx_var("0").as_deref(), Some("accept"));
+        }
+        let (number, rules) = (open[0].engine.number, open[0].engine.rules.rules.len());
+        let hits = replay::with_outcomes(number, rules, |o| o.hits(0));
+        assert_eq!(hits, 11, "the rule was not replayed");
     }
 
     #[test]
