@@ -179,7 +179,13 @@ pub(crate) struct Outcomes {
 thread_local! {
     /// The thread's outcomes: shared by the transactions the thread runs (an edge worker
     /// has many in flight, each evaluating rules in turn, never two at once).
-    static OUTCOMES: std::cell::RefCell<Outcomes> = std::cell::RefCell::new(Outcomes::default());
+    static OUTCOMES: std::cell::RefCell<Outcomes> = const {
+        std::cell::RefCell::new(Outcomes {
+            engine: 0,
+            rules: Vec::new(),
+            bytes: 0,
+        })
+    };
 }
 
 /// Runs `f` on the thread's outcomes, made those of engine `engine` with `rules` rules.

@@ -1963,35 +1963,35 @@ impl Transaction {
         start: Option<&[(String, Vec<u8>)]>,
     ) -> bool {
         let (engine, count) = (self.engine.number, rules.rules.len());
-        if !replay::with_outcomes(engine, count, |o| o.wanted(ri))
-            || !self.write_fingerprint(inputs)
-        {
-            return self.eval_rule(rules, ri, start, true);
-        }
-        let fp = std::mem::take(&mut self.memo.fingerprint);
-        let hash = replay::hash(&fp);
-        let found = replay::with_outcomes(engine, count, |o| o.take(ri, &fp, hash));
-        let matched = match found {
-            Some((at, outcome)) => {
-                self.replay(rules, ri, &outcome);
-                let matched = outcome.matched;
-                replay::with_outcomes(engine, count, |o| o.put_back(ri, at, outcome));
-                matched
+        // One borrow of the thread's outcomes decides, and applies what is found.
+        let looked_up = replay::with_outcomes(engine, count, |outcomes| {
+            if !outcomes.wanted(ri) || !self.write_fingerprint(inputs) {
+                return None;
             }
-            None => {
-                self.journal = Some(Vec::new());
-                let logged = self.matches.len();
-                let matched = self.eval_rule(rules, ri, start, true);
-                let changes = self.journal.take().unwrap_or_default();
-                if self.matches.len() == logged {
-                    replay::with_outcomes(engine, count, |o| {
-                        o.keep(ri, (&fp, hash), matched, changes);
-                    });
+            let hash = replay::hash(&self.memo.fingerprint);
+            match outcomes.take(ri, &self.memo.fingerprint, hash) {
+                Some((at, outcome)) => {
+                    self.replay(rules, ri, &outcome);
+                    let matched = outcome.matched;
+                    outcomes.put_back(ri, at, outcome);
+                    Some(Ok(matched))
                 }
-                matched
+                None => Some(Err(hash)),
             }
+        });
+        let hash = match looked_up {
+            Some(Ok(matched)) => return matched,
+            Some(Err(hash)) => hash,
+            None => return self.eval_rule(rules, ri, start, true),
         };
-        self.memo.fingerprint = fp;
+        self.journal = Some(Vec::new());
+        let logged = self.matches.len();
+        let matched = self.eval_rule(rules, ri, start, true);
+        let changes = self.journal.take().unwrap_or_default();
+        if self.matches.len() == logged {
+            let fp = &self.memo.fingerprint;
+            replay::with_outcomes(engine, count, |o| o.keep(ri, (fp, hash), matched, changes));
+        }
         matched
     }
 
