@@ -152,6 +152,8 @@ struct Kept {
     /// Evaluations looked up, and those found.
     tries: u32,
     hits: u32,
+    /// Evaluations not looked up since the rule was let go (see [`RETRIAL`]).
+    skipped: u32,
 }
 
 /// The most outcomes kept per rule: the header sets of the clients of a server, say.
@@ -164,6 +166,9 @@ const MOST_BYTES: usize = 256 << 10;
 /// After this many lookups, a rule found less than a quarter of the time is no longer
 /// looked up on the thread: its values change from request to request.
 const TRIAL: u32 = 64;
+/// After this many evaluations without lookups, a rule let go is tried again: the traffic
+/// that made its values change (a burst of new clients, an attack) may have passed.
+const RETRIAL: u32 = 4096;
 
 /// A thread's outcomes of replayable rules, for one engine.
 #[derive(Debug, Default)]
@@ -214,11 +219,19 @@ impl Outcomes {
         }
     }
 
-    /// Whether rule `ri` is still looked up on this thread.
-    pub(crate) fn wanted(&self, ri: usize) -> bool {
-        self.rules
-            .get(ri)
-            .is_some_and(|k| k.tries < TRIAL || k.hits * 4 >= k.tries)
+    /// Whether rule `ri` is looked up on this thread now.
+    pub(crate) fn wanted(&mut self, ri: usize) -> bool {
+        let Some(kept) = self.rules.get_mut(ri) else {
+            return false;
+        };
+        if kept.tries < TRIAL || kept.hits * 4 >= kept.tries {
+            return true;
+        }
+        kept.skipped += 1;
+        if kept.skipped >= RETRIAL {
+            (kept.tries, kept.hits, kept.skipped) = (0, 0, 0);
+        }
+        false
     }
 
     /// Takes the outcome of rule `ri` kept for `fingerprint` (whose [`hash`] is `hash`),
@@ -423,5 +436,10 @@ mod tests {
         }
         assert!(!outcomes.wanted(1));
         assert!(outcomes.wanted(0));
+        // Until it is tried again.
+        for _ in 1..RETRIAL {
+            assert!(!outcomes.wanted(1));
+        }
+        assert!(outcomes.wanted(1));
     }
 }
