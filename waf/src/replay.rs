@@ -9,13 +9,14 @@
 //! header name, then a chain over the `TX` keys it built) and its score sums are such rules:
 //! a client sends the same header names and, benign, the same scores on every request.
 //!
-//! What a rule does must depend on nothing but the fingerprint: rules that act on
-//! persistent collections (`IP`, `GLOBAL`), set environment variables, add to a `TX` key
-//! named by a macro, or disrupt other than by scoring (`deny`, `drop`, `allow`) are not
-//! replayed, nor is any rule when some first link reads what the rule before it matched
-//! (the matched variables a replayed rule leaves are not restored). An evaluation that logged
-//! a match is not kept (its log entry reads the matched values). A removal of targets in
-//! force for the rule, which changes what it reads, evaluates it as usual.
+//! What a rule does must depend on nothing but the fingerprint: rules that set variables
+//! of other collections than `TX` (`IP`, `GLOBAL`, `ENV`), set environment variables, open
+//! collections, add to a `TX` key named by a macro, or disrupt other than by scoring
+//! (`deny`, `drop`, `allow`) are not replayed, nor is any rule when some first link reads
+//! what the rule before it matched (the matched variables a replayed rule leaves are not
+//! restored). An evaluation that logged a match is not kept (its log entry reads the
+//! matched values). A removal of targets in force for the rule, which changes what it
+//! reads, evaluates it as usual.
 
 use std::hash::BuildHasher;
 
@@ -55,8 +56,14 @@ fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
         for (var, key) in m.references() {
             match (var, key) {
                 (Var::Tx, Some(k)) => add_key(&mut inputs.tx_keys, k),
-                (Var::MatchedVar | Var::MatchedVarName, _) | (Var::Rule, _) => {}
-                (Var::MatchedVars | Var::MatchedVarsNames, _) => {}
+                (
+                    Var::MatchedVar
+                    | Var::MatchedVarName
+                    | Var::MatchedVars
+                    | Var::MatchedVarsNames
+                    | Var::Rule,
+                    _,
+                ) => {}
                 (v, k) => {
                     let read = (v, k.map(str::to_string));
                     if !inputs.lookups.contains(&read) {
