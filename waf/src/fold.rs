@@ -303,9 +303,18 @@ fn may_stop(rule: &Rule) -> bool {
         })
 }
 
-/// Whether a rule's first link reads the matched variables, which hold the last match of
-/// an earlier rule there: then a decided rule must not match, or the value would be lost.
-pub(crate) fn reads_earlier_match(rule: &Rule) -> bool {
+/// Whether some rule's first link reads the matched variables, which hold the last match
+/// of an earlier rule there: then no rule may be passed over or settled other than by its
+/// own evaluation (a decided rule must not match, nor a later link decide its rule, nor an
+/// outcome be replayed, and every rule sets the matched variables on each match), or the
+/// value read would not be the one it is.
+pub(crate) fn first_links_read_earlier_matches(rules: &RuleSet) -> bool {
+    rules.rules.iter().any(reads_earlier_match)
+}
+
+/// Whether a rule's first link reads the matched variables (see
+/// [`first_links_read_earlier_matches`]).
+fn reads_earlier_match(rule: &Rule) -> bool {
     let matched = |v: Var| {
         matches!(
             v,
@@ -386,7 +395,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
     let rules = &engine.rules;
     let mut decided = vec![Fold::Run; rules.rules.len()];
     let mut starts = vec![None; rules.rules.len()];
-    let may_match = !rules.rules.iter().any(reads_earlier_match);
+    let may_match = !first_links_read_earlier_matches(rules);
     let mut touched = Touched::new(engine);
     let mut arguments = Vec::new();
     let mut probe = Transaction::new(engine.clone(), RequestFacts::new("GET", "/", "HTTP/1.1"));

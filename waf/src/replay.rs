@@ -40,7 +40,7 @@ pub(crate) struct Inputs {
 /// Per rule index, what it reads when it is replayable (see the module's doc), planned
 /// once the rule set and its decided arguments are final.
 pub(crate) fn plan(rules: &RuleSet) -> Vec<Option<Inputs>> {
-    if rules.rules.iter().any(crate::fold::reads_earlier_match) {
+    if crate::fold::first_links_read_earlier_matches(rules) {
         return rules.rules.iter().map(|_| None).collect();
     }
     rules.rules.iter().map(inputs).collect()

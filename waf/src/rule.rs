@@ -505,7 +505,7 @@ impl RuleSet {
     /// it matched, in which case every rule sets them on each match. CRS's score sums and
     /// its restricted-header rule (five matches per request) read neither.
     pub fn plan_matched_var(&mut self) {
-        let all = self.rules.iter().any(crate::fold::reads_earlier_match);
+        let all = crate::fold::first_links_read_earlier_matches(self);
         let reads = |m: &Macro| {
             m.references()
                 .any(|(v, _)| matches!(v, Var::MatchedVar | Var::MatchedVarName))

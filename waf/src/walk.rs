@@ -64,9 +64,9 @@ pub(crate) struct Walk {
     /// Later links (after the first) that are steady and follow only links without
     /// per-match actions or captures, as their recall bit and a range of `rows`: when one
     /// is known to find nothing, its rule cannot match, and passing it over changes nothing
-    /// a later rule can read (see [`crate::fold::reads_earlier_match`]). CRS's protocol checks are
-    /// such chains: `GET` matches `REQUEST_METHOD`, and the `Content-Length` header it
-    /// chains to is absent.
+    /// a later rule can read (see [`crate::fold::first_links_read_earlier_matches`]). CRS's
+    /// protocol checks are such chains: `GET` matches `REQUEST_METHOD`, and the
+    /// `Content-Length` header it chains to is absent.
     pub(crate) later: Vec<(u32, (u32, u32))>,
 }
 
@@ -77,7 +77,7 @@ impl Walk {
         // A rule passed over because a later link finds nothing would leave what the rule
         // before it matched where its first link's matches would have been: only when no
         // rule's first link reads that (CRS reads it in chained links only).
-        let later_decides = !rules.rules.iter().any(crate::fold::reads_earlier_match);
+        let later_decides = !crate::fold::first_links_read_earlier_matches(rules);
         for (phase, items) in rules.phases.iter().enumerate() {
             let mut all = Vec::with_capacity(items.len());
             for item in items {
