@@ -171,6 +171,16 @@ impl WafEngine {
     pub(crate) fn compiled(&self) -> &Compiled {
         &self.inner
     }
+
+    /// An engine of `rules` alone (as [`WafEngine::custom_only`] loads custom rules), for
+    /// the crate's unit tests; panics when they do not load.
+    pub(crate) fn of_rules(rules: &str) -> WafEngine {
+        WafEngine::custom_only(&WafSettings {
+            custom_rules: Some(rules.into()),
+            ..WafSettings::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 /// What the proxy knows about a request before its body.

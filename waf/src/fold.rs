@@ -514,16 +514,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Decision, WafEngine, WafSettings};
-
-    /// An engine of `rules` alone.
-    fn engine(rules: &str) -> WafEngine {
-        WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(rules.into()),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::engine::{Decision, WafEngine};
 
     /// What was decided of each rule, by id.
     fn decided(e: &WafEngine) -> Vec<(u32, Fold)> {
@@ -553,7 +544,7 @@ mod tests {
 
     #[test]
     fn configuration_rules_are_decided_and_request_rules_are_not() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.level=2\"\n\
              SecRule TX:level \"@lt 3\" \"id:2,phase:1,pass,nolog,skipAfter:END\"\n\
              SecRule ARGS \"@streq a\" \"id:3,phase:1,deny,status:403\"\n\
@@ -591,7 +582,7 @@ mod tests {
 
     #[test]
     fn rules_that_may_be_skipped_or_removed_per_request_are_left_to_run() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecRule ARGS:s \"@streq 1\" \"id:10,phase:1,pass,nolog,skipAfter:M\"\n\
              SecAction \"id:11,phase:1,pass,nolog,setvar:tx.x=1\"\n\
              SecMarker M\n\
@@ -625,7 +616,7 @@ mod tests {
 
     #[test]
     fn a_setvar_read_before_it_or_run_by_a_chain_that_fails_is_left_to_run() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecRule ARGS:a \"@streq %{tx.z}\" \"id:20,phase:1,deny,status:403\"\n\
              SecAction \"id:21,phase:1,pass,nolog,setvar:tx.z=1\"\n\
              SecRule &TX:k \"@eq 0\" \"id:30,phase:1,pass,nolog,chain,setvar:tx.p=1\"\n\
@@ -641,7 +632,7 @@ mod tests {
 
     #[test]
     fn a_first_link_the_configuration_decides_is_taken_as_it_matches() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecAction \"id:70,phase:1,pass,nolog,setvar:tx.level=1\"\n\
              SecRule ARGS:a \"@streq 1\" \"id:71,phase:1,pass,nolog,setvar:tx.score=+3\"\n\
              SecRule TX:level \"@ge 1\" \"id:72,phase:2,pass,nolog,setvar:tx.total=+%{tx.score}\"\n\
@@ -687,7 +678,7 @@ mod tests {
 
     #[test]
     fn a_chain_whose_first_link_never_matches_is_decided_whatever_the_rest_reads() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecAction \"id:60,phase:1,pass,nolog,setvar:tx.limit=0\"\n\
              SecRule &TX:max_args \"@eq 1\" \"id:61,phase:1,deny,status:413,chain\"\n\
                 SecRule &ARGS \"@gt %{tx.max_args}\" \"setvar:tx.score=+5\"\n\
@@ -716,7 +707,7 @@ mod tests {
         assert_eq!(decision(&e, "/?a=1&b=2", &[]), block(414, 62));
         assert_eq!(decision(&e, "/", &[]), Decision::Allow);
         assert_eq!(decision(&e, "/?on=1&b=2", &[]), block(414, 62));
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecRule ARGS:on \"@streq 1\" \"id:70,phase:1,pass,nolog,setvar:tx.max_args=1\"\n\
              SecRule &TX:max_args \"@eq 1\" \"id:71,phase:2,deny,status:415,chain\"\n\
                 SecRule &ARGS \"@gt %{tx.max_args}\" \"t:none\"\n",
@@ -744,7 +735,7 @@ mod tests {
 
     #[test]
     fn arguments_that_read_the_configuration_alone_are_decided() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecAction \"id:50,phase:1,pass,nolog,setvar:tx.allowed=GET HEAD\"\n\
              SecRule REQUEST_METHOD \"!@within %{tx.allowed}\" \"id:51,phase:1,deny,status:405\"\n\
              SecRule ARGS:m \"@streq post\" \"id:52,phase:1,pass,nolog,setvar:tx.allowed=POST\"\n\
@@ -778,7 +769,7 @@ mod tests {
 
     #[test]
     fn nothing_is_decided_after_a_rule_that_may_end_the_phase() {
-        let e = engine(
+        let e = WafEngine::of_rules(
             "SecRule ARGS:ok \"@streq 1\" \"id:40,phase:1,allow:phase\"\n\
              SecAction \"id:41,phase:1,pass,nolog,setvar:tx.w=1\"\n\
              SecRule TX:w \"@eq 1\" \"id:42,phase:2,deny,status:403\"\n",

@@ -335,18 +335,14 @@ pub(crate) fn end(fingerprint: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{WafEngine, WafSettings};
+    use crate::engine::WafEngine;
 
     /// What a replayable rule reads, counted: its targets, its `TX` keys, its lookups.
     type Read = (usize, Vec<String>, usize);
 
     /// Per rule id, what it reads when replayable, for `rules` alone.
     fn planned(rules: &str) -> Vec<(u32, Option<Read>)> {
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(rules.into()),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let engine = WafEngine::of_rules(rules);
         let c = engine.compiled();
         c.rules
             .rules

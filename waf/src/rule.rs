@@ -1027,15 +1027,11 @@ impl<'a> Builder<'a> {
 #[cfg(test)]
 mod tests {
     use super::{all_bits, any_bits};
-    use crate::engine::{WafEngine, WafSettings};
+    use crate::engine::WafEngine;
 
     /// Per rule id, whether it sets `MATCHED_VAR` on each match, for `rules` alone.
     fn tracking(rules: &str) -> Vec<(u32, bool)> {
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(rules.into()),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let engine = WafEngine::of_rules(rules);
         let c = engine.compiled();
         c.rules
             .rules

@@ -2738,11 +2738,8 @@ mod tests {
 
     #[test]
     fn what_a_transaction_learns_of_a_value_is_remembered_for_the_next() {
-        let engine = crate::WafEngine::custom_only(&crate::WafSettings {
-            custom_rules: Some("SecRule ARGS \"@contains evil\" \"id:1,phase:1,deny\"".into()),
-            ..crate::WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let engine =
+            crate::WafEngine::of_rules("SecRule ARGS \"@contains evil\" \"id:1,phase:1,deny\"");
         let mut tx =
             engine.transaction(RequestFacts::new("GET", "/?q=new-and-harmless", "HTTP/1.1"));
         tx.process_request_headers();
@@ -2757,14 +2754,9 @@ mod tests {
     fn transactions_in_flight_together_on_a_thread_replay_what_the_first_did() {
         // An edge worker holds many transactions at once: what a rule did in one is found
         // by the others, whichever memo each took.
-        let engine = crate::WafEngine::custom_only(&crate::WafSettings {
-            custom_rules: Some(
-                "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=1'\""
-                    .into(),
-            ),
-            ..crate::WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=1'\"",
+        );
         let facts = || {
             RequestFacts::new("GET", "/", "HTTP/1.1")
                 .header("Host", "media.example.org")

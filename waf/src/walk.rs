@@ -209,23 +209,18 @@ impl Walk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{WafEngine, WafSettings};
+    use crate::engine::WafEngine;
 
     #[test]
     fn steps_follow_the_items_and_carry_what_decides_a_rule_without_it() {
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(
-                "SecRule ARGS|REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:2,deny,setvar:tx.score=+6\"\n\
+        let engine = WafEngine::of_rules(
+            "SecRule ARGS|REQUEST_HEADERS:User-Agent \"@rx attack\" \"id:1,phase:2,deny,setvar:tx.score=+6\"\n\
                  SecRule TX:score \"@gt 5\" \"id:2,phase:2,deny\"\n\
                  SecAction \"id:3,phase:2,pass,nolog,setvar:tx.level=1,skipAfter:END\"\n\
                  SecRule ARGS \"@rx skipped\" \"id:5,phase:2,deny\"\n\
                  SecMarker END\n\
-                 SecRule TX:level \"@lt 1\" \"id:4,phase:2,deny\""
-                    .into(),
-            ),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+                 SecRule TX:level \"@lt 1\" \"id:4,phase:2,deny\"",
+        );
         let c = engine.compiled();
         let steps = &c.walk.phases[1];
         // The marker and rule 4, decided never to match, have no step.
@@ -285,21 +280,16 @@ mod tests {
 
     #[test]
     fn a_later_link_decides_its_rule_when_the_links_before_it_leave_nothing() {
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(
-                "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,deny,chain\"\n\
+        let engine = WafEngine::of_rules(
+            "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,deny,chain\"\n\
                  SecRule REQUEST_HEADERS:Content-Length \"@rx .\" \"chain\"\n\
                  SecRule TX:x \"@eq 1\" \"chain\"\n\
                  SecRule REQUEST_HEADERS:X-A \"@rx a\"\n\
                  SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:2,phase:1,deny,setvar:tx.seen=1,chain\"\n\
                  SecRule REQUEST_HEADERS:Content-Length \"@rx .\"\n\
                  SecRule REQUEST_METHOD \"@rx ^(GET)$\" \"id:3,phase:1,deny,capture,chain\"\n\
-                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\""
-                    .into(),
-            ),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+                 SecRule REQUEST_HEADERS:Content-Length \"@rx .\"",
+        );
         let c = engine.compiled();
         let links = |id: u32, n: usize| {
             let rule = c.rules.rules.iter().find(|r| r.id == id);
@@ -313,16 +303,11 @@ mod tests {
         assert_eq!(later_bits(c, 2), vec![]);
         assert_eq!(later_bits(c, 3), vec![]);
         // A first link that reads what the rule before it matched keeps every rule whole.
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(
-                "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,pass,nolog,chain\"\n\
+        let engine = WafEngine::of_rules(
+            "SecRule REQUEST_METHOD \"@rx ^GET$\" \"id:1,phase:1,pass,nolog,chain\"\n\
                  SecRule REQUEST_HEADERS:Content-Length \"@rx .\"\n\
-                 SecRule MATCHED_VAR \"@rx GET\" \"id:2,phase:1,deny\""
-                    .into(),
-            ),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+                 SecRule MATCHED_VAR \"@rx GET\" \"id:2,phase:1,deny\"",
+        );
         assert_eq!(later_bits(engine.compiled(), 1), vec![]);
     }
 
@@ -330,18 +315,13 @@ mod tests {
     fn a_phase_with_a_rule_that_skips_a_number_of_rules_keeps_a_step_per_item() {
         // `skip` counts rules, those decided never to match among them (2 here is decided:
         // no rule before it can skip it).
-        let engine = WafEngine::custom_only(&WafSettings {
-            custom_rules: Some(
-                "SecRule TX:unset \"@rx .\" \"id:2,phase:2,deny\"\n\
+        let engine = WafEngine::of_rules(
+            "SecRule TX:unset \"@rx .\" \"id:2,phase:2,deny\"\n\
                  SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,nolog,skip:1\"\n\
                  SecMarker END\n\
                  SecRule ARGS \"@rx b\" \"id:3,phase:1,pass,nolog,skipAfter:END1\"\n\
-                 SecMarker END1"
-                    .into(),
-            ),
-            ..WafSettings::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+                 SecMarker END1",
+        );
         let c = engine.compiled();
         assert_eq!(c.walk.phases[1].len(), c.rules.phases[1].len());
         assert!(c.walk.phases[1].iter().any(|s| s.kind == Kind::Never));
