@@ -3,7 +3,7 @@
 
 use portcullis_waf::{Decision, Exclusion, Mode, RequestFacts, WafEngine, WafSettings};
 
-use crate::util::{custom_engine, decide, engine, get};
+use crate::util::{custom_engine, decide, engine, get, logged_after_headers};
 
 const ATTACK: &str =
     "/search?q=1%27%20OR%20%271%27%3D%271%27%20UNION%20SELECT%20password%20FROM%20users--";
@@ -442,12 +442,9 @@ fn a_match_reads_its_own_name_and_value_after_longer_ones_before_it() {
          SecRule ARGS:b \"@rx .\" \"id:2,phase:1,pass,log,msg:'%{MATCHED_VAR_NAME}=%{MATCHED_VAR}'\"",
     );
     let logged = |uri: &str| {
-        let mut tx = e.transaction(get(uri));
-        let verdict = tx.process_request_headers();
-        verdict
-            .matched
-            .iter()
-            .map(|m| (m.msg.clone(), m.variable.clone()))
+        logged_after_headers(&e, uri)
+            .into_iter()
+            .map(|m| (m.msg, m.variable))
             .collect::<Vec<_>>()
     };
     let b = vec![("ARGS:b=1".to_string(), "ARGS:b".to_string())];
@@ -475,12 +472,9 @@ fn a_logged_rule_writes_its_last_match_whether_or_not_its_links_read_each() {
          SecRule ARGS:none \"@rx .\" \"id:4,phase:1,pass,log\"",
     );
     let logged = |uri: &str| {
-        let mut tx = e.transaction(get(uri));
-        let verdict = tx.process_request_headers();
-        verdict
-            .matched
-            .iter()
-            .map(|m| (m.id, m.msg.clone(), m.data.clone()))
+        logged_after_headers(&e, uri)
+            .into_iter()
+            .map(|m| (m.id, m.msg, m.data))
             .collect::<Vec<_>>()
     };
     let expected = vec![

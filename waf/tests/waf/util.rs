@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use portcullis_waf::{Decision, RequestFacts, WafEngine, WafSettings};
+use portcullis_waf::{Decision, Match, RequestFacts, WafEngine, WafSettings};
 
 /// The CRS v4 release the tests run (beside the checkout, in `shared/`).
 pub fn crs_dir() -> PathBuf {
@@ -34,6 +34,12 @@ pub fn decide(engine: &WafEngine, request: RequestFacts) -> Decision {
     let mut tx = engine.transaction(request);
     tx.process_request_headers();
     tx.process_request_body(b"").decision
+}
+
+/// The matches the engine logs for a GET of `uri` (see [`get`]) after its headers.
+pub fn logged_after_headers(engine: &WafEngine, uri: &str) -> Vec<Match> {
+    let mut tx = engine.transaction(get(uri));
+    tx.process_request_headers().matched
 }
 
 /// A browser-like request.
