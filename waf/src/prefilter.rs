@@ -54,11 +54,13 @@ pub fn required_literals(pattern: &str, unicode: bool) -> Vec<Set> {
     sets
 }
 
-/// Whether a set holds a literal that ordinary text is full of (one or two letters,
-/// digits or usual separators): testing for it would cost more than it saves.
+/// Whether a set holds a literal that ordinary text is full of (two letters, digits or
+/// usual separators): testing for it would cost more than it saves. One-byte literals are
+/// not weak: the prefilter answers them from the bytes a value holds, which it knows
+/// without scanning, and a value of hex digits or numbers lacks most letters.
 fn weak(set: &[Vec<u8>]) -> bool {
     set.iter()
-        .any(|l| l.len() <= 2 && l.iter().all(|&b| common(b)))
+        .any(|l| l.len() == 2 && l.iter().all(|&b| common(b)))
 }
 
 /// Whether a one-byte literal is common in ordinary text (letters, digits, the usual
@@ -293,7 +295,11 @@ mod tests {
         // Each branch meets its own sets: rank by rank, their unions hold.
         assert_eq!(
             sets("(?:abc[0-9]+def|ghij)"),
-            vec![vec!["abc", "ghij"], vec!["def", "ghij"]]
+            vec![
+                vec!["abc", "ghij"],
+                vec!["def", "ghij"],
+                vec!["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "ghij"]
+            ]
         );
     }
 
@@ -301,7 +307,14 @@ mod tests {
     fn weak_sets_are_left_out() {
         // `on` is in most words; `=` is worth testing for.
         assert_eq!(sets("(?i)on[a-z]+="), vec![vec!["="]]);
-        assert!(sets("a[0-9]+b").is_empty());
+        assert!(sets("ab.+").is_empty());
+        // One byte costs no scan (the bytes a value holds are known), and ids or numbers
+        // lack most letters: `j` rules out a JavaScript-scheme check on an item id.
+        assert_eq!(sets("a.+b"), vec![vec!["a"], vec!["b"]]);
+        assert_eq!(
+            sets("(?i)(?:j|&#x4a;)\\s*a"),
+            vec![vec!["a"], vec!["&#x4a;", "j"]]
+        );
     }
 
     #[test]
