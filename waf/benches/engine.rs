@@ -15,7 +15,7 @@
 //! `WAF_BENCH_RULES` is SecLang loaded after the CRS as custom rules: with
 //! `SecRuleRemoveById 920450`, what the requests cost without a rule, hence what the rule
 //! costs (`waf/bench/rule-costs.sh` counts that with callgrind). Under `cargo test` it runs
-//! each case once.
+//! each case once, untimed, and checks that the attacks alone are blocked.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -299,7 +299,13 @@ fn main() {
     } else {
         "µs CPU".to_string()
     };
-    println!("per request, {unit}, remembering values {memory:?} (empty: on, then off):");
+    // One request takes less than the CPU clock's tick: a time is printed for more only.
+    let timed = iters > 1;
+    if timed {
+        println!("per request, {unit}, remembering values {memory:?} (empty: on, then off):");
+    } else {
+        println!("each case once, its verdict checked (attacks blocked, the rest let through):");
+    }
     let session_kind: Option<usize> = std::env::var("WAF_BENCH_SESSION_KIND")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -310,7 +316,21 @@ fn main() {
         let mut line = format!("{:<45}", case.name);
         for (name, engine) in &engines {
             let (us, blocked) = measure(engine, case, iters, &other_work);
-            line.push_str(&format!(" {name}: {us:>7.1}"));
+            if timed {
+                line.push_str(&format!(" {name}: {us:>7.1}"));
+            } else {
+                line.push_str(&format!(" {name}: ran"));
+            }
+            // Under `cargo test`, a smoke test of the verdicts (a bench run may remove
+            // rules with `WAF_BENCH_RULES`, and then an attack may pass).
+            if !measuring {
+                assert_eq!(
+                    blocked,
+                    case.name.starts_with("attack"),
+                    "{} (remembering values {name})",
+                    case.name
+                );
+            }
             if blocked {
                 line.push_str(" blocked");
             }
