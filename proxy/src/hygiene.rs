@@ -26,10 +26,19 @@ use crate::verdict::{Reason, Response, Verdict};
 pub struct Hygiene {
     host: Box<str>,
     max_uri_bytes: usize,
-    max_header_count: usize,
-    max_header_bytes: usize,
+    head: HeadLimits,
     max_body: u64,
     methods: MethodSet,
+}
+
+/// Bounds on a request head: checked by this layer on HTTPS, and by the plain-HTTP
+/// listener's HTTP parser ([`crate::redirect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Most header fields (`limits.maxHeaderCount`).
+    pub max_headers: usize,
+    /// Most bytes of head (`limits.maxHeaderBytes`).
+    pub max_bytes: usize,
 }
 
 /// What the proxy found out about a request head.
@@ -153,7 +162,7 @@ impl MethodSet {
 
 /// A count from the document as `usize` (the document's integer types may be signed; it
 /// validates that counts are positive).
-fn usize_of<T: TryInto<usize>>(n: T) -> usize {
+pub(crate) fn usize_of<T: TryInto<usize>>(n: T) -> usize {
     n.try_into().unwrap_or(usize::MAX)
 }
 
@@ -173,8 +182,10 @@ impl Hygiene {
         Self {
             host: host.to_ascii_lowercase().into_boxed_str(),
             max_uri_bytes: usize_of(limits.max_uri_bytes),
-            max_header_count: usize_of(limits.max_header_count),
-            max_header_bytes: usize_of(limits.max_header_bytes.bytes()),
+            head: HeadLimits {
+                max_headers: usize_of(limits.max_header_count),
+                max_bytes: usize_of(limits.max_header_bytes.bytes()),
+            },
             max_body: limits.max_body.bytes(),
             methods: MethodSet::new(&limits.allowed_methods),
         }
@@ -183,6 +194,11 @@ impl Hygiene {
     /// The largest body allowed.
     pub const fn max_body(&self) -> u64 {
         self.max_body
+    }
+
+    /// The bounds on a request head.
+    pub const fn head_limits(&self) -> HeadLimits {
+        self.head
     }
 
     /// Checks a request head.
@@ -222,23 +238,23 @@ impl Hygiene {
                 ),
             );
         }
-        if facts.header_count > self.max_header_count {
+        if facts.header_count > self.head.max_headers {
             return Verdict::Respond(
                 Response::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
                 Reason::owned(
                     "too-many-headers",
-                    format!("{} headers > {}", facts.header_count, self.max_header_count),
+                    format!("{} headers > {}", facts.header_count, self.head.max_headers),
                 ),
             );
         }
-        if facts.header_bytes > self.max_header_bytes {
+        if facts.header_bytes > self.head.max_bytes {
             return Verdict::Respond(
                 Response::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
                 Reason::owned(
                     "headers-too-large",
                     format!(
                         "{} header bytes > {}",
-                        facts.header_bytes, self.max_header_bytes
+                        facts.header_bytes, self.head.max_bytes
                     ),
                 ),
             );
@@ -310,6 +326,17 @@ mod tests {
             ..edge::Limits::default()
         };
         Hygiene::new("Media.Example.org", &limits)
+    }
+
+    #[test]
+    fn the_plain_listener_gets_the_head_limits_this_layer_checks() {
+        assert_eq!(
+            hygiene().head_limits(),
+            HeadLimits {
+                max_headers: 5,
+                max_bytes: 1024
+            }
+        );
     }
 
     fn clean() -> RequestFacts<'static> {

@@ -20,7 +20,7 @@ use crate::{
     challenge::Challenger,
     client_identity::TrustedProxies,
     geo::{CountryFilter, GeoDb, GeoDbError},
-    hygiene::{Hygiene, RequestFacts},
+    hygiene::{HeadLimits, Hygiene, RequestFacts, usize_of},
     ratelimit::{self, RateLimitError, Rule},
     tls::{self, TlsError},
     upstream::{Upstream, UpstreamTls},
@@ -123,16 +123,6 @@ pub struct ConnectionLimits {
     pub max_per_ip: usize,
 }
 
-/// Bounds on a request head, for the plain-HTTP listener, whose HTTP parser enforces them
-/// ([`crate::redirect`]); on HTTPS the hygiene layer checks them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadLimits {
-    /// Most header fields (`limits.maxHeaderCount`).
-    pub max_headers: usize,
-    /// Most bytes of head (`limits.maxHeaderBytes`).
-    pub max_bytes: usize,
-}
-
 /// The compiled policy.
 pub struct Policy {
     /// `namespace/name@generation` of the MediaServer it was rendered from.
@@ -208,12 +198,6 @@ impl std::fmt::Debug for Policy {
     }
 }
 
-/// A count from the document as `usize` (the document's integer types may be signed; it
-/// validates that counts are positive).
-fn usize_of<T: TryInto<usize>>(n: T) -> usize {
-    n.try_into().unwrap_or(usize::MAX)
-}
-
 impl TryFrom<EdgeConfig> for Policy {
     type Error = CompileError;
 
@@ -255,7 +239,9 @@ impl TryFrom<EdgeConfig> for Policy {
                 .map(|cidr| cidr.0),
             doc.client_identity.behind_cloudflare,
         );
-        let layers = vec![Layer::Hygiene(Hygiene::new(&host, &doc.limits))];
+        let hygiene = Hygiene::new(&host, &doc.limits);
+        let head_limits = hygiene.head_limits();
+        let layers = vec![Layer::Hygiene(hygiene)];
         let waf = match &doc.waf {
             Some(settings) => {
                 files.extend(Waf::files(settings));
@@ -308,10 +294,7 @@ impl TryFrom<EdgeConfig> for Policy {
                 max_total: usize_of(doc.limits.max_connections),
                 max_per_ip: usize_of(doc.limits.max_connections_per_ip),
             },
-            head_limits: HeadLimits {
-                max_headers: usize_of(doc.limits.max_header_count),
-                max_bytes: usize_of(doc.limits.max_header_bytes.bytes()),
-            },
+            head_limits,
             timeouts: Timeouts {
                 header_read: timeouts.header_read.get(),
                 body_read: timeouts.body_read.get(),
