@@ -372,23 +372,6 @@ fn starter_decided(ri: usize, rule: &Rule, touched: &Touched) -> bool {
         && tests.iter().all(|k| touched.known(k))
 }
 
-/// The matches of the first link of rule `ri`, evaluated per request, when they are the
-/// same on every request ([`starter_decided`]) and there are some on `probe`. Whether a
-/// rule evaluated per request before it skips it is decided per request as before: only
-/// the link's result is taken from here.
-fn decided_start(
-    ri: usize,
-    rule: &Rule,
-    touched: &Touched,
-    probe: &mut Transaction,
-) -> Option<DecidedStart> {
-    if !starter_decided(ri, rule, touched) {
-        return None;
-    }
-    let hits = probe.starter_matches(ri);
-    (!hits.is_empty()).then(|| hits.into_boxed_slice())
-}
-
 /// Decides what the configuration decides in `engine`'s request phases (see the module):
 /// the rules, and the operator arguments of the rules left to each request.
 pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
@@ -450,16 +433,19 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                         *probe.tx() = before;
                     }
                     keeps.then_some(if matched { Fold::Always } else { Fold::Never })
-                })
-                .or_else(|| {
-                    // A chain whose first link never matches never matches, whatever its
-                    // other links read: none of its actions ever runs.
-                    (rule.links.len() > 1
-                        && at >= shadow
-                        && starter_decided(ri, rule, &touched)
-                        && probe.starter_matches(ri).is_empty())
-                    .then_some(Fold::Never)
                 });
+            // The matches of its first link, when they are the same on every request
+            // (probed once, for both uses below).
+            let starter = (fold.is_none() && starter_decided(ri, rule, &touched))
+                .then(|| probe.starter_matches(ri));
+            // A chain whose first link never matches never matches, whatever its other
+            // links read: none of its actions ever runs.
+            let fold = fold.or_else(|| {
+                (rule.links.len() > 1
+                    && at >= shadow
+                    && starter.as_ref().is_some_and(Vec::is_empty))
+                .then_some(Fold::Never)
+            });
             if let Some(f) = fold {
                 decided[ri] = f;
             }
@@ -474,8 +460,12 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                 Some(Fold::Always) => {}
                 Some(_) => continue,
                 None => {
-                    // Before it is recorded: its first link runs before its actions.
-                    starts[ri] = decided_start(ri, rule, &touched, &mut probe);
+                    // Before it is recorded: its first link runs before its actions. Whether
+                    // a rule evaluated per request before it skips it is decided per request
+                    // as before: only the link's result is taken from here.
+                    starts[ri] = starter
+                        .filter(|hits| !hits.is_empty())
+                        .map(Vec::into_boxed_slice);
                     // Recorded first: an argument reading what the rule's own links write
                     // (or capture) is left as it is.
                     touched.record(rule);
