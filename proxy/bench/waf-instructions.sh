@@ -57,6 +57,8 @@ count() {
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   # The dump made after the measured run (callgrind writes what is left at exit apart).
   file="$WORK/callgrind.$label.1"
+  [ -s "$file" ] || { echo "callgrind left no dump for $label: $(tail -3 "$WORK/$label.err")" >&2; exit 1; }
+  [ "${reqs:-0}" -gt 0 ] || { echo "wrk sent no request to $label" >&2; exit 1; }
   callgrind_annotate --inclusive=yes "$file" 2>/dev/null | awk -v n="$reqs" '
     function per(v) { gsub(",", "", v); return v / n }
     /PROGRAM TOTALS/ { total = per($1) }
