@@ -167,8 +167,8 @@ struct Kept {
 const KEPT_PER_RULE: usize = 16;
 /// The longest fingerprint kept: a rule that reads more (a body) is evaluated as usual.
 pub(crate) const LONGEST_FINGERPRINT: usize = 2048;
-/// The most bytes of fingerprints and changes kept per thread's outcomes (of each of the
-/// few memos a thread keeps): beyond, no new outcome is kept.
+/// The most bytes of fingerprints and changes a thread's outcomes keep: beyond, no new
+/// outcome is kept.
 const MOST_BYTES: usize = 256 << 10;
 /// After this many lookups, a rule found less than a quarter of the time is no longer
 /// looked up on the thread: its values change from request to request.

@@ -103,12 +103,10 @@ impl Walk {
                                     .filter(|l| l.steady)
                                     .and_then(|l| l.recall)
                                     .unwrap_or(NONE);
-                                let start = walk.rows.len();
-                                if let Some(first) = first.filter(|_| bit != NONE) {
-                                    walk.rows.extend(&first.recall_rows);
-                                    walk.vars.extend(first.targets.iter().map(|t| t.var));
-                                }
-                                let rows = walk.span(start);
+                                let rows = match first.filter(|_| bit != NONE) {
+                                    Some(first) => walk.add_rows(first),
+                                    None => range(walk.rows.len(), walk.rows.len()),
+                                };
                                 let first_later = walk.later.len();
                                 if later_decides {
                                     walk.add_later(rule);
@@ -116,10 +114,7 @@ impl Walk {
                                 Kind::Run {
                                     bit,
                                     rows,
-                                    later: (
-                                        u32::try_from(first_later).unwrap_or(NONE),
-                                        u32::try_from(walk.later.len()).unwrap_or(NONE),
-                                    ),
+                                    later: range(first_later, walk.later.len()),
                                 }
                             }
                         };
@@ -155,12 +150,13 @@ impl Walk {
         walk
     }
 
-    /// The rows added since `start`, as a range of [`Walk::rows`].
-    fn span(&self, start: usize) -> (u32, u32) {
-        (
-            u32::try_from(start).unwrap_or(NONE),
-            u32::try_from(self.rows.len()).unwrap_or(NONE),
-        )
+    /// Adds a link's recall rows (and its targets' variables): their range of
+    /// [`Walk::rows`].
+    fn add_rows(&mut self, link: &crate::rule::Link) -> (u32, u32) {
+        let start = self.rows.len();
+        self.rows.extend(&link.recall_rows);
+        self.vars.extend(link.targets.iter().map(|t| t.var));
+        range(start, self.rows.len())
     }
 
     /// Adds to [`Walk::later`] the later links of `rule` that decide it alone: steady,
@@ -175,10 +171,7 @@ impl Walk {
                 break;
             }
             if let Some(bit) = link.recall.filter(|_| link.steady) {
-                let start = self.rows.len();
-                self.rows.extend(&link.recall_rows);
-                self.vars.extend(link.targets.iter().map(|t| t.var));
-                let rows = self.span(start);
+                let rows = self.add_rows(link);
                 self.later.push((bit, rows));
             }
         }
@@ -204,6 +197,14 @@ impl Walk {
     pub(crate) fn vars(&self, rows: (u32, u32)) -> &[Var] {
         &self.vars[rows.0 as usize..rows.1 as usize]
     }
+}
+
+/// Positions `start..end` of one of the walk's lists, as the steps hold them.
+fn range(start: usize, end: usize) -> (u32, u32) {
+    (
+        u32::try_from(start).unwrap_or(NONE),
+        u32::try_from(end).unwrap_or(NONE),
+    )
 }
 
 #[cfg(test)]
