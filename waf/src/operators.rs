@@ -10,7 +10,8 @@ use regex::bytes::{Regex, RegexBuilder};
 
 use crate::error::ErrorKind;
 use crate::macros::Macro;
-use crate::prefilter::required_literals;
+use crate::prefilter::{matches_over, required_literals};
+use crate::transforms::ByteSet;
 
 /// A compiled operator.
 #[derive(Clone, Debug)]
@@ -26,6 +27,8 @@ pub enum Operator {
         /// collection whole: it matches exactly the values without a line feed (`.` is
         /// any byte but `\n`, `$` the end of the value), and the match is the value.
         whole_line: bool,
+        /// Whether it was compiled in Unicode mode (see [`compile_regex`]).
+        unicode: bool,
     },
     /// `@pm`, `@pmFromFile`: any of the phrases, without case.
     Pm {
@@ -211,6 +214,7 @@ impl Operator {
                     whole_line: arg == "^.*$",
                     regex,
                     literals,
+                    unicode,
                 }
             }
             "pm" => {
@@ -307,6 +311,42 @@ impl Operator {
             }
             Operator::Pm { phrases, .. } => Some(vec![phrases]),
             _ => None,
+        }
+    }
+
+    /// Whether the operator can match some value made only of the bytes of `bytes`, with
+    /// `arg` its constant argument (empty for operators without one). `false` is certain;
+    /// `true` may be wrong (the operators this does not reason about always say `true`).
+    pub fn can_match_over(&self, arg: &[u8], bytes: &ByteSet) -> bool {
+        let has = |b: &u8| bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+        let has_either_case =
+            |b: &u8| has(b) || has(&b.to_ascii_lowercase()) || has(&b.to_ascii_uppercase());
+        match self {
+            Operator::Rx { regex, unicode, .. } => matches_over(regex.as_str(), *unicode, bytes),
+            Operator::Pm { phrases, .. } => phrases.iter().any(|p| p.iter().all(has_either_case)),
+            // The argument is part of every value they match.
+            Operator::Streq(_)
+            | Operator::Contains(_)
+            | Operator::ContainsWord(_)
+            | Operator::BeginsWith(_)
+            | Operator::EndsWith(_)
+            | Operator::StrMatch(_) => arg.iter().all(has),
+            Operator::ValidateByteRange(allowed) => {
+                (0..=255u8).any(|b| has(&b) && !allowed[usize::from(b)])
+            }
+            Operator::ValidateUrlEncoding => has(&b'%'),
+            Operator::ValidateUtf8Encoding => (0x80..=0xffu8).any(|b| has(&b)),
+            Operator::NoMatch => false,
+            Operator::DetectXss => has(&b'<') || has(&b'='),
+            Operator::Within(_)
+            | Operator::Eq(_)
+            | Operator::Ge(_)
+            | Operator::Gt(_)
+            | Operator::Le(_)
+            | Operator::Lt(_)
+            | Operator::Unconditional
+            | Operator::IpMatch(_)
+            | Operator::DetectSqli => true,
         }
     }
 

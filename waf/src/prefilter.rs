@@ -15,6 +15,8 @@
 use regex_syntax::ParserBuilder;
 use regex_syntax::hir::{Class, Hir, HirKind};
 
+use crate::transforms::ByteSet;
+
 /// The most strings an exact set (spelled-out run) may hold.
 const MAX_EXACT: usize = 256;
 /// The most literals a required set may hold.
@@ -52,6 +54,41 @@ pub fn required_literals(pattern: &str, unicode: bool) -> Vec<Set> {
     let mut sets = info(&hir).required;
     sets.retain(|s| !weak(s));
     sets
+}
+
+/// Whether `pattern` can match somewhere in a value made only of the bytes of `bytes`
+/// (`unicode` as in [`required_literals`]). `false` is certain: every match is made of
+/// literal and class bytes that are not all in the set. `true` may be wrong (assertions
+/// such as `\b` and `^` are taken to hold), and an expression that does not parse gives
+/// `true`.
+pub fn matches_over(pattern: &str, unicode: bool, bytes: &ByteSet) -> bool {
+    ParserBuilder::new()
+        .unicode(unicode)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .map_or(true, |hir| spells(&hir, bytes))
+}
+
+/// Whether some string `hir` matches is made of bytes of `bytes`.
+fn spells(hir: &Hir, bytes: &ByteSet) -> bool {
+    let has = |b: u8| bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+    let any_high = bytes[2] | bytes[3] != 0;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => true,
+        HirKind::Literal(l) => l.0.iter().all(|&b| has(b)),
+        HirKind::Class(Class::Bytes(c)) => c.iter().any(|r| (r.start()..=r.end()).any(has)),
+        HirKind::Class(Class::Unicode(c)) => c.iter().any(|r| {
+            // A character past ASCII is encoded in bytes past ASCII only.
+            (u32::from(r.start())..=u32::from(r.end()).min(0x7f))
+                .any(|c| u8::try_from(c).is_ok_and(has))
+                || (u32::from(r.end()) > 0x7f && any_high)
+        }),
+        HirKind::Capture(c) => spells(&c.sub, bytes),
+        HirKind::Repetition(r) => r.min == 0 || spells(&r.sub, bytes),
+        HirKind::Concat(parts) => parts.iter().all(|p| spells(p, bytes)),
+        HirKind::Alternation(branches) => branches.iter().any(|b| spells(b, bytes)),
+    }
 }
 
 /// Whether a set holds a literal that ordinary text is full of (two letters, digits or
@@ -315,6 +352,35 @@ mod tests {
             sets("(?i)(?:j|&#x4a;)\\s*a"),
             vec![vec!["a"], vec!["&#x4a;", "j"]]
         );
+    }
+
+    #[test]
+    fn an_expression_spelled_with_bytes_outside_an_alphabet_cannot_match_over_it() {
+        let hex = crate::transforms::bytes_present(b"0123456789abcdef");
+        let over = |p: &str| matches_over(p, false, &hex);
+        assert!(!over("(?i)<script"));
+        assert!(!over("[\\s'\"]+(?:or|and)"));
+        assert!(!over("(?:\\.\\./|%2e)"));
+        // Case-insensitive letters and classes meet the alphabet.
+        assert!(over("(?i)DEADBEEF"));
+        assert!(over("[0-9]{10,}"));
+        assert!(over("x*"));
+        assert!(over("(?:zz|a)"));
+        // Assertions are taken to hold.
+        assert!(over("\\bdc\\b"));
+        // Unicode classes past ASCII need bytes past ASCII.
+        assert!(!matches_over(
+            "\\p{L}",
+            true,
+            &crate::transforms::bytes_present(b"0123")
+        ));
+        assert!(matches_over(
+            "\\p{L}",
+            true,
+            &crate::transforms::bytes_present(b"0\xc3")
+        ));
+        // What does not parse may match.
+        assert!(matches_over("(", false, &hex));
     }
 
     #[test]

@@ -13,12 +13,55 @@
 //! reload starts afresh); it keeps at most [`crate::WafSettings::remembered_values`] values
 //! of at most [`LONGEST`] bytes, in two generations: a value found in the older one moves
 //! to the newer, and when the newer is full the older is dropped.
+//!
+//! A value met for the first time is not a blank either: when all its bytes belong to one
+//! of a few small [`ALPHABETS`] (a number, an item id in hex digits, a word, a path), the
+//! links whose every match needs a byte outside that alphabet, after their
+//! transformations, are known to find nothing in it before any of them runs (worked out
+//! once per engine, see [`crate::rule::Link::can_find_over`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use crate::transforms::ByteSet;
+
 /// The longest value remembered, in bytes; longer values are evaluated every time.
 pub const LONGEST: usize = 512;
+
+/// The alphabets a new value is known by before any link has run, smaller ones first: a
+/// value made of an alphabet's bytes (a number, an item id in hex digits, a word, a term,
+/// a path, a URI without escapes) cannot meet the links whose every match needs a byte
+/// outside it (see [`crate::rule::RuleSet::alphabet_rows`]). A value takes the first
+/// alphabet holding all its bytes.
+pub const ALPHABETS: [ByteSet; 9] = [
+    byte_set(b"0123456789"),
+    byte_set(b"0123456789abcdef"),
+    byte_set(b"0123456789abcdef-"),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,"),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-., "),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/"),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=&"),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=& "),
+];
+
+/// The set of `bytes`.
+const fn byte_set(bytes: &[u8]) -> ByteSet {
+    let mut set = [0u64; 4];
+    let mut i = 0;
+    while i < bytes.len() {
+        set[(bytes[i] >> 6) as usize] |= 1 << (bytes[i] & 63);
+        i += 1;
+    }
+    set
+}
+
+/// The first of [`ALPHABETS`] holding every byte of `present`, if any.
+pub fn alphabet(present: &ByteSet) -> Option<usize> {
+    ALPHABETS
+        .iter()
+        .position(|a| a.iter().zip(present).all(|(a, p)| p & !a == 0))
+}
 
 type Generation = HashMap<Box<[u8]>, Box<[u64]>, foldhash::fast::RandomState>;
 
@@ -58,12 +101,13 @@ impl Remembered {
     }
 }
 
-/// ORs what is known of `value` for `engine` into `bits` (`capacity` as in [`remember`]).
-pub fn recall(engine: u64, capacity: usize, value: &[u8], bits: &mut [u64]) {
+/// ORs what is known of `value` for `engine` into `bits` (`capacity` as in [`remember`]);
+/// whether the value was remembered.
+pub fn recall(engine: u64, capacity: usize, value: &[u8], bits: &mut [u64]) -> bool {
     REMEMBERED.with(|r| {
         let mut r = r.borrow_mut();
         if !r.about(engine) {
-            return;
+            return false;
         }
         let or_into = |bits: &mut [u64], known: &[u64]| {
             for (b, k) in bits.iter_mut().zip(known) {
@@ -72,12 +116,16 @@ pub fn recall(engine: u64, capacity: usize, value: &[u8], bits: &mut [u64]) {
         };
         if let Some(known) = r.newer.get(value) {
             or_into(bits, known);
+            true
         } else if let Some((value, known)) = r.older.remove_entry(value) {
             // Still in use: it moves to the newer generation.
             or_into(bits, &known);
             r.insert(capacity, value, known);
+            true
+        } else {
+            false
         }
-    });
+    })
 }
 
 /// Adds `bits` to what is known of `value` for `engine`, keeping at most `capacity` values.
@@ -114,7 +162,8 @@ mod tests {
 
     fn known(engine: u64, value: &[u8]) -> u64 {
         let mut bits = [0u64];
-        recall(engine, CAPACITY, value, &mut bits);
+        let remembered = recall(engine, CAPACITY, value, &mut bits);
+        assert_eq!(remembered, bits[0] != 0);
         bits[0]
     }
 

@@ -12,6 +12,7 @@ use crate::error::{ErrorKind, RuleError};
 use crate::macros::Macro;
 use crate::operators::{DataFiles, Operator};
 use crate::parser::{Directive, Location, split_actions, split_operator, split_variables};
+use crate::recall;
 use crate::transforms::{ByteSet, Transform};
 use crate::variables::{ParsedTarget, Selector, Target, Var, add_exclusion, fold_targets};
 
@@ -48,6 +49,35 @@ pub struct Link {
     pub steady: bool,
     /// When steady: per target, its row in [`RuleSet::recall_targets`].
     pub recall_rows: Vec<u32>,
+}
+
+impl Link {
+    /// Whether the link can find something in a value made only of the bytes of `bytes`,
+    /// its transformations included (each step's result, under `multiMatch`). `false` is
+    /// certain (see [`Operator::can_match_over`] and [`Transform::image`]); a negated
+    /// operator, or an argument that is not a constant, gives `true`.
+    pub fn can_find_over(&self, bytes: ByteSet) -> bool {
+        let arg = match self.operator.argument().map(Macro::literal) {
+            None => "",
+            Some(Some(arg)) => arg,
+            Some(None) => return true,
+        };
+        if self.negated {
+            return true;
+        }
+        let can_match = |set: &ByteSet| self.operator.can_match_over(arg.as_bytes(), set);
+        let mut set = bytes;
+        if self.multi_match && can_match(&set) {
+            return true;
+        }
+        for t in &self.transforms {
+            set = t.image(set);
+            if self.multi_match && can_match(&set) {
+                return true;
+            }
+        }
+        can_match(&set)
+    }
 }
 
 /// A link's place in the literal prefilter.
@@ -316,6 +346,10 @@ pub struct RuleSet {
     pub set_links: Vec<(u32, u32)>,
     /// The number of 64-bit words of what is remembered of one value.
     pub recall_words: usize,
+    /// Per alphabet of [`recall::ALPHABETS`], a row of [`RuleSet::recall_words`] words: the
+    /// links that cannot find anything in a value made of the alphabet's bytes (see
+    /// [`Link::can_find_over`]), known of every such value before any link has run.
+    pub alphabet_rows: Vec<u64>,
     /// The distinct targets of the links with [`Link::steady`], without their exclusions
     /// (which only leave values out): one pass per phase over them says, per target,
     /// which links some value it selects is not known to. A target of one key has a row
@@ -346,6 +380,7 @@ impl Default for RuleSet {
             group_links: Vec::new(),
             set_links: Vec::new(),
             recall_words: 0,
+            alphabet_rows: Vec::new(),
             recall_targets: Vec::new(),
             recall_target_phases: Vec::new(),
             phases: Default::default(),
@@ -596,6 +631,18 @@ impl RuleSet {
             }
         }
         self.recall_words = planned.len().div_ceil(64);
+        self.alphabet_rows = vec![0; recall::ALPHABETS.len() * self.recall_words];
+        for rule in &self.rules {
+            for link in &rule.links {
+                let Some(bit) = link.recall else { continue };
+                for (a, alphabet) in recall::ALPHABETS.iter().enumerate() {
+                    if !link.can_find_over(*alphabet) {
+                        let word = a * self.recall_words + (bit / 64) as usize;
+                        self.alphabet_rows[word] |= 1 << (bit % 64);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -1027,7 +1074,92 @@ impl<'a> Builder<'a> {
 #[cfg(test)]
 mod tests {
     use super::{all_bits, any_bits};
-    use crate::engine::WafEngine;
+    use crate::engine::{AppProfile, WafEngine, WafSettings};
+    use crate::recall::ALPHABETS;
+
+    #[test]
+    fn no_crs_link_finds_anything_in_values_of_an_alphabet_that_rules_it_out() {
+        let crs =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/crs");
+        let settings = WafSettings {
+            paranoia_level: 4,
+            executing_paranoia_level: 4,
+            app_profile: Some(AppProfile::Jellyfin),
+            ..WafSettings::default()
+        };
+        let engine = WafEngine::new(&settings, &crs).unwrap_or_else(|e| panic!("{e}"));
+        let rules = &engine.compiled().rules;
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut checked, mut ruled_out) = (0, 0);
+        for rule in &rules.rules {
+            for link in rule.links.iter() {
+                let Some(bit) = link.recall else { continue };
+                let arg = link
+                    .operator
+                    .argument()
+                    .and_then(|m| m.literal())
+                    .unwrap_or_default()
+                    .as_bytes();
+                for (a, alphabet) in ALPHABETS.iter().enumerate() {
+                    let word = rules.alphabet_rows[a * rules.recall_words + (bit / 64) as usize];
+                    checked += 1;
+                    if word & (1 << (bit % 64)) == 0 {
+                        continue;
+                    }
+                    ruled_out += 1;
+                    let bytes: Vec<u8> = (0..=255u8)
+                        .filter(|&b| alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+                        .collect();
+                    // The link's own literals, in either case, where the alphabet has their
+                    // bytes: what it looks for, if anything, is made of them.
+                    let has = |b: u8| alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+                    let literals: Vec<Vec<u8>> = link
+                        .operator
+                        .literals()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|l| [l.to_vec(), l.to_ascii_uppercase()])
+                        .filter(|l| l.iter().all(|&b| has(b)))
+                        .collect();
+                    for _ in 0..200 {
+                        let len = (next() % 48) as usize;
+                        let mut value: Vec<u8> = (0..len)
+                            .map(|_| bytes[(next() % bytes.len() as u64) as usize])
+                            .collect();
+                        if !literals.is_empty() && next() % 2 == 0 {
+                            let l = &literals[(next() % literals.len() as u64) as usize];
+                            let at = (next() as usize) % (value.len() + 1);
+                            value.splice(at..at, l.iter().copied());
+                        }
+                        let values = if link.multi_match {
+                            crate::transforms::apply_chain_multi(&link.transforms, &value)
+                        } else {
+                            let last = link.transforms.iter();
+                            vec![last.fold(value.clone(), |v, t| t.apply(&v).into_owned())]
+                        };
+                        let finds = values
+                            .iter()
+                            .any(|v| link.operator.matches(v, arg, None) != link.negated);
+                        assert!(
+                            !finds,
+                            "rule {} finds something in {:?}, of alphabet {a} which rules it out",
+                            rule.id,
+                            String::from_utf8_lossy(&value)
+                        );
+                    }
+                }
+            }
+        }
+        // Most links are ruled out by some alphabet: the analysis is not vacuous.
+        assert!(ruled_out * 2 > checked, "{ruled_out} of {checked}");
+    }
 
     /// Per rule id, whether it sets `MATCHED_VAR` on each match, for `rules` alone.
     fn tracking(rules: &str) -> Vec<(u32, bool)> {

@@ -1036,17 +1036,17 @@ impl Memo {
     /// The first word of the row of known verdicts of a cacheable item's value, recalled
     /// on first use; `NONE` when the value is not remembered.
     #[inline]
-    fn known_row(&mut self, item: &Item2<'_>) -> u32 {
+    fn known_row(&mut self, rules: &RuleSet, item: &Item2<'_>) -> u32 {
         match self.known_rows.get(item.slot as usize) {
             Some(&(word, _)) if word != UNSET => word,
-            _ => self.recall_row(item),
+            _ => self.recall_row(rules, item),
         }
     }
 
     /// Recalls the row of known verdicts of a cacheable item's value (see
     /// [`Memo::known_row`]).
     #[inline(never)]
-    fn recall_row(&mut self, item: &Item2<'_>) -> u32 {
+    fn recall_row(&mut self, rules: &RuleSet, item: &Item2<'_>) -> u32 {
         let s = item.slot as usize;
         if self.known_rows.len() <= s {
             self.known_rows.resize(s + 1, (UNSET, UNSET));
@@ -1058,7 +1058,16 @@ impl Memo {
             let at = u32::try_from(self.known_rows_at.len()).unwrap_or(NONE);
             let word = self.known.len();
             self.known.resize(word + r.words, 0);
-            recall::recall(r.engine, r.capacity, &item.value, &mut self.known[word..]);
+            let row = &mut self.known[word..];
+            if !recall::recall(r.engine, r.capacity, &item.value, row)
+                && let Some(a) = recall::alphabet(&bytes_present(&item.value))
+            {
+                // A new value: what its alphabet rules out is known before any link runs.
+                let known = &rules.alphabet_rows[a * r.words..(a + 1) * r.words];
+                for (k, a) in row.iter_mut().zip(known) {
+                    *k |= a;
+                }
+            }
             let start = self.known_values.len();
             self.known_values.extend_from_slice(&item.value);
             self.known_rows_at.push(KnownRow {
@@ -1076,30 +1085,30 @@ impl Memo {
 
     /// Whether the link with recall bit `bit` is known to find nothing in the item's value.
     #[inline]
-    fn is_known(&mut self, item: &Item2<'_>, bit: u32) -> bool {
+    fn is_known(&mut self, rules: &RuleSet, item: &Item2<'_>, bit: u32) -> bool {
         if !item.cacheable() {
             return false;
         }
-        let word = self.known_row(item);
+        let word = self.known_row(rules, item);
         word != NONE && self.known[(word + bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
 
     /// Whether the links with recall bits `first..first + count` are all known to find
     /// nothing in the item's value.
-    fn knows_all(&mut self, item: &Item2<'_>, first: u32, count: u32) -> bool {
+    fn knows_all(&mut self, rules: &RuleSet, item: &Item2<'_>, first: u32, count: u32) -> bool {
         if !item.cacheable() {
             return false;
         }
-        let word = self.known_row(item);
+        let word = self.known_row(rules, item);
         word != NONE && all_bits(&self.known[word as usize..], first, count)
     }
 
     /// Records that the link with recall bit `bit` finds nothing in the item's value.
-    fn learn(&mut self, item: &Item2<'_>, bit: u32) {
+    fn learn(&mut self, rules: &RuleSet, item: &Item2<'_>, bit: u32) {
         if !item.cacheable() {
             return;
         }
-        let word = self.known_row(item);
+        let word = self.known_row(rules, item);
         if word == NONE {
             return;
         }
@@ -1260,7 +1269,7 @@ impl Memo {
             self.unknown[row * words..(row + 1) * words].fill(0);
             d.items(t, &[], &mut |item| {
                 let known = if item.cacheable() {
-                    self.known_row(&item)
+                    self.known_row(rules, &item)
                 } else {
                     NONE
                 };
@@ -1330,14 +1339,14 @@ impl Memo {
                 continue;
             }
             d.items(t, &[], &mut |item| {
-                if self.knows_all(&item, first, count) {
+                if self.knows_all(rules, &item, first, count) {
                     return;
                 }
                 for &g in groups {
                     let g = g as usize;
                     let links = &rules.group_links[g];
                     if let Some(&(first, _)) = links.first()
-                        && self.knows_all(&item, first, links.len() as u32)
+                        && self.knows_all(rules, &item, first, links.len() as u32)
                     {
                         continue;
                     }
@@ -1354,7 +1363,7 @@ impl Memo {
                     }
                     for &(bit, filter) in links {
                         if !has_bits(&self.pool[c..], filter) {
-                            self.learn(&item, bit);
+                            self.learn(rules, &item, bit);
                         }
                     }
                 }
@@ -2325,7 +2334,7 @@ impl Transaction {
                 // nothing in now is remembered.
                 let recall_bit = link.recall.filter(|_| item.cacheable());
                 if let Some(bit) = recall_bit
-                    && memo.is_known(&item, bit)
+                    && memo.is_known(rules, &item, bit)
                 {
                     return;
                 }
@@ -2381,7 +2390,7 @@ impl Transaction {
                 if let Some(bit) = recall_bit
                     && hits.len() == before
                 {
-                    memo.learn(&item, bit);
+                    memo.learn(rules, &item, bit);
                 }
             });
         }

@@ -152,6 +152,54 @@ impl Transform {
         })
     }
 
+    /// The bytes a value made of `input`'s bytes may hold once transformed: every byte of
+    /// the result is in the set returned (which may hold more). A transformation that may
+    /// produce any byte from such a value gives every byte.
+    pub fn image(self, input: ByteSet) -> ByteSet {
+        const ALL: ByteSet = [u64::MAX; 4];
+        const UPPER: u64 = 0x07FF_FFFE; // 'A'..='Z' in word 1
+        const LOWER: u64 = UPPER << 32; // 'a'..='z' in word 1
+        const SPACE: ByteSet = byte_set(b" ", NO_RANGE.0, NO_RANGE.1);
+        const SLASH: ByteSet = byte_set(b"/", NO_RANGE.0, NO_RANGE.1);
+        const DIGITS: ByteSet = byte_set(b"", b'0', b'9');
+        let has = |b: u8| input[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+        let with = |extra: ByteSet| -> ByteSet { std::array::from_fn(|w| input[w] | extra[w]) };
+        let lowered = {
+            let mut set = input;
+            set[1] = (set[1] & !UPPER) | ((set[1] & UPPER) << 32);
+            set
+        };
+        if self
+            .triggers()
+            .is_some_and(|t| t.iter().zip(input).all(|(t, i)| t & i == 0))
+        {
+            return input;
+        }
+        match self {
+            Transform::Lowercase => lowered,
+            Transform::Uppercase => {
+                let mut set = input;
+                set[1] = (set[1] & !LOWER) | ((set[1] & LOWER) >> 32);
+                set
+            }
+            Transform::UrlDecode | Transform::UrlDecodeUni if !has(b'%') => with(SPACE),
+            Transform::RemoveNulls
+            | Transform::RemoveWhitespace
+            | Transform::Trim
+            | Transform::TrimLeft
+            | Transform::TrimRight => input,
+            Transform::ReplaceNulls
+            | Transform::CompressWhitespace
+            | Transform::ReplaceComments
+            | Transform::RemoveComments
+            | Transform::RemoveCommentsChar => with(SPACE),
+            Transform::CmdLine => std::array::from_fn(|w| input[w] | lowered[w] | SPACE[w]),
+            Transform::NormalizePath | Transform::NormalizePathWin => with(SLASH),
+            Transform::Length => DIGITS,
+            _ => ALL,
+        }
+    }
+
     /// The transformation by name (case-insensitive). `None` for `t:none`, which is
     /// handled by the caller.
     pub fn from_name(name: &str) -> Result<Transform, ErrorKind> {
@@ -936,6 +984,88 @@ mod tests {
 
     fn t(tr: T, s: &[u8]) -> Vec<u8> {
         tr.apply(s).into_owned()
+    }
+
+    /// Every transformation, by name.
+    const NAMES: &[&str] = &[
+        "lowercase",
+        "uppercase",
+        "urlDecode",
+        "urlDecodeUni",
+        "urlEncode",
+        "htmlEntityDecode",
+        "jsDecode",
+        "cssDecode",
+        "escapeSeqDecode",
+        "utf8toUnicode",
+        "removeNulls",
+        "replaceNulls",
+        "removeWhitespace",
+        "compressWhitespace",
+        "replaceComments",
+        "removeComments",
+        "removeCommentsChar",
+        "cmdLine",
+        "normalizePath",
+        "normalizePathWin",
+        "length",
+        "base64Decode",
+        "base64DecodeExt",
+        "base64Encode",
+        "sha1",
+        "hexEncode",
+        "hexDecode",
+        "trim",
+        "trimLeft",
+        "trimRight",
+    ];
+
+    #[test]
+    fn a_transformed_value_holds_only_bytes_of_the_image_of_its_alphabet() {
+        let alphabets: Vec<Vec<u8>> = [
+            &b"0123456789"[..],
+            b"0123456789abcdef",
+            b"0123456789ABCDEFabcdef-",
+            b"ABCXYZ019",
+            b"abc,;XY",
+            b"ab+c=",
+            b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,",
+            b"abc ABC\t\n/*-#+;,'\"^()",
+            b"%+0123456789abcdefABCDEFu",
+            b"&#;x0123456789abcdeflgt",
+            b"\\xu0123456789abcdef",
+            b"/.\\abc",
+            b"\0\x80\xc3\xa9\xffab",
+        ]
+        .iter()
+        .map(|a| a.to_vec())
+        .collect();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for name in NAMES {
+            let tr = T::from_name(name).unwrap();
+            for alphabet in &alphabets {
+                let image = tr.image(bytes_present(alphabet));
+                for _ in 0..2000 {
+                    let len = (next() % 24) as usize;
+                    let value: Vec<u8> = (0..len)
+                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .collect();
+                    let out = bytes_present(&tr.apply(&value));
+                    assert!(
+                        out.iter().zip(image).all(|(o, i)| o & !i == 0),
+                        "{name} on {:?} gave {:?}",
+                        String::from_utf8_lossy(&value),
+                        String::from_utf8_lossy(&tr.apply(&value)),
+                    );
+                }
+            }
+        }
     }
 
     #[test]
