@@ -30,10 +30,10 @@ pub const LONGEST: usize = 512;
 
 /// The alphabets a new value is known by before any link has run, smaller ones first: a
 /// value made of an alphabet's bytes (a number, an item id in hex digits, a word, a term,
-/// a path, a URI without escapes) cannot meet the links whose every match needs a byte
+/// a path, a URI without escapes, a compact JSON body) cannot meet the links whose every match needs a byte
 /// outside it (see [`crate::rule::RuleSet::alphabet_rows`]). A value takes the first
 /// alphabet holding all its bytes.
-pub const ALPHABETS: [ByteSet; 9] = [
+pub const ALPHABETS: [ByteSet; 10] = [
     byte_set(b"0123456789"),
     byte_set(b"0123456789abcdef"),
     byte_set(b"0123456789abcdef-"),
@@ -43,6 +43,7 @@ pub const ALPHABETS: [ByteSet; 9] = [
     byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/"),
     byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=&"),
     byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=& "),
+    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:{}[]\""),
 ];
 
 /// The set of `bytes`.
