@@ -87,7 +87,8 @@ pub struct WafSettings {
     /// How many request values (header values, argument names and values, ... of at most
     /// 512 bytes) each thread remembers, with the rule conditions known to find nothing in
     /// them, so that the values a client sends again are not inspected again by those (see
-    /// `src/recall.rs`); 0 turns it off.
+    /// `src/recall.rs`), and new values made of a small alphabet (numbers, hex ids, words)
+    /// start with the conditions that alphabet rules out; 0 turns both off.
     pub remembered_values: usize,
 }
 

@@ -314,15 +314,26 @@ impl Operator {
         }
     }
 
-    /// Whether the operator can match some value made only of the bytes of `bytes`, with
-    /// `arg` its constant argument (empty for operators without one). `false` is certain;
-    /// `true` may be wrong (the operators this does not reason about always say `true`).
-    pub fn can_match_over(&self, arg: &[u8], bytes: &ByteSet) -> bool {
+    /// Per byte set of `sets`: whether the operator can match some value made only of its
+    /// bytes, with `arg` its constant argument (empty for operators without one). `false`
+    /// is certain; `true` may be wrong (the operators this does not reason about always
+    /// say `true`).
+    pub fn can_match_over(&self, arg: &[u8], sets: &[ByteSet]) -> Vec<bool> {
+        if let Operator::Rx { regex, unicode, .. } = self {
+            // One parse of the expression for every set.
+            return matches_over(regex.as_str(), *unicode, sets);
+        }
+        sets.iter()
+            .map(|bytes| self.can_match_bytes(arg, bytes))
+            .collect()
+    }
+
+    /// [`Operator::can_match_over`] for one set, but for `@rx`.
+    fn can_match_bytes(&self, arg: &[u8], bytes: &ByteSet) -> bool {
         let has = |b: &u8| bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
         let has_either_case =
             |b: &u8| has(b) || has(&b.to_ascii_lowercase()) || has(&b.to_ascii_uppercase());
         match self {
-            Operator::Rx { regex, unicode, .. } => matches_over(regex.as_str(), *unicode, bytes),
             Operator::Pm { phrases, .. } => phrases.iter().any(|p| p.iter().all(has_either_case)),
             // The argument is part of every value they match.
             Operator::Streq(_)
@@ -338,7 +349,8 @@ impl Operator {
             Operator::ValidateUtf8Encoding => (0x80..=0xffu8).any(|b| has(&b)),
             Operator::NoMatch => false,
             Operator::DetectXss => has(&b'<') || has(&b'='),
-            Operator::Within(_)
+            Operator::Rx { .. }
+            | Operator::Within(_)
             | Operator::Eq(_)
             | Operator::Ge(_)
             | Operator::Gt(_)

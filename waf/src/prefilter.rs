@@ -56,18 +56,21 @@ pub fn required_literals(pattern: &str, unicode: bool) -> Vec<Set> {
     sets
 }
 
-/// Whether `pattern` can match somewhere in a value made only of the bytes of `bytes`
-/// (`unicode` as in [`required_literals`]). `false` is certain: every match is made of
-/// literal and class bytes that are not all in the set. `true` may be wrong (assertions
-/// such as `\b` and `^` are taken to hold), and an expression that does not parse gives
-/// `true`.
-pub fn matches_over(pattern: &str, unicode: bool, bytes: &ByteSet) -> bool {
-    ParserBuilder::new()
+/// Per byte set of `sets`: whether `pattern` can match somewhere in a value made only of
+/// its bytes (`unicode` as in [`required_literals`]). `false` is certain: every match is
+/// made of literal and class bytes that are not all in the set. `true` may be wrong
+/// (assertions such as `\b` and `^` are taken to hold), and an expression that does not
+/// parse gives `true`.
+pub fn matches_over(pattern: &str, unicode: bool, sets: &[ByteSet]) -> Vec<bool> {
+    match ParserBuilder::new()
         .unicode(unicode)
         .utf8(false)
         .build()
         .parse(pattern)
-        .map_or(true, |hir| spells(&hir, bytes))
+    {
+        Ok(hir) => sets.iter().map(|bytes| spells(&hir, bytes)).collect(),
+        Err(_) => vec![true; sets.len()],
+    }
 }
 
 /// Whether some string `hir` matches is made of bytes of `bytes`.
@@ -357,7 +360,7 @@ mod tests {
     #[test]
     fn an_expression_spelled_with_bytes_outside_an_alphabet_cannot_match_over_it() {
         let hex = crate::transforms::bytes_present(b"0123456789abcdef");
-        let over = |p: &str| matches_over(p, false, &hex);
+        let over = |p: &str| matches_over(p, false, &[hex])[0];
         assert!(!over("(?i)<script"));
         assert!(!over("[\\s'\"]+(?:or|and)"));
         assert!(!over("(?:\\.\\./|%2e)"));
@@ -368,19 +371,11 @@ mod tests {
         assert!(over("(?:zz|a)"));
         // Assertions are taken to hold.
         assert!(over("\\bdc\\b"));
-        // Unicode classes past ASCII need bytes past ASCII.
-        assert!(!matches_over(
-            "\\p{L}",
-            true,
-            &crate::transforms::bytes_present(b"0123")
-        ));
-        assert!(matches_over(
-            "\\p{L}",
-            true,
-            &crate::transforms::bytes_present(b"0\xc3")
-        ));
+        // Unicode classes past ASCII need bytes past ASCII; one parse answers each set.
+        let sets = [b"0123".as_slice(), b"0\xc3"].map(crate::transforms::bytes_present);
+        assert_eq!(matches_over("\\p{L}", true, &sets), [false, true]);
         // What does not parse may match.
-        assert!(matches_over("(", false, &hex));
+        assert_eq!(matches_over("(", false, &[hex, hex]), [true, true]);
     }
 
     #[test]

@@ -52,31 +52,45 @@ pub struct Link {
 }
 
 impl Link {
-    /// Whether the link can find something in a value made only of the bytes of `bytes`,
-    /// its transformations included (each step's result, under `multiMatch`). `false` is
-    /// certain (see [`Operator::can_match_over`] and [`Transform::image`]); a negated
-    /// operator, or an argument that is not a constant, gives `true`.
-    pub fn can_find_over(&self, bytes: ByteSet) -> bool {
+    /// Per byte set of `alphabets`: whether the link can find something in a value made
+    /// only of its bytes, its transformations included (each step's result, under
+    /// `multiMatch`). `false` is certain (see [`Operator::can_match_over`] and
+    /// [`Transform::image`]); a negated operator, or an argument that is not a constant,
+    /// gives `true`.
+    pub fn can_find_over(&self, alphabets: &[ByteSet]) -> Vec<bool> {
         let arg = match self.operator.argument().map(Macro::literal) {
             None => "",
             Some(Some(arg)) => arg,
-            Some(None) => return true,
+            Some(None) => return vec![true; alphabets.len()],
         };
         if self.negated {
-            return true;
+            return vec![true; alphabets.len()];
         }
-        let can_match = |set: &ByteSet| self.operator.can_match_over(arg.as_bytes(), set);
-        let mut set = bytes;
-        if self.multi_match && can_match(&set) {
-            return true;
-        }
-        for t in &self.transforms {
-            set = t.image(set);
-            if self.multi_match && can_match(&set) {
-                return true;
+        // What the operator reads of each alphabet: the value transformed, or under
+        // `multiMatch` the value after each step (and before the first).
+        let steps = if self.multi_match {
+            self.transforms.len() + 1
+        } else {
+            1
+        };
+        let mut sets = Vec::with_capacity(alphabets.len() * steps);
+        for &alphabet in alphabets {
+            let mut set = alphabet;
+            if self.multi_match {
+                sets.push(set);
+            }
+            for t in &self.transforms {
+                set = t.image(set);
+                if self.multi_match {
+                    sets.push(set);
+                }
+            }
+            if !self.multi_match {
+                sets.push(set);
             }
         }
-        can_match(&set)
+        let matches = self.operator.can_match_over(arg.as_bytes(), &sets);
+        matches.chunks(steps).map(|c| c.contains(&true)).collect()
     }
 }
 
@@ -635,8 +649,12 @@ impl RuleSet {
         for rule in &self.rules {
             for link in &rule.links {
                 let Some(bit) = link.recall else { continue };
-                for (a, alphabet) in recall::ALPHABETS.iter().enumerate() {
-                    if !link.can_find_over(*alphabet) {
+                for (a, can) in link
+                    .can_find_over(&recall::ALPHABETS)
+                    .into_iter()
+                    .enumerate()
+                {
+                    if !can {
                         let word = a * self.recall_words + (bit / 64) as usize;
                         self.alphabet_rows[word] |= 1 << (bit % 64);
                     }
