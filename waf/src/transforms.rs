@@ -196,6 +196,9 @@ impl Transform {
             Transform::CmdLine => std::array::from_fn(|w| input[w] | lowered[w] | SPACE[w]),
             Transform::NormalizePath | Transform::NormalizePathWin => with(SLASH),
             Transform::Length => DIGITS,
+            Transform::JsDecode => js_image(input),
+            Transform::Base64Decode | Transform::Base64DecodeExt => base64_image(input),
+            Transform::HexDecode => hex_image(input),
             _ => ALL,
         }
     }
@@ -950,6 +953,106 @@ fn base64_decode(input: &[u8], skip_invalid: bool) -> Vec<u8> {
     out
 }
 
+/// [`Transform::image`] of `t:base64Decode` (and `t:base64DecodeExt`): every decoded byte
+/// is made of two consecutive 6-bit values of the alphabet's characters (the first byte of
+/// a group of four from the first and second, the second from the second and third, the
+/// third from the third and fourth), so only those pairs of the values present can appear.
+fn base64_image(input: ByteSet) -> ByteSet {
+    let mut values = Vec::new();
+    for (value, c) in
+        (0u8..).zip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+    {
+        if input[usize::from(c >> 6)] & (1 << (c & 63)) != 0 {
+            values.push(value);
+        }
+    }
+    let mut out = [0u64; 4];
+    let mut add = |b: u8| out[usize::from(b >> 6)] |= 1 << (b & 63);
+    for &a in &values {
+        for &b in &values {
+            add((a << 2) | (b >> 4));
+            add(((a & 0x0f) << 4) | (b >> 2));
+            add(((a & 0x03) << 6) | b);
+        }
+    }
+    out
+}
+
+/// [`Transform::image`] of `t:jsDecode` on a set holding `\`: the bytes kept, and what
+/// each escape that can be spelled with the set's bytes decodes to (`\xHH` and `\uHHHH`
+/// pairs of its hex digits, octal numbers of its octal digits, the letters of `\n` and
+/// the like their control characters).
+fn js_image(input: ByteSet) -> ByteSet {
+    let has = |b: u8| input[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+    let mut out = input;
+    let mut add = |set: ByteSet| {
+        for (o, s) in out.iter_mut().zip(set) {
+            *o |= s;
+        }
+    };
+    for (letter, control) in [
+        (b'a', 7),
+        (b'b', 8),
+        (b'f', 0x0c),
+        (b'n', b'\n'),
+        (b'r', b'\r'),
+        (b't', b'\t'),
+        (b'v', 0x0b),
+    ] {
+        if has(letter) {
+            add(byte_set(&[control], NO_RANGE.0, NO_RANGE.1));
+        }
+    }
+    let pairs = hex_image(input);
+    if has(b'x') || has(b'X') {
+        add(pairs);
+    }
+    if has(b'u') || has(b'U') {
+        add(pairs);
+        if has(b'f') || has(b'F') {
+            // `\uffHH` gives the full-width form's ASCII byte (see `unicode_byte`).
+            let mut shifted = [0u64; 4];
+            for b in 1..0x5fu8 {
+                if pairs[usize::from(b >> 6)] & (1 << (b & 63)) != 0 {
+                    shifted[usize::from((b + 0x20) >> 6)] |= 1 << ((b + 0x20) & 63);
+                }
+            }
+            add(shifted);
+        }
+    }
+    let octal: Vec<u32> = (0..8u8).filter(|d| has(b'0' + d)).map(u32::from).collect();
+    let mut numbers = [0u64; 4];
+    for &a in &octal {
+        for &b in &octal {
+            for v in [a, a * 8 + b] {
+                numbers[(v >> 6) as usize] |= 1 << (v & 63);
+            }
+            for &c in &octal {
+                let v = (a * 64 + b * 8 + c) & 0xff;
+                numbers[(v >> 6) as usize] |= 1 << (v & 63);
+            }
+        }
+    }
+    add(numbers);
+    out
+}
+
+/// [`Transform::image`] of `t:hexDecode`: each byte is a pair of the hex digits present.
+fn hex_image(input: ByteSet) -> ByteSet {
+    let digits: Vec<u8> = (0..=255u8)
+        .filter(|&c| input[usize::from(c >> 6)] & (1 << (c & 63)) != 0)
+        .filter_map(hex_val)
+        .collect();
+    let mut out = [0u64; 4];
+    for &high in &digits {
+        for &low in &digits {
+            let b = (high << 4) | low;
+            out[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+    }
+    out
+}
+
 fn hex_encode(input: &[u8]) -> Vec<u8> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(input.len() * 2);
@@ -1029,6 +1132,10 @@ mod tests {
             b"ABCXYZ019",
             b"abc,;XY",
             b"ab+c=",
+            b"\\x47fu",
+            b"\\0123abn",
+            b"\\x4a7",
+            b"\\nrtv",
             b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,",
             b"abc ABC\t\n/*-#+;,'\"^()",
             b"%+0123456789abcdefABCDEFu",
