@@ -460,9 +460,9 @@ fn compile(
     rules.plan_matched_var();
     /// The number of the next engine compiled.
     static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+    // The walk and the replay plan, which only whole phases use (not the fold's probe,
+    // which evaluates rules one by one), are made after the fold, from its outcome.
     let folding = Folding::none(&rules);
-    let walk = Walk::new(&rules, &folding);
-    let replay = crate::replay::plan(&rules);
     let mut inner = Arc::new(Compiled {
         rules,
         mode: match settings.mode {
@@ -478,36 +478,35 @@ fn compile(
             .collect(),
         path_exclusions,
         folding,
-        walk,
-        replay,
+        walk: Walk::default(),
+        replay: Vec::new(),
         number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
         remembered_values: settings.remembered_values,
         unique: AtomicU64::new(1),
     });
     let (folding, arguments) = fold(&inner);
-    // The probe transaction `fold` ran has ended: nothing else holds the engine yet.
-    if let Some(compiled) = Arc::get_mut(&mut inner) {
-        compiled.folding = folding;
-        if !arguments.is_empty() {
-            for a in arguments {
-                if let Some(m) = compiled.rules.rules[a.rule].links[a.link]
-                    .operator
-                    .argument_mut()
-                {
-                    *m = Macro::fixed(a.text);
-                }
+    let compiled = Arc::get_mut(&mut inner)
+        .expect("the fold's probe transaction has ended and nothing else holds the engine");
+    compiled.folding = folding;
+    if !arguments.is_empty() {
+        for a in arguments {
+            if let Some(m) = compiled.rules.rules[a.rule].links[a.link]
+                .operator
+                .argument_mut()
+            {
+                *m = Macro::fixed(a.text);
             }
-            // Links with a decided argument may now be remembered. The probe may have left
-            // what it learned under the old plan: the engine takes a new number, which
-            // nothing is remembered for.
-            compiled
-                .rules
-                .plan_recall(settings.executing_paranoia_level);
-            compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
         }
-        compiled.walk = Walk::new(&compiled.rules, &compiled.folding);
-        compiled.replay = crate::replay::plan(&compiled.rules);
+        // Links with a decided argument may now be remembered. The probe may have left
+        // what it learned under the old plan: the engine takes a new number, which
+        // nothing is remembered for.
+        compiled
+            .rules
+            .plan_recall(settings.executing_paranoia_level);
+        compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
     }
+    compiled.walk = Walk::new(&compiled.rules, &compiled.folding);
+    compiled.replay = crate::replay::plan(&compiled.rules);
     Ok(WafEngine { inner })
 }
 
