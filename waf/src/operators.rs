@@ -11,7 +11,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use crate::error::ErrorKind;
 use crate::macros::Macro;
 use crate::prefilter::{matches_over, required_literals};
-use crate::transforms::ByteSet;
+use crate::transforms::{ByteSet, holds};
 
 /// A compiled operator.
 #[derive(Clone, Debug)]
@@ -330,7 +330,7 @@ impl Operator {
 
     /// [`Operator::can_match_over`] for one set, but for `@rx`.
     fn can_match_bytes(&self, arg: &[u8], bytes: &ByteSet) -> bool {
-        let has = |b: &u8| bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+        let has = |b: &u8| holds(bytes, *b);
         let has_either_case =
             |b: &u8| has(b) || has(&b.to_ascii_lowercase()) || has(&b.to_ascii_uppercase());
         match self {

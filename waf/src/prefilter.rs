@@ -15,7 +15,7 @@
 use regex_syntax::ParserBuilder;
 use regex_syntax::hir::{Class, Hir, HirKind};
 
-use crate::transforms::ByteSet;
+use crate::transforms::{ByteSet, holds};
 
 /// The most strings an exact set (spelled-out run) may hold.
 const MAX_EXACT: usize = 256;
@@ -75,7 +75,7 @@ pub fn matches_over(pattern: &str, unicode: bool, sets: &[ByteSet]) -> Vec<bool>
 
 /// Whether some string `hir` matches is made of bytes of `bytes`.
 fn spells(hir: &Hir, bytes: &ByteSet) -> bool {
-    let has = |b: u8| bytes[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+    let has = |b: u8| holds(bytes, b);
     let any_high = bytes[2] | bytes[3] != 0;
     match hir.kind() {
         HirKind::Empty | HirKind::Look(_) => true,

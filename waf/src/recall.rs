@@ -23,39 +23,28 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::transforms::ByteSet;
+use crate::transforms::{ByteSet, set_of};
 
 /// The longest value remembered, in bytes; longer values are evaluated every time.
 pub const LONGEST: usize = 512;
 
 /// The alphabets a new value is known by before any link has run, smaller ones first: a
 /// value made of an alphabet's bytes (a number, an item id in hex digits, a word, a term,
-/// a path, a URI without escapes, a compact JSON body) cannot meet the links whose every match needs a byte
-/// outside it (see [`crate::rule::RuleSet::alphabet_rows`]). A value takes the first
-/// alphabet holding all its bytes.
+/// a path, a URI without escapes, a compact JSON body) cannot meet the links whose every
+/// match needs a byte outside it (see [`crate::rule::RuleSet::alphabet_rows`]). A value
+/// takes the first alphabet holding all its bytes.
 pub const ALPHABETS: [ByteSet; 10] = [
-    byte_set(b"0123456789"),
-    byte_set(b"0123456789abcdef"),
-    byte_set(b"0123456789abcdef-"),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,"),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-., "),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/"),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=&"),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=& "),
-    byte_set(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:{}[]\""),
+    set_of(b"0123456789"),
+    set_of(b"0123456789abcdef"),
+    set_of(b"0123456789abcdef-"),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,"),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-., "),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/"),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=&"),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:/?=& "),
+    set_of(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-.,:{}[]\""),
 ];
-
-/// The set of `bytes`.
-const fn byte_set(bytes: &[u8]) -> ByteSet {
-    let mut set = [0u64; 4];
-    let mut i = 0;
-    while i < bytes.len() {
-        set[(bytes[i] >> 6) as usize] |= 1 << (bytes[i] & 63);
-        i += 1;
-    }
-    set
-}
 
 /// The first of [`ALPHABETS`] holding every byte of `present`, if any.
 pub fn alphabet(present: &ByteSet) -> Option<usize> {

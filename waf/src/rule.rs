@@ -1132,11 +1132,11 @@ mod tests {
                     }
                     ruled_out += 1;
                     let bytes: Vec<u8> = (0..=255u8)
-                        .filter(|&b| alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+                        .filter(|&b| crate::transforms::holds(alphabet, b))
                         .collect();
                     // The link's own literals, in either case, where the alphabet has their
                     // bytes: what it looks for, if anything, is made of them.
-                    let has = |b: u8| alphabet[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+                    let has = |b: u8| crate::transforms::holds(alphabet, b);
                     let literals: Vec<Vec<u8>> = link
                         .operator
                         .literals()

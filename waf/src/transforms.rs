@@ -100,9 +100,24 @@ const NO_RANGE: (u8, u8) = (1, 0);
 pub fn bytes_present(value: &[u8]) -> ByteSet {
     let mut set = [0u64; 4];
     for &b in value {
-        set[usize::from(b >> 6)] |= 1 << (b & 63);
+        insert(&mut set, b);
     }
     set
+}
+
+/// The set of the bytes of `bytes`.
+pub const fn set_of(bytes: &[u8]) -> ByteSet {
+    byte_set(bytes, NO_RANGE.0, NO_RANGE.1)
+}
+
+/// Whether `set` holds byte `b`.
+pub fn holds(set: &ByteSet, b: u8) -> bool {
+    set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+}
+
+/// Adds byte `b` to `set`.
+fn insert(set: &mut ByteSet, b: u8) {
+    set[usize::from(b >> 6)] |= 1 << (b & 63);
 }
 
 impl Transform {
@@ -162,7 +177,7 @@ impl Transform {
         const SPACE: ByteSet = byte_set(b" ", NO_RANGE.0, NO_RANGE.1);
         const SLASH: ByteSet = byte_set(b"/", NO_RANGE.0, NO_RANGE.1);
         const DIGITS: ByteSet = byte_set(b"", b'0', b'9');
-        let has = |b: u8| input[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+        let has = |b: u8| holds(&input, b);
         let with = |extra: ByteSet| -> ByteSet { std::array::from_fn(|w| input[w] | extra[w]) };
         let lowered = {
             let mut set = input;
@@ -958,21 +973,17 @@ fn base64_decode(input: &[u8], skip_invalid: bool) -> Vec<u8> {
 /// a group of four from the first and second, the second from the second and third, the
 /// third from the third and fourth), so only those pairs of the values present can appear.
 fn base64_image(input: ByteSet) -> ByteSet {
-    let mut values = Vec::new();
-    for (value, c) in
-        (0u8..).zip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-    {
-        if input[usize::from(c >> 6)] & (1 << (c & 63)) != 0 {
-            values.push(value);
-        }
-    }
+    let values: Vec<u8> = (0u8..)
+        .zip(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+        .filter(|&(_, &c)| holds(&input, c))
+        .map(|(value, _)| value)
+        .collect();
     let mut out = [0u64; 4];
-    let mut add = |b: u8| out[usize::from(b >> 6)] |= 1 << (b & 63);
     for &a in &values {
         for &b in &values {
-            add((a << 2) | (b >> 4));
-            add(((a & 0x0f) << 4) | (b >> 2));
-            add(((a & 0x03) << 6) | b);
+            insert(&mut out, (a << 2) | (b >> 4));
+            insert(&mut out, ((a & 0x0f) << 4) | (b >> 2));
+            insert(&mut out, ((a & 0x03) << 6) | b);
         }
     }
     out
@@ -983,13 +994,8 @@ fn base64_image(input: ByteSet) -> ByteSet {
 /// pairs of its hex digits, octal numbers of its octal digits, the letters of `\n` and
 /// the like their control characters).
 fn js_image(input: ByteSet) -> ByteSet {
-    let has = |b: u8| input[usize::from(b >> 6)] & (1 << (b & 63)) != 0;
+    let has = |b: u8| holds(&input, b);
     let mut out = input;
-    let mut add = |set: ByteSet| {
-        for (o, s) in out.iter_mut().zip(set) {
-            *o |= s;
-        }
-    };
     for (letter, control) in [
         (b'a', 7),
         (b'b', 8),
@@ -1000,54 +1006,45 @@ fn js_image(input: ByteSet) -> ByteSet {
         (b'v', 0x0b),
     ] {
         if has(letter) {
-            add(byte_set(&[control], NO_RANGE.0, NO_RANGE.1));
+            insert(&mut out, control);
         }
     }
-    let pairs = hex_image(input);
-    if has(b'x') || has(b'X') {
-        add(pairs);
-    }
-    if has(b'u') || has(b'U') {
-        add(pairs);
-        if has(b'f') || has(b'F') {
-            // `\uffHH` gives the full-width form's ASCII byte (see `unicode_byte`).
-            let mut shifted = [0u64; 4];
-            for b in 1..0x5fu8 {
-                if pairs[usize::from(b >> 6)] & (1 << (b & 63)) != 0 {
-                    shifted[usize::from((b + 0x20) >> 6)] |= 1 << ((b + 0x20) & 63);
-                }
+    // `\xHH` and `\uHHHH` give a pair of hex digits; `\uffHH` the full-width form's
+    // ASCII byte (see `unicode_byte`).
+    let full_width = (has(b'u') || has(b'U')) && (has(b'f') || has(b'F'));
+    if has(b'x') || has(b'X') || has(b'u') || has(b'U') {
+        let pairs = hex_image(input);
+        for b in (0..=255u8).filter(|&b| holds(&pairs, b)) {
+            insert(&mut out, b);
+            if full_width && (1..0x5f).contains(&b) {
+                insert(&mut out, b + 0x20);
             }
-            add(shifted);
         }
     }
+    // Octal escapes of one to three digits, the number's low byte.
     let octal: Vec<u32> = (0..8u8).filter(|d| has(b'0' + d)).map(u32::from).collect();
-    let mut numbers = [0u64; 4];
     for &a in &octal {
         for &b in &octal {
-            for v in [a, a * 8 + b] {
-                numbers[(v >> 6) as usize] |= 1 << (v & 63);
-            }
             for &c in &octal {
-                let v = (a * 64 + b * 8 + c) & 0xff;
-                numbers[(v >> 6) as usize] |= 1 << (v & 63);
+                for v in [a, a * 8 + b, a * 64 + b * 8 + c] {
+                    insert(&mut out, (v & 0xff) as u8);
+                }
             }
         }
     }
-    add(numbers);
     out
 }
 
 /// [`Transform::image`] of `t:hexDecode`: each byte is a pair of the hex digits present.
 fn hex_image(input: ByteSet) -> ByteSet {
     let digits: Vec<u8> = (0..=255u8)
-        .filter(|&c| input[usize::from(c >> 6)] & (1 << (c & 63)) != 0)
+        .filter(|&c| holds(&input, c))
         .filter_map(hex_val)
         .collect();
     let mut out = [0u64; 4];
     for &high in &digits {
         for &low in &digits {
-            let b = (high << 4) | low;
-            out[usize::from(b >> 6)] |= 1 << (b & 63);
+            insert(&mut out, (high << 4) | low);
         }
     }
     out
