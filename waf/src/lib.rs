@@ -40,3 +40,15 @@ pub use engine::{
 pub use error::{ErrorKind, LoadError, RuleError};
 pub use operators::DataFiles;
 pub use transaction::Transaction;
+
+/// A small deterministic generator (xorshift64) for the crate's tests: the same values on
+/// every run.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

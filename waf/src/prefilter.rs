@@ -421,12 +421,10 @@ mod tests {
         .collect();
         // And pseudo-random strings over the bytes the expressions care about.
         let alphabet = b"abcdefijlnoprstuBSU <>'\"`=$({}%2c7./\\|&)\x0b\t";
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..20_000 {
             let mut v = Vec::new();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = next();
             for i in 0..(seed % 12) {
                 v.push(alphabet[((seed >> (i * 5)) % alphabet.len() as u64) as usize]);
             }

@@ -1107,13 +1107,7 @@ mod tests {
         };
         let engine = WafEngine::new(&settings, &crs).unwrap_or_else(|e| panic!("{e}"));
         let rules = &engine.compiled().rules;
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(0x9E37_79B9_7F4A_7C15u64);
         let (mut checked, mut ruled_out) = (0, 0);
         for rule in &rules.rules {
             for link in rule.links.iter() {
@@ -1151,7 +1145,7 @@ mod tests {
                         let mut value: Vec<u8> = (0..len)
                             .map(|_| bytes[(next() % bytes.len() as u64) as usize])
                             .collect();
-                        if !literals.is_empty() && next() % 2 == 0 {
+                        if !literals.is_empty() && next().is_multiple_of(2) {
                             let l = &literals[(next() % literals.len() as u64) as usize];
                             let at = (next() as usize) % (value.len() + 1);
                             value.splice(at..at, l.iter().copied());

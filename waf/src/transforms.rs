@@ -1144,13 +1144,7 @@ mod tests {
         .iter()
         .map(|a| a.to_vec())
         .collect();
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(0x2545_F491_4F6C_DD1Du64);
         for name in NAMES {
             let tr = T::from_name(name).unwrap();
             for alphabet in &alphabets {
