@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::{Anchored, MatchKind, dfa::DFA, nfa::contiguous::NFA};
 
 use crate::actions::{
     Actions, Ctl, Disruptive, Effect, RuleRef, Severity, parse_actions, parse_id_ranges,
@@ -139,7 +140,7 @@ pub type Owners = Vec<(u32, u64)>;
 pub struct PrefilterPart {
     /// The literals of two bytes or more, ASCII case-insensitive, reporting overlapping
     /// matches, with per literal the bits it sets as (word, mask) pairs.
-    pub matcher: Option<(AhoCorasick, Vec<Owners>)>,
+    pub matcher: Option<(Literals, Vec<Owners>)>,
     /// Per byte value: the bits of the sets holding that one byte (either case of a
     /// letter), `words` words each.
     pub bytes: Vec<u64>,
@@ -161,9 +162,42 @@ impl PrefilterPart {
                 }
             }
         }
-        if let Some((matcher, owners)) = &self.matcher {
-            for found in matcher.find_overlapping_iter(value) {
-                for &(w, mask) in &owners[found.pattern().as_usize()] {
+        if let Some((literals, owners)) = &self.matcher {
+            match literals {
+                Literals::Dfa(dfa, start) => mark_literals(dfa, *start, value, owners, set),
+                Literals::Nfa(nfa, start) => mark_literals(nfa, *start, value, owners, set),
+            }
+        }
+    }
+}
+
+/// The automaton of a prefilter part's literals of two bytes or more, ASCII
+/// case-insensitive, with standard match semantics (each state lists every literal that
+/// ends there), and its unanchored start state.
+#[derive(Debug)]
+pub enum Literals {
+    /// A DFA: one transition per byte.
+    Dfa(DFA, StateID),
+    /// A contiguous NFA, for sets too large for a DFA.
+    Nfa(NFA, StateID),
+}
+
+/// Adds to `set` the bits of every literal of `automaton` (started at `start`) that occurs
+/// in `value`: the automaton is stepped byte by byte, each match state naming the literals
+/// that end there, overlapping ones included.
+fn mark_literals<A: Automaton>(
+    automaton: &A,
+    start: StateID,
+    value: &[u8],
+    owners: &[Owners],
+    set: &mut [u64],
+) {
+    let mut state = start;
+    for &b in value {
+        state = automaton.next_state(Anchored::No, state, b);
+        if automaton.is_special(state) && automaton.is_match(state) {
+            for i in 0..automaton.match_len(state) {
+                for &(w, mask) in &owners[automaton.match_pattern(state, i).as_usize()] {
                     set[w as usize] |= mask;
                 }
             }
@@ -226,7 +260,7 @@ pub fn any_bits(set: &[u64], first: u32, count: u32) -> bool {
 const DFA_LITERALS: usize = 4096;
 
 /// Builds one automaton of literals with their bits.
-fn automaton(mut literals: Vec<(Vec<u8>, u32)>) -> Option<(AhoCorasick, Vec<Owners>)> {
+fn automaton(mut literals: Vec<(Vec<u8>, u32)>) -> Option<(Literals, Vec<Owners>)> {
     literals.sort();
     let mut patterns: Vec<Vec<u8>> = Vec::new();
     let mut owners: Vec<Vec<(u32, u64)>> = Vec::new();
@@ -249,18 +283,38 @@ fn automaton(mut literals: Vec<(Vec<u8>, u32)>) -> Option<(AhoCorasick, Vec<Owne
     // its size grows with the literals: the CRS's 2 900 expression literals take 6 MB as a
     // DFA (0.4 MB as an NFA), its 6 000 phrases 78 MB (1.6 MB), so only the smaller
     // automata are DFAs.
-    let kind = if patterns.len() <= DFA_LITERALS {
-        AhoCorasickKind::DFA
-    } else {
-        AhoCorasickKind::ContiguousNFA
+    // Unanchored searches are what both builders make by default: a start state is an
+    // invariant of the built automaton, not something the literals can break. A DFA too
+    // large for its state ids falls back to the NFA, whose ids run out only past 2^31
+    // states.
+    let unanchored = "an automaton built for unanchored searches has an unanchored start";
+    let dfa = (patterns.len() <= DFA_LITERALS)
+        .then(|| {
+            DFA::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .prefilter(false)
+                .build(&patterns)
+                .ok()
+        })
+        .flatten();
+    let literals = match dfa {
+        Some(dfa) => {
+            let start = dfa.start_state(Anchored::No).expect(unanchored);
+            Literals::Dfa(dfa, start)
+        }
+        None => {
+            let nfa = NFA::builder()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .prefilter(false)
+                .build(&patterns)
+                .expect("the prefilter's literals fit an NFA's state ids");
+            let start = nfa.start_state(Anchored::No).expect(unanchored);
+            Literals::Nfa(nfa, start)
+        }
     };
-    AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::Standard)
-        .kind(Some(kind))
-        .build(&patterns)
-        .ok()
-        .map(|m| (m, owners))
+    Some((literals, owners))
 }
 
 /// The `TX` keys of a `capture`'s groups.
@@ -1094,6 +1148,63 @@ mod tests {
     use super::{all_bits, any_bits};
     use crate::engine::{AppProfile, WafEngine, WafSettings};
     use crate::recall::ALPHABETS;
+
+    /// Sets of random literals of `shortest` bytes or more over a few bytes (either case,
+    /// overlapping ones likely), scanned by the part they make, against a plain
+    /// case-insensitive substring search; returns the part.
+    fn scan_agrees_with_a_substring_search(
+        sets: usize,
+        literals_per_set: u64,
+        shortest: u64,
+    ) -> super::PrefilterPart {
+        let mut next = crate::xorshift(0x5DEE_CE66_D1CE_4E5B);
+        let alphabet = b"abcAB<-";
+        let mut word = |min: u64, max: u64| -> Vec<u8> {
+            let len = min + next() % (max - min + 1);
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        };
+        let sets: Vec<Vec<Vec<u8>>> = (0..sets)
+            .map(|n| {
+                let count = 1 + n as u64 % literals_per_set;
+                (0..count).map(|_| word(shortest, 8)).collect()
+            })
+            .collect();
+        let part = super::prefilter_part(sets.clone());
+        for _ in 0..200 {
+            let value = word(0, 24);
+            let mut scanned = vec![0u64; part.words];
+            part.scan(
+                &value,
+                crate::transforms::bytes_present(&value),
+                &mut scanned,
+            );
+            let lower = value.to_ascii_lowercase();
+            for (bit, set) in sets.iter().enumerate() {
+                let found = set.iter().any(|l| {
+                    let l = l.to_ascii_lowercase();
+                    lower.windows(l.len()).any(|w| w == l.as_slice())
+                });
+                let marked = scanned[bit / 64] & (1 << (bit % 64)) != 0;
+                assert_eq!(marked, found, "set {bit} {set:?} in {value:?}");
+            }
+        }
+        part
+    }
+
+    #[test]
+    fn a_scan_marks_the_sets_of_every_literal_in_the_value_with_a_dfa() {
+        let part = scan_agrees_with_a_substring_search(300, 3, 1);
+        assert!(matches!(part.matcher, Some((super::Literals::Dfa(..), _))));
+    }
+
+    #[test]
+    fn a_scan_marks_the_sets_of_every_literal_in_the_value_with_an_nfa() {
+        // More distinct literals than a DFA is built for.
+        let part = scan_agrees_with_a_substring_search(super::DFA_LITERALS + 500, 1, 4);
+        assert!(matches!(part.matcher, Some((super::Literals::Nfa(..), _))));
+    }
 
     #[test]
     fn no_crs_link_finds_anything_in_values_of_an_alphabet_that_rules_it_out() {
