@@ -369,17 +369,14 @@ impl TxVars {
     /// of the key where this transaction has set it; returns whether the key was not set
     /// before.
     fn add(&mut self, key: Cow<'_, str>, delta: i64) -> bool {
-        let write = |slot: &mut Vec<u8>, n: i64| {
-            slot.clear();
-            slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        };
         if let Some(Own::Set(buf)) = self.own.get_mut(&*key) {
-            let n = atoi(buf).saturating_add(delta);
-            write(buf, n);
+            let n = added(Some(buf), delta);
+            buf.clear();
+            write_number(buf, n);
             return false;
         }
-        let n = self.get(&key).map_or(0, |c| atoi(c)).saturating_add(delta);
-        self.set(key, |slot| write(slot, n))
+        let n = added(self.get(&key).map(Vec::as_slice), delta);
+        self.set(key, |slot| write_number(slot, n))
     }
 
     /// Deletes a key.
@@ -2470,10 +2467,8 @@ impl Transaction {
                         false
                     }
                     (Some(m), _, Some(delta)) => {
-                        let n = m.get(&*key).map_or(0, |c| atoi(c)).saturating_add(delta);
-                        set_var(m, key.clone(), |slot| {
-                            slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                        });
+                        let n = added(m.get(&*key).map(Vec::as_slice), delta);
+                        set_var(m, key.clone(), |slot| write_number(slot, n));
                         false
                     }
                     (Some(m), _, None) => {
@@ -2632,6 +2627,17 @@ fn address_text(addr: IpAddr) -> Vec<u8> {
 
 /// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
 /// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
+/// What `setvar:col.key=+n` (or `-n`) makes of a key's current value: the value read as a
+/// number (0 when unset or not a number) plus `delta`, saturating.
+fn added(current: Option<&[u8]>, delta: i64) -> i64 {
+    current.map_or(0, atoi).saturating_add(delta)
+}
+
+/// Appends the decimal digits of `n` to `slot`.
+fn write_number(slot: &mut Vec<u8>, n: i64) {
+    slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
     let slot = match map.get_mut(&*key) {
         Some(slot) => slot,
