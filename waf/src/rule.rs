@@ -423,6 +423,9 @@ pub struct RuleSet {
     /// which links some value it selects is not known to. A target of one key has a row
     /// of its own, since only the links reading that key ever learn its values.
     pub recall_targets: Vec<Target>,
+    /// Per target of [`RuleSet::recall_targets`], a row of [`RuleSet::recall_words`] words:
+    /// the steady links that read it (their recall bits).
+    pub recall_target_readers: Vec<u64>,
     /// Per target of [`RuleSet::recall_targets`]: the phases whose links read its row, as
     /// bits (phase `p` is bit `p - 1`), so that a phase works out only the rows it reads.
     pub recall_target_phases: Vec<u8>,
@@ -450,6 +453,7 @@ impl Default for RuleSet {
             recall_words: 0,
             alphabet_rows: Vec::new(),
             recall_targets: Vec::new(),
+            recall_target_readers: Vec::new(),
             recall_target_phases: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
@@ -699,6 +703,15 @@ impl RuleSet {
             }
         }
         self.recall_words = planned.len().div_ceil(64);
+        self.recall_target_readers = vec![0; self.recall_targets.len() * self.recall_words];
+        for link in self.rules.iter().flat_map(|r| &r.links) {
+            if let Some(bit) = link.recall.filter(|_| link.steady) {
+                for &row in &link.recall_rows {
+                    let word = row as usize * self.recall_words + (bit / 64) as usize;
+                    self.recall_target_readers[word] |= 1 << (bit % 64);
+                }
+            }
+        }
         self.alphabet_rows = vec![0; recall::ALPHABETS.len() * self.recall_words];
         for rule in &self.rules {
             for link in &rule.links {

@@ -769,6 +769,11 @@ struct Memo {
     /// Per target of [`RuleSet::recall_targets`], a row of [`RuleSet::recall_words`]
     /// words: the links some value of the target is not known to find nothing in.
     unknown: Vec<u64>,
+    /// This phase's links (their recall bits, [`RuleSet::recall_words`] words) that some
+    /// target they read has a value not known to: the union of the phase's rows of
+    /// `unknown`, each limited to the links reading its target. A link outside it finds
+    /// nothing in any of its targets, which one bit test says.
+    unknown_links: Vec<u64>,
     /// What the thread remembers of values is about which engine, and how much of it.
     recall: Recollection,
     /// Per slot: the first word of its row in `known`, `UNSET` until first needed, or
@@ -1024,6 +1029,7 @@ impl Memo {
         self.groups.clear();
         self.unknown_ready = false;
         self.unknown.clear();
+        self.unknown_links.clear();
         self.known_rows.clear();
         self.known_rows_at.clear();
         self.known.clear();
@@ -1206,7 +1212,8 @@ impl Memo {
     /// Whether a steady link (see [`Link::steady`]) with recall bit `bit` and recall rows
     /// `rows` (one per target) is known to find nothing in every value of its targets in
     /// this phase: no value its targets select lacks its bit, but in the targets
-    /// `taken_whole` (by index) says are not read.
+    /// `taken_whole` (by index) says are not read. A link outside this phase's
+    /// `unknown_links` is decided by that one bit.
     fn finds_nothing(
         &mut self,
         rules: &RuleSet,
@@ -1220,6 +1227,9 @@ impl Memo {
         }
         if !self.unknown_ready {
             self.learn_unknown(rules, d);
+        }
+        if self.unknown_links[(bit / 64) as usize] & (1 << (bit % 64)) == 0 {
+            return true;
         }
         let known = |row: u32| self.target_finds_nothing(row, bit);
         match rows.iter().position(|&row| !known(row)) {
@@ -1249,7 +1259,8 @@ impl Memo {
     /// One pass over the values of the targets of [`RuleSet::recall_targets`] whose rows
     /// this phase's links read: per target, the links some value is not known to find
     /// nothing in. The row of a variable fixed when the transaction started is worked out
-    /// once: knowledge only grows, so it over-estimates at worst.
+    /// once: knowledge only grows, so it over-estimates at worst. Then the union of the
+    /// phase's rows, each limited to the links reading its target (`unknown_links`).
     fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
         let words = self.recall.words;
         if self.unknown.is_empty() {
@@ -1282,6 +1293,17 @@ impl Memo {
             });
         }
         self.phases_learned |= self.phase_bits;
+        self.unknown_links.clear();
+        self.unknown_links.resize(words, 0);
+        for (row, readers) in rules.recall_target_readers.chunks(words).enumerate() {
+            if rules.recall_target_phases[row] & self.phase_bits == 0 {
+                continue;
+            }
+            let unknown = &self.unknown[row * words..(row + 1) * words];
+            for ((u, r), k) in self.unknown_links.iter_mut().zip(readers).zip(unknown) {
+                *u |= r & k;
+            }
+        }
         self.unknown_ready = true;
     }
 
