@@ -2647,8 +2647,6 @@ fn address_text(addr: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
-/// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
 /// What `setvar:col.key=+n` (or `-n`) makes of a key's current value: the value read as a
 /// number (0 when unset or not a number) plus `delta`, saturating.
 fn added(current: Option<&[u8]>, delta: i64) -> i64 {
@@ -2660,6 +2658,8 @@ fn write_number(slot: &mut Vec<u8>, n: i64) {
     slot.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Sets `key` in `map` to what `fill` writes into its emptied buffer: a variable that exists
+/// keeps its buffer (most `setvar`s and captures change one that does), a new one is added.
 fn set_var(map: &mut VarMap, key: Cow<'_, str>, fill: impl FnOnce(&mut Vec<u8>)) {
     let slot = match map.get_mut(&*key) {
         Some(slot) => slot,
