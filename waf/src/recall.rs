@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::transforms::{ByteSet, set_of};
+use crate::transforms::{ByteSet, set_of, within};
 
 /// The longest value remembered, in bytes; longer values are evaluated every time.
 pub const LONGEST: usize = 512;
@@ -50,7 +50,7 @@ pub const ALPHABETS: [ByteSet; 10] = [
 pub fn alphabet(present: &ByteSet) -> Option<usize> {
     ALPHABETS
         .iter()
-        .position(|a| a.iter().zip(present).all(|(a, p)| p & !a == 0))
+        .position(|alphabet| within(present, alphabet))
 }
 
 type Generation = HashMap<Box<[u8]>, Box<[u64]>, foldhash::fast::RandomState>;

@@ -16,7 +16,7 @@ use crate::replay::{self, Change, Inputs};
 use crate::rule::{
     CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, any_bits, has_bits,
 };
-use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present};
+use crate::transforms::{ByteSet, Transform, apply_chain_multi, bytes_present, disjoint};
 use crate::variables::{KeyRegex, Selector, Target, Var};
 use crate::walk::{self, Kind};
 
@@ -848,11 +848,6 @@ impl Hasher for MixHasher {
     fn write_usize(&mut self, v: usize) {
         self.write_u64(v as u64);
     }
-}
-
-/// Whether two byte sets have no byte in common.
-fn disjoint(a: ByteSet, b: ByteSet) -> bool {
-    a.iter().zip(b).all(|(x, y)| x & y == 0)
 }
 
 /// Whether a candidate set (an offset into the pool; `NONE` for "no prefilter") has a

@@ -115,6 +115,16 @@ pub fn holds(set: &ByteSet, b: u8) -> bool {
     set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
+/// Whether two byte sets have no byte in common.
+pub fn disjoint(a: ByteSet, b: ByteSet) -> bool {
+    a.iter().zip(b).all(|(x, y)| x & y == 0)
+}
+
+/// Whether every byte of `inner` is in `outer`.
+pub fn within(inner: &ByteSet, outer: &ByteSet) -> bool {
+    inner.iter().zip(outer).all(|(i, o)| i & !o == 0)
+}
+
 /// Adds byte `b` to `set`.
 fn insert(set: &mut ByteSet, b: u8) {
     set[usize::from(b >> 6)] |= 1 << (b & 63);
@@ -174,8 +184,8 @@ impl Transform {
         const ALL: ByteSet = [u64::MAX; 4];
         const UPPER: u64 = 0x07FF_FFFE; // 'A'..='Z' in word 1
         const LOWER: u64 = UPPER << 32; // 'a'..='z' in word 1
-        const SPACE: ByteSet = byte_set(b" ", NO_RANGE.0, NO_RANGE.1);
-        const SLASH: ByteSet = byte_set(b"/", NO_RANGE.0, NO_RANGE.1);
+        const SPACE: ByteSet = set_of(b" ");
+        const SLASH: ByteSet = set_of(b"/");
         const DIGITS: ByteSet = byte_set(b"", b'0', b'9');
         let has = |b: u8| holds(&input, b);
         let with = |extra: ByteSet| -> ByteSet { std::array::from_fn(|w| input[w] | extra[w]) };
@@ -184,10 +194,7 @@ impl Transform {
             set[1] = (set[1] & !UPPER) | ((set[1] & UPPER) << 32);
             set
         };
-        if self
-            .triggers()
-            .is_some_and(|t| t.iter().zip(input).all(|(t, i)| t & i == 0))
-        {
+        if self.triggers().is_some_and(|t| disjoint(t, input)) {
             return input;
         }
         match self {
@@ -1156,7 +1163,7 @@ mod tests {
                         .collect();
                     let out = bytes_present(&tr.apply(&value));
                     assert!(
-                        out.iter().zip(image).all(|(o, i)| o & !i == 0),
+                        within(&out, &image),
                         "{name} on {:?} gave {:?}",
                         String::from_utf8_lossy(&value),
                         String::from_utf8_lossy(&tr.apply(&value)),
