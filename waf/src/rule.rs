@@ -703,29 +703,24 @@ impl RuleSet {
             }
         }
         self.recall_words = planned.len().div_ceil(64);
-        self.recall_target_readers = vec![0; self.recall_targets.len() * self.recall_words];
+        // Per link with a bit: the targets it reads (when steady) and the alphabets that
+        // rule it out, each a row of `recall_words` words.
+        let words = self.recall_words;
+        self.recall_target_readers = vec![0; self.recall_targets.len() * words];
+        self.alphabet_rows = vec![0; recall::ALPHABETS.len() * words];
+        let mark = |rows: &mut [u64], row: usize, bit: u32| {
+            rows[row * words + (bit / 64) as usize] |= 1 << (bit % 64);
+        };
         for link in self.rules.iter().flat_map(|r| &r.links) {
-            if let Some(bit) = link.recall.filter(|_| link.steady) {
+            let Some(bit) = link.recall else { continue };
+            if link.steady {
                 for &row in &link.recall_rows {
-                    let word = row as usize * self.recall_words + (bit / 64) as usize;
-                    self.recall_target_readers[word] |= 1 << (bit % 64);
+                    mark(&mut self.recall_target_readers, row as usize, bit);
                 }
             }
-        }
-        self.alphabet_rows = vec![0; recall::ALPHABETS.len() * self.recall_words];
-        for rule in &self.rules {
-            for link in &rule.links {
-                let Some(bit) = link.recall else { continue };
-                for (a, can) in link
-                    .can_find_over(&recall::ALPHABETS)
-                    .into_iter()
-                    .enumerate()
-                {
-                    if !can {
-                        let word = a * self.recall_words + (bit / 64) as usize;
-                        self.alphabet_rows[word] |= 1 << (bit % 64);
-                    }
-                }
+            let alphabets = link.can_find_over(&recall::ALPHABETS);
+            for (a, _) in alphabets.iter().enumerate().filter(|(_, can)| !**can) {
+                mark(&mut self.alphabet_rows, a, bit);
             }
         }
     }
@@ -1277,8 +1272,8 @@ mod tests {
                         let values = if link.multi_match {
                             crate::transforms::apply_chain_multi(&link.transforms, &value)
                         } else {
-                            let last = link.transforms.iter();
-                            vec![last.fold(value.clone(), |v, t| t.apply(&v).into_owned())]
+                            let chain = link.transforms.iter();
+                            vec![chain.fold(value.clone(), |v, t| t.apply(&v).into_owned())]
                         };
                         let finds = values
                             .iter()
