@@ -25,16 +25,66 @@ use crate::macros::Macro;
 use crate::rule::RuleSet;
 use crate::variables::{Target, Var};
 
-/// What a replayable rule reads when it starts, in the order its fingerprint is written.
+/// What a replayable rule reads when it starts, in the order its fingerprint is written:
+/// first what decides whether it matches, then what its actions read when it does.
 #[derive(Debug, Default)]
 pub(crate) struct Inputs {
     /// The targets of its links, each read whole.
     pub(crate) targets: Vec<Target>,
-    /// The `TX` keys its macros read and its additions read before adding (lower case).
+    /// What its operators' arguments read.
+    pub(crate) matching: Reads,
+    /// What its actions read, and not its arguments: the `TX` keys and variables of its
+    /// `setvar`s' macros, the keys it adds to. An evaluation that ran no action read none
+    /// of it (see [`Outcomes::keep`]).
+    pub(crate) effects: Reads,
+}
+
+/// The variables part of a rule reads by name, besides its targets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    /// `TX` keys (lower case).
     pub(crate) tx_keys: Vec<String>,
-    /// The other variables its macros read (but the matched variables, which it sets
-    /// before reading, and `RULE`, which is its own).
+    /// Other variables (but the matched variables, which the rule sets before reading,
+    /// and `RULE`, which is its own).
     pub(crate) lookups: Vec<(Var, Option<String>)>,
+}
+
+impl Reads {
+    /// Whether nothing is read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tx_keys.is_empty() && self.lookups.is_empty()
+    }
+
+    /// Adds what macro `m` reads, but what `other` already reads.
+    fn add_macro(&mut self, m: &Macro, other: &Reads) {
+        for (var, key) in m.references() {
+            match (var, key) {
+                (Var::Tx, Some(k)) => self.add_key(k, other),
+                (
+                    Var::MatchedVar
+                    | Var::MatchedVarName
+                    | Var::MatchedVars
+                    | Var::MatchedVarsNames
+                    | Var::Rule,
+                    _,
+                ) => {}
+                (v, k) => {
+                    let read = (v, k.map(str::to_string));
+                    if !self.lookups.contains(&read) && !other.lookups.contains(&read) {
+                        self.lookups.push(read);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a `TX` key (as `TX` keys are stored: lower case) once, unless `other` reads it.
+    fn add_key(&mut self, key: &str, other: &Reads) {
+        let key = key.to_ascii_lowercase();
+        if !self.tx_keys.contains(&key) && !other.tx_keys.contains(&key) {
+            self.tx_keys.push(key);
+        }
+    }
 }
 
 /// Per rule index, what it reads when it is replayable (see the module's doc), planned
@@ -52,32 +102,14 @@ fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
         return None;
     }
     let mut inputs = Inputs::default();
-    let macro_reads = |m: &Macro, inputs: &mut Inputs| {
-        for (var, key) in m.references() {
-            match (var, key) {
-                (Var::Tx, Some(k)) => add_key(&mut inputs.tx_keys, k),
-                (
-                    Var::MatchedVar
-                    | Var::MatchedVarName
-                    | Var::MatchedVars
-                    | Var::MatchedVarsNames
-                    | Var::Rule,
-                    _,
-                ) => {}
-                (v, k) => {
-                    let read = (v, k.map(str::to_string));
-                    if !inputs.lookups.contains(&read) {
-                        inputs.lookups.push(read);
-                    }
-                }
-            }
-        }
-    };
+    let none = Reads::default();
     for link in &rule.links {
         inputs.targets.extend(link.targets.iter().cloned());
         if let Some(m) = link.operator.argument() {
-            macro_reads(m, &mut inputs);
+            inputs.matching.add_macro(m, &none);
         }
+    }
+    for link in &rule.links {
         for effect in &link.effects {
             match effect {
                 Effect::SetVar {
@@ -85,12 +117,12 @@ fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
                     key,
                     op,
                 } => {
-                    macro_reads(key, &mut inputs);
+                    inputs.effects.add_macro(key, &inputs.matching);
                     if let Some(value) = op.value() {
-                        macro_reads(value, &mut inputs);
+                        inputs.effects.add_macro(value, &inputs.matching);
                     }
                     if matches!(op, SetOp::Add(_) | SetOp::Sub(_)) {
-                        add_key(&mut inputs.tx_keys, key.literal()?);
+                        inputs.effects.add_key(key.literal()?, &inputs.matching);
                     }
                 }
                 Effect::Ctl(_) => {}
@@ -99,14 +131,6 @@ fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
         }
     }
     Some(inputs)
-}
-
-/// Adds a `TX` key (as `TX` keys are stored: lower case) to `keys` once.
-fn add_key(keys: &mut Vec<String>, key: &str) {
-    let key = key.to_ascii_lowercase();
-    if !keys.contains(&key) {
-        keys.push(key);
-    }
 }
 
 /// One change a rule's evaluation made, in order.
@@ -226,12 +250,14 @@ impl Outcomes {
         }
     }
 
-    /// Whether rule `ri` is looked up on this thread now.
+    /// Whether rule `ri` is looked up on this thread now; counts the lookup (of one
+    /// fingerprint or two, see [`Outcomes::keep`]).
     pub(crate) fn wanted(&mut self, ri: usize) -> bool {
         let Some(kept) = self.rules.get_mut(ri) else {
             return false;
         };
         if kept.tries < TRIAL || kept.hits * 4 >= kept.tries {
+            kept.tries = kept.tries.saturating_add(1);
             return true;
         }
         kept.skipped += 1;
@@ -242,7 +268,7 @@ impl Outcomes {
     }
 
     /// Takes the outcome of rule `ri` kept for `fingerprint` (whose [`hash`] is `hash`),
-    /// to apply it (then [`Outcomes::put_back`]); counts the lookup.
+    /// to apply it (then [`Outcomes::put_back`]); counts it found.
     pub(crate) fn take(
         &mut self,
         ri: usize,
@@ -250,7 +276,6 @@ impl Outcomes {
         hash: u64,
     ) -> Option<(usize, Outcome)> {
         let kept = self.rules.get_mut(ri)?;
-        kept.tries = kept.tries.saturating_add(1);
         let at = kept
             .outcomes
             .iter()
@@ -274,7 +299,12 @@ impl Outcomes {
         }
     }
 
-    /// Keeps what rule `ri` did from `fingerprint` (whose [`hash`] is `hash`).
+    /// Keeps what rule `ri` did from `fingerprint` (whose [`hash`] is `hash`). An
+    /// evaluation that neither matched nor changed anything ran no action, so it read
+    /// nothing of [`Inputs::effects`]: it is kept for the fingerprint of the targets and
+    /// [`Inputs::matching`] alone, which any state of the other `TX` keys shares. Others
+    /// are kept for the whole fingerprint, which is longer (more values written), so the
+    /// two kinds never meet.
     pub(crate) fn keep(
         &mut self,
         ri: usize,
@@ -337,8 +367,9 @@ mod tests {
     use super::*;
     use crate::engine::WafEngine;
 
-    /// What a replayable rule reads, counted: its targets, its `TX` keys, its lookups.
-    type Read = (usize, Vec<String>, usize);
+    /// What a replayable rule reads, counted: its targets, then the `TX` keys and lookups
+    /// of its arguments, then those of its actions.
+    type Read = (usize, (Vec<String>, usize), (Vec<String>, usize));
 
     /// Per rule id, what it reads when replayable, for `rules` alone.
     fn planned(rules: &str) -> Vec<(u32, Option<Read>)> {
@@ -349,9 +380,10 @@ mod tests {
             .iter()
             .zip(&c.replay)
             .map(|(r, i)| {
-                let read = i
-                    .as_ref()
-                    .map(|i| (i.targets.len(), i.tx_keys.clone(), i.lookups.len()));
+                let read = i.as_ref().map(|i| {
+                    let reads = |r: &Reads| (r.tx_keys.clone(), r.lookups.len());
+                    (i.targets.len(), reads(&i.matching), reads(&i.effects))
+                });
                 (r.id, read)
             })
             .collect()
@@ -367,6 +399,7 @@ mod tests {
              SecRule ARGS \"@rx a\" \"id:5,phase:2,pass,setenv:seen=1\"\n\
              SecRule ARGS \"@rx a\" \"id:6,phase:2,pass,setvar:'tx.%{tx.name}=+1'\"\n\
              SecRule ARGS \"@rx a\" \"id:7,phase:2,pass,setvar:'tx.%{tx.name}=1'\"\n\
+             SecRule ARGS \"@streq %{tx.wanted}\" \"id:8,phase:2,pass,setvar:tx.wanted=+%{tx.step}\"\n\
              SecAction \"id:9,phase:2,pass\"";
         let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -375,15 +408,17 @@ mod tests {
                 (
                     1,
                     // `tx.restricted`, which no rule sets, was decided at load.
-                    Some((2, keys(&["0", "critical", "score"]), 0))
+                    Some((2, (keys(&[]), 0), (keys(&["0", "critical", "score"]), 0)))
                 ),
-                (2, Some((1, keys(&[]), 1))),
+                (2, Some((1, (keys(&[]), 1), (keys(&[]), 0)))),
                 (3, None),
                 (4, None),
                 (5, None),
                 (6, None),
-                (7, Some((1, keys(&["name"]), 0))),
-                (9, Some((0, keys(&[]), 0))),
+                (7, Some((1, (keys(&[]), 0), (keys(&["name"]), 0)))),
+                // The key its argument reads is not read again for its addition.
+                (8, Some((1, (keys(&["wanted"]), 0), (keys(&["step"]), 0)))),
+                (9, Some((0, (keys(&[]), 0), (keys(&[]), 0)))),
             ]
         );
     }
@@ -431,9 +466,9 @@ mod tests {
         outcomes.prepare(8, 2);
         assert_eq!(look(&mut outcomes, b"0"), None);
         // A rule whose values never come back is let go after its trial.
-        assert!(outcomes.wanted(1));
         for n in 0..TRIAL {
             let fp = n.to_string().into_bytes();
+            assert!(outcomes.wanted(1));
             assert!(outcomes.take(1, &fp, hash(&fp)).is_none());
             keep(&mut outcomes, 1, &fp, false);
         }

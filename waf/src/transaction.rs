@@ -12,7 +12,7 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::operators::atoi;
 use crate::recall;
-use crate::replay::{self, Change, Inputs};
+use crate::replay::{self, Change, Inputs, Reads};
 use crate::rule::{
     CAPTURE_KEYS, Filter, Link, Prefilter, Rule, RuleSet, all_bits, any_bits, has_bits,
 };
@@ -1977,7 +1977,9 @@ impl Transaction {
 
     /// [`Transaction::eval_rule`] for a replayable rule (see [`crate::replay`]): what it did
     /// from the same values in an earlier transaction of the thread is applied instead,
-    /// and what it does now is kept for the next.
+    /// and what it does now is kept for the next. Looked up first by what decides whether
+    /// it matches (most such rules neither match nor act on most requests), then by what
+    /// its actions read as well.
     fn eval_rule_remembered(
         &mut self,
         rules: &RuleSet,
@@ -1988,23 +1990,42 @@ impl Transaction {
         let (engine, count) = (self.engine.number, rules.rules.len());
         // One borrow of the thread's outcomes decides, and applies what is found.
         let looked_up = replay::with_outcomes(engine, count, |outcomes| {
-            if !outcomes.wanted(ri) || !self.write_fingerprint(inputs) {
+            if !outcomes.wanted(ri) {
                 return None;
             }
-            let hash = replay::hash(&self.memo.fingerprint);
-            match outcomes.take(ri, &self.memo.fingerprint, hash) {
+            self.memo.fingerprint.clear();
+            if !self.write_fingerprint(&inputs.targets, &inputs.matching) {
+                return None;
+            }
+            let matching = (
+                self.memo.fingerprint.len(),
+                replay::hash(&self.memo.fingerprint),
+            );
+            let mut found = outcomes.take(ri, &self.memo.fingerprint, matching.1);
+            let mut whole = matching;
+            if found.is_none() && !inputs.effects.is_empty() {
+                if !self.write_fingerprint(&[], &inputs.effects) {
+                    return None;
+                }
+                whole = (
+                    self.memo.fingerprint.len(),
+                    replay::hash(&self.memo.fingerprint),
+                );
+                found = outcomes.take(ri, &self.memo.fingerprint, whole.1);
+            }
+            match found {
                 Some((at, outcome)) => {
                     self.replay(rules, ri, &outcome);
                     let matched = outcome.matched;
                     outcomes.put_back(ri, at, outcome);
                     Some(Ok(matched))
                 }
-                None => Some(Err(hash)),
+                None => Some(Err((matching, whole))),
             }
         });
-        let hash = match looked_up {
+        let (matching, whole) = match looked_up {
             Some(Ok(matched)) => return matched,
-            Some(Err(hash)) => hash,
+            Some(Err(fingerprints)) => fingerprints,
             None => return self.eval_rule(rules, ri, start, true),
         };
         self.journal = Some(Vec::new());
@@ -2012,32 +2033,37 @@ impl Transaction {
         let matched = self.eval_rule(rules, ri, start, true);
         let changes = self.journal.take().unwrap_or_default();
         if self.matches.len() == logged {
-            let fp = &self.memo.fingerprint;
+            let (len, hash) = if matched || !changes.is_empty() {
+                whole
+            } else {
+                matching
+            };
+            let fp = &self.memo.fingerprint[..len];
             replay::with_outcomes(engine, count, |o| o.keep(ri, (fp, hash), matched, changes));
         }
         matched
     }
 
-    /// Writes what a replayable rule reads when it starts into the memo's fingerprint;
-    /// `false` when that is longer than [`replay::LONGEST_FINGERPRINT`].
-    fn write_fingerprint(&mut self, inputs: &Inputs) -> bool {
+    /// Adds the values of `targets` and what `reads` names, as they are now, to the
+    /// memo's fingerprint of a replayable rule; `false` when that is longer than
+    /// [`replay::LONGEST_FINGERPRINT`].
+    fn write_fingerprint(&mut self, targets: &[Target], reads: &Reads) -> bool {
         let mut fp = std::mem::take(&mut self.memo.fingerprint);
-        fp.clear();
         let d = &self.d;
-        for t in &inputs.targets {
+        for t in targets {
             d.items(t, &[], &mut |item| {
                 replay::write(&mut fp, item.key.as_bytes());
                 replay::write(&mut fp, &item.value);
             });
             replay::end(&mut fp);
         }
-        for key in &inputs.tx_keys {
+        for key in &reads.tx_keys {
             match d.tx.get(key) {
                 Some(v) => replay::write(&mut fp, v),
                 None => replay::end(&mut fp),
             }
         }
-        for (var, key) in &inputs.lookups {
+        for (var, key) in &reads.lookups {
             match d.lookup(*var, key.as_deref()) {
                 Some(v) => replay::write(&mut fp, &v),
                 None => replay::end(&mut fp),
@@ -2807,6 +2833,46 @@ mod tests {
         let (number, rules) = (open[0].engine.number, open[0].engine.rules.rules.len());
         let hits = replay::with_outcomes(number, rules, |o| o.hits(0));
         assert_eq!(hits, 11, "the rule was not replayed");
+    }
+
+    #[test]
+    fn a_rule_that_did_nothing_is_replayed_whatever_its_actions_would_read() {
+        // Rule 2 adds to a score that rule 1 sets per request: when it matches, what it
+        // did depends on the score; when it neither matches nor acts, it does not.
+        let engine = crate::WafEngine::of_rules(
+            "SecAction \"id:3,phase:1,pass,nolog,setvar:tx.step=5\"\n\
+             SecRule REQUEST_HEADERS:X-Start \"@rx ^(\\d+)$\" \"id:1,phase:1,pass,nolog,capture,setvar:tx.score=%{tx.1}\"\n\
+             SecRule ARGS:q \"@streq %{request_headers.x-bad}\" \"id:2,phase:1,pass,nolog,setvar:tx.score=+%{tx.step}\"",
+        );
+        let score = |start: &str, query: &str| {
+            // (An argument read from the request: the thread's memory of values does not
+            // pass over the rule.)
+            let facts = RequestFacts::new("GET", &format!("/?q={query}"), "HTTP/1.1")
+                .header("X-Start", start)
+                .header("X-Bad", "evil");
+            let mut tx = engine.transaction(facts);
+            tx.process_request_headers();
+            let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
+            let ri = tx
+                .engine
+                .rules
+                .rules
+                .iter()
+                .position(|r| r.id == 2)
+                .unwrap();
+            let hits = replay::with_outcomes(number, rules, |o| o.hits(ri));
+            (tx.tx_var("score"), hits)
+        };
+        let s = |n: &str| Some(n.to_string());
+        assert_eq!(score("1", "fine"), (s("1"), 0));
+        // Found by its argument's values alone, whatever the score.
+        assert_eq!(score("7", "fine"), (s("7"), 1));
+        assert_eq!(score("1", "evil"), (s("6"), 1));
+        // A match is kept with the score it added to.
+        assert_eq!(score("7", "evil"), (s("12"), 1));
+        assert_eq!(score("1", "evil"), (s("6"), 2));
+        assert_eq!(score("7", "evil"), (s("12"), 3));
+        assert_eq!(score("3", "fine"), (s("3"), 4));
     }
 
     #[test]
