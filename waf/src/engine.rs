@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::actions::{EngineMode, RuleRef, Severity, parse_target_ref};
+use crate::actions::{Ctl, Effect, EngineMode, RuleRef, Severity, parse_target_ref};
 use crate::error::{ErrorKind, LoadError, RuleError};
 use crate::fold::{Folding, fold};
 use crate::macros::Macro;
@@ -506,8 +506,39 @@ fn compile(
         compiled.number = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
     }
     compiled.walk = Walk::new(&compiled.rules, &compiled.folding);
+    let evaluated = compiled
+        .walk
+        .evaluated_rules(&compiled.rules, &removable_rules(compiled));
+    compiled.rules.keep_rows_of(&evaluated);
     compiled.replay = crate::replay::plan(&compiled.rules);
     Ok(WafEngine { inner })
+}
+
+/// Per rule index, whether a transaction can remove the rule: a `ctl` of some rule names
+/// it, or a path exclusion without targets.
+pub(crate) fn removable_rules(compiled: &Compiled) -> Vec<bool> {
+    let mut removable = vec![false; compiled.rules.rules.len()];
+    let ctls = compiled
+        .rules
+        .rules
+        .iter()
+        .flat_map(|r| &r.links)
+        .flat_map(|l| &l.effects)
+        .filter_map(|e| match e {
+            Effect::Ctl(Ctl::RemoveRules(_, named)) => Some(named),
+            _ => None,
+        });
+    let paths = compiled
+        .path_exclusions
+        .iter()
+        .filter(|ex| ex.targets.is_empty())
+        .map(|ex| &ex.rules);
+    for &ri in ctls.chain(paths).flatten() {
+        if let Some(r) = removable.get_mut(ri) {
+            *r = true;
+        }
+    }
+    removable
 }
 
 fn validate(s: &WafSettings) -> Result<(), LoadError> {

@@ -724,6 +724,19 @@ impl RuleSet {
             }
         }
     }
+
+    /// Makes [`RuleSet::recall_target_phases`] those of the rules the walk may evaluate
+    /// (`evaluated`, per rule index, see [`crate::walk::Walk::evaluated_rules`]): a target
+    /// only other rules read has no row worked out per request.
+    pub(crate) fn keep_rows_of(&mut self, evaluated: &[bool]) {
+        self.recall_target_phases.fill(0);
+        for (rule, _) in self.rules.iter().zip(evaluated).filter(|(_, e)| **e) {
+            let bit = phase_bit(rule.phase);
+            for &row in rule.links.iter().flat_map(|l| &l.recall_rows) {
+                self.recall_target_phases[row as usize] |= bit;
+            }
+        }
+    }
 }
 
 /// Phase `phase` (1-5) as a bit of [`RuleSet::recall_target_phases`].

@@ -150,6 +150,61 @@ impl Walk {
         walk
     }
 
+    /// Per rule index, whether some step of the walk may evaluate the rule: a
+    /// [`Kind::Run`] step reachable from the start of its phase. A rule the configuration
+    /// decides always matches is the end of the way through it but to where it jumps and
+    /// over what it skips, unless `removable` (per rule index) says a `ctl` or a path
+    /// exclusion can remove it, which leaves the way on. Jumps and skips of rules
+    /// evaluated per request are taken to be both taken and not: the answer may say
+    /// `true` of a rule no request evaluates, never `false` of one some request does.
+    /// CRS's rules above the paranoia level and its sampling rules lie past such jumps.
+    pub(crate) fn evaluated_rules(&self, rules: &RuleSet, removable: &[bool]) -> Vec<bool> {
+        let mut evaluated = vec![false; rules.rules.len()];
+        for (phase, steps) in (1u8..).zip(&self.phases) {
+            let mut reached = vec![false; steps.len()];
+            let mut todo = vec![0usize];
+            // Where the walk goes from step `from` on with `skip` rules to pass over (as
+            // `run_phase` counts them: every step but markers): the first after them.
+            let over = |from: usize, skip: u32, todo: &mut Vec<usize>| {
+                let (mut at, mut left) = (from, skip);
+                while at < steps.len() && left > 0 {
+                    if steps[at].kind != Kind::Marker {
+                        left -= 1;
+                    }
+                    at += 1;
+                }
+                todo.push(at);
+            };
+            while let Some(at) = todo.pop() {
+                if at >= steps.len() || reached[at] {
+                    continue;
+                }
+                reached[at] = true;
+                let step = steps[at];
+                let ri = step.rule as usize;
+                match step.kind {
+                    Kind::Marker | Kind::Never => todo.push(at + 1),
+                    Kind::Run { .. } => {
+                        evaluated[ri] = true;
+                        // Not matched: on; matched: its jump, then its skip.
+                        todo.push(at + 1);
+                        let rule = &rules.rules[ri];
+                        let to = rule.skip_to.map_or(at + 1, |to| self.landing(phase, to));
+                        over(to, rule.skip, &mut todo);
+                    }
+                    Kind::Always { to, skip } => {
+                        if removable.get(ri) == Some(&true) {
+                            todo.push(at + 1);
+                        }
+                        let from = if to == NONE { at + 1 } else { to as usize };
+                        over(from, skip, &mut todo);
+                    }
+                }
+            }
+        }
+        evaluated
+    }
+
     /// Adds a link's recall rows (and its targets' variables): their range of
     /// [`Walk::rows`].
     fn add_rows(&mut self, link: &crate::rule::Link) -> (u32, u32) {
@@ -263,6 +318,53 @@ mod tests {
         let items = c.rules.phases[1].len();
         assert_eq!(c.walk.landing(2, items - 1), steps.len());
         assert_eq!(c.walk.landing(2, items), steps.len());
+    }
+
+    #[test]
+    fn rules_past_a_decided_jump_are_not_evaluated_and_their_targets_get_no_row() {
+        let engine = WafEngine::of_rules(
+            "SecAction \"id:900,phase:1,pass,nolog,setvar:tx.level=1\"\n\
+             SecRule TX:level \"@lt 2\" \"id:1,phase:1,pass,nolog,skipAfter:END-HIGH\"\n\
+             SecRule REQUEST_HEADERS:X-High \"@rx high\" \"id:2,phase:1,deny\"\n\
+             SecMarker END-HIGH\n\
+             SecRule ARGS \"@rx low\" \"id:3,phase:1,deny\"\n\
+             SecRule REQUEST_HEADERS:X-Skip \"@rx ^skip$\" \"id:4,phase:1,pass,nolog,skipAfter:END-SKIP\"\n\
+             SecRule ARGS \"@rx mid\" \"id:5,phase:1,deny\"\n\
+             SecMarker END-SKIP\n\
+             SecRule TX:level \"@lt 2\" \"id:6,phase:1,pass,nolog,skipAfter:END-R\"\n\
+             SecRule REQUEST_HEADERS:X-Removed \"@rx r\" \"id:8,phase:1,deny\"\n\
+             SecMarker END-R\n\
+             SecRule TX:level \"@lt 2\" \"id:9,phase:1,pass,nolog,skip:1\"\n\
+             SecRule REQUEST_HEADERS:X-Skipped \"@rx s\" \"id:10,phase:1,deny\"\n\
+             SecRule ARGS \"@rx z\" \"id:7,phase:1,pass,nolog,ctl:ruleRemoveById=6\"",
+        );
+        let c = engine.compiled();
+        let evaluated = c
+            .walk
+            .evaluated_rules(&c.rules, &crate::engine::removable_rules(c));
+        let of = |id: u32| {
+            let ri = c.rules.rules.iter().position(|r| r.id == id).unwrap();
+            evaluated[ri]
+        };
+        // Past decided jumps and skips: 2 and 10; the decided rules themselves are not
+        // evaluated either. 5 follows a rule evaluated per request, 8 a jump rule 7 may
+        // remove.
+        for (id, expected) in [(1, false), (2, false), (3, true), (4, true), (5, true)] {
+            assert_eq!(of(id), expected, "rule {id}");
+        }
+        for (id, expected) in [(6, false), (8, true), (9, false), (10, false), (7, true)] {
+            assert_eq!(of(id), expected, "rule {id}");
+        }
+        let phases = |name: &str| {
+            let row = c.rules.recall_targets.iter().position(
+                |t| matches!(&t.selector, crate::variables::Selector::Key(k) if k == name),
+            );
+            row.map(|r| c.rules.recall_target_phases[r])
+        };
+        assert_eq!(phases("x-high"), Some(0));
+        assert_eq!(phases("x-skipped"), Some(0));
+        assert_eq!(phases("x-removed"), Some(1));
+        assert_eq!(phases("x-skip"), Some(1));
     }
 
     /// The later links of the step of the rule with id `id`, as their links' recall bits.
