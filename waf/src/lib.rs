@@ -22,6 +22,7 @@ pub mod body;
 mod engine;
 pub mod error;
 mod fold;
+mod header_sets;
 pub mod macros;
 pub mod operators;
 pub mod parser;

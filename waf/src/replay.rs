@@ -37,6 +37,10 @@ pub(crate) struct Inputs {
     /// `setvar`s' macros, the keys it adds to. An evaluation that ran no action read none
     /// of it (see [`Outcomes::keep`]).
     pub(crate) effects: Reads,
+    /// Its targets and arguments read the request's header set only (see
+    /// [`crate::header_sets`]): the set's number stands for them in the fingerprint (see
+    /// [`write_header_set`]).
+    pub(crate) header_set_only: bool,
 }
 
 /// The variables part of a rule reads by name, besides its targets.
@@ -109,6 +113,14 @@ fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
             inputs.matching.add_macro(m, &none);
         }
     }
+    inputs.header_set_only = !inputs.targets.is_empty()
+        && inputs.targets.iter().all(|t| t.var.is_of_header_set())
+        && inputs.matching.tx_keys.is_empty()
+        && inputs
+            .matching
+            .lookups
+            .iter()
+            .all(|(v, _)| v.is_of_header_set());
     for link in &rule.links {
         for effect in &link.effects {
             match effect {
@@ -355,6 +367,15 @@ pub(crate) fn write(fingerprint: &mut Vec<u8>, value: &[u8]) {
     }
     fingerprint.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
     fingerprint.extend_from_slice(value);
+}
+
+/// Writes the number of a header set (see [`crate::header_sets`]) into a fingerprint, in
+/// place of the values of a rule's targets and arguments ([`Inputs::header_set_only`]).
+/// Its mark is a length no value has (nor the end of a list), so a fingerprint so written
+/// never equals one with the values themselves.
+pub(crate) fn write_header_set(fingerprint: &mut Vec<u8>, number: u64) {
+    fingerprint.extend_from_slice(&(u32::MAX - 1).to_le_bytes());
+    fingerprint.extend_from_slice(&number.to_le_bytes());
 }
 
 /// Writes the end of a list (no value has this length) into a fingerprint.

@@ -429,6 +429,11 @@ pub struct RuleSet {
     /// Per target of [`RuleSet::recall_targets`]: the phases whose links read its row, as
     /// bits (phase `p` is bit `p - 1`), so that a phase works out only the rows it reads.
     pub recall_target_phases: Vec<u8>,
+    /// Per target of [`RuleSet::recall_targets`]: whether it reads the method, the
+    /// protocol or the headers (cookies among them), and some rule the walk may evaluate
+    /// reads it: its row comes with the request's header set (see
+    /// [`crate::header_sets`]).
+    pub recall_target_headers: Vec<bool>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// `SecComponentSignature` values.
@@ -455,6 +460,7 @@ impl Default for RuleSet {
             recall_targets: Vec::new(),
             recall_target_readers: Vec::new(),
             recall_target_phases: Vec::new(),
+            recall_target_headers: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
         }
@@ -648,6 +654,7 @@ impl RuleSet {
         let mut planned: Vec<(u32, u32, usize, usize)> = Vec::new();
         self.recall_targets.clear();
         self.recall_target_phases.clear();
+        self.recall_target_headers.clear();
         let mut rows: HashMap<String, u32> = HashMap::new();
         for (r, rule) in self.rules.iter_mut().enumerate() {
             let above = is_above(rule, paranoia_level);
@@ -727,7 +734,8 @@ impl RuleSet {
 
     /// Makes [`RuleSet::recall_target_phases`] those of the rules the walk may evaluate
     /// (`evaluated`, per rule index, see [`crate::walk::Walk::evaluated_rules`]): a target
-    /// only other rules read has no row worked out per request.
+    /// only other rules read has no row worked out per request. Then marks the targets
+    /// of [`RuleSet::recall_target_headers`].
     pub(crate) fn keep_rows_of(&mut self, evaluated: &[bool]) {
         self.recall_target_phases.fill(0);
         for (rule, _) in self.rules.iter().zip(evaluated).filter(|(_, e)| **e) {
@@ -736,6 +744,12 @@ impl RuleSet {
                 self.recall_target_phases[row as usize] |= bit;
             }
         }
+        self.recall_target_headers = self
+            .recall_targets
+            .iter()
+            .zip(&self.recall_target_phases)
+            .map(|(t, &phases)| phases != 0 && t.var.is_of_header_set())
+            .collect();
     }
 }
 

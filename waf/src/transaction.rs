@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::actions::{AllowScope, BodyProcessor, Ctl, Disruptive, Effect, EngineMode, SetOp};
 use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
+use crate::header_sets;
 use crate::operators::atoi;
 use crate::recall;
 use crate::replay::{self, Change, Inputs, Reads};
@@ -708,6 +709,30 @@ impl Data {
     fn scalar(&self, var: Var) -> Option<&Vec<u8>> {
         self.scalars.get(var as usize).and_then(Option::as_ref)
     }
+
+    /// Writes the request's header set (see [`crate::header_sets`]) into `key`: its
+    /// method, its protocol and its headers, in order (the cookies come from them).
+    fn header_set_key(&self, key: &mut Vec<u8>) {
+        key.clear();
+        for var in [Var::RequestMethod, Var::RequestProtocol] {
+            header_sets::push(key, self.scalar(var).map_or(&[][..], Vec::as_slice));
+        }
+        for e in &self.headers {
+            header_sets::push(key, e.key.as_bytes());
+            header_sets::push(key, &e.value);
+        }
+    }
+
+    /// The slots of the values of the header set: the method, the protocol, the headers'
+    /// and the cookies' names and values.
+    fn header_set_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        let scalars = [Var::RequestMethod, Var::RequestProtocol]
+            .map(|v| self.scalar_slots.get(v as usize).copied().unwrap_or(0));
+        let entries = self.headers.iter().chain(&self.cookies);
+        scalars
+            .into_iter()
+            .chain(entries.flat_map(|e| [e.key_slot, e.value_slot]))
+    }
 }
 
 /// "None": the item's own value (for a transformed value), no prefilter (for a candidate
@@ -792,6 +817,12 @@ struct Memo {
     spare_hits: Vec<Hit>,
     /// The fingerprint of a replayable rule being written (see [`crate::replay`]).
     fingerprint: Vec<u8>,
+    /// The request's header set (see [`crate::header_sets`]): `None` until looked up,
+    /// then `None` inside when it has no number (too long, or no memory of values).
+    header_set: Option<Option<header_sets::SetRef>>,
+    /// Whether the rows of `unknown` of the targets of
+    /// [`RuleSet::recall_target_headers`] are made (once per transaction).
+    header_rows_ready: bool,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -1029,6 +1060,8 @@ impl Memo {
         self.known_rows_at.clear();
         self.known.clear();
         self.known_values.clear();
+        self.header_set = None;
+        self.header_rows_ready = false;
     }
 
     /// The first word of the row of known verdicts of a cacheable item's value, recalled
@@ -1254,38 +1287,28 @@ impl Memo {
     /// One pass over the values of the targets of [`RuleSet::recall_targets`] whose rows
     /// this phase's links read: per target, the links some value is not known to find
     /// nothing in. The row of a variable fixed when the transaction started is worked out
-    /// once: knowledge only grows, so it over-estimates at worst. Then the union of the
-    /// phase's rows, each limited to the links reading its target (`unknown_links`).
+    /// once: knowledge only grows, so it over-estimates at worst; those of the header set
+    /// (all of them, the first time) come from the thread's table of header sets when an
+    /// earlier transaction kept them there. Then the union of the phase's rows, each
+    /// limited to the links reading its target (`unknown_links`).
     fn learn_unknown(&mut self, rules: &RuleSet, d: &Data) {
         let words = self.recall.words;
         if self.unknown.is_empty() {
             self.unknown.resize(rules.recall_targets.len() * words, 0);
             self.phases_learned = 0;
         }
+        if !self.header_rows_ready {
+            self.learn_header_rows(rules, d);
+        }
         for (row, t) in rules.recall_targets.iter().enumerate() {
             let phases = rules.recall_target_phases[row];
             if phases & self.phase_bits == 0
                 || (t.var.is_fixed() && phases & self.phases_learned != 0)
+                || rules.recall_target_headers.get(row) == Some(&true)
             {
                 continue;
             }
-            self.unknown[row * words..(row + 1) * words].fill(0);
-            d.items(t, &[], &mut |item| {
-                let known = if item.cacheable() {
-                    self.known_row(rules, &item)
-                } else {
-                    NONE
-                };
-                let out = row * words;
-                if known == NONE {
-                    self.unknown[out..out + words].fill(u64::MAX);
-                } else {
-                    let word = known as usize;
-                    for w in 0..words {
-                        self.unknown[out + w] |= !self.known[word + w];
-                    }
-                }
-            });
+            self.learn_target(rules, d, row);
         }
         self.phases_learned |= self.phase_bits;
         self.unknown_links.clear();
@@ -1300,6 +1323,102 @@ impl Memo {
             }
         }
         self.unknown_ready = true;
+    }
+
+    /// Makes the row of `unknown` of target `row`: the links some value it selects is not
+    /// known to find nothing in.
+    fn learn_target(&mut self, rules: &RuleSet, d: &Data, row: usize) {
+        let words = self.recall.words;
+        let out = row * words;
+        self.unknown[out..out + words].fill(0);
+        d.items(&rules.recall_targets[row], &[], &mut |item| {
+            let known = if item.cacheable() {
+                self.known_row(rules, &item)
+            } else {
+                NONE
+            };
+            if known == NONE {
+                self.unknown[out..out + words].fill(u64::MAX);
+            } else {
+                let word = known as usize;
+                for w in 0..words {
+                    self.unknown[out + w] |= !self.known[word + w];
+                }
+            }
+        });
+    }
+
+    /// Makes the rows of the targets of [`RuleSet::recall_target_headers`], taken from
+    /// the thread's table of header sets when it keeps them for the request's set, else
+    /// worked out and kept there.
+    fn learn_header_rows(&mut self, rules: &RuleSet, d: &Data) {
+        self.header_rows_ready = true;
+        let words = self.recall.words;
+        let rows = || {
+            (0..rules.recall_targets.len())
+                .filter(|&row| rules.recall_target_headers.get(row) == Some(&true))
+        };
+        let set = self.header_set(d);
+        if let Some(set) = set {
+            let unknown = &mut self.unknown;
+            let taken = header_sets::with_rows(set, |kept| {
+                for (row, kept) in rows().zip(kept.chunks(words)) {
+                    unknown[row * words..(row + 1) * words].copy_from_slice(kept);
+                }
+            });
+            if taken {
+                return;
+            }
+        }
+        for row in rows() {
+            self.learn_target(rules, d, row);
+        }
+        if let Some(set) = set {
+            let kept: Vec<u64> = rows()
+                .flat_map(|row| &self.unknown[row * words..(row + 1) * words])
+                .copied()
+                .collect();
+            header_sets::keep_rows(set, &kept);
+        }
+    }
+
+    /// At the end of the transaction: forgets the rows the thread's table keeps for the
+    /// request's header set when this transaction learned something of its values (the
+    /// next transaction with the set works them out again, knowing more).
+    fn forget_header_rows_if_learned(&self, d: &Data) {
+        let Some(Some(set)) = self.header_set else {
+            return;
+        };
+        let learned = d
+            .header_set_slots()
+            .any(|slot| match self.known_rows.get(slot as usize) {
+                Some(&(word, at)) if word != UNSET && at != NONE && at != UNSET => {
+                    self.known_rows_at[at as usize].learned
+                }
+                _ => false,
+            });
+        if learned {
+            header_sets::forget_rows(set);
+        }
+    }
+
+    /// The request's header set on the thread (see [`crate::header_sets`]), looked up
+    /// once per transaction; `None` without a memory of values.
+    fn header_set(&mut self, d: &Data) -> Option<header_sets::SetRef> {
+        if let Some(set) = self.header_set {
+            return set;
+        }
+        let set = if self.recall.capacity == 0 {
+            None
+        } else {
+            let mut key = std::mem::take(&mut self.fingerprint);
+            d.header_set_key(&mut key);
+            let set = header_sets::find(self.recall.engine, &key);
+            self.fingerprint = key;
+            set
+        };
+        self.header_set = Some(set);
+        set
     }
 
     /// The union of the candidates of every value a link group selects, computed once per
@@ -1396,6 +1515,7 @@ enum Flow {
 impl Drop for Transaction {
     fn drop(&mut self) {
         self.memo.remember_learned();
+        self.memo.forget_header_rows_if_learned(&self.d);
         self.clear_matched();
         self.spare_hits.truncate(SPARE_HITS);
         self.memo.spare_hits = std::mem::take(&mut self.spare_hits);
@@ -1994,7 +2114,13 @@ impl Transaction {
                 return None;
             }
             self.memo.fingerprint.clear();
-            if !self.write_fingerprint(&inputs.targets, &inputs.matching) {
+            let set = match inputs.header_set_only {
+                true => self.memo.header_set(&self.d),
+                false => None,
+            };
+            if let Some(set) = set {
+                replay::write_header_set(&mut self.memo.fingerprint, set.number);
+            } else if !self.write_fingerprint(&inputs.targets, &inputs.matching) {
                 return None;
             }
             let matching = (
@@ -2873,6 +2999,73 @@ mod tests {
         assert_eq!(score("1", "evil"), (s("6"), 2));
         assert_eq!(score("7", "evil"), (s("12"), 3));
         assert_eq!(score("3", "fine"), (s("3"), 4));
+    }
+
+    #[test]
+    fn a_header_set_keeps_its_rows_once_nothing_more_is_learned_of_it() {
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS:User-Agent \"@contains evil\" \"id:1,phase:1,deny\"",
+        );
+        // Returns whether the request was refused, and whether the thread's table keeps
+        // rows for its header set after it.
+        let request = |agent: &str| {
+            let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
+                .header("Host", "media.example.org")
+                .header("User-Agent", agent);
+            let mut tx = engine.transaction(facts);
+            let refused = tx.process_request_headers().is_blocked();
+            let set = tx.memo.header_set.flatten().expect("no header set");
+            drop(tx);
+            (refused, header_sets::with_rows(set, |_| {}))
+        };
+        // The first request learns that the rule finds nothing in its agent: its rows,
+        // made before, knew less, and are forgotten; the second keeps what it found.
+        assert_eq!(request("a good agent"), (false, false));
+        assert_eq!(request("a good agent"), (false, true));
+        assert_eq!(request("a good agent"), (false, true));
+        // An agent the rule matches is refused however often it comes.
+        for _ in 0..3 {
+            assert!(request("an evil agent").0);
+        }
+    }
+
+    #[test]
+    fn a_rule_reading_only_the_header_set_is_replayed_by_its_number() {
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS:User-Agent \"@contains evil\" \"id:2,phase:1,pass,nolog,setvar:tx.bad=%{request_headers.host}\"",
+        );
+        let ri = engine
+            .compiled()
+            .rules
+            .rules
+            .iter()
+            .position(|r| r.id == 2)
+            .unwrap();
+        assert!(
+            engine.compiled().replay[ri]
+                .as_ref()
+                .unwrap()
+                .header_set_only
+        );
+        // Returns `tx.bad` after the request, and how often the rule was replayed.
+        let request = |host: &str, agent: &str| {
+            let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
+                .header("Host", host)
+                .header("User-Agent", agent);
+            let mut tx = engine.transaction(facts);
+            tx.process_request_headers();
+            let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
+            let hits = replay::with_outcomes(number, rules, |o| o.hits(ri));
+            (tx.tx_var("bad"), hits)
+        };
+        let bad = |host: &str| Some(host.to_string());
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 0));
+        assert_eq!(request("a.example", "good"), (None, 0));
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 1));
+        // Another set, another number: evaluated, then replayed in turn.
+        assert_eq!(request("b.example", "evil"), (bad("b.example"), 1));
+        assert_eq!(request("b.example", "evil"), (bad("b.example"), 2));
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 3));
     }
 
     #[test]

@@ -125,6 +125,21 @@ impl Var {
         )
     }
 
+    /// Whether the values of this variable are the request's method, protocol or headers
+    /// (cookies among them): what a client sends the same on every request (see
+    /// [`crate::header_sets`]).
+    pub(crate) fn is_of_header_set(self) -> bool {
+        matches!(
+            self,
+            Var::RequestHeaders
+                | Var::RequestHeadersNames
+                | Var::RequestCookies
+                | Var::RequestCookiesNames
+                | Var::RequestMethod
+                | Var::RequestProtocol
+        )
+    }
+
     /// Whether the values of this variable change while a phase runs, so that transformed
     /// values must not be cached.
     pub fn is_volatile(self) -> bool {
