@@ -1927,9 +1927,29 @@ impl Transaction {
         self.memo.unknown_ready = false;
         self.memo.phase_bits = crate::rule::phase_bit(phase);
         let steps = &engine.walk.phases[usize::from(phase - 1)];
+        let bits = &engine.walk.bits[usize::from(phase - 1)];
         let mut i = 0;
         let mut skip = 0u32;
         while i < steps.len() {
+            // Most steps are rules whose first link is known to find nothing in any value
+            // of its targets (the test below): passed over by their bits alone, when no
+            // rule is removed nor to be skipped and this phase's rows are made.
+            if skip == 0 && self.removed.is_empty() && self.memo.unknown_ready {
+                let from = i;
+                let unknown = &self.memo.unknown_links;
+                while let Some(&bit) = bits.get(i)
+                    && bit != walk::NONE
+                    && unknown[(bit / 64) as usize] & (1 << (bit % 64)) == 0
+                {
+                    i += 1;
+                }
+                if i > from {
+                    self.clear_matched();
+                }
+                if i == steps.len() {
+                    break;
+                }
+            }
             let step = steps[i];
             i += 1;
             if step.kind == Kind::Marker {

@@ -68,6 +68,10 @@ pub(crate) struct Walk {
     /// protocol checks are such chains: `GET` matches `REQUEST_METHOD`, and the
     /// `Content-Length` header it chains to is absent.
     pub(crate) later: Vec<(u32, (u32, u32))>,
+    /// Per phase and step: the recall bit of a [`Kind::Run`] step's first link (as in
+    /// the step), else [`NONE`]; the walk passes over runs of steps whose bit it knows
+    /// finds nothing by reading these alone.
+    pub(crate) bits: [Vec<u32>; 5],
 }
 
 impl Walk {
@@ -145,6 +149,13 @@ impl Walk {
                     *to = step_of[*to as usize];
                 }
             }
+            walk.bits[phase] = steps
+                .iter()
+                .map(|step| match step.kind {
+                    Kind::Run { bit, .. } => bit,
+                    _ => NONE,
+                })
+                .collect();
             walk.phases[phase] = steps;
         }
         walk
@@ -304,6 +315,17 @@ mod tests {
         assert_eq!(c.walk.rows(rows).len(), 2);
         let vars: Vec<Var> = first.targets.iter().map(|t| t.var).collect();
         assert_eq!(c.walk.vars(rows), vars.as_slice());
+        // The bits the walk passes steps over by: those of the first links of the steps
+        // that have one.
+        let bits: Vec<u32> = steps
+            .iter()
+            .map(|s| match s.kind {
+                Kind::Run { bit, .. } => bit,
+                _ => NONE,
+            })
+            .collect();
+        assert_eq!(c.walk.bits[1], bits);
+        assert!(bits.contains(&bit) && bits.contains(&NONE));
         let (_, on_tx) = rule(2).unwrap_or_else(|| panic!("no step for rule 2"));
         let Kind::Run { bit, rows, .. } = on_tx.kind else {
             panic!("rule 2 is not run: {on_tx:?}");
