@@ -510,7 +510,7 @@ fn compile(
         .walk
         .evaluated_rules(&compiled.rules, &removable_rules(compiled));
     compiled.rules.keep_rows_of(&evaluated);
-    compiled.replay = crate::replay::plan(&compiled.rules);
+    compiled.replay = crate::replay::plan(&compiled.rules, &compiled.folding);
     Ok(WafEngine { inner })
 }
 

@@ -21,6 +21,7 @@
 use std::hash::BuildHasher;
 
 use crate::actions::{Disruptive, Effect, SetOp};
+use crate::fold::Folding;
 use crate::macros::Macro;
 use crate::rule::RuleSet;
 use crate::variables::{Target, Var};
@@ -92,22 +93,28 @@ impl Reads {
 }
 
 /// Per rule index, what it reads when it is replayable (see the module's doc), planned
-/// once the rule set and its decided arguments are final.
-pub(crate) fn plan(rules: &RuleSet) -> Vec<Option<Inputs>> {
+/// once the rule set, its decided arguments and `folding` are final.
+pub(crate) fn plan(rules: &RuleSet, folding: &Folding) -> Vec<Option<Inputs>> {
     if crate::fold::first_links_read_earlier_matches(rules) {
         return rules.rules.iter().map(|_| None).collect();
     }
-    rules.rules.iter().map(inputs).collect()
+    let decided = |ri: usize| folding.starts.get(ri).is_some_and(Option::is_some);
+    (0..rules.rules.len())
+        .map(|ri| inputs(&rules.rules[ri], decided(ri)))
+        .collect()
 }
 
 /// What rule `rule` reads when it starts, or `None` when it is not replayable.
-fn inputs(rule: &crate::rule::Rule) -> Option<Inputs> {
+/// `first_decided`: its first link's matches are decided at load (see
+/// [`Folding::starts`]), so that the link reads nothing that changes.
+fn inputs(rule: &crate::rule::Rule, first_decided: bool) -> Option<Inputs> {
     if !matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block) {
         return None;
     }
     let mut inputs = Inputs::default();
     let none = Reads::default();
-    for link in &rule.links {
+    let skipped = usize::from(first_decided);
+    for link in rule.links.iter().skip(skipped) {
         inputs.targets.extend(link.targets.iter().cloned());
         if let Some(m) = link.operator.argument() {
             inputs.matching.add_macro(m, &none);
@@ -441,6 +448,24 @@ mod tests {
                 (8, Some((1, (keys(&["wanted"]), 0), (keys(&["step"]), 0)))),
                 (9, Some((0, (keys(&[]), 0), (keys(&[]), 0)))),
             ]
+        );
+    }
+
+    #[test]
+    fn a_rule_whose_first_link_the_configuration_decides_reads_no_target() {
+        // CRS's score sums: the level is set at load, the score per request.
+        let rules = "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.level=1\"\n\
+             SecRule ARGS \"@rx a\" \"id:2,phase:2,pass,nolog,setvar:tx.score=+1\"\n\
+             SecRule TX:level \"@ge 1\" \"id:3,phase:2,pass,nolog,setvar:tx.total=+%{tx.score}\"";
+        let planned = planned(rules);
+        let keys = |k: &[&str]| k.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            planned[2],
+            (3, Some((0, (keys(&[]), 0), (keys(&["score", "total"]), 0))))
+        );
+        assert_eq!(
+            planned[1],
+            (2, Some((1, (keys(&[]), 0), (keys(&["score"]), 0))))
         );
     }
 

@@ -1143,9 +1143,12 @@ impl Memo {
         if word == NONE {
             return;
         }
-        let at = self.known_rows[item.slot as usize].1;
-        self.known_rows_at[at as usize].learned = true;
-        self.known[(word + bit / 64) as usize] |= 1 << (bit % 64);
+        let (word, mask) = ((word + bit / 64) as usize, 1 << (bit % 64));
+        if self.known[word] & mask == 0 {
+            self.known[word] |= mask;
+            let at = self.known_rows[item.slot as usize].1;
+            self.known_rows_at[at as usize].learned = true;
+        }
     }
 
     /// Hands what this transaction learned of values to the thread's memory of them.
