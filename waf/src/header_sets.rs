@@ -38,6 +38,9 @@ struct Entry {
     number: u64,
     /// The rows of what is known of the set's values; empty until kept.
     rows: Vec<u64>,
+    /// Per rule index, a bit: the rule reads only the set, and neither matched nor acted
+    /// when it was evaluated with it (see [`mark_idle`]).
+    idle: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +85,7 @@ pub(crate) fn find(engine: u64, key: &[u8]) -> Option<SetRef> {
         let index = u32::try_from(s.entries.len()).ok()?;
         s.entries.push(Entry {
             number,
-            rows: Vec::new(),
+            ..Entry::default()
         });
         s.index.insert(key.into(), index);
         Some(SetRef { index, number })
@@ -116,6 +119,36 @@ pub(crate) fn keep_rows(set: SetRef, rows: &[u64]) {
     });
 }
 
+/// Copies into `idle` the rules marked idle for `set` (see [`mark_idle`]); nothing when
+/// the table has forgotten it.
+pub(crate) fn idle(set: SetRef, idle: &mut Vec<u64>) {
+    SETS.with(|s| {
+        if let Some(e) = s.borrow().entries.get(set.index as usize)
+            && e.number == set.number
+        {
+            idle.clear();
+            idle.extend_from_slice(&e.idle);
+        }
+    });
+}
+
+/// Marks rule `ri` idle for `set`: it reads only the set (its targets and arguments), and
+/// an evaluation with it neither matched nor acted, so every evaluation with it does the
+/// same, whatever else the request holds.
+pub(crate) fn mark_idle(set: SetRef, ri: usize) {
+    SETS.with(|s| {
+        let mut s = s.borrow_mut();
+        if let Some(e) = s.entries.get_mut(set.index as usize)
+            && e.number == set.number
+        {
+            if e.idle.len() <= ri / 64 {
+                e.idle.resize(ri / 64 + 1, 0);
+            }
+            e.idle[ri / 64] |= 1 << (ri % 64);
+        }
+    });
+}
+
 /// Forgets the rows kept for `set`.
 pub(crate) fn forget_rows(set: SetRef) {
     keep_rows(set, &[]);
@@ -141,6 +174,10 @@ mod tests {
         assert_eq!(seen, [7, 9]);
         forget_rows(first);
         assert!(!with_rows(first, |_| {}));
+        mark_idle(first, 70);
+        let mut idle = Vec::new();
+        super::idle(first, &mut idle);
+        assert_eq!(idle, [0, 1 << 6]);
         keep_rows(first, &[1]);
         // A full table forgets every set: the old reference reads nothing, and the same
         // key gets a new number.

@@ -823,6 +823,10 @@ struct Memo {
     /// Whether the rows of `unknown` of the targets of
     /// [`RuleSet::recall_target_headers`] are made (once per transaction).
     header_rows_ready: bool,
+    /// Per rule index, a bit: idle for the request's header set (see
+    /// [`header_sets::mark_idle`]), as the thread's table had it when the set was
+    /// looked up.
+    idle: Vec<u64>,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -1062,6 +1066,7 @@ impl Memo {
         self.known_values.clear();
         self.header_set = None;
         self.header_rows_ready = false;
+        self.idle.clear();
     }
 
     /// The first word of the row of known verdicts of a cacheable item's value, recalled
@@ -1405,6 +1410,27 @@ impl Memo {
         }
     }
 
+    /// Whether rule `ri` is idle for the request's header set (see
+    /// [`header_sets::mark_idle`]).
+    fn is_idle(&mut self, d: &Data, ri: usize) -> bool {
+        self.header_set(d).is_some()
+            && self
+                .idle
+                .get(ri / 64)
+                .is_some_and(|w| w & (1 << (ri % 64)) != 0)
+    }
+
+    /// Marks rule `ri` idle for the request's header set, here and in the thread's table.
+    fn mark_idle(&mut self, ri: usize) {
+        if let Some(Some(set)) = self.header_set {
+            header_sets::mark_idle(set, ri);
+            if self.idle.len() <= ri / 64 {
+                self.idle.resize(ri / 64 + 1, 0);
+            }
+            self.idle[ri / 64] |= 1 << (ri % 64);
+        }
+    }
+
     /// The request's header set on the thread (see [`crate::header_sets`]), looked up
     /// once per transaction; `None` without a memory of values.
     fn header_set(&mut self, d: &Data) -> Option<header_sets::SetRef> {
@@ -1418,6 +1444,9 @@ impl Memo {
             d.header_set_key(&mut key);
             let set = header_sets::find(self.recall.engine, &key);
             self.fingerprint = key;
+            if let Some(set) = set {
+                header_sets::idle(set, &mut self.idle);
+            }
             set
         };
         self.header_set = Some(set);
@@ -2007,6 +2036,13 @@ impl Transaction {
                         .as_ref()
                         .filter(|_| self.memo.recall.capacity > 0)
                         .filter(|_| !self.target_removals.may_reach(ri));
+                    // A rule that reads only the header set and did nothing with it.
+                    if replayable.is_some_and(|inputs| inputs.header_set_only)
+                        && self.memo.is_idle(&self.d, ri)
+                    {
+                        self.clear_matched();
+                        continue;
+                    }
                     let matched = match replayable {
                         Some(inputs) => self.eval_rule_remembered(&engine.rules, ri, inputs, start),
                         None => self.eval_rule(&engine.rules, ri, start, true),
@@ -2182,11 +2218,11 @@ impl Transaction {
         let matched = self.eval_rule(rules, ri, start, true);
         let changes = self.journal.take().unwrap_or_default();
         if self.matches.len() == logged {
-            let (len, hash) = if matched || !changes.is_empty() {
-                whole
-            } else {
-                matching
-            };
+            let idle = !matched && changes.is_empty();
+            if idle && inputs.header_set_only {
+                self.memo.mark_idle(ri);
+            }
+            let (len, hash) = if idle { matching } else { whole };
             let fp = &self.memo.fingerprint[..len];
             replay::with_outcomes(engine, count, |o| o.keep(ri, (fp, hash), matched, changes));
         }
@@ -3070,7 +3106,8 @@ mod tests {
                 .unwrap()
                 .header_set_only
         );
-        // Returns `tx.bad` after the request, and how often the rule was replayed.
+        // Returns `tx.bad` after the request, how often the rule was replayed, and whether
+        // it is idle for the request's header set.
         let request = |host: &str, agent: &str| {
             let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
                 .header("Host", host)
@@ -3079,16 +3116,19 @@ mod tests {
             tx.process_request_headers();
             let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
             let hits = replay::with_outcomes(number, rules, |o| o.hits(ri));
-            (tx.tx_var("bad"), hits)
+            let idle = tx.memo.is_idle(&tx.d, ri);
+            (tx.tx_var("bad"), hits, idle)
         };
         let bad = |host: &str| Some(host.to_string());
-        assert_eq!(request("a.example", "evil"), (bad("a.example"), 0));
-        assert_eq!(request("a.example", "good"), (None, 0));
-        assert_eq!(request("a.example", "evil"), (bad("a.example"), 1));
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 0, false));
+        // A set it does nothing with makes it idle: passed over from then on.
+        assert_eq!(request("a.example", "good"), (None, 0, true));
+        assert_eq!(request("a.example", "good"), (None, 0, true));
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 1, false));
         // Another set, another number: evaluated, then replayed in turn.
-        assert_eq!(request("b.example", "evil"), (bad("b.example"), 1));
-        assert_eq!(request("b.example", "evil"), (bad("b.example"), 2));
-        assert_eq!(request("a.example", "evil"), (bad("a.example"), 3));
+        assert_eq!(request("b.example", "evil"), (bad("b.example"), 1, false));
+        assert_eq!(request("b.example", "evil"), (bad("b.example"), 2, false));
+        assert_eq!(request("a.example", "evil"), (bad("a.example"), 3, false));
     }
 
     #[test]
