@@ -141,12 +141,24 @@ pub(crate) fn mark_idle(set: SetRef, ri: usize) {
         if let Some(e) = s.entries.get_mut(set.index as usize)
             && e.number == set.number
         {
-            if e.idle.len() <= ri / 64 {
-                e.idle.resize(ri / 64 + 1, 0);
-            }
-            e.idle[ri / 64] |= 1 << (ri % 64);
+            set_rule_bit(&mut e.idle, ri);
         }
     });
+}
+
+/// Sets rule `ri`'s bit in a set of rules, growing it as needed.
+pub(crate) fn set_rule_bit(rules: &mut Vec<u64>, ri: usize) {
+    if rules.len() <= ri / 64 {
+        rules.resize(ri / 64 + 1, 0);
+    }
+    rules[ri / 64] |= 1 << (ri % 64);
+}
+
+/// Whether rule `ri`'s bit is set in a set of rules.
+pub(crate) fn has_rule_bit(rules: &[u64], ri: usize) -> bool {
+    rules
+        .get(ri / 64)
+        .is_some_and(|w| w & (1 << (ri % 64)) != 0)
 }
 
 /// Forgets the rows kept for `set`.

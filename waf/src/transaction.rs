@@ -1413,21 +1413,14 @@ impl Memo {
     /// Whether rule `ri` is idle for the request's header set (see
     /// [`header_sets::mark_idle`]).
     fn is_idle(&mut self, d: &Data, ri: usize) -> bool {
-        self.header_set(d).is_some()
-            && self
-                .idle
-                .get(ri / 64)
-                .is_some_and(|w| w & (1 << (ri % 64)) != 0)
+        self.header_set(d).is_some() && header_sets::has_rule_bit(&self.idle, ri)
     }
 
     /// Marks rule `ri` idle for the request's header set, here and in the thread's table.
     fn mark_idle(&mut self, ri: usize) {
         if let Some(Some(set)) = self.header_set {
             header_sets::mark_idle(set, ri);
-            if self.idle.len() <= ri / 64 {
-                self.idle.resize(ri / 64 + 1, 0);
-            }
-            self.idle[ri / 64] |= 1 << (ri % 64);
+            header_sets::set_rule_bit(&mut self.idle, ri);
         }
     }
 
