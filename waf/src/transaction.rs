@@ -2166,9 +2166,10 @@ impl Transaction {
                 return None;
             }
             self.memo.fingerprint.clear();
-            let set = match inputs.header_set_only {
-                true => self.memo.header_set(&self.d),
-                false => None,
+            let set = if inputs.header_set_only {
+                self.memo.header_set(&self.d)
+            } else {
+                None
             };
             if let Some(set) = set {
                 replay::write_header_set(&mut self.memo.fingerprint, set.number);
