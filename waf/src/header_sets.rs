@@ -147,6 +147,7 @@ pub(crate) fn mark_idle(set: SetRef, ri: usize) {
 }
 
 /// Sets rule `ri`'s bit in a set of rules, growing it as needed.
+#[inline]
 pub(crate) fn set_rule_bit(rules: &mut Vec<u64>, ri: usize) {
     if rules.len() <= ri / 64 {
         rules.resize(ri / 64 + 1, 0);
@@ -155,6 +156,7 @@ pub(crate) fn set_rule_bit(rules: &mut Vec<u64>, ri: usize) {
 }
 
 /// Whether rule `ri`'s bit is set in a set of rules.
+#[inline]
 pub(crate) fn has_rule_bit(rules: &[u64], ri: usize) -> bool {
     rules
         .get(ri / 64)
