@@ -810,7 +810,8 @@ struct Memo {
     /// Rows of [`RuleSet::recall_words`] words: per link with a recall bit, whether it is
     /// known to find nothing in the value (see [`crate::recall`]).
     known: Vec<u64>,
-    /// The bytes of the values with rows, to remember them by when the transaction ends.
+    /// The bytes of the values this transaction learned something of, to remember them by
+    /// when it ends.
     known_values: Vec<u8>,
     /// Hits of earlier transactions, kept for their buffers (a transaction holds them in
     /// [`Transaction::spare_hits`] while it runs, and hands back at most [`SPARE_HITS`]).
@@ -841,7 +842,7 @@ struct Recollection {
 /// rows).
 #[derive(Clone, Copy, Debug)]
 struct KnownRow {
-    /// Where the value's bytes are in [`Memo::known_values`].
+    /// Where the value's bytes are in [`Memo::known_values`], once `learned`.
     value: (u32, u32),
     /// Whether this transaction learned something of the value.
     learned: bool,
@@ -1104,13 +1105,8 @@ impl Memo {
                     *k |= a;
                 }
             }
-            let start = self.known_values.len();
-            self.known_values.extend_from_slice(&item.value);
             self.known_rows_at.push(KnownRow {
-                value: (
-                    u32::try_from(start).unwrap_or(NONE),
-                    u32::try_from(self.known_values.len()).unwrap_or(NONE),
-                ),
+                value: (0, 0),
                 learned: false,
             });
             (u32::try_from(word).unwrap_or(NONE), at)
@@ -1151,8 +1147,21 @@ impl Memo {
         let (word, mask) = ((word + bit / 64) as usize, 1 << (bit % 64));
         if self.known[word] & mask == 0 {
             self.known[word] |= mask;
-            let at = self.known_rows[item.slot as usize].1;
-            self.known_rows_at[at as usize].learned = true;
+            let at = self.known_rows[item.slot as usize].1 as usize;
+            if !self.known_rows_at[at].learned {
+                // The first thing learned of the value: its bytes are kept to remember it
+                // by when the transaction ends.
+                let start = self.known_values.len();
+                self.known_values.extend_from_slice(&item.value);
+                let end = self.known_values.len();
+                self.known_rows_at[at] = KnownRow {
+                    value: (
+                        u32::try_from(start).unwrap_or(NONE),
+                        u32::try_from(end).unwrap_or(NONE),
+                    ),
+                    learned: true,
+                };
+            }
         }
     }
 
