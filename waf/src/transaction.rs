@@ -821,6 +821,9 @@ struct Memo {
     /// The request's header set (see [`crate::header_sets`]): `None` until looked up,
     /// then `None` inside when it has no number (too long, or no memory of values).
     header_set: Option<Option<header_sets::SetRef>>,
+    /// The key the header set is looked up by (a buffer kept from one transaction to the
+    /// next).
+    header_key: Vec<u8>,
     /// Whether the rows of `unknown` of the targets of
     /// [`RuleSet::recall_target_headers`] are made (once per transaction).
     header_rows_ready: bool,
@@ -1191,6 +1194,7 @@ impl Memo {
             && self.steps.capacity() <= 1 << 12
             && self.known.capacity() <= 1 << 16
             && self.known_values.capacity() <= 1 << 16
+            && self.header_key.capacity() <= 1 << 16
     }
 }
 
@@ -1442,10 +1446,8 @@ impl Memo {
         let set = if self.recall.capacity == 0 {
             None
         } else {
-            let mut key = std::mem::take(&mut self.fingerprint);
-            d.header_set_key(&mut key);
-            let set = header_sets::find(self.recall.engine, &key);
-            self.fingerprint = key;
+            d.header_set_key(&mut self.header_key);
+            let set = header_sets::find(self.recall.engine, &self.header_key);
             if let Some(set) = set {
                 header_sets::idle(set, &mut self.idle);
             }
@@ -3132,6 +3134,22 @@ mod tests {
         assert_eq!(request("b.example", "evil"), (bad("b.example"), 1, false));
         assert_eq!(request("b.example", "evil"), (bad("b.example"), 2, false));
         assert_eq!(request("a.example", "evil"), (bad("a.example"), 3, false));
+    }
+
+    #[test]
+    fn a_rule_of_the_header_set_is_fingerprinted_by_its_number_alone() {
+        // Its fingerprint is the set's mark and number, nothing of the values (the set's
+        // key has a buffer of its own).
+        let engine = crate::WafEngine::of_rules(
+            "SecRule &REQUEST_HEADERS:Host \"@eq 0\" \"id:1,phase:1,pass,nolog\"",
+        );
+        let facts = RequestFacts::new("GET", "/", "HTTP/1.1").header("Host", "media.example.org");
+        let mut tx = engine.transaction(facts);
+        tx.process_request_headers();
+        let set = tx.memo.header_set.flatten().expect("no header set");
+        let mut expected = Vec::new();
+        replay::write_header_set(&mut expected, set.number);
+        assert_eq!(tx.memo.fingerprint, expected);
     }
 
     #[test]
