@@ -845,10 +845,9 @@ struct Recollection {
 /// rows).
 #[derive(Clone, Copy, Debug)]
 struct KnownRow {
-    /// Where the value's bytes are in [`Memo::known_values`], once `learned`.
-    value: (u32, u32),
-    /// Whether this transaction learned something of the value.
-    learned: bool,
+    /// Once this transaction learned something of the value: where its bytes are in
+    /// [`Memo::known_values`].
+    learned: Option<(u32, u32)>,
 }
 
 /// A hasher for small integer keys.
@@ -1108,10 +1107,7 @@ impl Memo {
                     *k |= a;
                 }
             }
-            self.known_rows_at.push(KnownRow {
-                value: (0, 0),
-                learned: false,
-            });
+            self.known_rows_at.push(KnownRow { learned: None });
             (u32::try_from(word).unwrap_or(NONE), at)
         };
         self.known_rows[s] = (row, at);
@@ -1151,19 +1147,16 @@ impl Memo {
         if self.known[word] & mask == 0 {
             self.known[word] |= mask;
             let at = self.known_rows[item.slot as usize].1 as usize;
-            if !self.known_rows_at[at].learned {
+            if self.known_rows_at[at].learned.is_none() {
                 // The first thing learned of the value: its bytes are kept to remember it
                 // by when the transaction ends.
                 let start = self.known_values.len();
                 self.known_values.extend_from_slice(&item.value);
                 let end = self.known_values.len();
-                self.known_rows_at[at] = KnownRow {
-                    value: (
-                        u32::try_from(start).unwrap_or(NONE),
-                        u32::try_from(end).unwrap_or(NONE),
-                    ),
-                    learned: true,
-                };
+                self.known_rows_at[at].learned = Some((
+                    u32::try_from(start).unwrap_or(NONE),
+                    u32::try_from(end).unwrap_or(NONE),
+                ));
             }
         }
     }
@@ -1172,14 +1165,14 @@ impl Memo {
     fn remember_learned(&self) {
         let r = self.recall;
         for (row, at) in self.known_rows_at.iter().enumerate() {
-            if !at.learned {
+            let Some((start, end)) = at.learned else {
                 continue;
-            }
+            };
             let word = row * r.words;
             recall::remember(
                 r.engine,
                 r.capacity,
-                &self.known_values[at.value.0 as usize..at.value.1 as usize],
+                &self.known_values[start as usize..end as usize],
                 &self.known[word..word + r.words],
             );
         }
@@ -1410,14 +1403,13 @@ impl Memo {
         let Some(Some(set)) = self.header_set else {
             return;
         };
-        let learned = d
-            .header_set_slots()
-            .any(|slot| match self.known_rows.get(slot as usize) {
-                Some(&(word, at)) if word != UNSET && at != NONE && at != UNSET => {
-                    self.known_rows_at[at as usize].learned
-                }
-                _ => false,
-            });
+        // A slot without a row (`UNSET`, `NONE`) has no entry in `known_rows_at`.
+        let learned = d.header_set_slots().any(|slot| {
+            self.known_rows
+                .get(slot as usize)
+                .and_then(|&(_, at)| self.known_rows_at.get(at as usize))
+                .is_some_and(|row| row.learned.is_some())
+        });
         if learned {
             header_sets::forget_rows(set);
         }
