@@ -92,43 +92,44 @@ pub(crate) fn find(engine: u64, key: &[u8]) -> Option<SetRef> {
     })
 }
 
+/// Runs `f` on the entry of `set` in this thread's table, if the table still holds it
+/// (it may have forgotten it, or `set` may have been numbered on another thread).
+fn with_entry<R>(set: SetRef, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+    SETS.with(|s| {
+        let mut s = s.borrow_mut();
+        s.entries
+            .get_mut(set.index as usize)
+            .filter(|e| e.number == set.number)
+            .map(f)
+    })
+}
+
 /// Calls `f` with the rows kept for `set`, if any; returns whether it did.
 pub(crate) fn with_rows(set: SetRef, f: impl FnOnce(&[u64])) -> bool {
-    SETS.with(|s| {
-        let s = s.borrow();
-        match s.entries.get(set.index as usize) {
-            Some(e) if e.number == set.number && !e.rows.is_empty() => {
-                f(&e.rows);
-                true
-            }
-            _ => false,
+    with_entry(set, |e| {
+        let kept = !e.rows.is_empty();
+        if kept {
+            f(&e.rows);
         }
+        kept
     })
+    .unwrap_or(false)
 }
 
 /// Keeps `rows` for `set` (nothing when the table has forgotten it).
 pub(crate) fn keep_rows(set: SetRef, rows: &[u64]) {
-    SETS.with(|s| {
-        let mut s = s.borrow_mut();
-        if let Some(e) = s.entries.get_mut(set.index as usize)
-            && e.number == set.number
-        {
-            e.rows.clear();
-            e.rows.extend_from_slice(rows);
-        }
+    with_entry(set, |e| {
+        e.rows.clear();
+        e.rows.extend_from_slice(rows);
     });
 }
 
 /// Copies into `idle` the rules marked idle for `set` (see [`mark_idle`]); nothing when
 /// the table has forgotten it.
 pub(crate) fn idle(set: SetRef, idle: &mut Vec<u64>) {
-    SETS.with(|s| {
-        if let Some(e) = s.borrow().entries.get(set.index as usize)
-            && e.number == set.number
-        {
-            idle.clear();
-            idle.extend_from_slice(&e.idle);
-        }
+    with_entry(set, |e| {
+        idle.clear();
+        idle.extend_from_slice(&e.idle);
     });
 }
 
@@ -136,14 +137,7 @@ pub(crate) fn idle(set: SetRef, idle: &mut Vec<u64>) {
 /// an evaluation with it neither matched nor acted, so every evaluation with it does the
 /// same, whatever else the request holds.
 pub(crate) fn mark_idle(set: SetRef, ri: usize) {
-    SETS.with(|s| {
-        let mut s = s.borrow_mut();
-        if let Some(e) = s.entries.get_mut(set.index as usize)
-            && e.number == set.number
-        {
-            set_rule_bit(&mut e.idle, ri);
-        }
-    });
+    with_entry(set, |e| set_rule_bit(&mut e.idle, ri));
 }
 
 /// Sets rule `ri`'s bit in a set of rules, growing it as needed.
