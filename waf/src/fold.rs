@@ -74,7 +74,17 @@ pub(crate) struct Folding {
     /// matches, which each request then takes as they are instead of evaluating the link;
     /// its actions and the rest of its chain run as usual.
     pub(crate) starts: Vec<Option<DecidedStart>>,
+    /// Per rule index: for a rule evaluated per request that reads and writes only literal
+    /// `TX` keys and, from the values [`Folding::tx`] gives them, leaves everything as it
+    /// was (CRS's score sums adding scores of 0, its threshold checks that do not match),
+    /// those keys: a transaction that has set or deleted none of them passes over the
+    /// rule (see [`quiet_keys`]).
+    pub(crate) quiet: Vec<Option<QuietKeys>>,
 }
+
+/// The `TX` keys a quiet rule reads and writes (lower case): while a transaction has set
+/// or deleted none of them, the rule does nothing (see [`Folding::quiet`]).
+pub(crate) type QuietKeys = Box<[String]>;
 
 impl Folding {
     /// Nothing decided: every rule of `rules` runs on each request.
@@ -83,6 +93,7 @@ impl Folding {
             rules: vec![Fold::Run; rules.rules.len()],
             tx: Arc::default(),
             starts: vec![None; rules.rules.len()],
+            quiet: vec![None; rules.rules.len()],
         }
     }
 }
@@ -372,12 +383,64 @@ fn starter_decided(ri: usize, rule: &Rule, touched: &Touched) -> bool {
         && tests.iter().all(|k| touched.known(k))
 }
 
+/// The keys of rule `ri` (evaluated per request) when it is quiet: its tests read only
+/// literal `TX` keys and its actions are only `setvar`s of literal `TX` keys whose values
+/// read only such keys, and evaluated on `probe` (the `TX` every transaction starts with,
+/// as far as the keys it reads and writes go: those no rule decided after it writes) it
+/// changes no `TX` key; and when it matches there, neither its log entry, its jump nor the
+/// matched variables it leaves (`may_match`: no first link reads them) can tell. A
+/// transaction that has not set or deleted any of its keys reads the same values, so the
+/// rule does nothing there either: it is passed over.
+fn quiet_keys(
+    ri: usize,
+    rule: &Rule,
+    may_match: bool,
+    probe: &mut Transaction,
+) -> Option<QuietKeys> {
+    let mut keys = Vec::new();
+    for link in &rule.links {
+        link_tests(link, &mut keys)?;
+        for e in &link.effects {
+            let Effect::SetVar {
+                collection: Var::Tx,
+                key,
+                op,
+            } = e
+            else {
+                return None;
+            };
+            keys.push(key.literal()?);
+            if let Some(m) = op.value() {
+                tx_refs(m, &mut keys)?;
+            }
+        }
+    }
+    let before = probe.tx().clone();
+    let matched = probe.probe_rule(ri);
+    let unchanged = *probe.tx() == before;
+    *probe.tx() = before;
+    let unseen = !matched
+        || (may_match
+            && !(rule.log && rule.id != 0)
+            && matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block)
+            && rule.skip_to.is_none()
+            && rule.skip == 0);
+    if !(unchanged && unseen) {
+        return None;
+    }
+    let mut keys: Vec<String> = keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Some(keys.into_boxed_slice())
+}
+
 /// Decides what the configuration decides in `engine`'s request phases (see the module):
 /// the rules, and the operator arguments of the rules left to each request.
 pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
     let rules = &engine.rules;
     let mut decided = vec![Fold::Run; rules.rules.len()];
     let mut starts = vec![None; rules.rules.len()];
+    let mut quiet = vec![None; rules.rules.len()];
     let may_match = !first_links_read_earlier_matches(rules);
     let mut touched = Touched::new(engine);
     let mut arguments = Vec::new();
@@ -466,6 +529,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
                     starts[ri] = starter
                         .filter(|hits| !hits.is_empty())
                         .map(Vec::into_boxed_slice);
+                    quiet[ri] = quiet_keys(ri, rule, may_match, &mut probe);
                     // Recorded first: an argument reading what the rule's own links write
                     // (or capture) is left as it is.
                     touched.record(rule);
@@ -497,6 +561,7 @@ pub(crate) fn fold(engine: &Arc<Compiled>) -> (Folding, Vec<FixedArgument>) {
         rules: decided,
         tx: Arc::new(tx),
         starts,
+        quiet,
     };
     (folding, arguments)
 }
@@ -618,6 +683,59 @@ mod tests {
         // `TX:z` is still unset when rule 20 compares: "1" is not "", the chain's first
         // link has set `TX:p`.
         assert_eq!(decision(&e, "/?a=1", &[]), block(410, 31));
+    }
+
+    #[test]
+    fn a_quiet_rule_is_passed_over_until_a_key_it_reads_or_writes_is_set() {
+        let e = WafEngine::of_rules(
+            "SecAction \"id:1,phase:1,pass,nolog,setvar:tx.score=0,setvar:tx.total=0,\
+                setvar:tx.limit=5\"\n\
+             SecRule ARGS:a \"@streq 1\" \"id:2,phase:1,pass,nolog,setvar:tx.score=+5\"\n\
+             SecRule ARGS:b \"@streq 1\" \"id:3,phase:1,pass,nolog,setvar:tx.total=7\"\n\
+             SecRule ARGS:c \"@streq 1\" \"id:4,phase:1,pass,nolog,setvar:tx.limit=0\"\n\
+             SecRule TX:LIMIT \"@ge 1\" \"id:5,phase:2,pass,nolog,setvar:tx.total=0\"\n\
+             SecRule TX:limit \"@ge 1\" \"id:6,phase:2,pass,nolog,setvar:tx.total=+%{tx.score}\"\n\
+             SecRule TX:total \"@ge %{tx.limit}\" \"id:7,phase:2,deny,status:403\"\n\
+             SecRule TX:limit \"@eq 5\" \"id:8,phase:2,pass,nolog,setvar:tx.seen=1\"\n\
+             SecRule TX:seen \"@eq 1\" \"id:9,phase:2,deny,status:409\"\n",
+        );
+        let c = e.compiled();
+        let quiet: Vec<(u32, Option<Vec<&str>>)> = c
+            .rules
+            .rules
+            .iter()
+            .zip(&c.folding.quiet)
+            .map(|(r, q)| {
+                (
+                    r.id,
+                    q.as_ref().map(|k| k.iter().map(String::as_str).collect()),
+                )
+            })
+            .collect();
+        // 5 sets what `TX:total` holds, 6 adds a score of 0, 7 does not match: quiet; 8
+        // sets a key; 9 does not match without it, and reads it after 8 has set it.
+        assert_eq!(
+            quiet,
+            [
+                (1, None),
+                (2, None),
+                (3, None),
+                (4, None),
+                (5, Some(vec!["limit", "total"])),
+                (6, Some(vec!["limit", "score", "total"])),
+                (7, Some(vec!["limit", "total"])),
+                (8, None),
+                (9, Some(vec!["seen"]))
+            ]
+        );
+        // 9 always blocks: these requests are told apart by the rule that blocks first.
+        assert_eq!(decision(&e, "/", &[]), block(409, 9));
+        // 2 adds to the score 6 adds to the total.
+        assert_eq!(decision(&e, "/?a=1", &[]), block(403, 7));
+        // 3 sets the total, which 5 sets back.
+        assert_eq!(decision(&e, "/?b=1", &[]), block(409, 9));
+        // 4 lowers the limit to the total (and 8 no longer matches).
+        assert_eq!(decision(&e, "/?c=1", &[]), block(403, 7));
     }
 
     #[test]

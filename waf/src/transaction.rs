@@ -324,6 +324,13 @@ impl TxVars {
         self.get_key_value(key).map(|(_, v)| v)
     }
 
+    /// Whether this transaction has set or deleted none of `keys` (see
+    /// [`crate::fold::Folding::quiet`]).
+    fn untouched(&self, keys: &[String]) -> bool {
+        keys.iter()
+            .all(|key| !matches!(self.own.get(key.as_str()), Some(Own::Set(_) | Own::Deleted)))
+    }
+
     /// Every key and its value, in no order.
     fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
         let own = self.own.iter().filter_map(|(k, v)| match v {
@@ -1993,6 +2000,14 @@ impl Transaction {
             }
             match step.kind {
                 Kind::Run { bit, rows, later } => {
+                    // A quiet rule whose keys no rule has set: it would do nothing.
+                    if let Some(keys) = &engine.folding.quiet[ri]
+                        && self.d.tx.untouched(keys)
+                        && !self.target_removals.may_reach(ri)
+                    {
+                        self.clear_matched();
+                        continue;
+                    }
                     // Most rules are decided by their first link being known to find
                     // nothing: that test alone, from the step, without reading the rule.
                     if bit != walk::NONE
