@@ -514,26 +514,47 @@ fn compile(
     Ok(WafEngine { inner })
 }
 
-/// Per rule index, whether a transaction can remove the rule: a `ctl` of some rule names
-/// it, or a path exclusion without targets.
+/// Per rule index, whether a transaction can remove the rule before it runs: a path
+/// exclusion without targets names it, or a `ctl` of a rule that runs before it (an earlier
+/// phase, or earlier in its phase) does. A `ctl` removing a rule that has already run
+/// changes nothing of it: CRS's sampling rule (`ctl:ruleRemoveByTag=OWASP_CRS`, early in
+/// phase 1) names nearly every rule, and would otherwise make every jump over the rules
+/// above the paranoia level uncertain.
 pub(crate) fn removable_rules(compiled: &Compiled) -> Vec<bool> {
-    let mut removable = vec![false; compiled.rules.rules.len()];
-    let ctls = compiled
-        .rules
-        .rules
-        .iter()
-        .flat_map(|r| &r.links)
-        .flat_map(|l| &l.effects)
-        .filter_map(|e| match e {
-            Effect::Ctl(Ctl::RemoveRules(_, named)) => Some(named),
-            _ => None,
-        });
+    let rules = &compiled.rules;
+    let mut removable = vec![false; rules.rules.len()];
+    // Per rule index: when it runs, as (phase, position in the phase).
+    let mut order = vec![(u8::MAX, usize::MAX); rules.rules.len()];
+    for (phase, items) in (1u8..).zip(&rules.phases) {
+        for (at, item) in items.iter().enumerate() {
+            if let crate::rule::Item::Rule(ri) = item {
+                order[*ri] = (phase, at);
+            }
+        }
+    }
+    for (ri, rule) in rules.rules.iter().enumerate() {
+        let ctls = rule
+            .links
+            .iter()
+            .flat_map(|l| &l.effects)
+            .filter_map(|e| match e {
+                Effect::Ctl(Ctl::RemoveRules(_, named)) => Some(named),
+                _ => None,
+            });
+        for &named in ctls.flatten() {
+            if order[ri] < order[named]
+                && let Some(r) = removable.get_mut(named)
+            {
+                *r = true;
+            }
+        }
+    }
     let paths = compiled
         .path_exclusions
         .iter()
         .filter(|ex| ex.targets.is_empty())
-        .map(|ex| &ex.rules);
-    for &ri in ctls.chain(paths).flatten() {
+        .flat_map(|ex| &ex.rules);
+    for &ri in paths {
         if let Some(r) = removable.get_mut(ri) {
             *r = true;
         }

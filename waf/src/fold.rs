@@ -185,7 +185,8 @@ struct Touched {
     written_keys: HashSet<String>,
     /// Keys built by macros: each starts with one of these (all keys for an empty one).
     written_prefixes: Vec<String>,
-    /// Per rule index: whether a `ctl` run before, or a path exclusion, may remove it.
+    /// Per rule index: whether a `ctl` run before, or a path exclusion, may remove it (see
+    /// [`crate::engine::removable_rules`]).
     removable: Vec<bool>,
     /// Per rule index: whether a `ctl` run before, or a path exclusion, may remove one of
     /// its `TX` targets.
@@ -193,19 +194,17 @@ struct Touched {
 }
 
 impl Touched {
-    /// Nothing read or written yet; the rules and targets `engine`'s path exclusions may
-    /// remove.
+    /// Nothing read or written yet; the rules a `ctl` run before them or a path exclusion
+    /// may remove, and the `TX` targets path exclusions may remove.
     fn new(engine: &Compiled) -> Touched {
         let n = engine.rules.rules.len();
         let mut touched = Touched {
-            removable: vec![false; n],
+            removable: crate::engine::removable_rules(engine),
             retargetable: vec![false; n],
             ..Touched::default()
         };
         for ex in &engine.path_exclusions {
-            if ex.targets.is_empty() {
-                ex.rules.iter().for_each(|&i| touched.removable[i] = true);
-            } else if ex.targets.iter().any(|(v, _)| *v == Var::Tx) {
+            if ex.targets.iter().any(|(v, _)| *v == Var::Tx) {
                 ex.rules
                     .iter()
                     .for_each(|&i| touched.retargetable[i] = true);
@@ -290,9 +289,6 @@ impl Touched {
                     Effect::SetEnv(k, v) => {
                         self.read_macro(k);
                         self.read_macro(v);
-                    }
-                    Effect::Ctl(Ctl::RemoveRules(_, rules)) => {
-                        rules.iter().for_each(|&i| self.removable[i] = true);
                     }
                     Effect::Ctl(Ctl::RemoveTarget(_, rules, Var::Tx, _)) => {
                         rules.iter().for_each(|&i| self.retargetable[i] = true);

@@ -164,8 +164,8 @@ impl Walk {
     /// Per rule index, whether some step of the walk may evaluate the rule: a
     /// [`Kind::Run`] step reachable from the start of its phase. A rule the configuration
     /// decides always matches is the end of the way through it but to where it jumps and
-    /// over what it skips, unless `removable` (per rule index) says a `ctl` or a path
-    /// exclusion can remove it, which leaves the way on. Jumps and skips of rules
+    /// over what it skips, unless `removable` (per rule index) says a `ctl` run before it or
+    /// a path exclusion can remove it, which leaves the way on. Jumps and skips of rules
     /// evaluated per request are taken to be both taken and not: the answer may say
     /// `true` of a rule no request evaluates, never `false` of one some request does.
     /// CRS's rules above the paranoia level and its sampling rules lie past such jumps.
@@ -353,12 +353,16 @@ mod tests {
              SecRule REQUEST_HEADERS:X-Skip \"@rx ^skip$\" \"id:4,phase:1,pass,nolog,skipAfter:END-SKIP\"\n\
              SecRule ARGS \"@rx mid\" \"id:5,phase:1,deny\"\n\
              SecMarker END-SKIP\n\
+             SecRule ARGS \"@rx z\" \"id:7,phase:1,pass,nolog,ctl:ruleRemoveById=6\"\n\
              SecRule TX:level \"@lt 2\" \"id:6,phase:1,pass,nolog,skipAfter:END-R\"\n\
              SecRule REQUEST_HEADERS:X-Removed \"@rx r\" \"id:8,phase:1,deny\"\n\
              SecMarker END-R\n\
              SecRule TX:level \"@lt 2\" \"id:9,phase:1,pass,nolog,skip:1\"\n\
              SecRule REQUEST_HEADERS:X-Skipped \"@rx s\" \"id:10,phase:1,deny\"\n\
-             SecRule ARGS \"@rx z\" \"id:7,phase:1,pass,nolog,ctl:ruleRemoveById=6\"",
+             SecRule TX:level \"@lt 2\" \"id:12,phase:1,pass,nolog,skipAfter:END-LATE\"\n\
+             SecRule REQUEST_HEADERS:X-Late \"@rx l\" \"id:13,phase:1,deny\"\n\
+             SecMarker END-LATE\n\
+             SecRule ARGS \"@rx y\" \"id:11,phase:1,pass,nolog,ctl:ruleRemoveById=12\"",
         );
         let c = engine.compiled();
         let evaluated = c
@@ -368,13 +372,16 @@ mod tests {
             let ri = c.rules.rules.iter().position(|r| r.id == id).unwrap();
             evaluated[ri]
         };
-        // Past decided jumps and skips: 2 and 10; the decided rules themselves are not
+        // Past decided jumps and skips: 2, 10 and 13; the decided rules themselves are not
         // evaluated either. 5 follows a rule evaluated per request, 8 a jump rule 7 may
-        // remove.
+        // remove before it runs; 11 removes the jump of 12 only after it has run.
         for (id, expected) in [(1, false), (2, false), (3, true), (4, true), (5, true)] {
             assert_eq!(of(id), expected, "rule {id}");
         }
         for (id, expected) in [(6, false), (8, true), (9, false), (10, false), (7, true)] {
+            assert_eq!(of(id), expected, "rule {id}");
+        }
+        for (id, expected) in [(12, false), (13, false), (11, true)] {
             assert_eq!(of(id), expected, "rule {id}");
         }
         let phases = |name: &str| {
@@ -386,6 +393,7 @@ mod tests {
         assert_eq!(phases("x-high"), Some(0));
         assert_eq!(phases("x-skipped"), Some(0));
         assert_eq!(phases("x-removed"), Some(1));
+        assert_eq!(phases("x-late"), Some(0));
         assert_eq!(phases("x-skip"), Some(1));
     }
 
