@@ -434,6 +434,9 @@ pub struct RuleSet {
     /// reads it: its row comes with the request's header set (see
     /// [`crate::header_sets`]).
     pub recall_target_headers: Vec<bool>,
+    /// Per phase bit (see [`phase_bit`]), then for every phase at once: the rows of
+    /// [`RuleSet::recall_targets`] the phase reads (see [`RuleSet::phase_rows`]).
+    pub recall_phase_rows: Vec<PhaseRows>,
     /// The items of phases 1-5.
     pub phases: [Vec<Item>; 5],
     /// `SecComponentSignature` values.
@@ -461,6 +464,7 @@ impl Default for RuleSet {
             recall_target_readers: Vec::new(),
             recall_target_phases: Vec::new(),
             recall_target_headers: Vec::new(),
+            recall_phase_rows: Vec::new(),
             phases: Default::default(),
             signatures: Vec::new(),
         }
@@ -730,6 +734,43 @@ impl RuleSet {
                 mark(&mut self.alphabet_rows, a, bit);
             }
         }
+        self.plan_phase_rows();
+    }
+
+    /// Lists the rows of [`RuleSet::recall_targets`] each phase reads, and those it works
+    /// out itself (not those of the header set), from [`RuleSet::recall_target_phases`] and
+    /// [`RuleSet::recall_target_headers`].
+    fn plan_phase_rows(&mut self) {
+        let rows = |bits: u8, learned: bool| -> Vec<u32> {
+            (0u32..)
+                .zip(&self.recall_target_phases)
+                .filter(|&(row, &phases)| {
+                    phases & bits != 0
+                        && !(learned && self.recall_target_headers.get(row as usize) == Some(&true))
+                })
+                .map(|(row, _)| row)
+                .collect()
+        };
+        self.recall_phase_rows = (0..=8)
+            .map(|p| {
+                let bits = if p == 8 { u8::MAX } else { 1 << p };
+                PhaseRows {
+                    read: rows(bits, false),
+                    learned: rows(bits, true),
+                }
+            })
+            .collect();
+    }
+
+    /// The rows of [`RuleSet::recall_targets`] read while `phase_bits` (one phase's bit,
+    /// or every bit: outside the phases) is the phase.
+    pub(crate) fn phase_rows(&self, phase_bits: u8) -> &PhaseRows {
+        let index = if phase_bits.count_ones() == 1 {
+            phase_bits.trailing_zeros() as usize
+        } else {
+            8
+        };
+        &self.recall_phase_rows[index]
     }
 
     /// Makes [`RuleSet::recall_target_phases`] those of the rules the walk may evaluate
@@ -750,7 +791,18 @@ impl RuleSet {
             .zip(&self.recall_target_phases)
             .map(|(t, &phases)| phases != 0 && t.var.is_of_header_set())
             .collect();
+        self.plan_phase_rows();
     }
+}
+
+/// The rows of [`RuleSet::recall_targets`] one phase reads.
+#[derive(Debug, Default)]
+pub struct PhaseRows {
+    /// Every row its links read.
+    pub read: Vec<u32>,
+    /// Those it works out itself: all but the header set's (see
+    /// [`RuleSet::recall_target_headers`]).
+    pub learned: Vec<u32>,
 }
 
 /// Phase `phase` (1-5) as a bit of [`RuleSet::recall_target_phases`].

@@ -1321,11 +1321,11 @@ impl Memo {
         if !self.header_rows_ready {
             self.learn_header_rows(rules, d);
         }
-        for (row, t) in rules.recall_targets.iter().enumerate() {
-            let phases = rules.recall_target_phases[row];
-            if phases & self.phase_bits == 0
-                || (t.var.is_fixed() && phases & self.phases_learned != 0)
-                || rules.recall_target_headers.get(row) == Some(&true)
+        let rows = rules.phase_rows(self.phase_bits);
+        for &row in &rows.learned {
+            let row = row as usize;
+            if rules.recall_targets[row].var.is_fixed()
+                && rules.recall_target_phases[row] & self.phases_learned != 0
             {
                 continue;
             }
@@ -1334,10 +1334,9 @@ impl Memo {
         self.phases_learned |= self.phase_bits;
         self.unknown_links.clear();
         self.unknown_links.resize(words, 0);
-        for (row, readers) in rules.recall_target_readers.chunks(words).enumerate() {
-            if rules.recall_target_phases[row] & self.phase_bits == 0 {
-                continue;
-            }
+        for &row in &rows.read {
+            let row = row as usize;
+            let readers = &rules.recall_target_readers[row * words..(row + 1) * words];
             let unknown = &self.unknown[row * words..(row + 1) * words];
             for ((u, r), k) in self.unknown_links.iter_mut().zip(readers).zip(unknown) {
                 *u |= r & k;
