@@ -1003,8 +1003,13 @@ impl Memo {
                     known = self.buf_prev[known as usize];
                 }
                 if known == NONE {
+                    // A step that changed only the case of letters (`lowercase`, and often
+                    // `cmdLine` or a decoding of a value with nothing to decode but
+                    // capitals) leaves the prefilter's scans as they were.
                     let same_case =
-                        if matches!(step.transform, Transform::Lowercase | Transform::Uppercase) {
+                        if matches!(step.transform, Transform::Lowercase | Transform::Uppercase)
+                            || v.eq_ignore_ascii_case(input)
+                        {
                             parent
                         } else {
                             UNSET
@@ -3006,6 +3011,25 @@ mod tests {
         drop(tx);
         recall::recall(number, capacity, b"new-and-harmless", &mut known);
         assert!(known.iter().any(|&w| w != 0), "nothing was remembered");
+    }
+
+    #[test]
+    fn a_step_that_changes_only_capitals_shares_the_prefilter_scan() {
+        let engine = crate::WafEngine::of_rules(
+            "SecRule ARGS \"@rx x;y\" \"id:1,phase:1,pass,nolog,t:none,t:cmdLine,multiMatch\"",
+        );
+        let mut tx = engine.transaction(RequestFacts::new("GET", "/?a=Hello(World)", "HTTP/1.1"));
+        tx.process_request_headers();
+        let memo = &tx.memo;
+        // `cmdLine` only lowered the capitals: its form is scanned as the value itself is.
+        let lowered = memo
+            .bufs
+            .iter()
+            .position(|b| b == b"hello(world)")
+            .expect("the cmdLine form");
+        let info = memo.buf_info[lowered] as usize;
+        assert_eq!(memo.infos[info].same_case, NONE);
+        assert_ne!(memo.infos[info].scans[0], UNSET, "the form was not scanned");
     }
 
     #[test]
