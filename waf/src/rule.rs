@@ -144,6 +144,8 @@ pub struct PrefilterPart {
     /// Per byte value: the bits of the sets holding that one byte (either case of a
     /// letter), `words` words each.
     pub bytes: Vec<u64>,
+    /// The bytes whose row of `bytes` has a bit: a value's other bytes add nothing.
+    pub byte_literals: ByteSet,
     /// The number of 64-bit words of a candidate set.
     pub words: usize,
 }
@@ -153,6 +155,7 @@ impl PrefilterPart {
     /// `value` meets; `present` is the set of its bytes.
     pub fn scan(&self, value: &[u8], present: ByteSet, set: &mut [u64]) {
         for (w, mut bits) in present.into_iter().enumerate() {
+            bits &= self.byte_literals[w];
             while bits != 0 {
                 let b = w * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
@@ -824,11 +827,13 @@ fn prefilter_part(sets: Vec<Vec<Vec<u8>>>) -> PrefilterPart {
     let words = sets.len().div_ceil(64);
     let mut bytes = vec![0u64; 256 * words];
     let mut long = Vec::new();
+    let mut byte_literals = [0u64; 4];
     for (bit, set) in (0u32..).zip(sets) {
         for lit in set {
             if let [b] = lit[..] {
                 for c in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
                     bytes[usize::from(c) * words + (bit / 64) as usize] |= 1 << (bit % 64);
+                    byte_literals[usize::from(c >> 6)] |= 1 << (c & 63);
                 }
             } else {
                 long.push((lit, bit));
@@ -838,6 +843,7 @@ fn prefilter_part(sets: Vec<Vec<Vec<u8>>>) -> PrefilterPart {
     PrefilterPart {
         matcher: automaton(long),
         bytes,
+        byte_literals,
         words,
     }
 }
