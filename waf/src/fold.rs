@@ -393,24 +393,13 @@ fn quiet_keys(
     may_match: bool,
     probe: &mut Transaction,
 ) -> Option<QuietKeys> {
-    let mut keys = Vec::new();
-    for link in &rule.links {
-        link_tests(link, &mut keys)?;
-        for e in &link.effects {
-            let Effect::SetVar {
-                collection: Var::Tx,
-                key,
-                op,
-            } = e
-            else {
-                return None;
-            };
-            keys.push(key.literal()?);
-            if let Some(m) = op.value() {
-                tx_refs(m, &mut keys)?;
-            }
-        }
-    }
+    let TxUse {
+        tests: mut read_or_written,
+        effects,
+    } = tx_use(rule)?;
+    let (reads, writes) = effects?;
+    read_or_written.extend(reads);
+    read_or_written.extend(writes);
     let before = probe.tx().clone();
     let matched = probe.probe_rule(ri);
     let unchanged = *probe.tx() == before;
@@ -424,7 +413,10 @@ fn quiet_keys(
     if !(unchanged && unseen) {
         return None;
     }
-    let mut keys: Vec<String> = keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+    let mut keys: Vec<String> = read_or_written
+        .iter()
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
     keys.sort_unstable();
     keys.dedup();
     Some(keys.into_boxed_slice())
