@@ -109,10 +109,14 @@ impl Session {
         Ok(())
     }
 
-    /// Ends the stream and reads clamd's verdict.
+    /// Ends the stream and reads clamd's verdict. clamd may have answered already and
+    /// closed (the stream passed its size limit while the data sat in the sockets'
+    /// buffers): then ending the stream fails, and its answer is read all the same.
     pub async fn finish(mut self) -> io::Result<Vec<u8>> {
-        self.stream.write_all(&[0; 4]).await?;
-        self.reply().await
+        match self.stream.write_all(&[0; 4]).await {
+            Ok(()) => self.reply().await,
+            Err(error) => self.reply().await.map_err(|_| error),
+        }
     }
 
     /// Reads clamd's reply, without the NUL: after the end of the stream, or after a write

@@ -728,6 +728,35 @@ async fn the_clamd_client_scans_over_tcp_and_a_unix_socket() {
 }
 
 #[tokio::test]
+async fn clamds_answer_is_read_when_it_closed_before_the_stream_ended() {
+    // A body over clamd's limit sent whole into the sockets' buffers before clamd reads
+    // it: clamd answers and closes, the end of the stream cannot be written, and its
+    // answer still decides.
+    let clamd = Clamd::start_with(false, "1K");
+    let address = clamd::Address::parse(&clamd.address).unwrap();
+    let body = vec![b'a'; 4096];
+    let mut session = clamd::Session::open(&address).await.unwrap();
+    session.send(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        antivirus::read_reply(&session.finish().await.unwrap()),
+        Finding::Unscannable(Unscannable::TooLarge)
+    );
+    let doc: portcullis_crds::edge::Antivirus = serde_json::from_value(serde_json::json!({
+        "clamd": clamd.address, "methods": ["POST"], "maxScanSize": "8Mi",
+        "onUnscannable": "Block", "timeout": "5s"
+    }))
+    .unwrap();
+    let av = antivirus::Antivirus::new(&doc).unwrap();
+    let mut scan = antivirus::Scan::start(&av).await.unwrap();
+    scan.feed(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (finding, held) = scan.finish(&av).await;
+    assert_eq!(finding, Finding::Unscannable(Unscannable::TooLarge));
+    assert_eq!(held, body);
+}
+
+#[tokio::test]
 async fn clamds_own_stream_limit_reads_as_too_large() {
     // clamd stops reading a stream past its StreamMaxLength and says so; the client reads
     // that answer even when its own write failed.
