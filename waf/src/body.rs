@@ -41,24 +41,21 @@ fn hex_val(b: u8) -> Option<u8> {
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space, bad `%` stays).
 pub fn form_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                input.get(i + 1).copied().and_then(hex_val),
-                input.get(i + 2).copied().and_then(hex_val),
-            ) {
-                (Some(a), Some(b)) => {
-                    out.push(a << 4 | b);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
+    let mut rest = input;
+    // Copies the runs between escapes whole: most names and values hold none.
+    while let Some(i) = rest.iter().position(|&b| b == b'+' || b == b'%') {
+        out.extend_from_slice(&rest[..i]);
+        let escape = &rest[i..];
+        let decoded = match escape {
+            [b'+', ..] => Some((b' ', 1)),
+            [b'%', a, b, ..] => hex_val(*a).zip(hex_val(*b)).map(|(a, b)| (a << 4 | b, 3)),
+            _ => None,
+        };
+        let (byte, len) = decoded.unwrap_or((b'%', 1));
+        out.push(byte);
+        rest = &escape[len..];
     }
+    out.extend_from_slice(rest);
     out
 }
 
@@ -72,10 +69,9 @@ pub fn parse_urlencoded(input: &[u8]) -> Vec<(String, Vec<u8>)> {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
             };
-            (
-                String::from_utf8_lossy(&form_decode(k)).into_owned(),
-                form_decode(v),
-            )
+            let name = String::from_utf8(form_decode(k))
+                .unwrap_or_else(|bad| String::from_utf8_lossy(bad.as_bytes()).into_owned());
+            (name, form_decode(v))
         })
         .collect()
 }
@@ -567,6 +563,22 @@ mod tests {
         assert_eq!(a[2], ("c".into(), b"".to_vec()));
         assert_eq!(a[3], ("".into(), b"v".to_vec()));
         assert_eq!(a[4].1, b"%zz".to_vec());
+        // Escapes cut short at the end, a bad byte in a name, runs between escapes.
+        for (text, decoded) in [
+            (&b"%"[..], &b"%"[..]),
+            (b"%4", b"%4"),
+            (b"a%4g%41+", b"a%4gA "),
+            (b"%%41%", b"%A%"),
+            (b"plain-run.of_bytes", b"plain-run.of_bytes"),
+        ] {
+            assert_eq!(
+                form_decode(text),
+                decoded,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert_eq!(parse_urlencoded(b"k%FF=1")[0].0, "k\u{FFFD}");
     }
 
     #[test]

@@ -25,7 +25,9 @@ use crate::walk::{self, Kind};
 #[derive(Clone, Debug)]
 struct Entry {
     key: String,
-    key_lower: String,
+    /// The key in lower case, when that differs from the key (most header names come
+    /// lower case already): what selectors match.
+    key_lower: Option<String>,
     value: Vec<u8>,
     /// The slots (see [`Item2::slot`]) of the value and of the key.
     value_slot: u32,
@@ -34,16 +36,25 @@ struct Entry {
 
 impl Entry {
     /// An entry, taking two slots from `slots`.
+    #[inline]
     fn new(key: impl Into<String>, value: impl Into<Vec<u8>>, slots: &mut u32) -> Entry {
         let key = key.into();
         *slots += 2;
         Entry {
-            key_lower: key.to_ascii_lowercase(),
+            key_lower: key
+                .bytes()
+                .any(|b| b.is_ascii_uppercase())
+                .then(|| key.to_ascii_lowercase()),
             key,
             value: value.into(),
             value_slot: *slots - 2,
             key_slot: *slots - 1,
         }
+    }
+
+    /// The key in lower case.
+    fn lower(&self) -> &str {
+        self.key_lower.as_deref().unwrap_or(&self.key)
     }
 }
 
@@ -220,9 +231,10 @@ fn keyed<'a>(
     out: &mut dyn FnMut(Item2<'a>),
 ) {
     for e in entries {
-        if !t.selector.matches(&e.key_lower)
-            || t.exclusions.iter().any(|x| x.matches(&e.key_lower))
-            || extra.iter().any(|x| x.matches(&e.key_lower))
+        let key = e.lower();
+        if !t.selector.matches(key)
+            || t.exclusions.iter().any(|x| x.matches(key))
+            || extra.iter().any(|x| x.matches(key))
         {
             continue;
         }
