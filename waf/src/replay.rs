@@ -17,6 +17,11 @@
 //! restored). An evaluation that logged a match is not kept (its log entry reads the
 //! matched values). A removal of targets in force for the rule, which changes what it
 //! reads, evaluates it as usual.
+//!
+//! A `TX` key a rule builds with a macro and no other rule can read (CRS's 920450 writes
+//! one per header name, read only by its own chained link) is not kept with its outcome:
+//! a replay, which does not evaluate the chain, leaves it unset (see
+//! [`Inputs::private_writes`]).
 
 use std::hash::BuildHasher;
 
@@ -24,7 +29,7 @@ use crate::actions::{Disruptive, Effect, SetOp};
 use crate::fold::Folding;
 use crate::macros::Macro;
 use crate::rule::RuleSet;
-use crate::variables::{Target, Var};
+use crate::variables::{KeyRegex, Selector, Target, Var};
 
 /// What a replayable rule reads when it starts, in the order its fingerprint is written:
 /// first what decides whether it matches, then what its actions read when it does.
@@ -42,6 +47,29 @@ pub(crate) struct Inputs {
     /// [`crate::header_sets`]): the set's number stands for them in the fingerprint (see
     /// [`write_header_set`]).
     pub(crate) header_set_only: bool,
+    /// Its `setvar`s on `TX` keys built by macros that no other rule reads, but through
+    /// the key regexes listed with each: a key none of them matches is not kept with its
+    /// outcomes, since only the rule itself, when evaluated, reads it.
+    pub(crate) private_writes: Vec<PrivateWrite>,
+}
+
+/// A `setvar` of a replayable rule on a `TX` key built by a macro that other rules read
+/// only through key regexes, if at all (see [`Inputs::private_writes`]).
+#[derive(Debug)]
+pub(crate) struct PrivateWrite {
+    /// Its link and action.
+    pub(crate) at: (usize, usize),
+    /// The other rules' key regexes that may match a key it builds: CRS's 920450 builds
+    /// `header_name_920450_` and the header's name, which 921180's `/paramcounter_.*/`
+    /// matches when a header is named so.
+    pub(crate) readers: Vec<KeyRegex>,
+}
+
+impl PrivateWrite {
+    /// Whether what it set under `key` is read by no other rule.
+    pub(crate) fn is_private(&self, key: &str) -> bool {
+        !self.readers.iter().any(|re| re.is_match(key))
+    }
 }
 
 /// The variables part of a rule reads by name, besides its targets.
@@ -99,9 +127,113 @@ pub(crate) fn plan(rules: &RuleSet, folding: &Folding) -> Vec<Option<Inputs>> {
         return rules.rules.iter().map(|_| None).collect();
     }
     let decided = |ri: usize| folding.starts.get(ri).is_some_and(Option::is_some);
+    let reads: Vec<TxReads<'_>> = rules.rules.iter().map(TxReads::of).collect();
     (0..rules.rules.len())
-        .map(|ri| inputs(&rules.rules[ri], decided(ri)))
+        .map(|ri| {
+            let mut inputs = inputs(&rules.rules[ri], decided(ri))?;
+            inputs.private_writes = private_writes(rules, &reads, ri);
+            Some(inputs)
+        })
         .collect()
+}
+
+/// What a rule may read of `TX`, as far as the keys built by macros go.
+#[derive(Default)]
+struct TxReads<'a> {
+    /// Literal keys, lower case: its targets and macros read them, its `setvar`s write
+    /// them (counted as reads: `+=` reads).
+    keys: Vec<String>,
+    /// The literal beginnings of the keys its `setvar`s build.
+    prefixes: Vec<&'a str>,
+    /// Its targets' key regexes.
+    regexes: Vec<&'a KeyRegex>,
+    /// Whether it reads every key (a `TX` target without a key, a macro of `TX` whole).
+    all: bool,
+}
+
+impl<'a> TxReads<'a> {
+    fn of(rule: &'a crate::rule::Rule) -> TxReads<'a> {
+        let mut reads = TxReads::default();
+        for t in rule.links.iter().flat_map(|l| &l.targets) {
+            match &t.selector {
+                _ if t.var != Var::Tx => {}
+                Selector::All => reads.all = true,
+                Selector::Key(k) => reads.keys.push(k.to_ascii_lowercase()),
+                Selector::Regex(re) => reads.regexes.push(re),
+            }
+        }
+        for (var, key) in rule.macros().flat_map(Macro::references) {
+            match (var, key) {
+                (Var::Tx, Some(k)) => reads.keys.push(k.to_ascii_lowercase()),
+                (Var::Tx, None) => reads.all = true,
+                _ => {}
+            }
+        }
+        for effect in rule.links.iter().flat_map(|l| &l.effects) {
+            if let Effect::SetVar {
+                collection: Var::Tx,
+                key,
+                ..
+            } = effect
+            {
+                match key.literal() {
+                    Some(k) => reads.keys.push(k.to_ascii_lowercase()),
+                    None => reads.prefixes.push(key.literal_prefix()),
+                }
+            }
+        }
+        reads
+    }
+
+    /// Whether it may read a key that starts with `prefix` otherwise than through a key
+    /// regex (those that may match such a key are added to `regexes`).
+    fn reads_prefixed(&self, prefix: &str, regexes: &mut Vec<KeyRegex>) -> bool {
+        regexes.extend(
+            (self.regexes.iter())
+                .filter(|re| re.may_match_prefixed(prefix))
+                .map(|re| (*re).clone()),
+        );
+        self.all
+            || self.keys.iter().any(|k| k.starts_with(prefix))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| p.starts_with(prefix) || prefix.starts_with(p))
+    }
+}
+
+/// The `setvar`s of rule `ri` on `TX` keys built by macros that no other rule reads but
+/// through key regexes; `reads`: what each rule may read.
+fn private_writes(rules: &RuleSet, reads: &[TxReads<'_>], ri: usize) -> Vec<PrivateWrite> {
+    let mut private = Vec::new();
+    for (l, link) in rules.rules[ri].links.iter().enumerate() {
+        for (e, effect) in link.effects.iter().enumerate() {
+            let Effect::SetVar {
+                collection: Var::Tx,
+                key,
+                ..
+            } = effect
+            else {
+                continue;
+            };
+            if key.literal().is_some() {
+                continue;
+            }
+            let prefix = key.literal_prefix();
+            let mut readers = Vec::new();
+            let mut read_elsewhere = false;
+            for (_, r) in reads.iter().enumerate().filter(|&(rj, _)| rj != ri) {
+                read_elsewhere |= r.reads_prefixed(prefix, &mut readers);
+            }
+            if !read_elsewhere {
+                private.push(PrivateWrite {
+                    at: (l, e),
+                    readers,
+                });
+            }
+        }
+    }
+    private
 }
 
 /// What rule `rule` reads when it starts, or `None` when it is not replayable.

@@ -371,6 +371,23 @@ impl Rule {
             RuleRef::Msg(m) => self.msg.as_ref().and_then(Macro::literal) == Some(m.as_str()),
         }
     }
+
+    /// Every macro the rule expands: its links' operator arguments, the keys and values
+    /// of their `setvar`s and `setenv`s, its `msg` and `logdata`.
+    pub fn macros(&self) -> impl Iterator<Item = &Macro> {
+        let links = self.links.iter().flat_map(|link| {
+            let effects = link.effects.iter().flat_map(|e| match e {
+                Effect::SetVar { key, op, .. } => [Some(key), op.value()],
+                Effect::SetEnv(k, v) => [Some(k), Some(v)],
+                Effect::InitCol(_) | Effect::Ctl(_) => [None, None],
+            });
+            link.operator
+                .argument()
+                .into_iter()
+                .chain(effects.flatten())
+        });
+        links.chain(self.msg.iter()).chain(self.logdata.iter())
+    }
 }
 
 /// An entry of a phase: a rule (index into [`RuleSet::rules`]) or a marker.

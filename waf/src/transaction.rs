@@ -2737,7 +2737,18 @@ impl Transaction {
                         .tx
                         .set(key.clone(), |slot| slot.extend_from_slice(value)),
                 };
-                if let Some(journal) = self.journal.as_mut().filter(|_| *collection == Var::Tx) {
+                // A key no other rule reads is not replayed (see `replay::Inputs`).
+                let private = built
+                    && self.journal.is_some()
+                    && (self.engine.replay.get(at.0))
+                        .and_then(Option::as_ref)
+                        .and_then(|i| i.private_writes.iter().find(|w| w.at == (at.1, at.2)))
+                        .is_some_and(|w| w.is_private(&key));
+                if let Some(journal) = self
+                    .journal
+                    .as_mut()
+                    .filter(|_| *collection == Var::Tx && !private)
+                {
                     journal.push(match self.d.tx.get(&key) {
                         Some(value) => Change::Set {
                             key: key.clone().into_owned(),
@@ -3048,8 +3059,10 @@ mod tests {
     fn transactions_in_flight_together_on_a_thread_replay_what_the_first_did() {
         // An edge worker holds many transactions at once: what a rule did in one is found
         // by the others, whichever memo each took.
+        // (Rule 2 reads the keys rule 1 builds: rule 1's replays set them.)
         let engine = crate::WafEngine::of_rules(
-            "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=1'\"",
+            "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=1'\"\n\
+             SecRule TX:/^h_/ \"@streq 2\" \"id:2,phase:1,pass,nolog\"",
         );
         let facts = || {
             RequestFacts::new("GET", "/", "HTTP/1.1")
@@ -3065,6 +3078,44 @@ mod tests {
         let (number, rules) = (open[0].engine.number, open[0].engine.rules.rules.len());
         let hits = replay::with_outcomes(number, rules, |o| o.hits(0));
         assert_eq!(hits, 11, "the rule was not replayed");
+    }
+
+    #[test]
+    fn a_key_no_other_rule_reads_is_left_out_of_replays_but_for_the_names_a_regex_reads() {
+        // Rule 1 builds a key per header name, read by its chained link; rule 2 reads the
+        // keys that contain `paramcounter_` (a header may be named so).
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,t:lowercase,setvar:'tx.h_%{tx.0}=/%{tx.0}/',chain\"\n\
+             SecRule TX:/^h_/ \"@within /x-forbidden/\" \"setvar:tx.forbidden=1\"\n\
+             SecRule TX:/paramcounter_/ \"@rx ^/\" \"id:2,phase:1,pass,nolog,setvar:tx.seen=+1\"",
+        );
+        let run = |header: &str| {
+            let facts = RequestFacts::new("GET", "/", "HTTP/1.1").header(header, "1");
+            let mut tx = engine.transaction(facts);
+            tx.process_request_headers();
+            let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
+            let replays = replay::with_outcomes(number, rules, |o| o.hits(0));
+            let key = format!("h_{}", header.to_ascii_lowercase());
+            (
+                tx.tx_var(&key),
+                tx.tx_var("seen"),
+                tx.tx_var("forbidden"),
+                replays,
+            )
+        };
+        let s = |text: &str| Some(text.to_string());
+        // Evaluated, the rule sets the key; replayed, it does not: no other rule reads it.
+        assert_eq!(run("X-Forbidden"), (s("/x-forbidden/"), None, s("1"), 0));
+        assert_eq!(run("X-Forbidden"), (None, None, s("1"), 1));
+        // A key rule 2 reads is replayed.
+        assert_eq!(
+            run("Paramcounter_a"),
+            (s("/paramcounter_a/"), s("1"), None, 1)
+        );
+        assert_eq!(
+            run("Paramcounter_a"),
+            (s("/paramcounter_a/"), s("1"), None, 2)
+        );
     }
 
     #[test]

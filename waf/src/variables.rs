@@ -220,6 +220,16 @@ impl KeyRegex {
         })
     }
 
+    /// Whether some key that starts with `prefix` (lower case ASCII) may match: `false`
+    /// only when the expression is anchored on a literal that differs from `prefix` where
+    /// both have characters.
+    pub fn may_match_prefixed(&self, prefix: &str) -> bool {
+        !self.anchored
+            || self.literal.is_empty()
+            || self.literal.starts_with(prefix)
+            || prefix.starts_with(&self.literal)
+    }
+
     /// Whether a lower-cased key matches.
     pub fn is_match(&self, key_lower: &str) -> bool {
         // For an ASCII key the literal decides without the expression (case folding can
@@ -410,6 +420,28 @@ mod tests {
         let whole = |s: &str| KeyRegex::new(s).unwrap().whole;
         assert!(whole("^__utm") && whole("header_name") && whole("^ab-c"));
         assert!(!whole("^abc$") && !whole("^abc*") && !whole("abc\\d") && !whole("^ab|cd"));
+        // A regex said to match no key with a beginning matches none of those tried.
+        let may = |s: &str, prefix: &str| KeyRegex::new(s).unwrap().may_match_prefixed(prefix);
+        assert!(!may("^header_name_920450_", "header_name_920451_") && !may("^abc*", "b"));
+        assert!(may("^abc*", "a") && may("^ab", "abx_") && may("paramcounter_.*", "h_"));
+        for source in [
+            "^header_name_920450_",
+            "^abc*",
+            "^x[0-9]+",
+            "^ab|cd",
+            "paramcounter_",
+        ] {
+            for prefix in ["header_name_920451_", "header_", "a", "b", "x", "h_", ""] {
+                for rest in ["", "1", "c", "paramcounter_1", "\u{212a}", "cd"] {
+                    let key = format!("{prefix}{rest}");
+                    let r = KeyRegex::new(source).unwrap();
+                    assert!(
+                        r.may_match_prefixed(prefix) || !r.is_match(&key),
+                        "{source} {key}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
