@@ -300,6 +300,26 @@ pub(crate) enum Change {
     Ctl { link: usize, effect: usize },
 }
 
+/// Of `changes`, the last to each `TX` key, in order: a replay applies them one after the
+/// other and reads nothing in between, so an earlier change to a key is overwritten (CRS's
+/// 920450 captures each header name into `TX:0` in turn).
+fn last_changes(mut changes: Vec<Change>) -> Vec<Change> {
+    fn key(c: &Change) -> Option<&str> {
+        match c {
+            Change::Set { key, .. } | Change::Remove(key) => Some(key),
+            Change::Ctl { .. } => None,
+        }
+    }
+    let overwritten: Vec<bool> = (0..changes.len())
+        .map(|i| {
+            key(&changes[i]).is_some_and(|k| changes[i + 1..].iter().any(|c| key(c) == Some(k)))
+        })
+        .collect();
+    let mut overwritten = overwritten.into_iter();
+    changes.retain(|_| !overwritten.next().unwrap_or(false));
+    changes
+}
+
 /// What one evaluation of a rule did, with the fingerprint it started from.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
@@ -471,7 +491,7 @@ impl Outcomes {
             hash,
             uses: 0,
             matched,
-            changes,
+            changes: last_changes(changes),
         };
         let size = outcome.size();
         if kept.outcomes.len() < KEPT_PER_RULE {
@@ -606,6 +626,34 @@ mod tests {
         let rules = "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\
              SecRule MATCHED_VARS \"@rx a\" \"id:2,phase:2,pass\"";
         assert_eq!(planned(rules), [(1, None), (2, None)]);
+    }
+
+    #[test]
+    fn an_outcome_keeps_the_last_change_to_each_key_in_order() {
+        let set = |key: &str, value: &str| Change::Set {
+            key: key.into(),
+            value: value.into(),
+            built: false,
+        };
+        let ctl = |link| Change::Ctl { link, effect: 0 };
+        let changes = vec![
+            set("0", "host"),
+            set("a", "1"),
+            ctl(0),
+            set("0", "accept"),
+            Change::Remove("a".into()),
+            ctl(0),
+            set("0", "user-agent"),
+        ];
+        assert_eq!(
+            last_changes(changes),
+            vec![
+                ctl(0),
+                Change::Remove("a".into()),
+                ctl(0),
+                set("0", "user-agent")
+            ]
+        );
     }
 
     #[test]
