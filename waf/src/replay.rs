@@ -29,6 +29,7 @@ use crate::actions::{Disruptive, Effect, SetOp};
 use crate::fold::Folding;
 use crate::macros::Macro;
 use crate::rule::RuleSet;
+use crate::transaction::VarMap;
 use crate::variables::{KeyRegex, Selector, Target, Var};
 
 /// What a replayable rule reads when it starts, in the order its fingerprint is written:
@@ -130,11 +131,29 @@ pub(crate) fn plan(rules: &RuleSet, folding: &Folding) -> Vec<Option<Inputs>> {
     let reads: Vec<TxReads<'_>> = rules.rules.iter().map(TxReads::of).collect();
     (0..rules.rules.len())
         .map(|ri| {
-            let mut inputs = inputs(&rules.rules[ri], decided(ri))?;
+            let empty = |t: &Target| empty_at_start(t, ri, &reads, &folding.tx);
+            let mut inputs = inputs(&rules.rules[ri], decided(ri), empty)?;
             inputs.private_writes = private_writes(rules, &reads, ri);
             Some(inputs)
         })
         .collect()
+}
+
+/// Whether target `t` of rule `ri` holds nothing whenever the rule starts: a regex of
+/// `TX` keys that matches no key the configuration sets (`base`), no literal key a rule
+/// writes and no key another rule builds (`reads`). CRS's 920450 reads back the keys it
+/// builds itself, `TX:/^header_name_920450_/`.
+fn empty_at_start(t: &Target, ri: usize, reads: &[TxReads<'_>], base: &VarMap) -> bool {
+    let Selector::Regex(re) = &t.selector else {
+        return false;
+    };
+    let built_elsewhere = |(rj, r): (usize, &TxReads<'_>)| {
+        rj != ri && r.prefixes.iter().any(|p| re.may_match_prefixed(p))
+    };
+    t.var == Var::Tx
+        && re.tx_keys.is_empty()
+        && !base.keys().any(|k| re.is_match(k))
+        && !reads.iter().enumerate().any(built_elsewhere)
 }
 
 /// What a rule may read of `TX`, as far as the keys built by macros go.
@@ -239,7 +258,13 @@ fn private_writes(rules: &RuleSet, reads: &[TxReads<'_>], ri: usize) -> Vec<Priv
 /// What rule `rule` reads when it starts, or `None` when it is not replayable.
 /// `first_decided`: its first link's matches are decided at load (see
 /// [`Folding::starts`]), so that the link reads nothing that changes.
-fn inputs(rule: &crate::rule::Rule, first_decided: bool) -> Option<Inputs> {
+/// `empty_at_start`: whether a target of it holds nothing whenever it starts (then the
+/// fingerprint leaves it out).
+fn inputs(
+    rule: &crate::rule::Rule,
+    first_decided: bool,
+    empty_at_start: impl Fn(&Target) -> bool,
+) -> Option<Inputs> {
     if !matches!(rule.disruptive, Disruptive::Pass | Disruptive::Block) {
         return None;
     }
@@ -247,7 +272,8 @@ fn inputs(rule: &crate::rule::Rule, first_decided: bool) -> Option<Inputs> {
     let none = Reads::default();
     let skipped = usize::from(first_decided);
     for link in rule.links.iter().skip(skipped) {
-        inputs.targets.extend(link.targets.iter().cloned());
+        let read = link.targets.iter().filter(|t| !empty_at_start(t));
+        inputs.targets.extend(read.cloned());
         if let Some(m) = link.operator.argument() {
             inputs.matching.add_macro(m, &none);
         }
@@ -626,6 +652,25 @@ mod tests {
         let rules = "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\
              SecRule MATCHED_VARS \"@rx a\" \"id:2,phase:2,pass\"";
         assert_eq!(planned(rules), [(1, None), (2, None)]);
+    }
+
+    #[test]
+    fn a_key_regex_only_its_own_rule_fills_is_left_out_of_the_fingerprint() {
+        // Rules 1 and 2 read back the keys they build; rule 3 builds keys rule 1 reads.
+        let engine = WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:1,phase:1,pass,nolog,capture,setvar:'tx.h_%{tx.0}=1',chain\"\n\
+             SecRule TX:/^h_/ \"@streq 2\" \"setvar:tx.score=+1\"\n\
+             SecRule REQUEST_HEADERS_NAMES \"@rx ^.*$\" \"id:2,phase:1,pass,nolog,capture,setvar:'tx.hx_%{tx.0}=1',chain\"\n\
+             SecRule TX:/^hx_/ \"@streq 2\" \"setvar:tx.score=+1\"\n\
+             SecRule ARGS_NAMES \"@rx ^.*$\" \"id:3,phase:2,pass,nolog,capture,setvar:'tx.h_arg_%{tx.0}=1'\"",
+        );
+        let c = engine.compiled();
+        let read = |ri: usize| {
+            let inputs = c.replay[ri].as_ref().unwrap();
+            (inputs.targets.len(), inputs.header_set_only)
+        };
+        assert_eq!(read(0), (2, false));
+        assert_eq!(read(1), (1, true));
     }
 
     #[test]
