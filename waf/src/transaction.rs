@@ -1984,16 +1984,18 @@ impl Transaction {
         while i < steps.len() {
             // Most steps are rules whose first link is known to find nothing in any value
             // of its targets (the test below): passed over by their bits alone, when no
-            // rule is removed nor to be skipped and this phase's rows are made.
-            if skip == 0 && self.removed.is_empty() && self.memo.unknown_ready {
+            // rule is to be skipped and this phase's rows are made, up to a removed rule
+            // (which leaves the matched variables as they are).
+            if skip == 0 && self.memo.unknown_ready {
                 let from = i;
                 let unknown = &self.memo.unknown_links;
-                while let Some(&bit) = bits.get(i)
-                    && bit != walk::NONE
-                    && unknown[(bit / 64) as usize] & (1 << (bit % 64)) == 0
-                {
-                    i += 1;
-                }
+                i = if self.removed.is_empty() {
+                    pass_known(bits, unknown, i, |_| false)
+                } else {
+                    let removed =
+                        |i: usize| self.removed.get(steps[i].rule as usize) == Some(&true);
+                    pass_known(bits, unknown, i, removed)
+                };
                 if i > from {
                     self.clear_matched();
                 }
@@ -2992,6 +2994,21 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// The index of the first step from `i` on that the walk's fast path stops at: one without
+/// a first-link bit (see [`walk::Walk::bits`]), one whose bit `unknown` holds (some value
+/// is not known to it), or one `stop` names.
+#[inline(always)]
+fn pass_known(bits: &[u32], unknown: &[u64], mut i: usize, stop: impl Fn(usize) -> bool) -> usize {
+    while let Some(&bit) = bits.get(i)
+        && bit != walk::NONE
+        && unknown[(bit / 64) as usize] & (1 << (bit % 64)) == 0
+        && !stop(i)
+    {
+        i += 1;
+    }
+    i
+}
+
 /// The body processor a `Content-Type` selects, as ModSecurity's recommended setup does.
 fn processor_for(content_type: &str) -> Option<BodyProcessor> {
     let mime = content_type
@@ -3078,6 +3095,34 @@ mod tests {
         let (number, rules) = (open[0].engine.number, open[0].engine.rules.rules.len());
         let hits = replay::with_outcomes(number, rules, |o| o.hits(0));
         assert_eq!(hits, 11, "the rule was not replayed");
+    }
+
+    #[test]
+    fn rules_known_to_find_nothing_are_passed_over_around_a_removed_rule() {
+        // Rule 1 removes rule 3 from POST requests; rules 2 and 5 find nothing in the
+        // values sent, which the thread learns after the first round.
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_METHOD \"@streq POST\" \"id:1,phase:1,pass,nolog,ctl:ruleRemoveById=3\"\n\
+             SecRule ARGS \"@contains nothing-here\" \"id:2,phase:1,deny\"\n\
+             SecRule ARGS \"@contains evil\" \"id:3,phase:1,deny\"\n\
+             SecRule ARGS \"@contains nothing-here-either\" \"id:5,phase:1,deny\"\n\
+             SecRule ARGS \"@contains bad\" \"id:4,phase:1,deny\"",
+        );
+        let blocked = |method: &str, value: &str| {
+            let facts = RequestFacts::new(method, &format!("/?a={value}"), "HTTP/1.1");
+            let mut tx = engine.transaction(facts);
+            match tx.process_request_headers().decision {
+                Decision::Block { rule_id, .. } => Some(rule_id),
+                _ => None,
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(blocked("POST", "evil"), None);
+            assert_eq!(blocked("POST", "bad"), Some(4));
+            assert_eq!(blocked("POST", "fine"), None);
+            assert_eq!(blocked("GET", "evil"), Some(3));
+            assert_eq!(blocked("GET", "bad"), Some(4));
+        }
     }
 
     #[test]
