@@ -709,6 +709,16 @@ async fn scan(address: &clamd::Address, data: &[u8], pieces: usize) -> Finding {
     antivirus::read_reply(&session.finish().await.unwrap())
 }
 
+/// The scan the edge runs with `clamd`, blocking what it cannot scan, up to 8 MiB.
+fn blocking(clamd: &Clamd) -> antivirus::Antivirus {
+    let doc: portcullis_crds::edge::Antivirus = serde_json::from_value(serde_json::json!({
+        "clamd": clamd.address, "methods": ["POST"], "maxScanSize": "8Mi",
+        "onUnscannable": "Block", "timeout": "5s"
+    }))
+    .unwrap();
+    antivirus::Antivirus::new(&doc).unwrap()
+}
+
 #[tokio::test]
 async fn the_clamd_client_scans_over_tcp_and_a_unix_socket() {
     let unix = Clamd::start_unix();
@@ -742,12 +752,7 @@ async fn clamds_answer_is_read_when_it_closed_before_the_stream_ended() {
         antivirus::read_reply(&session.finish().await.unwrap()),
         Finding::Unscannable(Unscannable::TooLarge)
     );
-    let doc: portcullis_crds::edge::Antivirus = serde_json::from_value(serde_json::json!({
-        "clamd": clamd.address, "methods": ["POST"], "maxScanSize": "8Mi",
-        "onUnscannable": "Block", "timeout": "5s"
-    }))
-    .unwrap();
-    let av = antivirus::Antivirus::new(&doc).unwrap();
+    let av = blocking(&clamd);
     let mut scan = antivirus::Scan::start(&av).await.unwrap();
     scan.feed(&body).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -768,12 +773,7 @@ async fn clamds_own_stream_limit_reads_as_too_large() {
         Finding::Unscannable(Unscannable::TooLarge)
     );
     // Through the scan the edge runs: the same finding, and the body still held.
-    let doc: portcullis_crds::edge::Antivirus = serde_json::from_value(serde_json::json!({
-        "clamd": clamd.address, "methods": ["POST"], "maxScanSize": "8Mi",
-        "onUnscannable": "Block", "timeout": "5s"
-    }))
-    .unwrap();
-    let av = antivirus::Antivirus::new(&doc).unwrap();
+    let av = blocking(&clamd);
     let mut scan = antivirus::Scan::start(&av).await.unwrap();
     let mut finding = None;
     for piece in big.chunks(64 * 1024) {
