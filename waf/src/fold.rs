@@ -243,7 +243,7 @@ impl Touched {
 
     /// Notes what a rule evaluated per request may read and write.
     fn record(&mut self, rule: &Rule) {
-        for m in rule.msg.iter().chain(&rule.logdata) {
+        for m in rule.macros() {
             self.read_macro(m);
         }
         for link in &rule.links {
@@ -256,9 +256,6 @@ impl Touched {
                     s @ Selector::Regex(_) => self.read_selectors.push(s.clone()),
                 }
             }
-            if let Some(m) = link.operator.argument() {
-                self.read_macro(m);
-            }
             if link.capture {
                 self.written_keys
                     .extend(CAPTURE_KEYS.iter().map(|k| k.to_string()));
@@ -266,14 +263,8 @@ impl Touched {
             for e in &link.effects {
                 match e {
                     Effect::SetVar {
-                        collection,
-                        key,
-                        op,
+                        collection, key, ..
                     } => {
-                        self.read_macro(key);
-                        if let Some(m) = op.value() {
-                            self.read_macro(m);
-                        }
                         if matches!(collection, Var::Ip | Var::Global | Var::Env) {
                             continue;
                         }
@@ -286,14 +277,10 @@ impl Touched {
                                 .push(key.literal_prefix().to_ascii_lowercase()),
                         }
                     }
-                    Effect::SetEnv(k, v) => {
-                        self.read_macro(k);
-                        self.read_macro(v);
-                    }
                     Effect::Ctl(Ctl::RemoveTarget(_, rules, Var::Tx, _)) => {
                         rules.iter().for_each(|&i| self.retargetable[i] = true);
                     }
-                    Effect::InitCol(_) | Effect::Ctl(_) => {}
+                    Effect::SetEnv(..) | Effect::InitCol(_) | Effect::Ctl(_) => {}
                 }
             }
         }
