@@ -88,7 +88,9 @@ pub struct WafSettings {
     /// 512 bytes) each thread remembers, with the rule conditions known to find nothing in
     /// them, so that the values a client sends again are not inspected again by those (see
     /// `src/recall.rs`), and new values made of a small alphabet (numbers, hex ids, words)
-    /// start with the conditions that alphabet rules out; 0 turns both off.
+    /// start with the conditions that alphabet rules out; and each thread keeps what the
+    /// request phases of benign requests did, so that a request sent again is not walked
+    /// through the rules again (see `src/phases.rs`); 0 turns all of it off.
     pub remembered_values: usize,
 }
 
@@ -136,6 +138,9 @@ pub(crate) struct Compiled {
     /// Per rule index, what it reads when its outcomes are replayed (see
     /// [`crate::replay`]), made from `rules` with its decided arguments.
     pub(crate) replay: Vec<Option<crate::replay::Inputs>>,
+    /// What the keys of request phases kept whole hold (see [`crate::phases`]); `None`
+    /// when none is kept.
+    pub(crate) phase_keys: Option<crate::phases::KeyPlan>,
     /// This engine's number, unique in the process and growing: what a thread remembers of
     /// values is about one engine (see [`crate::recall`]).
     pub(crate) number: u64,
@@ -480,6 +485,7 @@ fn compile(
         folding,
         walk: Walk::default(),
         replay: Vec::new(),
+        phase_keys: None,
         number: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
         remembered_values: settings.remembered_values,
         unique: AtomicU64::new(1),
@@ -511,6 +517,9 @@ fn compile(
         .evaluated_rules(&compiled.rules, &removable_rules(compiled));
     compiled.rules.keep_rows_of(&evaluated);
     compiled.replay = crate::replay::plan(&compiled.rules, &compiled.folding);
+    if settings.remembered_values > 0 {
+        compiled.phase_keys = crate::phases::KeyPlan::of(&compiled.rules, &evaluated);
+    }
     Ok(WafEngine { inner })
 }
 

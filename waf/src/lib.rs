@@ -26,6 +26,7 @@ mod header_sets;
 pub mod macros;
 pub mod operators;
 pub mod parser;
+mod phases;
 pub mod prefilter;
 mod recall;
 mod replay;

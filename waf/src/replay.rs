@@ -322,14 +322,19 @@ pub(crate) enum Change {
     },
     /// A `TX` key deleted.
     Remove(String),
-    /// The `ctl` of link `link`, action `effect`, run.
-    Ctl { link: usize, effect: usize },
+    /// The `ctl` of rule `rule` (an index of [`RuleSet::rules`]), link `link`, action
+    /// `effect`, run.
+    Ctl {
+        rule: usize,
+        link: usize,
+        effect: usize,
+    },
 }
 
 /// Of `changes`, the last to each `TX` key, in order: a replay applies them one after the
 /// other and reads nothing in between, so an earlier change to a key is overwritten (CRS's
 /// 920450 captures each header name into `TX:0` in turn).
-fn last_changes(mut changes: Vec<Change>) -> Vec<Change> {
+pub(crate) fn last_changes(mut changes: Vec<Change>) -> Vec<Change> {
     fn key(c: &Change) -> Option<&str> {
         match c {
             Change::Set { key, .. } | Change::Remove(key) => Some(key),
@@ -680,7 +685,11 @@ mod tests {
             value: value.into(),
             built: false,
         };
-        let ctl = |link| Change::Ctl { link, effect: 0 };
+        let ctl = |link| Change::Ctl {
+            rule: 0,
+            link,
+            effect: 0,
+        };
         let changes = vec![
             set("0", "host"),
             set("a", "1"),

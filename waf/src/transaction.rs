@@ -12,6 +12,7 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::header_sets;
 use crate::operators::atoi;
+use crate::phases::{self, KeyPlan, PhaseKey};
 use crate::recall;
 use crate::replay::{self, Change, Inputs, Reads};
 use crate::rule::{
@@ -717,6 +718,30 @@ impl Data {
     }
 
     /// Reserves `n` consecutive slots and returns the first.
+    /// Writes the key of phase 1 (see [`crate::phases`]): what a transaction's data start
+    /// from (the request line's parts, the headers, the connection), all the rest of it
+    /// being made from those.
+    fn write_phase_key(&self, plan: KeyPlan, key: &mut PhaseKey) {
+        let scalar = |var| self.scalar(var).map_or(&[][..], Vec::as_slice);
+        key.write(scalar(Var::RequestMethod));
+        key.write(scalar(Var::RequestUriRaw));
+        key.write(scalar(Var::RequestProtocol));
+        key.write(
+            &u32::try_from(self.headers.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        for h in &self.headers {
+            key.write(h.key.as_bytes());
+            key.write(&h.value);
+        }
+        key.write(scalar(Var::RemoteAddr));
+        key.write(scalar(Var::ServerPort));
+        if plan.remote_port {
+            key.write(scalar(Var::RemotePort));
+        }
+    }
+
     fn take_slots(&mut self, n: usize) -> u32 {
         let first = self.next_slot;
         self.next_slot = self
@@ -850,6 +875,9 @@ struct Memo {
     /// [`header_sets::mark_idle`]), as the thread's table had it when the set was
     /// looked up.
     idle: Vec<u64>,
+    /// The key of the transaction's next request phase (see [`crate::phases`]); empty when
+    /// the engine keeps none (a buffer kept from one transaction to the next).
+    phase_key: PhaseKey,
 }
 
 /// Which engine's knowledge of values a transaction uses, and how much of it is kept.
@@ -1093,6 +1121,7 @@ impl Memo {
         self.known_values.clear();
         self.header_set = None;
         self.header_rows_ready = false;
+        self.phase_key.clear();
         self.idle.clear();
     }
 
@@ -1595,6 +1624,12 @@ pub struct Transaction {
     /// While a replayable rule is evaluated for the first time with its values: what it
     /// changes, in order (see [`crate::replay`]).
     journal: Option<Vec<Change>>,
+    /// While a phase whose key the thread has kept nothing for is walked: what it changes,
+    /// in order (see [`crate::phases`]).
+    phase_journal: Option<Vec<Change>>,
+    /// The phase being walked did something its journal cannot say (set `IP`, `GLOBAL`
+    /// or `ENV`): it is not kept.
+    phase_unkept: bool,
     decision: Decision,
     body_processor: Option<BodyProcessor>,
     force_body_variable: bool,
@@ -1714,12 +1749,17 @@ impl Transaction {
             capacity: engine.remembered_values,
             words: engine.rules.recall_words,
         });
+        if let Some(plan) = engine.phase_keys {
+            d.write_phase_key(plan, &mut memo.phase_key);
+        }
         let mut tx = Transaction {
             mode: engine.mode,
             d,
             spare_hits: std::mem::take(&mut memo.spare_hits),
             scratch: Default::default(),
             journal: None,
+            phase_journal: None,
+            phase_unkept: false,
             memo,
             removed: Vec::new(),
             target_removals: Removals::default(),
@@ -1778,8 +1818,13 @@ impl Transaction {
     pub fn process_request_body(&mut self, body: &[u8]) -> Verdict {
         self.ensure_phase(1);
         let body = &body[..body.len().min(self.engine.request_body_limit)];
-        if self.request_body_access && self.phases_done < 2 {
-            self.parse_request_body(body);
+        if self.phases_done < 2 {
+            // Phase 2 starts from what phase 1 left, which the key so far decides, and the
+            // body.
+            self.memo.phase_key.write(body);
+            if self.request_body_access {
+                self.parse_request_body(body);
+            }
         }
         self.run_phase(2);
         self.verdict()
@@ -1972,6 +2017,41 @@ impl Transaction {
         if phase > 1 && self.allow == Some(AllowScope::Phase) {
             self.allow = None;
         }
+        if phase > 2 || self.engine.phase_keys.is_none() || self.memo.phase_key.bytes().is_none() {
+            self.walk_phase(phase);
+            return;
+        }
+        // A request phase the thread has walked from the same key is replayed (see
+        // `phases`); another is walked, and kept when it logged and decided nothing.
+        let key = std::mem::take(&mut self.memo.phase_key);
+        let bytes = key.bytes().unwrap_or_default();
+        let engine = self.engine.clone();
+        let looked_up = phases::look_up(engine.number, bytes, |changes| {
+            self.apply_changes(&engine.rules, changes);
+        });
+        match looked_up {
+            phases::Lookup::Replayed => {}
+            phases::Lookup::New => self.walk_phase(phase),
+            phases::Lookup::Again(hash) => {
+                self.phase_journal = Some(Vec::new());
+                self.phase_unkept = false;
+                let logged = self.matches.len();
+                self.walk_phase(phase);
+                let changes = self.phase_journal.take().unwrap_or_default();
+                if !self.phase_unkept
+                    && self.matches.len() == logged
+                    && self.decision == Decision::Allow
+                    && self.allow.is_none()
+                {
+                    phases::keep(engine.number, bytes, hash, changes);
+                }
+            }
+        }
+        self.memo.phase_key = key;
+    }
+
+    /// Walks the rules of a phase.
+    fn walk_phase(&mut self, phase: u8) {
         let engine = self.engine.clone();
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
@@ -2295,7 +2375,13 @@ impl Transaction {
         self.clear_matched();
         self.d.rule_id = rule.id;
         self.d.rule_phase = rule.phase;
-        for change in &outcome.changes {
+        self.apply_changes(rules, &outcome.changes);
+    }
+
+    /// Applies what a rule or a phase changed (see [`crate::replay`], [`crate::phases`]).
+    fn apply_changes(&mut self, rules: &RuleSet, changes: &[Change]) {
+        for change in changes {
+            self.note(change);
             match change {
                 Change::Set { key, value, built } => {
                     let new = self
@@ -2307,14 +2393,22 @@ impl Transaction {
                     }
                 }
                 Change::Remove(key) => self.d.tx.remove(key),
-                Change::Ctl { link, effect } => {
-                    if let Some(Effect::Ctl(c)) =
-                        rule.links.get(*link).and_then(|l| l.effects.get(*effect))
+                &Change::Ctl { rule, link, effect } => {
+                    if let Some(Effect::Ctl(c)) = (rules.rules.get(rule))
+                        .and_then(|r| r.links.get(link))
+                        .and_then(|l| l.effects.get(effect))
                     {
-                        self.ctl(c, (ri, *link, *effect));
+                        self.ctl(c, (rule, link, effect));
                     }
                 }
             }
+        }
+    }
+
+    /// Writes a change into the journal of the phase being walked, when there is one.
+    fn note(&mut self, change: &Change) {
+        if let Some(journal) = &mut self.phase_journal {
+            journal.push(change.clone());
         }
     }
 
@@ -2379,12 +2473,16 @@ impl Transaction {
                         self.d.tx.set(Cow::Borrowed(key), |slot| {
                             slot.extend_from_slice(v);
                         });
-                        if let Some(journal) = &mut self.journal {
-                            journal.push(Change::Set {
+                        if self.journal.is_some() || self.phase_journal.is_some() {
+                            let change = Change::Set {
                                 key: (*key).to_string(),
                                 value: v.clone(),
                                 built: false,
-                            });
+                            };
+                            self.note(&change);
+                            if let Some(journal) = &mut self.journal {
+                                journal.push(change);
+                            }
                         }
                     }
                 }
@@ -2746,19 +2844,21 @@ impl Transaction {
                         .and_then(Option::as_ref)
                         .and_then(|i| i.private_writes.iter().find(|w| w.at == (at.1, at.2)))
                         .is_some_and(|w| w.is_private(&key));
-                if let Some(journal) = self
-                    .journal
-                    .as_mut()
-                    .filter(|_| *collection == Var::Tx && !private)
-                {
-                    journal.push(match self.d.tx.get(&key) {
+                if *collection != Var::Tx {
+                    self.phase_unkept = true;
+                } else if self.phase_journal.is_some() || (self.journal.is_some() && !private) {
+                    let change = match self.d.tx.get(&key) {
                         Some(value) => Change::Set {
                             key: key.clone().into_owned(),
                             value: value.clone(),
                             built,
                         },
                         None => Change::Remove(key.clone().into_owned()),
-                    });
+                    };
+                    self.note(&change);
+                    if let Some(journal) = self.journal.as_mut().filter(|_| !private) {
+                        journal.push(change);
+                    }
                 }
                 if new_key && built {
                     self.d.tx_built.push(key.into_owned());
@@ -2770,14 +2870,15 @@ impl Transaction {
                     .to_ascii_lowercase();
                 let v = v.expand(|a, b| self.d.lookup(a, b)).into_owned();
                 self.d.env.insert(k, v);
+                self.phase_unkept = true;
             }
             Effect::InitCol(_) => {}
             Effect::Ctl(c) => {
+                let (rule, link, effect) = at;
+                let change = Change::Ctl { rule, link, effect };
+                self.note(&change);
                 if let Some(journal) = &mut self.journal {
-                    journal.push(Change::Ctl {
-                        link: at.1,
-                        effect: at.2,
-                    });
+                    journal.push(change);
                 }
                 self.ctl(c, at);
             }
@@ -3039,6 +3140,17 @@ fn processor_for(content_type: &str) -> Option<BodyProcessor> {
 mod tests {
     use super::*;
 
+    /// `facts` on a listening port no request before had: the same request to every rule
+    /// of these tests, but not one a phase was kept for (the key of a phase holds the
+    /// port, see [`crate::phases`]), so that its rules are walked again.
+    fn anew(facts: RequestFacts) -> RequestFacts {
+        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+        RequestFacts {
+            server_port: NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..facts
+        }
+    }
+
     #[test]
     fn what_a_transaction_learns_of_a_value_is_remembered_for_the_next() {
         let engine =
@@ -3086,7 +3198,8 @@ mod tests {
                 .header("Host", "media.example.org")
                 .header("Accept", "*/*")
         };
-        let mut open: Vec<Transaction> = (0..12).map(|_| engine.transaction(facts())).collect();
+        let mut open: Vec<Transaction> =
+            (0..12).map(|_| engine.transaction(anew(facts()))).collect();
         for tx in &mut open {
             tx.process_request_headers();
             assert_eq!(tx.tx_var("h_accept").as_deref(), Some("1"));
@@ -3095,6 +3208,51 @@ mod tests {
         let (number, rules) = (open[0].engine.number, open[0].engine.rules.rules.len());
         let hits = replay::with_outcomes(number, rules, |o| o.hits(0));
         assert_eq!(hits, 11, "the rule was not replayed");
+    }
+
+    #[test]
+    fn a_request_sent_again_has_its_phases_replayed_with_what_they_did() {
+        // Rule 1 has the body read as JSON and sets a key; rule 2 removes rule 4 (which
+        // counts posts) from `/quiet`; rule 3 refuses an evil name in the body.
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_HEADERS:X-Json \"@streq 1\" \"id:1,phase:1,pass,nolog,ctl:requestBodyProcessor=JSON,setvar:tx.json=1\"\n\
+             SecRule REQUEST_FILENAME \"@beginsWith /quiet\" \"id:2,phase:1,pass,nolog,ctl:ruleRemoveById=4\"\n\
+             SecRule REQUEST_METHOD \"@streq POST\" \"id:4,phase:2,pass,nolog,setvar:tx.posted=+1\"\n\
+             SecRule ARGS:json.name \"@contains evil\" \"id:3,phase:2,deny,status:403,msg:'evil'\"",
+        );
+        let number = engine.compiled().number;
+        // Returns whether the request was refused, `tx.json`, `tx.posted`, and how many
+        // phases the thread replayed for it.
+        let send = |path: &str, body: &str| {
+            let facts = RequestFacts::new("POST", path, "HTTP/1.1")
+                .header("Content-Type", "text/plain")
+                .header("X-Json", "1");
+            let before = phases::replayed(number);
+            let mut tx = engine.transaction(facts);
+            tx.process_request_headers();
+            let refused = tx.process_request_body(body.as_bytes()).is_blocked();
+            let replayed = phases::replayed(number) - before;
+            (refused, tx.tx_var("json"), tx.tx_var("posted"), replayed)
+        };
+        let s = |v: &str| Some(v.to_string());
+        let good = r#"{"name":"good"}"#;
+        // Walked twice (kept the second time), then replayed: the same to the rules.
+        assert_eq!(send("/quiet", good), (false, s("1"), None, 0));
+        assert_eq!(send("/quiet", good), (false, s("1"), None, 0));
+        assert_eq!(send("/quiet", good), (false, s("1"), None, 2));
+        assert_eq!(send("/quiet", good), (false, s("1"), None, 2));
+        // The body is part of phase 2's key: an evil one is refused after phase 1 was
+        // replayed (the body read as JSON by the replayed `ctl`), however often it comes.
+        for _ in 0..3 {
+            assert_eq!(
+                send("/quiet", r#"{"name":"evil"}"#),
+                (true, s("1"), None, 1)
+            );
+        }
+        // Another path, another key: rule 4 runs.
+        for replayed in [0, 0, 2] {
+            assert_eq!(send("/loud", good), (false, s("1"), s("1"), replayed));
+        }
     }
 
     #[test]
@@ -3136,7 +3294,7 @@ mod tests {
         );
         let run = |header: &str| {
             let facts = RequestFacts::new("GET", "/", "HTTP/1.1").header(header, "1");
-            let mut tx = engine.transaction(facts);
+            let mut tx = engine.transaction(anew(facts));
             tx.process_request_headers();
             let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
             let replays = replay::with_outcomes(number, rules, |o| o.hits(0));
@@ -3178,7 +3336,7 @@ mod tests {
             let facts = RequestFacts::new("GET", &format!("/?q={query}"), "HTTP/1.1")
                 .header("X-Start", start)
                 .header("X-Bad", "evil");
-            let mut tx = engine.transaction(facts);
+            let mut tx = engine.transaction(anew(facts));
             tx.process_request_headers();
             let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
             let ri = tx
@@ -3214,7 +3372,7 @@ mod tests {
             let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
                 .header("Host", "media.example.org")
                 .header("User-Agent", agent);
-            let mut tx = engine.transaction(facts);
+            let mut tx = engine.transaction(anew(facts));
             let refused = tx.process_request_headers().is_blocked();
             let set = tx.memo.header_set.flatten().expect("no header set");
             drop(tx);
@@ -3255,7 +3413,7 @@ mod tests {
             let facts = RequestFacts::new("GET", "/", "HTTP/1.1")
                 .header("Host", host)
                 .header("User-Agent", agent);
-            let mut tx = engine.transaction(facts);
+            let mut tx = engine.transaction(anew(facts));
             tx.process_request_headers();
             let (number, rules) = (tx.engine.number, tx.engine.rules.rules.len());
             let hits = replay::with_outcomes(number, rules, |o| o.hits(ri));

@@ -7,7 +7,10 @@
 //! `WAF_CONFORMANCE_DUMP=<file>` to write every stage's full verdict (decision, scores,
 //! the log lines) to a file, to compare two versions of the engine line by line;
 //! `WAF_CONFORMANCE_PL=1` runs the suite at that paranoia level in blocking mode instead
-//! (for such dumps; the pass rate is only meaningful with CRS's settings).
+//! (for such dumps; the pass rate is only meaningful with CRS's settings), and
+//! `WAF_CONFORMANCE_REPEAT=3` sends each request three times, the last verdict counting
+//! (what the engine replays of a request sent again must be what it decided the first
+//! time: the dump must not change).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,7 +107,21 @@ fn response(w: &Wire) -> Reply {
     (status, headers, body)
 }
 
+/// Runs a stage's request through the engine, as many times as `WAF_CONFORMANCE_REPEAT`
+/// says (default once); the last verdict.
 fn run_stage(engine: &WafEngine, w: &Wire) -> Verdict {
+    let times = std::env::var("WAF_CONFORMANCE_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1usize);
+    let mut verdict = run_stage_once(engine, w);
+    for _ in 1..times {
+        verdict = run_stage_once(engine, w);
+    }
+    verdict
+}
+
+fn run_stage_once(engine: &WafEngine, w: &Wire) -> Verdict {
     let mut facts = RequestFacts::new(&w.method, &w.uri, &w.version);
     facts.headers = w.headers.clone();
     let mut tx = engine.transaction(facts);

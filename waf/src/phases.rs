@@ -1,0 +1,316 @@
+//! Request phases replayed whole. The rules of a phase do the same thing whenever a
+//! transaction starts the phase in the same state, and that state follows from the request:
+//! from its line, headers and connection for phase 1, and from those and its body for
+//! phase 2. Those, written one after the other, are the phase's key (see
+//! [`PhaseKey`]). What a phase did (the `TX` keys it set or deleted and the `ctl`s it ran,
+//! in order) is kept on the thread under its key when it ended with nothing logged and
+//! nothing decided, and a later transaction of the thread with the same key applies it
+//! instead of walking the phase's rules: a client repeats requests (the library page it
+//! lists again, a search it types again, the poster another screen shows), and a repeated
+//! benign request then costs a lookup.
+//!
+//! A phase that logged a match, decided anything (a block, a detection, an `allow`) or set
+//! anything but `TX` (`IP`, `GLOBAL`, `ENV`) is not kept: attacks are evaluated every time.
+//! No phase is kept for an engine with a rule that reads `UNIQUE_ID` (a key with it would
+//! never come back), or whose rules' first links read what the rule before matched (the
+//! matched variables a phase leaves are not kept; see
+//! [`crate::fold::first_links_read_earlier_matches`]).
+//!
+//! A thread keeps at most [`GENERATION_BYTES`] of keys and changes in each of two
+//! generations: kept outcomes go to the young one; when it is full it becomes the old one
+//! (the old one is dropped), and an outcome found in the old one moves back to the young:
+//! what is in use stays, what is not goes within two generations.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use crate::replay::{self, Change};
+use crate::rule::RuleSet;
+use crate::variables::Var;
+
+/// The longest key kept: a phase of a request longer than this (a large body) is walked.
+pub(crate) const LONGEST_KEY: usize = 16 * 1024;
+
+/// The most bytes of keys and changes one generation holds per thread.
+pub(crate) const GENERATION_BYTES: usize = 4 << 20;
+
+/// Whether an engine's phases can be kept (see the module's documentation), and what
+/// their keys hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyPlan {
+    /// Some rule reads `REMOTE_PORT`: the client's port is written into the key.
+    pub(crate) remote_port: bool,
+}
+
+impl KeyPlan {
+    /// The plan for `rules`, of which the walk evaluates those `evaluated` says (per rule
+    /// index; see [`crate::walk::Walk::evaluated_rules`]), or `None` when no phase of
+    /// theirs is kept. The rules of the request phases count: CRS's sampling rule reads
+    /// `UNIQUE_ID`, past a jump its settings take.
+    pub(crate) fn of(rules: &RuleSet, evaluated: &[bool]) -> Option<KeyPlan> {
+        let reads = |var: Var| {
+            let request_rules = (rules.rules.iter().zip(evaluated))
+                .filter(|(rule, evaluated)| **evaluated && rule.phase <= 2);
+            request_rules.map(|(rule, _)| rule).any(|rule| {
+                rule.links
+                    .iter()
+                    .flat_map(|l| &l.targets)
+                    .any(|t| t.var == var)
+                    || rule
+                        .macros()
+                        .flat_map(|m| m.references())
+                        .any(|(v, _)| v == var)
+            })
+        };
+        if reads(Var::UniqueId) || crate::fold::first_links_read_earlier_matches(rules) {
+            return None;
+        }
+        Some(KeyPlan {
+            remote_port: reads(Var::RemotePort),
+        })
+    }
+}
+
+/// The key of a transaction's next phase: the request's line, headers and connection, then
+/// its body once phase 2 is to run. Each value is written as its length and its bytes, so no
+/// two requests share a key.
+#[derive(Debug, Default)]
+pub(crate) struct PhaseKey {
+    bytes: Vec<u8>,
+}
+
+impl PhaseKey {
+    /// Empties the key for another request, keeping its buffer.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// Writes one value: its length, then its bytes; nothing once the key is too long.
+    pub(crate) fn write(&mut self, value: &[u8]) {
+        if self.bytes.len() <= LONGEST_KEY {
+            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+            self.bytes.extend_from_slice(&len.to_le_bytes());
+            self.bytes.extend_from_slice(value);
+        }
+    }
+
+    /// The key, `None` when it is too long to keep.
+    pub(crate) fn bytes(&self) -> Option<&[u8]> {
+        (self.bytes.len() <= LONGEST_KEY).then_some(&self.bytes[..])
+    }
+}
+
+/// What a phase did from a key.
+#[derive(Debug)]
+struct Kept {
+    key: Vec<u8>,
+    changes: Vec<Change>,
+}
+
+impl Kept {
+    /// The bytes it holds, roughly.
+    fn size(&self) -> usize {
+        let change = |c: &Change| match c {
+            Change::Set { key, value, .. } => key.len() + value.len(),
+            Change::Remove(key) => key.len(),
+            Change::Ctl { .. } => 0,
+        } + std::mem::size_of::<Change>();
+        self.key.len() + self.changes.iter().map(change).sum::<usize>() + 64
+    }
+}
+
+/// The phases a thread kept, for one engine.
+#[derive(Debug, Default)]
+struct Memory {
+    engine: u64,
+    young: HashMap<u64, Kept, Hasher>,
+    young_bytes: usize,
+    old: HashMap<u64, Kept, Hasher>,
+    /// The hashes of keys looked up once: a phase is kept the second time its key comes,
+    /// so the many requests that never come back (new ids, positions) keep nothing.
+    young_seen: HashSet<u64, Hasher>,
+    old_seen: HashSet<u64, Hasher>,
+    /// How many phases were replayed.
+    replayed: u64,
+}
+
+/// The hasher of the memory's tables (their keys are hashes already).
+type Hasher = foldhash::fast::RandomState;
+
+/// How many hashes of keys seen once a generation holds.
+const SEEN_PER_GENERATION: usize = 1 << 16;
+
+thread_local! {
+    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+}
+
+impl Memory {
+    /// Makes this the memory of engine `engine`, forgetting what another kept.
+    fn prepare(&mut self, engine: u64) {
+        if self.engine != engine {
+            *self = Memory {
+                engine,
+                ..Memory::default()
+            };
+        }
+    }
+
+    /// Puts `kept` in the young generation, which becomes the old one when full.
+    fn put(&mut self, hash: u64, kept: Kept) {
+        let size = kept.size();
+        if self.young_bytes + size > GENERATION_BYTES {
+            self.old = std::mem::take(&mut self.young);
+            self.young_bytes = 0;
+        }
+        self.young_bytes += size;
+        if let Some(replaced) = self.young.insert(hash, kept) {
+            self.young_bytes = self.young_bytes.saturating_sub(replaced.size());
+        }
+    }
+
+    /// Notes a key's hash seen; whether it was seen before.
+    fn seen(&mut self, hash: u64) -> bool {
+        if self.young_seen.contains(&hash) || self.old_seen.remove(&hash) {
+            return true;
+        }
+        if self.young_seen.len() >= SEEN_PER_GENERATION {
+            self.old_seen = std::mem::take(&mut self.young_seen);
+        }
+        self.young_seen.insert(hash);
+        false
+    }
+}
+
+/// What the thread has of a phase's key (see [`look_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// What the phase did was kept, and applied.
+    Replayed,
+    /// The key came once before: the phase, walked, is to be kept (see [`keep`]) under
+    /// this hash of the key.
+    Again(u64),
+    /// The key is new.
+    New,
+}
+
+/// Looks up what the thread kept of a phase of engine `engine` from `key`, and runs
+/// `apply` on its changes when it kept something.
+pub(crate) fn look_up(engine: u64, key: &[u8], apply: impl FnOnce(&[Change])) -> Lookup {
+    let hash = replay::hash(key);
+    MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        m.prepare(engine);
+        if let Some(kept) = m.young.get(&hash).filter(|k| k.key == key) {
+            apply(&kept.changes);
+            m.replayed += 1;
+            return Lookup::Replayed;
+        }
+        match m.old.remove(&hash) {
+            Some(kept) if kept.key == key => {
+                apply(&kept.changes);
+                m.put(hash, kept);
+                m.replayed += 1;
+                return Lookup::Replayed;
+            }
+            Some(other) => {
+                m.old.insert(hash, other);
+            }
+            None => {}
+        }
+        if m.seen(hash) {
+            Lookup::Again(hash)
+        } else {
+            Lookup::New
+        }
+    })
+}
+
+/// Keeps what a phase of engine `engine` did from `key`, whose hash [`look_up`] gave.
+pub(crate) fn keep(engine: u64, key: &[u8], hash: u64, changes: Vec<Change>) {
+    let kept = Kept {
+        key: key.to_vec(),
+        changes: replay::last_changes(changes),
+    };
+    MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        m.prepare(engine);
+        m.put(hash, kept);
+    });
+}
+
+/// How many phases of engine `engine` the thread replayed.
+#[cfg(test)]
+pub(crate) fn replayed(engine: u64) -> u64 {
+    MEMORY.with(|m| {
+        let m = m.borrow();
+        if m.engine == engine { m.replayed } else { 0 }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str) -> Change {
+        Change::Set {
+            key: key.to_string(),
+            value: b"1".to_vec(),
+            built: false,
+        }
+    }
+
+    /// Looks `key` up and keeps `changes` for it when it comes again; what was replayed.
+    fn run(engine: u64, key: &[u8], changes: &[Change]) -> Option<Vec<Change>> {
+        let mut replayed = None;
+        match look_up(engine, key, |c| replayed = Some(c.to_vec())) {
+            Lookup::Again(hash) => keep(engine, key, hash, changes.to_vec()),
+            Lookup::Replayed | Lookup::New => {}
+        }
+        replayed
+    }
+
+    #[test]
+    fn a_phase_is_kept_the_second_time_and_found_by_its_whole_key_for_its_engine() {
+        let x = vec![set("x")];
+        assert_eq!(run(7001, b"GET /a", &x), None);
+        assert_eq!(run(7001, b"GET /a", &x), None);
+        assert_eq!(run(7001, b"GET /a", &[]), Some(x.clone()));
+        assert_eq!(run(7001, b"GET /b", &[]), None);
+        // Another engine's phases are forgotten.
+        assert_eq!(run(7002, b"GET /a", &[]), None);
+        assert_eq!(run(7001, b"GET /a", &[]), None);
+    }
+
+    #[test]
+    fn what_is_in_use_outlives_a_generation_and_the_rest_goes() {
+        let engine = 7003;
+        let key = |n: usize| format!("GET /{n:06}").into_bytes();
+        let long = vec![set(&"k".repeat(64))];
+        for _ in 0..2 {
+            run(engine, &key(0), &[set("first")]);
+            run(engine, &key(1), &[set("second")]);
+        }
+        // Enough outcomes to fill more than two generations; the first is used all along.
+        let per_generation = GENERATION_BYTES / 200;
+        for n in 2..3 * per_generation {
+            run(engine, &key(n), &long);
+            run(engine, &key(n), &long);
+            if n % 1000 == 0 {
+                assert!(run(engine, &key(0), &[]).is_some(), "{n}");
+            }
+        }
+        assert_eq!(run(engine, &key(0), &[]), Some(vec![set("first")]));
+        assert_eq!(run(engine, &key(1), &[]), None);
+    }
+
+    #[test]
+    fn a_key_too_long_is_not_one() {
+        let mut key = PhaseKey::default();
+        key.write(b"GET / HTTP/1.1");
+        assert!(key.bytes().is_some());
+        key.write(&vec![b'a'; LONGEST_KEY]);
+        assert!(key.bytes().is_none());
+        key.write(b"more");
+        assert!(key.bytes().is_none());
+    }
+}
