@@ -23,7 +23,9 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
+use crate::engine::RequestFacts;
 use crate::replay::{self, Change};
 use crate::rule::RuleSet;
 use crate::variables::Var;
@@ -100,9 +102,36 @@ impl PhaseKey {
     }
 }
 
+/// Writes the key of phase 1 of a request into `key`: the request's line, headers and
+/// connection, which all a transaction's data start from (see the module's
+/// documentation).
+pub(crate) fn write_request_key(plan: KeyPlan, facts: &RequestFacts, key: &mut PhaseKey) {
+    key.write(facts.method.as_bytes());
+    key.write(facts.uri.as_bytes());
+    key.write(facts.protocol.as_bytes());
+    key.write(
+        &u32::try_from(facts.headers.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for (name, value) in &facts.headers {
+        key.write(name.as_bytes());
+        key.write(value);
+    }
+    match facts.client_addr {
+        IpAddr::V4(a) => key.write(&a.octets()),
+        IpAddr::V6(a) => key.write(&a.octets()),
+    }
+    key.write(&facts.server_port.to_le_bytes());
+    if plan.remote_port {
+        key.write(&facts.client_port.to_le_bytes());
+    }
+}
+
 /// What a phase did from a key.
 #[derive(Debug)]
 struct Kept {
+    phase: u8,
     key: Vec<u8>,
     changes: Vec<Change>,
 }
@@ -193,20 +222,26 @@ pub(crate) enum Lookup {
     New,
 }
 
-/// Looks up what the thread kept of a phase of engine `engine` from `key`, and runs
+/// The hash phase `phase` from `key` is kept under.
+fn hash(phase: u8, key: &[u8]) -> u64 {
+    replay::hash(key).wrapping_add(u64::from(phase))
+}
+
+/// Looks up what the thread kept of phase `phase` of engine `engine` from `key`, and runs
 /// `apply` on its changes when it kept something.
-pub(crate) fn look_up(engine: u64, key: &[u8], apply: impl FnOnce(&[Change])) -> Lookup {
-    let hash = replay::hash(key);
+pub(crate) fn look_up(engine: u64, phase: u8, key: &[u8], apply: impl FnOnce(&[Change])) -> Lookup {
+    let hash = hash(phase, key);
+    let same = |k: &Kept| k.phase == phase && k.key == key;
     MEMORY.with(|m| {
         let mut m = m.borrow_mut();
         m.prepare(engine);
-        if let Some(kept) = m.young.get(&hash).filter(|k| k.key == key) {
+        if let Some(kept) = m.young.get(&hash).filter(|k| same(k)) {
             apply(&kept.changes);
             m.replayed += 1;
             return Lookup::Replayed;
         }
         match m.old.remove(&hash) {
-            Some(kept) if kept.key == key => {
+            Some(kept) if same(&kept) => {
                 apply(&kept.changes);
                 m.put(hash, kept);
                 m.replayed += 1;
@@ -225,9 +260,11 @@ pub(crate) fn look_up(engine: u64, key: &[u8], apply: impl FnOnce(&[Change])) ->
     })
 }
 
-/// Keeps what a phase of engine `engine` did from `key`, whose hash [`look_up`] gave.
-pub(crate) fn keep(engine: u64, key: &[u8], hash: u64, changes: Vec<Change>) {
+/// Keeps what phase `phase` of engine `engine` did from `key`, whose hash [`look_up`]
+/// gave.
+pub(crate) fn keep(engine: u64, phase: u8, key: &[u8], hash: u64, changes: Vec<Change>) {
     let kept = Kept {
+        phase,
         key: key.to_vec(),
         changes: replay::last_changes(changes),
     };
@@ -262,8 +299,8 @@ mod tests {
     /// Looks `key` up and keeps `changes` for it when it comes again; what was replayed.
     fn run(engine: u64, key: &[u8], changes: &[Change]) -> Option<Vec<Change>> {
         let mut replayed = None;
-        match look_up(engine, key, |c| replayed = Some(c.to_vec())) {
-            Lookup::Again(hash) => keep(engine, key, hash, changes.to_vec()),
+        match look_up(engine, 1, key, |c| replayed = Some(c.to_vec())) {
+            Lookup::Again(hash) => keep(engine, 1, key, hash, changes.to_vec()),
             Lookup::Replayed | Lookup::New => {}
         }
         replayed

@@ -12,7 +12,7 @@ use crate::body::{self, Parsed};
 use crate::engine::{Compiled, Decision, Match, RequestFacts, Verdict};
 use crate::header_sets;
 use crate::operators::atoi;
-use crate::phases::{self, KeyPlan, PhaseKey};
+use crate::phases::{self, PhaseKey};
 use crate::recall;
 use crate::replay::{self, Change, Inputs, Reads};
 use crate::rule::{
@@ -718,30 +718,6 @@ impl Data {
     }
 
     /// Reserves `n` consecutive slots and returns the first.
-    /// Writes the key of phase 1 (see [`crate::phases`]): what a transaction's data start
-    /// from (the request line's parts, the headers, the connection), all the rest of it
-    /// being made from those.
-    fn write_phase_key(&self, plan: KeyPlan, key: &mut PhaseKey) {
-        let scalar = |var| self.scalar(var).map_or(&[][..], Vec::as_slice);
-        key.write(scalar(Var::RequestMethod));
-        key.write(scalar(Var::RequestUriRaw));
-        key.write(scalar(Var::RequestProtocol));
-        key.write(
-            &u32::try_from(self.headers.len())
-                .unwrap_or(u32::MAX)
-                .to_le_bytes(),
-        );
-        for h in &self.headers {
-            key.write(h.key.as_bytes());
-            key.write(&h.value);
-        }
-        key.write(scalar(Var::RemoteAddr));
-        key.write(scalar(Var::ServerPort));
-        if plan.remote_port {
-            key.write(scalar(Var::RemotePort));
-        }
-    }
-
     fn take_slots(&mut self, n: usize) -> u32 {
         let first = self.next_slot;
         self.next_slot = self
@@ -1610,6 +1586,10 @@ impl Drop for Transaction {
 pub struct Transaction {
     engine: Arc<Compiled>,
     d: Data,
+    /// What `d` has not read of the request yet: a phase replayed whole reads nothing of
+    /// it (see [`crate::phases`]), and the first walked reads it (see
+    /// [`Transaction::read_request`]).
+    unread: Option<Unread>,
     memo: Memo,
     mode: EngineMode,
     /// Per rule index: removed from this transaction (empty until a rule is).
@@ -1641,14 +1621,78 @@ pub struct Transaction {
     phases_done: u8,
 }
 
+/// The request as the proxy gave it, until a transaction reads it (see
+/// [`Transaction::unread`]).
+#[derive(Debug)]
+struct Unread {
+    facts: RequestFacts,
+    /// The request body (as much as is inspected), once given, when the body processor
+    /// is to parse it.
+    body: Option<Vec<u8>>,
+}
+
 impl Transaction {
     pub(crate) fn new(engine: Arc<Compiled>, facts: RequestFacts) -> Transaction {
         // Slot 0 is the empty value every unset scalar reads as.
-        let mut d = Data {
+        let d = Data {
             next_slot: 1,
             // What the rules decided at load set (see `fold`).
             tx: TxVars::new(engine.folding.tx.clone()),
             ..Data::default()
+        };
+        let content_type = facts
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        let body_processor = processor_for(&content_type);
+        let mut memo = Memo::take(Recollection {
+            engine: engine.number,
+            capacity: engine.remembered_values,
+            words: engine.rules.recall_words,
+        });
+        if let Some(plan) = engine.phase_keys {
+            phases::write_request_key(plan, &facts, &mut memo.phase_key);
+        }
+        let mut tx = Transaction {
+            mode: engine.mode,
+            d,
+            unread: Some(Unread { facts, body: None }),
+            spare_hits: std::mem::take(&mut memo.spare_hits),
+            scratch: Default::default(),
+            journal: None,
+            phase_journal: None,
+            phase_unkept: false,
+            memo,
+            removed: Vec::new(),
+            target_removals: Removals::default(),
+            matches: Vec::new(),
+            decision: Decision::Allow,
+            body_processor,
+            force_body_variable: false,
+            request_body_access: true,
+            response_body_access: engine.inspect_responses,
+            allow: None,
+            content_type,
+            response_content_type: String::new(),
+            phases_done: 0,
+            engine,
+        };
+        // A phase replayed whole reads nothing of the request (see `phases`): without
+        // them, the request is read now.
+        if tx.engine.phase_keys.is_none() {
+            tx.read_request();
+        }
+        tx
+    }
+
+    /// Reads what is left unread of the request into the transaction's data (see
+    /// [`Transaction::unread`]): its line, headers and connection, then its body, which
+    /// the body processor parses.
+    fn read_request(&mut self) {
+        let Some(unread) = self.unread.take() else {
+            return;
         };
         let RequestFacts {
             method,
@@ -1658,7 +1702,8 @@ impl Transaction {
             client_addr,
             client_port,
             server_port,
-        } = facts;
+        } = unread.facts;
+        let d = &mut self.d;
         let raw_uri = uri.clone();
         // An absolute-form target keeps only its path for REQUEST_URI (an origin-form one,
         // nearly every request, is not searched for a scheme).
@@ -1693,7 +1738,6 @@ impl Transaction {
         {
             d.args_get.push(Entry::new(k, v, &mut d.next_slot));
         }
-        let mut content_type = String::new();
         for (k, v) in headers {
             if k.eq_ignore_ascii_case("cookie") {
                 for c in v.split(|&b| b == b';') {
@@ -1711,9 +1755,6 @@ impl Transaction {
                         &mut d.next_slot,
                     ));
                 }
-            }
-            if k.eq_ignore_ascii_case("content-type") && content_type.is_empty() {
-                content_type = String::from_utf8_lossy(&v).into_owned();
             }
             d.headers.push(Entry::new(k, v, &mut d.next_slot));
         }
@@ -1737,46 +1778,16 @@ impl Transaction {
         d.set_scalar(Var::RemoteAddr, address_text(client_addr));
         d.set_scalar(Var::RemotePort, itoa::Buffer::new().format(client_port));
         d.set_scalar(Var::ServerPort, itoa::Buffer::new().format(server_port));
-        d.set_scalar(Var::UniqueId, engine.next_unique_id());
+        d.set_scalar(Var::UniqueId, self.engine.next_unique_id());
         let combined: usize = d.args_get.iter().map(|e| e.key.len() + e.value.len()).sum();
         d.set_scalar(Var::ArgsCombinedSize, itoa::Buffer::new().format(combined));
-        let body_processor = processor_for(&content_type);
-        if let Some(p) = body_processor {
+        if let Some(p) = self.body_processor {
             d.set_scalar(Var::ReqbodyProcessor, p.name());
         }
-        let mut memo = Memo::take(Recollection {
-            engine: engine.number,
-            capacity: engine.remembered_values,
-            words: engine.rules.recall_words,
-        });
-        if let Some(plan) = engine.phase_keys {
-            d.write_phase_key(plan, &mut memo.phase_key);
+        self.apply_path_exclusions();
+        if let Some(body) = unread.body {
+            self.parse_request_body(&body);
         }
-        let mut tx = Transaction {
-            mode: engine.mode,
-            d,
-            spare_hits: std::mem::take(&mut memo.spare_hits),
-            scratch: Default::default(),
-            journal: None,
-            phase_journal: None,
-            phase_unkept: false,
-            memo,
-            removed: Vec::new(),
-            target_removals: Removals::default(),
-            matches: Vec::new(),
-            decision: Decision::Allow,
-            body_processor,
-            force_body_variable: false,
-            request_body_access: true,
-            response_body_access: engine.inspect_responses,
-            allow: None,
-            content_type,
-            response_content_type: String::new(),
-            phases_done: 0,
-            engine,
-        };
-        tx.apply_path_exclusions();
-        tx
     }
 
     /// Applies the configured exclusions whose path prefixes match this request.
@@ -1823,7 +1834,10 @@ impl Transaction {
             // body.
             self.memo.phase_key.write(body);
             if self.request_body_access {
-                self.parse_request_body(body);
+                match &mut self.unread {
+                    Some(unread) => unread.body = Some(body.to_vec()),
+                    None => self.parse_request_body(body),
+                }
             }
         }
         self.run_phase(2);
@@ -1841,6 +1855,7 @@ impl Transaction {
         if !self.engine.inspect_responses {
             return self.verdict();
         }
+        self.read_request();
         self.d.set_scalar(Var::ResponseStatus, status.to_string());
         self.d.set_scalar(Var::ResponseProtocol, protocol);
         for (k, v) in headers {
@@ -1865,6 +1880,7 @@ impl Transaction {
             return self.verdict();
         }
         self.ensure_phase(3);
+        self.read_request();
         let mime = self
             .response_content_type
             .split(';')
@@ -2026,7 +2042,7 @@ impl Transaction {
         let key = std::mem::take(&mut self.memo.phase_key);
         let bytes = key.bytes().unwrap_or_default();
         let engine = self.engine.clone();
-        let looked_up = phases::look_up(engine.number, bytes, |changes| {
+        let looked_up = phases::look_up(engine.number, phase, bytes, |changes| {
             self.apply_changes(&engine.rules, changes);
         });
         match looked_up {
@@ -2043,7 +2059,7 @@ impl Transaction {
                     && self.decision == Decision::Allow
                     && self.allow.is_none()
                 {
-                    phases::keep(engine.number, bytes, hash, changes);
+                    phases::keep(engine.number, phase, bytes, hash, changes);
                 }
             }
         }
@@ -2052,6 +2068,7 @@ impl Transaction {
 
     /// Walks the rules of a phase.
     fn walk_phase(&mut self, phase: u8) {
+        self.read_request();
         let engine = self.engine.clone();
         // The request's collections grow between phases: group results are per phase.
         self.memo.groups.fill(UNSET);
@@ -2912,7 +2929,10 @@ impl Transaction {
             Ctl::RuleEngine(m) => self.mode = *m,
             Ctl::RequestBodyProcessor(p) => {
                 self.body_processor = Some(*p);
-                self.d.set_scalar(Var::ReqbodyProcessor, p.name());
+                // (Once the request is read: reading it sets the variable.)
+                if self.unread.is_none() {
+                    self.d.set_scalar(Var::ReqbodyProcessor, p.name());
+                }
             }
             Ctl::ForceRequestBodyVariable(b) => self.force_body_variable = *b,
             Ctl::RequestBodyAccess(b) => self.request_body_access = *b,
