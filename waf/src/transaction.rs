@@ -3276,6 +3276,24 @@ mod tests {
     }
 
     #[test]
+    fn phase_two_without_a_body_is_not_taken_for_phase_one() {
+        // Phase 2 run by the response's headers, no body given: its key is phase 1's.
+        let engine = crate::WafEngine::of_rules(
+            "SecRule REQUEST_METHOD \"@streq GET\" \"id:1,phase:1,pass,nolog,setvar:tx.one=1\"\n\
+             SecRule REQUEST_METHOD \"@streq GET\" \"id:2,phase:2,pass,nolog,setvar:tx.two=1\"",
+        );
+        for _ in 0..4 {
+            let mut tx = engine.transaction(RequestFacts::new("GET", "/", "HTTP/1.1"));
+            tx.process_request_headers();
+            tx.process_response_headers(200, "HTTP/1.1", &[]);
+            assert_eq!(
+                (tx.tx_var("one").as_deref(), tx.tx_var("two").as_deref()),
+                (Some("1"), Some("1"))
+            );
+        }
+    }
+
+    #[test]
     fn rules_known_to_find_nothing_are_passed_over_around_a_removed_rule() {
         // Rule 1 removes rule 3 from POST requests; rules 2 and 5 find nothing in the
         // values sent, which the thread learns after the first round.
