@@ -79,12 +79,32 @@ impl KeyPlan {
 #[derive(Debug, Default)]
 pub(crate) struct PhaseKey {
     bytes: Vec<u8>,
+    /// The hash of the key's first bytes, and how many: phase 2's key is phase 1's with
+    /// the body after it, whose hash goes on from phase 1's.
+    hashed: (usize, u64),
 }
 
 impl PhaseKey {
     /// Empties the key for another request, keeping its buffer.
     pub(crate) fn clear(&mut self) {
         self.bytes.clear();
+        self.hashed = (0, 0);
+    }
+
+    /// The hash of the key, made from the hash of what was hashed before and the bytes
+    /// written since. Phase 1's key is hashed whole, then phase 2's goes on from it:
+    /// where phase 1's key ends follows from its bytes, so two equal keys of phase 2
+    /// have equal hashes.
+    pub(crate) fn hash(&mut self) -> u64 {
+        let (len, before) = self.hashed;
+        if len < self.bytes.len() {
+            let added = replay::hash(&self.bytes[len..]);
+            let hash = (before ^ added)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+            self.hashed = (self.bytes.len(), hash);
+        }
+        self.hashed.1
     }
 
     /// Writes one value: its length, then its bytes; nothing once the key is too long.
@@ -222,15 +242,16 @@ pub(crate) enum Lookup {
     New,
 }
 
-/// The hash phase `phase` from `key` is kept under.
-fn hash(phase: u8, key: &[u8]) -> u64 {
-    replay::hash(key).wrapping_add(u64::from(phase))
-}
-
-/// Looks up what the thread kept of phase `phase` of engine `engine` from `key`, and runs
-/// `apply` on its changes when it kept something.
-pub(crate) fn look_up(engine: u64, phase: u8, key: &[u8], apply: impl FnOnce(&[Change])) -> Lookup {
-    let hash = hash(phase, key);
+/// Looks up what the thread kept of phase `phase` of engine `engine` from `key` (whose
+/// [`PhaseKey::hash`] is `key_hash`), and runs `apply` on its changes when it kept
+/// something.
+pub(crate) fn look_up(
+    engine: u64,
+    phase: u8,
+    (key, key_hash): (&[u8], u64),
+    apply: impl FnOnce(&[Change]),
+) -> Lookup {
+    let hash = key_hash.wrapping_add(u64::from(phase));
     let same = |k: &Kept| k.phase == phase && k.key == key;
     MEMORY.with(|m| {
         let mut m = m.borrow_mut();
@@ -299,7 +320,9 @@ mod tests {
     /// Looks `key` up and keeps `changes` for it when it comes again; what was replayed.
     fn run(engine: u64, key: &[u8], changes: &[Change]) -> Option<Vec<Change>> {
         let mut replayed = None;
-        match look_up(engine, 1, key, |c| replayed = Some(c.to_vec())) {
+        match look_up(engine, 1, (key, replay::hash(key)), |c| {
+            replayed = Some(c.to_vec());
+        }) {
             Lookup::Again(hash) => keep(engine, 1, key, hash, changes.to_vec()),
             Lookup::Replayed | Lookup::New => {}
         }
@@ -338,6 +361,31 @@ mod tests {
         }
         assert_eq!(run(engine, &key(0), &[]), Some(vec![set("first")]));
         assert_eq!(run(engine, &key(1), &[]), None);
+    }
+
+    #[test]
+    fn a_keys_hash_goes_on_from_the_hash_of_its_first_part() {
+        // Phase 1's key, hashed, then the body: twice the same, and another body.
+        let key = |body: &[u8]| {
+            let mut key = PhaseKey::default();
+            key.write(b"POST");
+            key.write(b"/");
+            let first = key.hash();
+            key.write(body);
+            (first, key.hash())
+        };
+        let (first, whole) = key(b"{}");
+        assert_eq!(key(b"{}"), (first, whole));
+        assert_ne!(whole, first);
+        assert_ne!(key(b"[]").1, whole);
+        // Cleared, the key starts again.
+        let mut again = PhaseKey::default();
+        again.write(b"GET");
+        again.hash();
+        again.clear();
+        again.write(b"POST");
+        again.write(b"/");
+        assert_eq!(again.hash(), first);
     }
 
     #[test]

@@ -2039,10 +2039,11 @@ impl Transaction {
         }
         // A request phase the thread has walked from the same key is replayed (see
         // `phases`); another is walked, and kept when it logged and decided nothing.
-        let key = std::mem::take(&mut self.memo.phase_key);
+        let mut key = std::mem::take(&mut self.memo.phase_key);
+        let hash = key.hash();
         let bytes = key.bytes().unwrap_or_default();
         let engine = self.engine.clone();
-        let looked_up = phases::look_up(engine.number, phase, bytes, |changes| {
+        let looked_up = phases::look_up(engine.number, phase, (bytes, hash), |changes| {
             self.apply_changes(&engine.rules, changes);
         });
         match looked_up {
