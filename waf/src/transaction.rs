@@ -1834,9 +1834,16 @@ impl Transaction {
             // body.
             self.memo.phase_key.write(body);
             if self.request_body_access {
+                // Parsed when the request is read, if a phase is walked; a body too long
+                // for a key is parsed now, without a copy.
                 match &mut self.unread {
-                    Some(unread) => unread.body = Some(body.to_vec()),
-                    None => self.parse_request_body(body),
+                    Some(unread) if self.memo.phase_key.bytes().is_some() => {
+                        unread.body = Some(body.to_vec());
+                    }
+                    _ => {
+                        self.read_request();
+                        self.parse_request_body(body);
+                    }
                 }
             }
         }
@@ -3274,6 +3281,30 @@ mod tests {
         for replayed in [0, 0, 2] {
             assert_eq!(send("/loud", good), (false, s("1"), s("1"), replayed));
         }
+    }
+
+    #[test]
+    fn a_body_too_long_for_a_key_is_parsed_and_its_phase_walked_every_time() {
+        let engine = crate::WafEngine::of_rules(
+            "SecRule ARGS:json.name \"@contains evil\" \"id:1,phase:2,deny,status:403\"",
+        );
+        let number = engine.compiled().number;
+        let padding = "x".repeat(phases::LONGEST_KEY);
+        let send = |name: &str| {
+            let body = format!(r#"{{"pad":"{padding}","name":"{name}"}}"#);
+            let facts = RequestFacts::new("POST", "/", "HTTP/1.1")
+                .header("Content-Type", "application/json");
+            let before = phases::replayed(number);
+            let mut tx = engine.transaction(facts);
+            tx.process_request_headers();
+            let refused = tx.process_request_body(body.as_bytes()).is_blocked();
+            (refused, phases::replayed(number) - before)
+        };
+        // Phase 1 is replayed from the third request on; phase 2 never is.
+        assert_eq!(send("good"), (false, 0));
+        assert_eq!(send("good"), (false, 0));
+        assert_eq!(send("good"), (false, 1));
+        assert_eq!(send("evil"), (true, 1));
     }
 
     #[test]
