@@ -2,21 +2,21 @@
 //! transaction starts the phase in the same state, and that state follows from the request:
 //! from its line, headers and connection for phase 1, and from those and its body for
 //! phase 2. Those, written one after the other, are the phase's key (see
-//! [`PhaseKey`]). What a phase did (the `TX` keys it set or deleted and the `ctl`s it ran,
-//! in order) is kept on the thread under its key when it ended with nothing logged and
-//! nothing decided, and a later transaction of the thread with the same key applies it
-//! instead of walking the phase's rules: a client repeats requests (the library page it
-//! lists again, a search it types again, the poster another screen shows), and a repeated
-//! benign request then costs a lookup.
+//! [`PhaseKey`]). What a phase did (see [`Outcome`]: the `TX` keys it set or deleted and
+//! the `ctl`s it ran, in order, the matches it logged, the decision and `allow` it left)
+//! is kept on the thread under its key the second time the key comes, and a later
+//! transaction of the thread with the same key applies it instead of walking the phase's
+//! rules: a client repeats requests (the library page it lists again, a search it types
+//! again, the poster another screen shows), a scanner repeats its probes, and a repeated
+//! request then costs a lookup. Its verdict and log are those of the walk.
 //!
-//! A phase that logged a match, decided anything (a block, a detection, an `allow`) or set
-//! anything but `TX` (`IP`, `GLOBAL`, `ENV`) is not kept: attacks are evaluated every time.
-//! No phase is kept for an engine with a rule that reads `UNIQUE_ID` (a key with it would
+//! A phase that set anything but `TX` (`IP`, `GLOBAL`, `ENV`) is not kept. No phase is
+//! kept for an engine with a request rule that reads `UNIQUE_ID` (a key with it would
 //! never come back), or whose rules' first links read what the rule before matched (the
 //! matched variables a phase leaves are not kept; see
 //! [`crate::fold::first_links_read_earlier_matches`]).
 //!
-//! A thread keeps at most [`GENERATION_BYTES`] of keys and changes in each of two
+//! A thread keeps at most [`GENERATION_BYTES`] of keys and outcomes in each of two
 //! generations: kept outcomes go to the young one; when it is full it becomes the old one
 //! (the old one is dropped), and an outcome found in the old one moves back to the young:
 //! what is in use stays, what is not goes within two generations.
@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::engine::RequestFacts;
+use crate::actions::AllowScope;
+use crate::engine::{Decision, Match, RequestFacts};
 use crate::replay::{self, Change};
 use crate::rule::RuleSet;
 use crate::variables::Var;
@@ -153,7 +154,20 @@ pub(crate) fn write_request_key(plan: KeyPlan, facts: &RequestFacts, key: &mut P
 struct Kept {
     phase: u8,
     key: Vec<u8>,
-    changes: Vec<Change>,
+    outcome: Outcome,
+}
+
+/// What a phase did: what a replay applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// The `TX` keys it set or deleted and the `ctl`s it ran, in order.
+    pub(crate) changes: Vec<Change>,
+    /// The matches it logged.
+    pub(crate) matches: Vec<Match>,
+    /// The transaction's decision after it.
+    pub(crate) decision: Decision,
+    /// The transaction's `allow` after it.
+    pub(crate) allow: Option<AllowScope>,
 }
 
 impl Kept {
@@ -164,7 +178,17 @@ impl Kept {
             Change::Remove(key) => key.len(),
             Change::Ctl { .. } => 0,
         } + std::mem::size_of::<Change>();
-        self.key.len() + self.changes.iter().map(change).sum::<usize>() + 64
+        let logged = |m: &Match| {
+            m.msg.len()
+                + m.data.len()
+                + m.variable.len()
+                + m.tags.iter().map(|t| t.len() + 24).sum::<usize>()
+                + std::mem::size_of::<Match>()
+        };
+        self.key.len()
+            + self.outcome.changes.iter().map(change).sum::<usize>()
+            + self.outcome.matches.iter().map(logged).sum::<usize>()
+            + 64
     }
 }
 
@@ -249,7 +273,7 @@ pub(crate) fn look_up(
     engine: u64,
     phase: u8,
     (key, key_hash): (&[u8], u64),
-    apply: impl FnOnce(&[Change]),
+    apply: impl FnOnce(&Outcome),
 ) -> Lookup {
     let hash = key_hash.wrapping_add(u64::from(phase));
     let same = |k: &Kept| k.phase == phase && k.key == key;
@@ -257,13 +281,13 @@ pub(crate) fn look_up(
         let mut m = m.borrow_mut();
         m.prepare(engine);
         if let Some(kept) = m.young.get(&hash).filter(|k| same(k)) {
-            apply(&kept.changes);
+            apply(&kept.outcome);
             m.replayed += 1;
             return Lookup::Replayed;
         }
         match m.old.remove(&hash) {
             Some(kept) if same(&kept) => {
-                apply(&kept.changes);
+                apply(&kept.outcome);
                 m.put(hash, kept);
                 m.replayed += 1;
                 return Lookup::Replayed;
@@ -283,11 +307,12 @@ pub(crate) fn look_up(
 
 /// Keeps what phase `phase` of engine `engine` did from `key`, whose hash [`look_up`]
 /// gave.
-pub(crate) fn keep(engine: u64, phase: u8, key: &[u8], hash: u64, changes: Vec<Change>) {
+pub(crate) fn keep(engine: u64, phase: u8, key: &[u8], hash: u64, mut outcome: Outcome) {
+    outcome.changes = replay::last_changes(outcome.changes);
     let kept = Kept {
         phase,
         key: key.to_vec(),
-        changes: replay::last_changes(changes),
+        outcome,
     };
     MEMORY.with(|m| {
         let mut m = m.borrow_mut();
@@ -320,10 +345,18 @@ mod tests {
     /// Looks `key` up and keeps `changes` for it when it comes again; what was replayed.
     fn run(engine: u64, key: &[u8], changes: &[Change]) -> Option<Vec<Change>> {
         let mut replayed = None;
-        match look_up(engine, 1, (key, replay::hash(key)), |c| {
-            replayed = Some(c.to_vec());
+        match look_up(engine, 1, (key, replay::hash(key)), |o| {
+            replayed = Some(o.changes.clone());
         }) {
-            Lookup::Again(hash) => keep(engine, 1, key, hash, changes.to_vec()),
+            Lookup::Again(hash) => {
+                let outcome = Outcome {
+                    changes: changes.to_vec(),
+                    matches: Vec::new(),
+                    decision: Decision::Allow,
+                    allow: None,
+                };
+                keep(engine, 1, key, hash, outcome);
+            }
             Lookup::Replayed | Lookup::New => {}
         }
         replayed

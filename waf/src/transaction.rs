@@ -2045,13 +2045,16 @@ impl Transaction {
             return;
         }
         // A request phase the thread has walked from the same key is replayed (see
-        // `phases`); another is walked, and kept when it logged and decided nothing.
+        // `phases`); another is walked, and kept the second time its key comes.
         let mut key = std::mem::take(&mut self.memo.phase_key);
         let hash = key.hash();
         let bytes = key.bytes().unwrap_or_default();
         let engine = self.engine.clone();
-        let looked_up = phases::look_up(engine.number, phase, (bytes, hash), |changes| {
-            self.apply_changes(&engine.rules, changes);
+        let looked_up = phases::look_up(engine.number, phase, (bytes, hash), |outcome| {
+            self.apply_changes(&engine.rules, &outcome.changes);
+            self.matches.extend(outcome.matches.iter().cloned());
+            self.decision = outcome.decision;
+            self.allow = outcome.allow;
         });
         match looked_up {
             phases::Lookup::Replayed => {}
@@ -2062,12 +2065,14 @@ impl Transaction {
                 let logged = self.matches.len();
                 self.walk_phase(phase);
                 let changes = self.phase_journal.take().unwrap_or_default();
-                if !self.phase_unkept
-                    && self.matches.len() == logged
-                    && self.decision == Decision::Allow
-                    && self.allow.is_none()
-                {
-                    phases::keep(engine.number, phase, bytes, hash, changes);
+                if !self.phase_unkept {
+                    let outcome = phases::Outcome {
+                        changes,
+                        matches: self.matches[logged..].to_vec(),
+                        decision: self.decision,
+                        allow: self.allow,
+                    };
+                    phases::keep(engine.number, phase, bytes, hash, outcome);
                 }
             }
         }
@@ -3250,7 +3255,7 @@ mod tests {
         );
         let number = engine.compiled().number;
         // Returns whether the request was refused, `tx.json`, `tx.posted`, and how many
-        // phases the thread replayed for it.
+        // phases the thread replayed for it; checks that a refusal logged rule 3.
         let send = |path: &str, body: &str| {
             let facts = RequestFacts::new("POST", path, "HTTP/1.1")
                 .header("Content-Type", "text/plain")
@@ -3258,8 +3263,13 @@ mod tests {
             let before = phases::replayed(number);
             let mut tx = engine.transaction(facts);
             tx.process_request_headers();
-            let refused = tx.process_request_body(body.as_bytes()).is_blocked();
+            let verdict = tx.process_request_body(body.as_bytes());
             let replayed = phases::replayed(number) - before;
+            let logged: Vec<(u32, &str)> = (verdict.matched.iter())
+                .map(|m| (m.id, m.msg.as_str()))
+                .collect();
+            let refused = verdict.is_blocked();
+            assert_eq!(logged, if refused { vec![(3, "evil")] } else { vec![] });
             (refused, tx.tx_var("json"), tx.tx_var("posted"), replayed)
         };
         let s = |v: &str| Some(v.to_string());
@@ -3270,12 +3280,11 @@ mod tests {
         assert_eq!(send("/quiet", good), (false, s("1"), None, 2));
         assert_eq!(send("/quiet", good), (false, s("1"), None, 2));
         // The body is part of phase 2's key: an evil one is refused after phase 1 was
-        // replayed (the body read as JSON by the replayed `ctl`), however often it comes.
-        for _ in 0..3 {
-            assert_eq!(
-                send("/quiet", r#"{"name":"evil"}"#),
-                (true, s("1"), None, 1)
-            );
+        // replayed (the body read as JSON by the replayed `ctl`), then the refusal is
+        // replayed, logged as it was.
+        for replayed in [1, 1, 2, 2] {
+            let evil = send("/quiet", r#"{"name":"evil"}"#);
+            assert_eq!(evil, (true, s("1"), None, replayed));
         }
         // Another path, another key: rule 4 runs.
         for replayed in [0, 0, 2] {
