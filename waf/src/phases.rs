@@ -173,11 +173,6 @@ pub(crate) struct Outcome {
 impl Kept {
     /// The bytes it holds, roughly.
     fn size(&self) -> usize {
-        let change = |c: &Change| match c {
-            Change::Set { key, value, .. } => key.len() + value.len(),
-            Change::Remove(key) => key.len(),
-            Change::Ctl { .. } => 0,
-        } + std::mem::size_of::<Change>();
         let logged = |m: &Match| {
             m.msg.len()
                 + m.data.len()
@@ -186,7 +181,7 @@ impl Kept {
                 + std::mem::size_of::<Match>()
         };
         self.key.len()
-            + self.outcome.changes.iter().map(change).sum::<usize>()
+            + self.outcome.changes.iter().map(Change::size).sum::<usize>()
             + self.outcome.matches.iter().map(logged).sum::<usize>()
             + 64
     }

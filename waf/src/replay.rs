@@ -369,12 +369,19 @@ pub(crate) struct Outcome {
 impl Outcome {
     /// About the bytes it takes.
     fn size(&self) -> usize {
-        let change = |c: &Change| match c {
-            Change::Set { key, value, .. } => key.len() + value.len(),
-            Change::Remove(key) => key.len(),
-            Change::Ctl { .. } => 0,
-        } + std::mem::size_of::<Change>();
-        self.fingerprint.len() + self.changes.iter().map(change).sum::<usize>()
+        self.fingerprint.len() + self.changes.iter().map(Change::size).sum::<usize>()
+    }
+}
+
+impl Change {
+    /// About the bytes it takes.
+    pub(crate) fn size(&self) -> usize {
+        std::mem::size_of::<Change>()
+            + match self {
+                Change::Set { key, value, .. } => key.len() + value.len(),
+                Change::Remove(key) => key.len(),
+                Change::Ctl { .. } => 0,
+            }
     }
 }
 
