@@ -19,7 +19,8 @@
 //! A thread keeps at most [`GENERATION_BYTES`] of keys and outcomes in each of two
 //! generations: kept outcomes go to the young one; when it is full it becomes the old one
 //! (the old one is dropped), and an outcome found in the old one moves back to the young:
-//! what is in use stays, what is not goes within two generations.
+//! what is in use stays, what is not goes within two generations. The hashes of the keys
+//! seen once are kept the same way, [`SEEN_PER_GENERATION`] per generation.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -206,7 +207,7 @@ struct Memory {
 type Hasher = foldhash::fast::RandomState;
 
 /// How many hashes of keys seen once a generation holds.
-const SEEN_PER_GENERATION: usize = 1 << 16;
+pub(crate) const SEEN_PER_GENERATION: usize = 1 << 16;
 
 thread_local! {
     static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
