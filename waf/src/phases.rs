@@ -35,8 +35,10 @@ use crate::variables::Var;
 /// The longest key kept: a phase of a request longer than this (a large body) is walked.
 pub(crate) const LONGEST_KEY: usize = 16 * 1024;
 
-/// The most bytes of keys and changes one generation holds per thread.
-pub(crate) const GENERATION_BYTES: usize = 4 << 20;
+/// The most bytes of keys and outcomes one generation holds per thread (an edge runs a
+/// thread per core; a benign phase of a Jellyfin client's request takes about a
+/// kilobyte, so a generation holds about a thousand).
+pub(crate) const GENERATION_BYTES: usize = 1 << 20;
 
 /// Whether an engine's phases can be kept (see the module's documentation), and what
 /// their keys hold.
@@ -207,7 +209,7 @@ struct Memory {
 type Hasher = foldhash::fast::RandomState;
 
 /// How many hashes of keys seen once a generation holds.
-pub(crate) const SEEN_PER_GENERATION: usize = 1 << 16;
+pub(crate) const SEEN_PER_GENERATION: usize = 1 << 14;
 
 thread_local! {
     static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
