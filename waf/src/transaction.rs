@@ -2411,7 +2411,9 @@ impl Transaction {
     /// Applies what a rule or a phase changed (see [`crate::replay`], [`crate::phases`]).
     fn apply_changes(&mut self, rules: &RuleSet, changes: &[Change]) {
         for change in changes {
-            self.note(change);
+            if self.phase_journal.is_some() {
+                self.record(change.clone(), false);
+            }
             match change {
                 Change::Set { key, value, built } => {
                     let new = self
@@ -2435,10 +2437,23 @@ impl Transaction {
         }
     }
 
-    /// Writes a change into the journal of the phase being walked, when there is one.
-    fn note(&mut self, change: &Change) {
-        if let Some(journal) = &mut self.phase_journal {
-            journal.push(change.clone());
+    /// Whether a journal is being written: a change is worth making only then.
+    fn journaling(&self) -> bool {
+        self.journal.is_some() || self.phase_journal.is_some()
+    }
+
+    /// Writes a change into the journal of the phase being walked, when there is one, and
+    /// into the journal of the rule being evaluated, when there is one and `rule` says so
+    /// (see [`crate::phases`], [`crate::replay`]).
+    fn record(&mut self, change: Change, rule: bool) {
+        let rule_journal = self.journal.as_mut().filter(|_| rule);
+        match (&mut self.phase_journal, rule_journal) {
+            (Some(phase), Some(rule)) => {
+                phase.push(change.clone());
+                rule.push(change);
+            }
+            (Some(journal), None) | (None, Some(journal)) => journal.push(change),
+            (None, None) => {}
         }
     }
 
@@ -2503,16 +2518,13 @@ impl Transaction {
                         self.d.tx.set(Cow::Borrowed(key), |slot| {
                             slot.extend_from_slice(v);
                         });
-                        if self.journal.is_some() || self.phase_journal.is_some() {
+                        if self.journaling() {
                             let change = Change::Set {
                                 key: (*key).to_string(),
                                 value: v.clone(),
                                 built: false,
                             };
-                            self.note(&change);
-                            if let Some(journal) = &mut self.journal {
-                                journal.push(change);
-                            }
+                            self.record(change, true);
                         }
                     }
                 }
@@ -2885,10 +2897,7 @@ impl Transaction {
                         },
                         None => Change::Remove(key.clone().into_owned()),
                     };
-                    self.note(&change);
-                    if let Some(journal) = self.journal.as_mut().filter(|_| !private) {
-                        journal.push(change);
-                    }
+                    self.record(change, !private);
                 }
                 if new_key && built {
                     self.d.tx_built.push(key.into_owned());
@@ -2904,11 +2913,9 @@ impl Transaction {
             }
             Effect::InitCol(_) => {}
             Effect::Ctl(c) => {
-                let (rule, link, effect) = at;
-                let change = Change::Ctl { rule, link, effect };
-                self.note(&change);
-                if let Some(journal) = &mut self.journal {
-                    journal.push(change);
+                if self.journaling() {
+                    let (rule, link, effect) = at;
+                    self.record(Change::Ctl { rule, link, effect }, true);
                 }
                 self.ctl(c, at);
             }
