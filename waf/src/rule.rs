@@ -141,11 +141,13 @@ pub struct PrefilterPart {
     /// The literals of two bytes or more, ASCII case-insensitive, reporting overlapping
     /// matches, with per literal the bits it sets as (word, mask) pairs.
     pub matcher: Option<(Literals, Vec<Owners>)>,
-    /// Per byte value: the bits of the sets holding that one byte (either case of a
-    /// letter), `words` words each.
-    pub bytes: Vec<u64>,
-    /// The bytes whose row of `bytes` has a bit: a value's other bytes add nothing.
-    pub byte_literals: ByteSet,
+    /// The one-byte literals, by nibble of a value's byte set (see [`ByteSet`]): the
+    /// nibbles (0-63, bytes 4n to 4n + 3) that hold a byte some set has as a literal.
+    pub nibbles: Vec<u8>,
+    /// Per nibble of `nibbles` and per pattern of its four bits: the bits of the sets
+    /// holding one of the pattern's bytes (either case of a letter), `words` words each. A
+    /// value's one-byte literals are found with a lookup per nibble, not per byte.
+    pub nibble_rows: Vec<u64>,
     /// The number of 64-bit words of a candidate set.
     pub words: usize,
 }
@@ -154,13 +156,11 @@ impl PrefilterPart {
     /// Adds to `set` (a candidate set of `words` words) the bits of the literal sets
     /// `value` meets; `present` is the set of its bytes.
     pub fn scan(&self, value: &[u8], present: ByteSet, set: &mut [u64]) {
-        for (w, mut bits) in present.into_iter().enumerate() {
-            bits &= self.byte_literals[w];
-            while bits != 0 {
-                let b = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let row = &self.bytes[b * self.words..(b + 1) * self.words];
-                for (s, r) in set.iter_mut().zip(row) {
+        for (k, &n) in self.nibbles.iter().enumerate() {
+            let pattern = (present[usize::from(n / 16)] >> (n % 16 * 4)) as usize & 0xf;
+            if pattern != 0 {
+                let row = (k * 16 + pattern) * self.words;
+                for (s, r) in set.iter_mut().zip(&self.nibble_rows[row..row + self.words]) {
                     *s |= r;
                 }
             }
@@ -844,23 +844,40 @@ fn prefilter_part(sets: Vec<Vec<Vec<u8>>>) -> PrefilterPart {
     let words = sets.len().div_ceil(64);
     let mut bytes = vec![0u64; 256 * words];
     let mut long = Vec::new();
-    let mut byte_literals = [0u64; 4];
     for (bit, set) in (0u32..).zip(sets) {
         for lit in set {
             if let [b] = lit[..] {
                 for c in [b.to_ascii_lowercase(), b.to_ascii_uppercase()] {
                     bytes[usize::from(c) * words + (bit / 64) as usize] |= 1 << (bit % 64);
-                    byte_literals[usize::from(c >> 6)] |= 1 << (c & 63);
                 }
             } else {
                 long.push((lit, bit));
             }
         }
     }
+    // A nibble's row for a pattern is the union of the rows of the pattern's bytes.
+    let row = |b: usize| &bytes[b * words..(b + 1) * words];
+    let nibbles: Vec<u8> = (0u8..64)
+        .filter(|&n| (0..4).any(|i| row(usize::from(n) * 4 + i).iter().any(|&w| w != 0)))
+        .collect();
+    let mut nibble_rows = vec![0u64; nibbles.len() * 16 * words];
+    for (k, &n) in nibbles.iter().enumerate() {
+        for pattern in 0..16 {
+            let out = (k * 16 + pattern) * words;
+            for i in (0..4).filter(|i| pattern & (1 << i) != 0) {
+                for (o, r) in nibble_rows[out..out + words]
+                    .iter_mut()
+                    .zip(row(usize::from(n) * 4 + i))
+                {
+                    *o |= r;
+                }
+            }
+        }
+    }
     PrefilterPart {
         matcher: automaton(long),
-        bytes,
-        byte_literals,
+        nibbles,
+        nibble_rows,
         words,
     }
 }
