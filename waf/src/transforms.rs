@@ -521,11 +521,13 @@ fn html_entity_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        if input[i] != b'&' {
-            out.push(input[i]);
-            i += 1;
-            continue;
-        }
+        // The bytes up to the next `&` are copied as they are, in one go.
+        let Some(amp) = memchr::memchr(b'&', &input[i..]) else {
+            out.extend_from_slice(&input[i..]);
+            break;
+        };
+        out.extend_from_slice(&input[i..i + amp]);
+        i += amp;
         let rest = &input[i + 1..];
         if rest.first() == Some(&b'#') {
             let (hex, digits_at) = match rest.get(1) {
@@ -957,10 +959,16 @@ fn normalize_path(input: &[u8]) -> Vec<u8> {
 
 fn base64_decode(input: &[u8], skip_invalid: bool) -> Vec<u8> {
     let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
-    let clean: Vec<u8> = if skip_invalid {
-        input.iter().copied().filter(alphabet).collect()
+    // Most values are all of the alphabet, or stop at their first byte outside it: they
+    // are decoded in place, without a copy.
+    let valid = input
+        .iter()
+        .position(|b| !alphabet(b))
+        .unwrap_or(input.len());
+    let clean: Cow<'_, [u8]> = if skip_invalid && valid < input.len() {
+        Cow::Owned(input.iter().copied().filter(alphabet).collect())
     } else {
-        input.iter().copied().take_while(alphabet).collect()
+        Cow::Borrowed(&input[..valid])
     };
     let usable = clean.len() - clean.len() % 4;
     let mut out = base64::engine::general_purpose::STANDARD_NO_PAD
@@ -1185,6 +1193,11 @@ mod tests {
             t(T::HtmlEntityDecode, b"&lt;&#x41;&#66&amp;x&foo;"),
             b"<AB&x&foo;"
         );
+        assert_eq!(
+            t(T::HtmlEntityDecode, b"GET /a?b=1&c=2 HTTP/1.1"),
+            b"GET /a?b=1&c=2 HTTP/1.1"
+        );
+        assert_eq!(t(T::HtmlEntityDecode, b"x&quot"), b"x\"");
         assert_eq!(t(T::JsDecode, b"\\x41\\u0042\\n\\101"), b"AB\nA");
         assert_eq!(t(T::CssDecode, b"\\61 \\62x\\\""), b"abx\"");
         assert_eq!(t(T::EscapeSeqDecode, b"\\x41\\t\\q"), b"A\t\\q");
@@ -1215,6 +1228,12 @@ mod tests {
     #[test]
     fn codecs() {
         assert_eq!(t(T::Base64Decode, b"SGVsbG8=!"), b"Hello");
+        // Decoded in place up to the first byte outside the alphabet; `Ext` skips them.
+        assert_eq!(t(T::Base64Decode, b"SGVs bG8"), b"Hel");
+        assert_eq!(t(T::Base64DecodeExt, b"SGVs bG8"), b"Hello");
+        assert_eq!(t(T::Base64DecodeExt, b"SGVsbG8"), b"Hello");
+        // A tail whose last character has bits left over is not decoded.
+        assert_eq!(t(T::Base64Decode, b"SGVsbG9"), b"Hel");
         assert_eq!(t(T::HexEncode, b"\x01\xff"), b"01ff");
         assert_eq!(t(T::HexDecode, b"4142"), b"AB");
         assert_eq!(t(T::Length, b"abc"), b"3");
